@@ -1,0 +1,1 @@
+//! Configuration: the TOML file (a raw serde mirror) validated into typed settings.

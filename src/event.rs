@@ -1,0 +1,1 @@
+//! The envelope: request bodies parsed into events, normalised, keyed.

@@ -1,0 +1,5 @@
+//! The broker: topics of partitions of segments holding Kafka RecordBatch v2.
+//!
+//! Only this module touches segment and index files.
+
+pub mod topic_name;
