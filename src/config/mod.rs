@@ -1,1 +1,3 @@
 //! Configuration: the TOML file (a raw serde mirror) validated into typed settings.
+
+pub mod units;
