@@ -1,0 +1,498 @@
+//! Tests of reading and checking the config: every problem reported once, with key path
+//! and line. They go through [`problems`] and [`parse`] so an API change touches one place.
+
+use super::*;
+
+fn parse(text: &str) -> Config {
+    match Config::parse(text, Path::new("weir.toml")) {
+        Ok(config) => config,
+        Err(errors) => panic!("unexpected problems:\n{errors}"),
+    }
+}
+
+/// `(key_path, line, message)` of every problem, in the order reported.
+fn problems(text: &str) -> Vec<(String, Option<usize>, String)> {
+    match Config::parse(text, Path::new("weir.toml")) {
+        Ok(_) => panic!("expected problems in:\n{text}"),
+        Err(errors) => errors
+            .problems
+            .into_iter()
+            .map(|p| (p.key_path, p.line, p.message))
+            .collect(),
+    }
+}
+
+/// Asserts exactly these `(key_path, line, message fragment)` problems, in order.
+#[track_caller]
+fn assert_problems(text: &str, expected: &[(&str, usize, &str)]) {
+    let got = problems(text);
+    let pretty = got
+        .iter()
+        .map(|(path, line, message)| format!("{line:?} {path}: {message}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(got.len(), expected.len(), "got:\n{pretty}");
+    for ((path, line, message), (want_path, want_line, fragment)) in got.iter().zip(expected) {
+        assert_eq!(path, want_path, "got:\n{pretty}");
+        assert_eq!(*line, Some(*want_line), "{path}; got:\n{pretty}");
+        assert!(
+            message.contains(fragment),
+            "{path}: {message:?} lacks {fragment:?}"
+        );
+    }
+}
+
+#[test]
+fn an_empty_file_means_every_default() {
+    let config = parse("");
+    assert_eq!(config.server, ServerConfig::default());
+    assert_eq!(config.storage, StorageConfig::default());
+    assert_eq!(config.log, LogConfig::default());
+    assert!(config.topics.is_empty());
+    assert_eq!(config.source, Path::new("weir.toml"));
+    assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.server.max_body, 16 << 20);
+    assert_eq!(config.server.max_key, 4096);
+    assert_eq!(config.storage.data_dir, Path::new("./data"));
+}
+
+#[test]
+fn a_topic_with_only_a_name_takes_the_defaults() {
+    let config = parse("[[topic]]\nname = \"t\"\n");
+    assert_eq!(config.topics, [TopicConfig::new("t")]);
+    let t = config.topic("t").unwrap();
+    assert_eq!(t.partitions, 4);
+    assert_eq!(t.fsync, FsyncMode::Always);
+    assert_eq!(t.retention_age, Some(Duration::from_secs(7 * 86_400)));
+    assert_eq!(t.retention_size, None);
+    assert!(config.topic("other").is_none());
+}
+
+#[test]
+fn every_key_is_read() {
+    let config = parse(
+        r#"
+[server]
+listen = "0.0.0.0:9000"
+max_body = "1MiB"
+max_key = "512B"
+max_connections = 10
+max_inflight = "2MiB"
+max_streams = 3
+header_timeout = "1s"
+body_timeout = "2s"
+shutdown_grace = "0s"
+memory_max = "1GB"
+
+[storage]
+data_dir = "/var/lib/weir"
+sled_cache = "1MiB"
+free_space_reserve = "0B"
+
+[log]
+level = "debug"
+format = "json"
+
+[[topic]]
+name = "t"
+partitions = 2
+fsync = "interval"
+fsync_interval = "250ms"
+segment_size = "1KiB"
+segment_age = "1h"
+retention_age = "none"
+retention_size = "10GB"
+dedup_window = "0s"
+max_dedup_entries = 0
+key_field = "/payload/a~1b"
+wrap = true
+timestamp_field = "/ts"
+default_event_type = "x.y"
+max_event_age = "1d"
+max_event_lead = "0ms"
+on_bad_time = "clamp"
+"#,
+    );
+    let s = &config.server;
+    assert_eq!(s.listen.to_string(), "0.0.0.0:9000");
+    assert_eq!(
+        (s.max_body, s.max_key, s.max_inflight),
+        (1 << 20, 512, 2 << 20)
+    );
+    assert_eq!((s.max_connections, s.max_streams), (10, 3));
+    assert_eq!(s.header_timeout, Duration::from_secs(1));
+    assert_eq!(s.body_timeout, Duration::from_secs(2));
+    assert_eq!(s.shutdown_grace, Duration::ZERO);
+    assert_eq!(s.memory_max, Some(1_000_000_000));
+    assert_eq!(
+        config.storage,
+        StorageConfig {
+            data_dir: PathBuf::from("/var/lib/weir"),
+            sled_cache: 1 << 20,
+            free_space_reserve: 0
+        }
+    );
+    assert_eq!(
+        config.log,
+        LogConfig {
+            level: "debug".to_string(),
+            format: LogFormat::Json
+        }
+    );
+    let t = &config.topics[0];
+    assert_eq!(
+        (t.name.as_str(), t.partitions, t.fsync),
+        ("t", 2, FsyncMode::Interval)
+    );
+    assert_eq!(t.fsync_interval, Duration::from_millis(250));
+    assert_eq!(
+        (t.segment_size, t.segment_age),
+        (1024, Duration::from_secs(3600))
+    );
+    assert_eq!(
+        (t.retention_age, t.retention_size),
+        (None, Some(10_000_000_000))
+    );
+    assert_eq!((t.dedup_window, t.max_dedup_entries), (Duration::ZERO, 0));
+    assert_eq!(t.key_field.as_ref().unwrap().tokens(), ["payload", "a/b"]);
+    assert!(t.wrap);
+    assert_eq!(t.timestamp_field.as_ref().unwrap().as_str(), "/ts");
+    assert_eq!(t.default_event_type.as_deref(), Some("x.y"));
+    assert_eq!(t.max_event_age, Duration::from_secs(86_400));
+    assert_eq!(t.max_event_lead, Duration::ZERO);
+    assert_eq!(t.on_bad_time, OnBadTime::Clamp);
+}
+
+#[test]
+fn unknown_keys_everywhere_are_all_reported() {
+    assert_problems(
+        r#"
+colour = "blue"
+[server]
+listen = "127.0.0.1:1"
+port = 80
+
+[[topic]]
+name = "a"
+
+[[topic]]
+name = "b"
+fsync_every = "1s"
+retention = "1d"
+
+[pipeline]
+name = "p"
+"#,
+        &[
+            (
+                "colour",
+                2,
+                "unknown key `colour`, expected one of `server`",
+            ),
+            ("server.port", 5, "unknown key `port`"),
+            ("topic[1].fsync_every", 12, "unknown key `fsync_every`"),
+            ("topic[1].retention", 13, "unknown key `retention`"),
+            ("pipeline", 15, "unknown key `pipeline`"),
+        ],
+    );
+}
+
+#[test]
+fn bad_sizes_and_durations_point_at_their_line() {
+    assert_problems(
+        r#"[server]
+max_body = 1024
+header_timeout = "5 s"
+body_timeout = "-1s"
+
+[[topic]]
+name = "t"
+segment_size = "1.5GiB"
+fsync_interval = "100"
+retention_size = "lots"
+"#,
+        &[
+            (
+                "server.max_body",
+                2,
+                "has no unit; write a whole number and a unit",
+            ),
+            ("server.header_timeout", 3, "unknown unit \" s\""),
+            ("server.body_timeout", 4, "is negative"),
+            ("topic[0].segment_size", 8, "has a fraction"),
+            ("topic[0].fsync_interval", 9, "e.g. \"250ms\""),
+            (
+                "topic[0].retention_size",
+                10,
+                "does not start with a number",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn out_of_range_values() {
+    assert_problems(
+        r#"[server]
+max_body = "512B"
+max_key = "0B"
+max_connections = 0
+max_streams = -1
+max_inflight = "1KiB"
+header_timeout = "0s"
+shutdown_grace = "36501d"
+
+[[topic]]
+name = "t"
+partitions = 10001
+fsync_interval = "0ms"
+segment_size = "1000B"
+max_dedup_entries = 100000001
+max_event_age = "0s"
+"#,
+        &[
+            ("server.max_body", 2, "512B is below the minimum 1KiB"),
+            ("server.max_key", 3, "0B is below the minimum 1B"),
+            (
+                "server.max_connections",
+                4,
+                "0 is out of range; allowed are 1 to 100000",
+            ),
+            ("server.max_streams", 5, "-1 is out of range"),
+            // max_body fell back to its default, 16MiB, which max_inflight must hold.
+            ("server.max_inflight", 6, "1KiB is below the minimum 16MiB"),
+            ("server.header_timeout", 7, "must be above zero"),
+            (
+                "server.shutdown_grace",
+                8,
+                "36501d is above the maximum 36500d",
+            ),
+            (
+                "topic[0].partitions",
+                12,
+                "10001 is out of range; allowed are 1 to 10000",
+            ),
+            ("topic[0].fsync_interval", 13, "must be above zero"),
+            (
+                "topic[0].segment_size",
+                14,
+                "1000B is below the minimum 1KiB",
+            ),
+            ("topic[0].max_dedup_entries", 15, "out of range"),
+            ("topic[0].max_event_age", 16, "must be above zero"),
+        ],
+    );
+}
+
+#[test]
+fn memory_max_must_leave_room_for_the_bounds() {
+    let got = problems("[server]\nmax_inflight = \"64MiB\"\nmemory_max = \"70MiB\"\n");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, "server.memory_max");
+    assert!(got[0].2.contains("max_inflight (64MiB)"), "{}", got[0].2);
+    assert!(got[0].2.contains("sled_cache (8MiB)"), "{}", got[0].2);
+}
+
+#[test]
+fn topic_names_are_checked_and_unique() {
+    assert_problems(
+        r#"[[topic]]
+name = "clicks"
+
+[[topic]]
+name = "../x"
+
+[[topic]]
+name = "clicks"
+
+[[topic]]
+name = "__weir_offsets"
+
+[[topic]]
+partitions = 1
+"#,
+        &[
+            ("topic[1].name", 5, "contains '/'"),
+            ("topic[2].name", 8, "already defined by topic[0]"),
+            ("topic[3].name", 11, "weir's own"),
+            ("topic[4]", 13, "has no name"),
+        ],
+    );
+}
+
+#[test]
+fn pointers_and_words_are_checked() {
+    assert_problems(
+        r#"[log]
+level = "verbose"
+format = "yaml"
+
+[[topic]]
+name = "t"
+key_field = "payload/user_id"
+timestamp_field = "/bad~2"
+wrap = true
+fsync = "sometimes"
+on_bad_time = "drop"
+
+[[topic]]
+name = "u"
+key_field = ""
+timestamp_field = "/ts"
+default_event_type = ""
+"#,
+        &[
+            (
+                "log.level",
+                2,
+                "\"verbose\" is not one of \"trace\", \"debug\"",
+            ),
+            ("log.format", 3, "not one of \"text\", \"json\""),
+            ("topic[0].key_field", 7, "must start with '/'"),
+            (
+                "topic[0].timestamp_field",
+                8,
+                "'~' not followed by '0' or '1'",
+            ),
+            (
+                "topic[0].fsync",
+                10,
+                "not one of \"always\", \"interval\", \"never\"",
+            ),
+            (
+                "topic[0].on_bad_time",
+                11,
+                "not one of \"reject\", \"clamp\"",
+            ),
+            ("topic[1].key_field", 15, "points at the whole object"),
+            ("topic[1].timestamp_field", 16, "set wrap = true"),
+            ("topic[1].default_event_type", 17, "is empty"),
+        ],
+    );
+}
+
+#[test]
+fn wrong_types_are_all_reported() {
+    assert_problems(
+        r#"[server]
+listen = 8080
+max_connections = "many"
+
+[storage]
+data_dir = ["a"]
+
+[[topic]]
+name = "t"
+wrap = "yes"
+partitions = 1.5
+"#,
+        &[
+            (
+                "server.listen",
+                2,
+                "invalid type: integer `8080`, expected a string",
+            ),
+            ("server.max_connections", 3, "expected an integer"),
+            ("storage.data_dir", 6, "expected a string"),
+            ("topic[0].wrap", 10, "expected a boolean"),
+            ("topic[0].partitions", 11, "expected an integer"),
+        ],
+    );
+}
+
+#[test]
+fn sections_of_the_wrong_shape() {
+    assert_problems(
+        "server = 5\ntopic = 3\n",
+        &[
+            ("server", 1, "expected a table"),
+            ("topic", 2, "expected an array"),
+        ],
+    );
+    assert_problems(
+        "[[server]]\nlisten = \"127.0.0.1:1\"\n",
+        &[("server", 1, "expected a table")],
+    );
+}
+
+#[test]
+fn syntax_errors_have_a_line_and_a_table() {
+    assert_problems(
+        "[server]\nlisten = \"127.0.0.1:8080\"\nmax_body = 16MiB\n",
+        &[("server.max_body", 3, "")],
+    );
+    assert_problems(
+        "[server]\nlisten = \"a\"\nlisten = \"b\"\n",
+        &[("server.listen", 3, "duplicate key")],
+    );
+    assert_problems(
+        "[[topic]]\nname = \"t\"\n\n[[topic]]\nname = \"u\n",
+        &[("topic[1].name", 5, "")],
+    );
+    let got = problems("[server\n");
+    assert_eq!(got[0].1, Some(1), "{got:?}");
+}
+
+#[test]
+fn a_listen_address_must_be_an_ip_and_port() {
+    assert_problems(
+        "[server]\nlisten = \"localhost:8080\"\n",
+        &[("server.listen", 2, "not an IP address and port")],
+    );
+    assert_problems(
+        "[server]\nlisten = \"127.0.0.1\"\n",
+        &[("server.listen", 2, "")],
+    );
+    assert_eq!(
+        parse("[server]\nlisten = \"[::1]:0\"\n")
+            .server
+            .listen
+            .port(),
+        0
+    );
+}
+
+#[test]
+fn problems_display_as_file_line_key_message() {
+    let err = Config::parse(
+        "[server]\nmax_body = \"1\"\nnope = 1\n",
+        Path::new("/etc/weir/weir.toml"),
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("/etc/weir/weir.toml:2: server.max_body: size \"1\" has no unit"));
+    assert!(lines[1].starts_with("/etc/weir/weir.toml:3: server.nope: unknown key `nope`"));
+}
+
+#[test]
+fn a_missing_file_is_one_problem_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing.toml");
+    let err = Config::load(&path).unwrap_err();
+    assert_eq!(err.problems.len(), 1);
+    assert_eq!(err.problems[0].line, None);
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("{}: cannot read the config file", path.display())),
+        "{text}"
+    );
+}
+
+#[test]
+fn load_reads_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, "[[topic]]\nname = \"t\"\n").unwrap();
+    let config = Config::load(&path).unwrap();
+    assert_eq!(config.source, path);
+    assert_eq!(config.topics.len(), 1);
+}
+
+#[test]
+fn modes_display_as_their_toml_words() {
+    assert_eq!(FsyncMode::Interval.to_string(), "interval");
+    assert_eq!(OnBadTime::Clamp.to_string(), "clamp");
+    assert_eq!(LogFormat::Json.to_string(), "json");
+}
