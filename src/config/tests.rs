@@ -496,3 +496,176 @@ fn modes_display_as_their_toml_words() {
     assert_eq!(OnBadTime::Clamp.to_string(), "clamp");
     assert_eq!(LogFormat::Json.to_string(), "json");
 }
+
+// --- config.example.toml and docs/configuration.md stay in step with the code ---
+
+const EXAMPLE: &str = include_str!("../../config.example.toml");
+const REFERENCE: &str = include_str!("../../docs/configuration.md");
+
+/// The table a line opens (`[server]` -> `server`, `[[topic]]` -> `topic`), if it does.
+fn table_header(line: &str) -> Option<String> {
+    let line = line.trim().trim_matches('`');
+    let name = line.strip_prefix('[')?.split(']').next()?;
+    Some(name.trim_start_matches('[').trim().to_string())
+}
+
+/// `table.key` for every `key = ...` line of the example, commented out or not.
+fn example_keys() -> Vec<String> {
+    let mut table = String::new();
+    let mut keys = Vec::new();
+    for line in EXAMPLE.lines() {
+        if let Some(name) = table_header(line) {
+            table = name;
+        } else if let Some(key) = key_line(line) {
+            keys.push(format!("{table}.{key}"));
+        }
+    }
+    keys
+}
+
+/// `key` of a `key = value` or `# key = value` line.
+fn key_line(line: &str) -> Option<&str> {
+    let line = line.strip_prefix('#').unwrap_or(line).trim_start();
+    let (key, _) = line.split_once(" = ")?;
+    key.bytes()
+        .all(|b| b.is_ascii_lowercase() || b == b'_')
+        .then_some(key)
+}
+
+/// The example with every `# key = value` line made active.
+fn example_uncommented() -> String {
+    EXAMPLE
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest) if key_line(rest).is_some() => rest,
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `table.key` for every row of the reference's key tables (under a `[table]` heading).
+fn reference_keys() -> Vec<String> {
+    let mut table = None;
+    let mut keys = Vec::new();
+    for line in REFERENCE.lines() {
+        if let Some(heading) = line.strip_prefix("## ") {
+            table = table_header(heading);
+        } else if let (Some(table), Some(row)) = (&table, line.strip_prefix("| `")) {
+            let key = row.split('`').next().unwrap_or_default();
+            keys.push(format!("{table}.{key}"));
+        }
+    }
+    keys
+}
+
+/// The field names serde knows for `T`, i.e. the keys the raw mirror accepts.
+fn fields_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{Error as _, Visitor, value::Error};
+    struct Grab(Option<&'static [&'static str]>);
+    impl<'de> serde::Deserializer<'de> for &mut Grab {
+        type Error = Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Error> {
+            Err(Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Error> {
+            self.0 = Some(fields);
+            Err(Error::custom("fields taken"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    let mut grab = Grab(None);
+    let _ = T::deserialize(&mut grab);
+    grab.0.expect("a struct")
+}
+
+fn code_keys() -> Vec<String> {
+    let mut keys = Vec::new();
+    for (table, fields) in [
+        ("server", fields_of::<raw::RawServer>()),
+        ("storage", fields_of::<raw::RawStorage>()),
+        ("log", fields_of::<raw::RawLog>()),
+        ("topic", fields_of::<raw::RawTopic>()),
+    ] {
+        keys.extend(fields.iter().map(|key| format!("{table}.{key}")));
+    }
+    // Every table of the file is in the list above.
+    assert_eq!(
+        fields_of::<raw::RawConfig>(),
+        ["server", "storage", "log", "topic"]
+    );
+    keys
+}
+
+#[test]
+fn the_example_runs_the_seed_topic() {
+    let config = match Config::parse(EXAMPLE, Path::new("config.example.toml")) {
+        Ok(config) => config,
+        Err(errors) => panic!("config.example.toml:\n{errors}"),
+    };
+    assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+    assert!(config.server.listen.ip().is_loopback());
+    assert_eq!(config.storage.data_dir, Path::new("./data"));
+    assert_eq!(config.topics.len(), 1);
+    let t = config.topic("clickstream").expect("the seed's topic");
+    assert_eq!(t.partitions, 4);
+    assert_eq!(t.fsync, FsyncMode::Always);
+    assert!(t.wrap);
+    assert_eq!(t.default_event_type.as_deref(), Some("page.click"));
+    assert_eq!(
+        t.key_field.as_ref().map(JsonPointer::as_str),
+        Some("/payload/user_id")
+    );
+    assert_eq!(
+        t.timestamp_field.as_ref().map(JsonPointer::as_str),
+        Some("/timestamp")
+    );
+    // DESIGN.md: the example writes `fsync = "always"` as an active line.
+    assert!(EXAMPLE.lines().any(|l| l == "fsync = \"always\""));
+}
+
+#[test]
+fn the_examples_commented_values_are_the_defaults() {
+    let active = parse(EXAMPLE);
+    let mut all = parse(&example_uncommented());
+    // The keys without a default show an example value instead.
+    assert!(all.server.memory_max.is_some());
+    assert!(all.topics[0].retention_size.is_some());
+    all.server.memory_max = None;
+    all.topics[0].retention_size = None;
+    assert_eq!(all, active);
+    let mut defaults = parse("[[topic]]\nname = \"clickstream\"\n");
+    let seed = &active.topics[0];
+    defaults.topics[0].key_field = seed.key_field.clone();
+    defaults.topics[0].wrap = seed.wrap;
+    defaults.topics[0].timestamp_field = seed.timestamp_field.clone();
+    defaults.topics[0].default_event_type = seed.default_event_type.clone();
+    assert_eq!(
+        defaults, active,
+        "the example's active lines other than the seed's own are defaults"
+    );
+}
+
+#[test]
+fn example_reference_and_code_list_the_same_keys() {
+    let example = example_keys();
+    let reference = reference_keys();
+    let code = code_keys();
+    assert_eq!(
+        example, code,
+        "config.example.toml against src/config/raw.rs (order too)"
+    );
+    assert_eq!(
+        reference, code,
+        "docs/configuration.md against src/config/raw.rs (order too)"
+    );
+}
