@@ -425,15 +425,16 @@ impl Checker<'_> {
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
-        let server = self.server(raw.server.unwrap_or_default().0);
+        let raw_server = raw.server.unwrap_or_default().0;
+        let raw_memory_max_span = raw_server.memory_max.as_ref().map(Spanned::span);
+        let server = self.server(raw_server);
         let storage = self.storage(raw.storage.unwrap_or_default().0);
         if let Some(memory_max) = server.memory_max {
             let floor = server.max_inflight.saturating_add(storage.sled_cache);
             if memory_max <= floor {
-                // No span: the bound is broken by three keys together.
                 self.problem(
                     "server.memory_max".to_string(),
-                    None,
+                    raw_memory_max_span,
                     format!(
                         "{} leaves nothing beyond server.max_inflight ({}) and \
                          storage.sled_cache ({}); raise it or lower those",
@@ -499,13 +500,39 @@ impl Checker<'_> {
             d.max_body,
             MAX_BODY_MIN..=MAX_BODY_MAX,
         );
-        let max_key = self.size("server.max_key", &raw.max_key, 4 * KIB, 1..=max_body);
+        // A key is part of a body, so an unset max_key follows a small max_body down.
+        let max_key_default = u64::try_from(d.max_key).unwrap_or(u64::MAX).min(max_body);
+        let max_key = self.size(
+            "server.max_key",
+            &raw.max_key,
+            max_key_default,
+            1..=max_body,
+        );
         let max_inflight = self.size(
             "server.max_inflight",
             &raw.max_inflight,
             d.max_inflight,
-            max_body..=u64::MAX,
+            1..=u64::MAX,
         );
+        if max_inflight < max_body {
+            // Blame the key the user wrote; max_inflight if both.
+            let (key, span) = match (&raw.max_inflight, &raw.max_body) {
+                (Some(text), _) => ("server.max_inflight", Some(text.span())),
+                (None, Some(text)) => ("server.max_body", Some(text.span())),
+                // Not with today's defaults (64MiB holds 16MiB); kept total all the same.
+                (None, None) => ("server.max_inflight", None),
+            };
+            self.problem(
+                key.to_string(),
+                span,
+                format!(
+                    "max_inflight ({}) is below max_body ({}): the largest allowed request \
+                     could never be admitted",
+                    format_size(max_inflight),
+                    format_size(max_body)
+                ),
+            );
+        }
         ServerConfig {
             listen,
             max_body,

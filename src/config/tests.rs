@@ -260,7 +260,11 @@ max_event_age = "0s"
             ),
             ("server.max_streams", 5, "-1 is out of range"),
             // max_body fell back to its default, 16MiB, which max_inflight must hold.
-            ("server.max_inflight", 6, "1KiB is below the minimum 16MiB"),
+            (
+                "server.max_inflight",
+                6,
+                "max_inflight (1KiB) is below max_body (16MiB)",
+            ),
             ("server.header_timeout", 7, "must be above zero"),
             (
                 "server.shutdown_grace",
@@ -285,12 +289,29 @@ max_event_age = "0s"
 }
 
 #[test]
-fn memory_max_must_leave_room_for_the_bounds() {
+fn bounds_that_contradict_each_other() {
     let got = problems("[server]\nmax_inflight = \"64MiB\"\nmemory_max = \"70MiB\"\n");
     assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!(got[0].0, "server.memory_max");
+    assert_eq!(
+        (got[0].0.as_str(), got[0].1),
+        ("server.memory_max", Some(3))
+    );
     assert!(got[0].2.contains("max_inflight (64MiB)"), "{}", got[0].2);
     assert!(got[0].2.contains("sled_cache (8MiB)"), "{}", got[0].2);
+    // A body bigger than the in-flight budget could never be admitted.
+    assert_problems(
+        "[server]\nmax_body = \"100MiB\"\n",
+        &[(
+            "server.max_body",
+            2,
+            "max_inflight (64MiB) is below max_body (100MiB)",
+        )],
+    );
+    // An unset max_key follows a small max_body down instead of contradicting it.
+    assert_eq!(
+        parse("[server]\nmax_body = \"1KiB\"\n").server.max_key,
+        1024
+    );
 }
 
 #[test]
