@@ -50,8 +50,9 @@ pub const PARTITIONS_MAX: u32 = 10_000;
 /// Smallest segment: tiny segments are allowed so tests roll and recover all the time
 /// ("cold code is buggy code"); smaller than this is no longer a log, only overhead.
 pub const SEGMENT_SIZE_MIN: u64 = KIB;
-/// Largest segment: index entries hold 32-bit file positions, as Kafka's do, and a
-/// batch may overshoot the roll point; 1GiB (Kafka's default) leaves room for that.
+/// Largest segment: Kafka's default. Positions inside a segment then fit in 32 bits with
+/// room for a batch that overshoots the roll point, as Kafka's index format needs;
+/// bigger segments would only make retention coarser.
 pub const SEGMENT_SIZE_MAX: u64 = GIB;
 /// Most dedup entries per topic: the table lives in memory (tens of bytes an entry).
 pub const MAX_DEDUP_ENTRIES_MAX: usize = 100_000_000;
