@@ -189,6 +189,7 @@ pub fn read(text: &str) -> (Option<RawConfig>, Vec<RawProblem>) {
             // The second of two equal keys is not in the recovered table; name it.
             if err.message().starts_with("duplicate key")
                 && let Some(key) = err.span().and_then(|span| text.get(span))
+                && path.rsplit('.').next() != Some(key.trim())
             {
                 if !path.is_empty() {
                     path.push('.');
