@@ -1,10 +1,11 @@
-//! Kafka RecordBatch v2, encoded and decoded without copying: the byte format of every
-//! segment file and the unit of one append.
+//! Kafka RecordBatch v2, encoded into a reused buffer and decoded without copying: the
+//! byte format of every segment file and the unit of one append.
 //!
 //! This file owns the batch layout (header fields, CRC-32C, record and header framing and
 //! Kafka's zigzag varints). It writes only what weir needs (magic 2, no compression,
-//! CreateTime, no producer id or sequence) and reads any uncompressed v2 batch. It knows
-//! nothing of files, offsets assignment policy or indexes: the partition calls
+//! CreateTime, no producer id or sequence) and reads any uncompressed v2 batch whose
+//! offsets are dense (as every producer writes them; weir never compacts). It knows
+//! nothing of files, offset assignment or indexes: the partition calls
 //! [`set_base_offset`] under its lock and the segment decides what a bad batch means.
 //!
 //! Decoding never panics and never allocates: every length read from the bytes is checked
