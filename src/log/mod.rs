@@ -2,4 +2,6 @@
 //!
 //! Only this module touches segment and index files.
 
+pub mod batch;
+pub mod partitioner;
 pub mod topic_name;
