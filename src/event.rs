@@ -182,9 +182,28 @@ struct Raw<'a> {
     text: &'a str,
     /// No whitespace outside strings: it can be copied as is.
     compact: bool,
+    /// Some string in it has an escape (so a string value needs decoding).
+    escaped: bool,
 }
 
-impl Raw<'_> {
+impl<'a> Raw<'a> {
+    /// A value found by other means than the record scan: assume the worst.
+    fn unknown(text: &'a str) -> Raw<'a> {
+        Raw {
+            text,
+            compact: false,
+            escaped: true,
+        }
+    }
+
+    /// A string value's contents; borrowed unless it has escapes.
+    fn decode(&self, pos: RecordPos) -> Result<Cow<'a, str>, BodyError> {
+        match self.text.get(1..self.text.len().saturating_sub(1)) {
+            Some(inner) if !self.escaped => Ok(Cow::Borrowed(inner)),
+            _ => decode(pos, self.text),
+        }
+    }
+
     fn write(&self, out: &mut Vec<u8>) {
         if self.compact {
             out.extend_from_slice(self.text.as_bytes());
@@ -350,7 +369,6 @@ fn parse_body_inner<'a>(
         rules,
         query_key,
         now_ms,
-        lines: LineCounter::default(),
         record: 0,
         ids: None,
     };
@@ -392,24 +410,6 @@ fn parse_body_inner<'a>(
                 return Ok(());
             }
         },
-    }
-}
-
-/// Counts lines incrementally for positions that mostly move forward.
-#[derive(Debug, Default)]
-struct LineCounter {
-    byte: usize,
-    newlines: usize,
-}
-
-impl LineCounter {
-    fn line_at(&mut self, bytes: &[u8], byte: usize) -> usize {
-        if byte < self.byte {
-            *self = LineCounter::default();
-        }
-        self.newlines += count_newlines(&bytes[self.byte..byte]);
-        self.byte = byte;
-        1 + self.newlines
     }
 }
 
@@ -485,24 +485,25 @@ struct BodyParser<'a, 'r> {
     rules: &'r TopicRules<'r>,
     query_key: Option<&'a str>,
     now_ms: i64,
-    lines: LineCounter,
     /// Records started so far.
     record: usize,
     ids: Option<IdGen>,
 }
 
 impl<'a> BodyParser<'a, '_> {
-    fn pos_at(&mut self, record: usize, byte: usize) -> RecordPos {
+    /// The position of a record starting where the scanner is.
+    fn pos_here(&self, record: usize) -> RecordPos {
         RecordPos {
             record,
-            byte,
-            line: self.lines.line_at(self.text.as_bytes(), byte),
+            byte: self.s.pos,
+            line: 1 + self.s.newlines,
         }
     }
 
-    /// A syntax error inside the record starting at `pos`.
-    fn malformed(&mut self, pos: RecordPos, e: &SyntaxError) -> BodyError {
-        let at_line = self.lines.line_at(self.text.as_bytes(), e.at);
+    /// A syntax error inside the record starting at `pos`. Errors are rare, so the
+    /// line of the error byte is counted afresh.
+    fn malformed(&self, pos: RecordPos, e: &SyntaxError) -> BodyError {
+        let at_line = 1 + count_newlines(&self.text.as_bytes()[..e.at.min(self.text.len())]);
         BodyError::Malformed {
             pos,
             at_byte: e.at,
@@ -512,8 +513,8 @@ impl<'a> BodyParser<'a, '_> {
     }
 
     /// A syntax error between records, at the scanner's position.
-    fn between(&mut self, message: &str) -> BodyError {
-        let pos = self.pos_at(self.record + 1, self.s.pos);
+    fn between(&self, message: &str) -> BodyError {
+        let pos = self.pos_here(self.record + 1);
         BodyError::Malformed {
             pos,
             at_byte: pos.byte,
@@ -526,7 +527,7 @@ impl<'a> BodyParser<'a, '_> {
     fn record(&mut self) -> Result<Event<'a>, BodyError> {
         self.record += 1;
         let start = self.s.pos;
-        let pos = self.pos_at(self.record, start);
+        let pos = self.pos_here(self.record);
         match self.s.peek() {
             Some(b'{') => {}
             Some(b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n') => {
@@ -548,6 +549,7 @@ impl<'a> BodyParser<'a, '_> {
         let whole = Raw {
             text: &self.text[start..self.s.pos],
             compact: !self.s.saw_ws,
+            escaped: true,
         };
         match members.payload {
             Some(payload) => self.envelope(pos, members, payload),
@@ -576,10 +578,12 @@ impl<'a> BodyParser<'a, '_> {
             let value_start = s.pos;
             let outer_ws = s.saw_ws;
             s.saw_ws = false;
+            s.saw_escape = false;
             s.value(1)?;
             let raw = Raw {
                 text: &self.text[value_start..s.pos],
                 compact: !s.saw_ws,
+                escaped: s.saw_escape,
             };
             s.saw_ws |= outer_ws;
             let name: Cow<'_, str> = if escaped {
@@ -665,7 +669,7 @@ impl<'a> BodyParser<'a, '_> {
         let (timestamp_ms, timestamp_raw) = match m.timestamp {
             None => (self.now_ms, None),
             Some(raw) => match raw.kind() {
-                Kind::String | Kind::Number => self.bounded_time(pos, raw.text)?,
+                Kind::String | Kind::Number => self.bounded_time(pos, raw)?,
                 kind => {
                     let message = format!(
                         "timestamp must be a string or an integer (epoch ms), not {}",
@@ -698,7 +702,7 @@ impl<'a> BodyParser<'a, '_> {
             Some(raw) => {
                 event.key_raw = Some(raw.text);
                 match raw.kind() {
-                    Kind::String => Some(decode(pos, raw.text)?),
+                    Kind::String => Some(raw.decode(pos)?),
                     Kind::Number => Some(Cow::Borrowed(raw.text)),
                     kind => {
                         let message =
@@ -725,18 +729,11 @@ impl<'a> BodyParser<'a, '_> {
                     };
                     self.malformed(pos, &e)
                 })?;
-                match found.map(|text| {
-                    (
-                        text,
-                        Raw {
-                            text,
-                            compact: true,
-                        }
-                        .kind(),
-                    )
-                }) {
+                match found.map(|text| (text, Raw::unknown(text).kind())) {
                     None | Some((_, Kind::Null)) => (self.now_ms, None),
-                    Some((text, Kind::String | Kind::Number)) => self.bounded_time(pos, text)?,
+                    Some((text, Kind::String | Kind::Number)) => {
+                        self.bounded_time(pos, Raw::unknown(text))?
+                    }
                     Some((_, kind)) => {
                         let message = format!(
                             "timestamp_field {ptr} must be a string or an integer (epoch ms), not {}",
@@ -787,7 +784,7 @@ impl<'a> BodyParser<'a, '_> {
             let message = format!("{member} must be a string, not {}", raw.kind().name());
             return Err(bad_member(pos, member, message));
         }
-        let text = decode(pos, raw.text)?;
+        let text = raw.decode(pos)?;
         if text.is_empty() {
             return Err(bad_member(
                 pos,
@@ -803,20 +800,23 @@ impl<'a> BodyParser<'a, '_> {
     fn bounded_time(
         &self,
         pos: RecordPos,
-        raw: &'a str,
+        raw: Raw<'a>,
     ) -> Result<(i64, Option<&'a str>), BodyError> {
-        let parsed = if raw.starts_with('"') {
-            parse_timestamp(&decode(pos, raw)?)
-        } else if raw.bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) {
-            Err(format!("epoch milliseconds must be an integer, not {raw}"))
+        let parsed = if raw.kind() == Kind::String {
+            parse_timestamp(&raw.decode(pos)?)
+        } else if raw.text.bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) {
+            Err(format!(
+                "epoch milliseconds must be an integer, not {}",
+                raw.text
+            ))
         } else {
-            parse_timestamp(raw)
+            parse_timestamp(raw.text)
         };
         let ms = parsed.map_err(|message| BodyError::BadTimestamp { pos, message })?;
         let min_ms = self.now_ms.saturating_sub(self.rules.max_event_age_ms);
         let max_ms = self.now_ms.saturating_add(self.rules.max_event_lead_ms);
         if (min_ms..=max_ms).contains(&ms) {
-            Ok((ms, Some(raw)))
+            Ok((ms, Some(raw.text)))
         } else if self.rules.clamp_bad_time {
             Ok((ms.clamp(min_ms, max_ms), None))
         } else {
@@ -878,14 +878,10 @@ impl<'a> BodyParser<'a, '_> {
         let Some(found) = found else {
             return Ok(None);
         };
-        match (Raw {
-            text: found,
-            compact: true,
-        })
-        .kind()
-        {
-            Kind::String => Ok(Some(decode(pos, found)?)),
-            Kind::Number => Ok(Some(Cow::Borrowed(found))),
+        let found = Raw::unknown(found);
+        match found.kind() {
+            Kind::String => Ok(Some(found.decode(pos)?)),
+            Kind::Number => Ok(Some(Cow::Borrowed(found.text))),
             Kind::Null => Ok(None),
             kind => {
                 let message = format!(

@@ -116,6 +116,13 @@ pub struct Scanner<'a> {
     /// Set whenever whitespace is skipped; callers reset it to learn whether a value
     /// was written compactly (then it can be copied without minifying).
     pub saw_ws: bool,
+    /// Newlines skipped so far. Outside strings a newline can only be whitespace, and
+    /// inside them it is an error, so when scanning from the start this is the number
+    /// of newlines before `pos`: line numbers cost no second pass.
+    pub newlines: usize,
+    /// Set whenever a string with an escape is scanned; callers reset it to learn
+    /// whether a value's strings can be used without decoding.
+    pub saw_escape: bool,
 }
 
 impl<'a> Scanner<'a> {
@@ -124,6 +131,8 @@ impl<'a> Scanner<'a> {
             bytes: text.as_bytes(),
             pos,
             saw_ws: false,
+            newlines: 0,
+            saw_escape: false,
         }
     }
 
@@ -147,8 +156,10 @@ impl<'a> Scanner<'a> {
     pub fn skip_ws(&mut self) {
         let start = self.pos;
         while let Some(&b) = self.bytes.get(self.pos) {
-            if !is_ws(b) {
-                break;
+            match b {
+                b'\n' => self.newlines += 1,
+                b' ' | b'\t' | b'\r' => {}
+                _ => break,
             }
             self.pos += 1;
         }
@@ -177,7 +188,7 @@ impl<'a> Scanner<'a> {
         self.pos += 1;
         let mut escaped = false;
         loop {
-            // Fast run over ordinary bytes.
+            self.skip_string_run();
             while let Some(&b) = self.bytes.get(self.pos) {
                 if STRING_STOP[b as usize] {
                     break;
@@ -191,11 +202,38 @@ impl<'a> Scanner<'a> {
                 }
                 Some(b'\\') => {
                     escaped = true;
+                    self.saw_escape = true;
                     self.escape()?;
                 }
                 Some(_) => return self.err("control character in string"),
                 None => return self.err("unterminated string"),
             }
+        }
+    }
+
+    /// Skips ordinary string bytes eight at a time (SWAR): stops at or before the first
+    /// quote, backslash or control character; the byte loop after it finishes the job.
+    #[inline]
+    fn skip_string_run(&mut self) {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        while let Some(chunk) = self.bytes.get(self.pos..self.pos + 8) {
+            let mut word = [0; 8];
+            word.copy_from_slice(chunk);
+            let w = u64::from_le_bytes(word);
+            let quote = w ^ (ONES * u64::from(b'"'));
+            let backslash = w ^ (ONES * u64::from(b'\\'));
+            // A byte is flagged when it is zero (after the xor) or below 0x20; borrows
+            // only flag bytes above a real hit, so the lowest flag is exact.
+            let hits = (quote.wrapping_sub(ONES) & !quote)
+                | (backslash.wrapping_sub(ONES) & !backslash)
+                | (w.wrapping_sub(ONES * 0x20) & !w);
+            let hits = hits & HIGH;
+            if hits != 0 {
+                self.pos += (hits.trailing_zeros() / 8) as usize;
+                return;
+            }
+            self.pos += 8;
         }
     }
 
