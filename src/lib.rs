@@ -13,7 +13,10 @@
 //! - [`app`]: wiring: open the data dir and the log, serve HTTP, shut down in order.
 //! - [`metrics`], [`limits`], [`clock`]: metric names, hard bounds, injected time.
 
+pub mod clock;
 pub mod config;
 pub mod event;
 pub mod json;
+pub mod limits;
 pub mod log;
+pub mod metrics;

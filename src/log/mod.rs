@@ -1,7 +1,265 @@
 //! The broker: topics of partitions of segments holding Kafka RecordBatch v2.
 //!
-//! Only this module touches segment and index files.
+//! Only this module touches segment and index files. [`Log::open`] takes the data dir
+//! lock, recovers every partition, rebuilds the dedup tables and starts the fsync
+//! workers; [`Log::close`] makes everything durable and leaves the clean-shutdown marker.
 
 pub mod batch;
+pub mod datadir;
+pub mod dedup;
+pub mod index;
+pub mod partition;
 pub mod partitioner;
+pub mod recovery;
+pub mod segment;
+pub mod sync;
+pub mod topic;
 pub mod topic_name;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+
+use batch::BatchHeader;
+use datadir::{DataDir, DataDirError};
+use partition::{Partition, PartitionSettings};
+use recovery::RecoveryReport;
+use sync::SyncPool;
+use topic::Topic;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::metrics as m;
+
+/// Record header with the event_type, so pipelines filter without parsing JSON.
+pub const HEADER_TYPE: &str = "weir.type";
+/// Record header with the 128-bit xxh3 hash of a client-supplied event_id (16 bytes BE).
+pub const HEADER_ID: &str = "weir.id";
+/// Record header with the append time, epoch ms as 8 bytes BE.
+pub const HEADER_APPEND: &str = "weir.append";
+
+/// The append time of a batch: the `weir.append` header of its first record.
+pub fn batch_append_ms(batch_bytes: &[u8], _header: &BatchHeader) -> Option<i64> {
+    let first = batch::records(batch_bytes).ok()?.next()?.ok()?;
+    let value = first.header(HEADER_APPEND)?;
+    Some(i64::from_be_bytes(value.try_into().ok()?))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error("recovery of {topic}/{partition} failed: {source}")]
+    Recovery {
+        topic: String,
+        partition: u32,
+        source: io::Error,
+    },
+    #[error("cannot clear the clean-shutdown marker: {0}")]
+    Marker(io::Error),
+}
+
+/// What opening the log found.
+#[derive(Debug, Default)]
+pub struct OpenReport {
+    pub clean: bool,
+    pub partitions: usize,
+    pub scanned_bytes: u64,
+    pub truncated_bytes: u64,
+    pub dedup_ids: usize,
+    pub seconds: f64,
+}
+
+pub struct Log {
+    datadir: DataDir,
+    topics: BTreeMap<String, Arc<Topic>>,
+    /// Taken by `close`.
+    sync: parking_lot::Mutex<Option<SyncPool>>,
+    clock: SharedClock,
+}
+
+impl Log {
+    /// Opens (creating if needed) the data dir and every configured topic.
+    pub fn open(config: &Config, clock: SharedClock) -> Result<(Log, OpenReport), LogError> {
+        let started = Instant::now();
+        let datadir = DataDir::open(&config.storage.data_dir)?;
+        let clean = datadir.was_clean();
+        let partitions_total: usize = config.topics.iter().map(|t| t.partitions as usize).sum();
+        let mut sync = SyncPool::start(partitions_total);
+        let mut report = OpenReport {
+            clean,
+            ..OpenReport::default()
+        };
+
+        // Recover partitions in parallel: the scan is IO and CRC, independent per partition.
+        let jobs: Vec<(usize, u32)> = config
+            .topics
+            .iter()
+            .enumerate()
+            .flat_map(|(t, tc)| (0..tc.partitions).map(move |p| (t, p)))
+            .collect();
+        let results: Vec<Result<(usize, u32, recovery::Recovered), LogError>> =
+            std::thread::scope(|s| {
+                let chunks = jobs.chunks(jobs.len().div_ceil(4).max(1));
+                let handles: Vec<_> = chunks
+                    .map(|chunk| {
+                        let datadir = &datadir;
+                        s.spawn(move || {
+                            chunk
+                                .iter()
+                                .map(|&(t, p)| {
+                                    let tc = &config.topics[t];
+                                    let dir = datadir.topic_dir(&tc.name).join(p.to_string());
+                                    recovery::recover(&dir, clean).map(|r| (t, p, r)).map_err(
+                                        |source| LogError::Recovery {
+                                            topic: tc.name.clone(),
+                                            partition: p,
+                                            source,
+                                        },
+                                    )
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().expect("recovery thread"))
+                    .collect()
+            });
+        let mut by_topic: Vec<Vec<Option<Arc<Partition>>>> = config
+            .topics
+            .iter()
+            .map(|t| vec![None; t.partitions as usize])
+            .collect();
+        for result in results {
+            let (t, p, rec) = result?;
+            let tc = &config.topics[t];
+            log_recovery(&tc.name, p, &rec.report);
+            report.scanned_bytes += rec.report.scanned_bytes;
+            report.truncated_bytes += rec.report.truncated_bytes;
+            let settings = PartitionSettings {
+                fsync: tc.fsync,
+                segment_bytes_max: tc.segment_size,
+                segment_age_ms: i64::try_from(tc.segment_age.as_millis()).unwrap_or(i64::MAX),
+            };
+            let dir = datadir.topic_dir(&tc.name).join(p.to_string());
+            let inner = partition::inner_from_recovery(rec.sealed, rec.active, rec.next_offset);
+            by_topic[t][p as usize] = Some(Arc::new(Partition::new(
+                tc.name.as_str().into(),
+                p,
+                dir,
+                settings,
+                inner,
+                sync.queue(),
+            )));
+        }
+        let mut topics = BTreeMap::new();
+        let mut flush = Vec::new();
+        let now = clock.now_ms();
+        for (tc, parts) in config.topics.iter().zip(by_topic) {
+            let parts: Vec<Arc<Partition>> = parts.into_iter().flatten().collect();
+            report.partitions += parts.len();
+            flush.extend(parts.iter().map(|p| (Arc::clone(p), tc.fsync_interval)));
+            let topic = Arc::new(Topic::new(tc.clone(), parts));
+            if topic.dedup.enabled() {
+                let ids = dedup_ids_from_log(&topic, now);
+                report.dedup_ids += ids.len();
+                topic.dedup.load(ids, now);
+            }
+            topics.insert(tc.name.clone(), topic);
+        }
+        sync.start_flusher(flush);
+        // Before the first write after start: a crash from here on is not a clean stop.
+        datadir.clear_clean_marker().map_err(LogError::Marker)?;
+        report.seconds = started.elapsed().as_secs_f64();
+        metrics::gauge!(m::RECOVERY_SECONDS).set(report.seconds);
+        Ok((
+            Log {
+                datadir,
+                topics,
+                sync: parking_lot::Mutex::new(Some(sync)),
+                clock,
+            },
+            report,
+        ))
+    }
+
+    pub fn topic(&self, name: &str) -> Option<&Arc<Topic>> {
+        self.topics.get(name)
+    }
+
+    pub fn topics(&self) -> impl Iterator<Item = &Arc<Topic>> {
+        self.topics.values()
+    }
+
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// Partitions refusing writes after an fsync failure, as `topic/partition`.
+    pub fn fenced(&self) -> Vec<String> {
+        self.topics
+            .values()
+            .flat_map(|t| t.partitions.iter())
+            .filter(|p| p.is_fenced())
+            .map(|p| format!("{}/{}", p.topic, p.id))
+            .collect()
+    }
+
+    /// Makes every partition durable, writes the active indexes, and leaves the
+    /// clean-shutdown marker so the next start skips the recovery scan.
+    pub fn close(&self) -> io::Result<()> {
+        let mut result = Ok(());
+        for p in self.topics.values().flat_map(|t| t.partitions.iter()) {
+            if let Err(e) = p.close() {
+                tracing::error!(topic = %p.topic, partition = p.id, error = %e, "final flush failed");
+                result = Err(e);
+            }
+        }
+        if let Some(sync) = self.sync.lock().take() {
+            sync.stop();
+        }
+        if result.is_ok() {
+            self.datadir.set_clean_marker()?;
+        }
+        result
+    }
+}
+
+fn log_recovery(topic: &str, partition: u32, report: &RecoveryReport) {
+    let labels = [
+        ("topic", topic.to_string()),
+        ("partition", partition.to_string()),
+    ];
+    if let Some(why) = &report.truncation {
+        metrics::counter!(m::RECOVERY_TRUNCATIONS, &labels).increment(1);
+        metrics::counter!(m::RECOVERY_TRUNCATED_BYTES, &labels).increment(report.truncated_bytes);
+        tracing::warn!(topic, partition, truncated_bytes = report.truncated_bytes, reason = %why,
+            "recovery cut a torn or corrupt tail");
+    } else {
+        // Touch the counters so they are exported at zero.
+        metrics::counter!(m::RECOVERY_TRUNCATIONS, &labels).increment(0);
+        metrics::counter!(m::RECOVERY_TRUNCATED_BYTES, &labels).increment(0);
+    }
+}
+
+/// Reads the `weir.id` headers appended within the dedup window, newest segments first,
+/// stopping at the first segment that ends before the window.
+fn dedup_ids_from_log(topic: &Topic, now_ms: i64) -> Vec<(i64, u128)> {
+    let window_ms = i64::try_from(topic.config.dedup_window.as_millis()).unwrap_or(i64::MAX);
+    let cutoff = now_ms.saturating_sub(window_ms);
+    let mut out = Vec::new();
+    for p in &topic.partitions {
+        if let Err(e) = p.collect_ids_since(cutoff, &mut out) {
+            tracing::warn!(topic = %topic.name, partition = p.id, error = %e,
+                "could not read ids for the dedup table; duplicates from before the restart may be appended again");
+        }
+    }
+    if out.len() > topic.config.max_dedup_entries {
+        out.sort_unstable_by_key(|(t, _)| std::cmp::Reverse(*t));
+        out.truncate(topic.config.max_dedup_entries);
+    }
+    out
+}

@@ -1,0 +1,197 @@
+//! The data directory: its lock, its format version and the clean-shutdown marker.
+//!
+//! Layout (see ARCHITECTURE.md):
+//!
+//! ```text
+//! <data_dir>/weir.lock                 flock(2)-held while a weir runs here
+//! <data_dir>/format_version            "1\n"; newer is refused
+//! <data_dir>/clean_shutdown            present only between a clean stop and the next start
+//! <data_dir>/topics/<topic>/<partition>/<base offset>.{log,index,timeindex}
+//! <data_dir>/topics/<topic>/<partition>/recovery_point
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// The on-disk format this build writes. Bump with a migration when the layout changes.
+pub const FORMAT_VERSION: u32 = 1;
+
+const LOCK_FILE: &str = "weir.lock";
+const VERSION_FILE: &str = "format_version";
+const CLEAN_FILE: &str = "clean_shutdown";
+const TOPICS_DIR: &str = "topics";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("cannot create or open data dir {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error(
+        "data dir {path} is in use by another weir (pid {holder}); stop it or choose another --data-dir"
+    )]
+    Locked { path: PathBuf, holder: String },
+    #[error(
+        "data dir {path} has format version {found}, newer than this weir's {FORMAT_VERSION}; run a newer weir"
+    )]
+    TooNew { path: PathBuf, found: u32 },
+    #[error("data dir {path}: unreadable format_version file: {detail}")]
+    BadVersion { path: PathBuf, detail: String },
+}
+
+/// An open, locked data directory. The lock lives as long as this value.
+#[derive(Debug)]
+pub struct DataDir {
+    root: PathBuf,
+    /// Holds the flock; closing it releases the directory for another weir.
+    _lock: File,
+    /// Whether the previous run stopped cleanly (its marker was present at open).
+    was_clean: bool,
+}
+
+impl DataDir {
+    /// Creates the directory if missing, takes the lock, checks or writes the format version.
+    pub fn open(root: &Path) -> Result<DataDir, DataDirError> {
+        let open_err = |source| DataDirError::Open {
+            path: root.to_path_buf(),
+            source,
+        };
+        fs::create_dir_all(root.join(TOPICS_DIR)).map_err(open_err)?;
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(root.join(LOCK_FILE))
+            .map_err(open_err)?;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let holder = fs::read_to_string(root.join(LOCK_FILE))
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_else(|_| "unknown".to_string());
+                return Err(DataDirError::Locked {
+                    path: root.to_path_buf(),
+                    holder,
+                });
+            }
+            return Err(open_err(err));
+        }
+        lock.set_len(0).map_err(open_err)?;
+        writeln!(lock, "{}", std::process::id()).map_err(open_err)?;
+
+        let version_path = root.join(VERSION_FILE);
+        match fs::read_to_string(&version_path) {
+            Ok(text) => {
+                let found: u32 = text.trim().parse().map_err(|_| DataDirError::BadVersion {
+                    path: root.to_path_buf(),
+                    detail: format!("{:?} is not a number", text.trim()),
+                })?;
+                if found > FORMAT_VERSION {
+                    return Err(DataDirError::TooNew {
+                        path: root.to_path_buf(),
+                        found,
+                    });
+                }
+                // Older formats would be migrated here; version 1 is the first.
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                write_durably(root, VERSION_FILE, format!("{FORMAT_VERSION}\n").as_bytes())
+                    .map_err(open_err)?;
+            }
+            Err(e) => return Err(open_err(e)),
+        }
+        let was_clean = root.join(CLEAN_FILE).exists();
+        Ok(DataDir {
+            root: root.to_path_buf(),
+            _lock: lock,
+            was_clean,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether the previous run left the clean-shutdown marker.
+    pub fn was_clean(&self) -> bool {
+        self.was_clean
+    }
+
+    pub fn topic_dir(&self, topic: &str) -> PathBuf {
+        self.root.join(TOPICS_DIR).join(topic)
+    }
+
+    /// Removes the clean-shutdown marker durably. Must happen before the first write after
+    /// start: a crash after that write must not be mistaken for a clean stop.
+    pub fn clear_clean_marker(&self) -> io::Result<()> {
+        match fs::remove_file(self.root.join(CLEAN_FILE)) {
+            Ok(()) => sync_dir(&self.root),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes the clean-shutdown marker durably; called after the final fsync of every partition.
+    pub fn set_clean_marker(&self) -> io::Result<()> {
+        write_durably(&self.root, CLEAN_FILE, b"clean\n")
+    }
+}
+
+/// fsyncs a directory so that entries created, renamed or removed in it survive a crash.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes `name` in `dir` atomically and durably: temp file, fsync, rename, fsync dir.
+pub fn write_durably(dir: &Path, name: &str, contents: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = File::create(&tmp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, dir.join(name))?;
+    sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_open_is_refused_while_the_first_holds_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DataDir::open(dir.path()).unwrap();
+        let err = DataDir::open(dir.path()).unwrap_err();
+        assert!(matches!(err, DataDirError::Locked { .. }), "{err}");
+        drop(first);
+        DataDir::open(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(VERSION_FILE), "99\n").unwrap();
+        let err = DataDir::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(err, DataDirError::TooNew { found: 99, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn clean_marker_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DataDir::open(dir.path()).unwrap();
+        assert!(!d.was_clean());
+        d.set_clean_marker().unwrap();
+        drop(d);
+        let d = DataDir::open(dir.path()).unwrap();
+        assert!(d.was_clean());
+        d.clear_clean_marker().unwrap();
+        drop(d);
+        assert!(!DataDir::open(dir.path()).unwrap().was_clean());
+    }
+}

@@ -1,0 +1,312 @@
+//! Idempotence by event_id: a topic's table of recently appended ids.
+//!
+//! Derived from the log (rebuilt at start from the `weir.id` record headers of the last
+//! `dedup_window` of append time, before ingest is accepted), bounded by
+//! `max_dedup_entries` (oldest evicted, counted). Only client-supplied ids enter it.
+//! An id being appended by a request still in flight is held in `inflight`: a duplicate
+//! of it waits for that request's outcome, then is a duplicate if the original landed or
+//! new if it failed.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::metrics as m;
+
+/// The ids are already xxh3-128 hashes: their low bits are a perfectly good hash.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(b);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "keeping the low 64 bits is the point"
+        )]
+        let low = v as u64;
+        self.0 = low;
+    }
+}
+
+type IdMap<V> = HashMap<u128, V, BuildHasherDefault<IdHasher>>;
+pub type IdSet = HashSet<u128, BuildHasherDefault<IdHasher>>;
+
+pub struct Dedup {
+    topic: Arc<str>,
+    window_ms: i64,
+    entries_max: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// id -> append time (ms) of the record that carried it.
+    seen: IdMap<i64>,
+    /// Insertion order for expiry and eviction; may hold stale pairs, checked on removal.
+    order: VecDeque<(u128, i64)>,
+    /// ids being appended by a request in flight -> resolved when that request ends.
+    inflight: IdMap<watch::Receiver<bool>>,
+}
+
+/// What to do with each event of a request, and the ticket that settles its ids.
+pub struct Admission {
+    /// `true`: append it; `false`: duplicate.
+    pub append: Vec<bool>,
+    pub duplicates: usize,
+    pub ticket: Ticket,
+}
+
+impl Dedup {
+    pub fn new(topic: Arc<str>, window_ms: i64, entries_max: usize) -> Dedup {
+        Dedup {
+            topic,
+            window_ms,
+            entries_max,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.window_ms > 0 && self.entries_max > 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fills the table from ids read back from the log, oldest first.
+    pub fn load(&self, mut ids: Vec<(i64, u128)>, now_ms: i64) {
+        ids.sort_unstable_by_key(|(t, _)| *t);
+        let mut inner = self.inner.lock();
+        for (t, id) in ids {
+            self.insert(&mut inner, id, t, now_ms);
+        }
+        metrics::gauge!(m::DEDUP_ENTRIES, "topic" => self.topic.to_string())
+            .set(inner.seen.len() as f64);
+    }
+
+    /// Classifies a request's events by their id hashes (None: generated id, always new).
+    pub async fn admit(self: &Arc<Self>, ids: &[Option<u128>], now_ms: i64) -> Admission {
+        let keep_all = || Admission {
+            append: vec![true; ids.len()],
+            duplicates: 0,
+            ticket: Ticket {
+                dedup: None,
+                ids: Vec::new(),
+                done: None,
+            },
+        };
+        if !self.enabled() || ids.iter().all(Option::is_none) {
+            return keep_all();
+        }
+        loop {
+            let mut waits = Vec::new();
+            let mut append = Vec::with_capacity(ids.len());
+            let mut in_request = IdSet::default();
+            let mut new_ids = Vec::new();
+            let mut duplicates = 0;
+            {
+                let mut inner = self.inner.lock();
+                self.expire(&mut inner, now_ms);
+                for id in ids {
+                    let Some(id) = *id else {
+                        append.push(true);
+                        continue;
+                    };
+                    if in_request.contains(&id) || inner.seen.contains_key(&id) {
+                        append.push(false);
+                        duplicates += 1;
+                    } else if let Some(rx) = inner.inflight.get(&id) {
+                        waits.push(rx.clone());
+                        append.push(false);
+                    } else {
+                        in_request.insert(id);
+                        new_ids.push(id);
+                        append.push(true);
+                    }
+                }
+                if waits.is_empty() {
+                    let (tx, rx) = watch::channel(false);
+                    for id in &new_ids {
+                        inner.inflight.insert(*id, rx.clone());
+                    }
+                    return Admission {
+                        append,
+                        duplicates,
+                        ticket: Ticket {
+                            dedup: Some(Arc::clone(self)),
+                            ids: new_ids,
+                            done: Some(tx),
+                        },
+                    };
+                }
+            }
+            // A duplicate of a request in flight: wait for its outcome, then classify again.
+            for mut rx in waits {
+                let _ = rx.wait_for(|done| *done).await;
+            }
+        }
+    }
+
+    fn expire(&self, inner: &mut Inner, now_ms: i64) {
+        let cutoff = now_ms.saturating_sub(self.window_ms);
+        while let Some(&(id, t)) = inner.order.front() {
+            if t >= cutoff {
+                break;
+            }
+            inner.order.pop_front();
+            if inner.seen.get(&id) == Some(&t) {
+                inner.seen.remove(&id);
+            }
+        }
+    }
+
+    fn insert(&self, inner: &mut Inner, id: u128, append_ms: i64, now_ms: i64) {
+        if append_ms < now_ms.saturating_sub(self.window_ms) {
+            return;
+        }
+        inner.seen.insert(id, append_ms);
+        inner.order.push_back((id, append_ms));
+        let mut evicted = 0u64;
+        while inner.seen.len() > self.entries_max {
+            let Some((old, t)) = inner.order.pop_front() else {
+                break;
+            };
+            if inner.seen.get(&old) == Some(&t) {
+                inner.seen.remove(&old);
+                evicted += 1;
+            }
+        }
+        // Stale pairs (ids re-inserted later) must not make `order` grow without bound.
+        if inner.order.len() > 2 * self.entries_max.max(1024) {
+            let seen = &inner.seen;
+            inner.order.retain(|(id, t)| seen.get(id) == Some(t));
+        }
+        if evicted > 0 {
+            metrics::counter!(m::DEDUP_EVICTIONS, "topic" => self.topic.to_string())
+                .increment(evicted);
+        }
+    }
+}
+
+/// Settles the in-flight ids of one request. Dropping it unsettled counts as failure,
+/// so waiting duplicates go on and append.
+pub struct Ticket {
+    dedup: Option<Arc<Dedup>>,
+    ids: Vec<u128>,
+    done: Option<watch::Sender<bool>>,
+}
+
+impl Ticket {
+    /// Records which of this request's ids are now in the log.
+    pub fn settle(mut self, appended: &dyn Fn(u128) -> bool, append_ms: i64, now_ms: i64) {
+        if let Some(dedup) = self.dedup.take() {
+            let mut inner = dedup.inner.lock();
+            for id in self.ids.drain(..) {
+                inner.inflight.remove(&id);
+                if appended(id) {
+                    dedup.insert(&mut inner, id, append_ms, now_ms);
+                }
+            }
+            metrics::gauge!(m::DEDUP_ENTRIES, "topic" => dedup.topic.to_string())
+                .set(inner.seen.len() as f64);
+        }
+        if let Some(tx) = self.done.take() {
+            tx.send_replace(true);
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(dedup) = self.dedup.take() {
+            let mut inner = dedup.inner.lock();
+            for id in self.ids.drain(..) {
+                inner.inflight.remove(&id);
+            }
+        }
+        if let Some(tx) = self.done.take() {
+            tx.send_replace(true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dedup(window_ms: i64, max: usize) -> Arc<Dedup> {
+        Arc::new(Dedup::new("t".into(), window_ms, max))
+    }
+
+    #[tokio::test]
+    async fn repeated_ids_in_one_request_and_across_requests() {
+        let d = dedup(1000, 100);
+        let a = d.admit(&[Some(1), Some(1), None, Some(2)], 0).await;
+        assert_eq!(a.append, [true, false, true, true]);
+        assert_eq!(a.duplicates, 1);
+        a.ticket.settle(&|_| true, 0, 0);
+        let b = d.admit(&[Some(1), Some(3)], 10).await;
+        assert_eq!(b.append, [false, true]);
+        drop(b.ticket);
+        // Failed (dropped) tickets leave nothing behind.
+        let c = d.admit(&[Some(3)], 10).await;
+        assert_eq!(c.append, [true]);
+    }
+
+    #[tokio::test]
+    async fn window_expiry_and_max_entries_eviction() {
+        let d = dedup(100, 2);
+        d.load(vec![(0, 1), (50, 2), (60, 3)], 60);
+        assert_eq!(d.len(), 2, "oldest evicted");
+        let a = d.admit(&[Some(1), Some(2), Some(3)], 60).await;
+        assert_eq!(a.append, [true, false, false]);
+        drop(a.ticket);
+        let b = d.admit(&[Some(2), Some(3)], 155).await;
+        assert_eq!(
+            b.append,
+            [true, false],
+            "id 2 (t=50) left the window at 150"
+        );
+    }
+
+    #[tokio::test]
+    async fn duplicate_of_an_in_flight_request_waits_for_its_outcome() {
+        let d = dedup(1000, 100);
+        let first = d.admit(&[Some(7)], 0).await;
+        let d2 = Arc::clone(&d);
+        let waiter = tokio::spawn(async move { d2.admit(&[Some(7)], 0).await.append });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        first.ticket.settle(&|_| true, 0, 0);
+        assert_eq!(waiter.await.unwrap(), [false]);
+
+        let second = d.admit(&[Some(8)], 0).await;
+        let d3 = Arc::clone(&d);
+        let waiter = tokio::spawn(async move { d3.admit(&[Some(8)], 0).await.append });
+        tokio::task::yield_now().await;
+        second.ticket.settle(&|_| false, 0, 0);
+        assert_eq!(
+            waiter.await.unwrap(),
+            [true],
+            "the original failed: append as new"
+        );
+    }
+}

@@ -1,0 +1,247 @@
+//! Sparse indexes beside each segment, in Kafka's layouts.
+//!
+//! - offset index (`.index`): 8-byte entries, relative offset (u32 BE) then byte position
+//!   (u32 BE) of a batch start, one entry per [`INDEX_INTERVAL_BYTES`] of log.
+//! - time index (`.timeindex`): 12-byte entries, the segment's largest event time so far
+//!   (i64 BE, so monotone as Kafka's) then the relative offset (u32 BE) where it was seen.
+//!
+//! The active segment keeps its entries in memory and writes them when it is sealed or at
+//! a clean stop; after a crash they are rebuilt by the recovery scan. Sealed segments are
+//! searched in their files with positioned reads, so memory does not grow with the log.
+//! An index is a hint: a lookup that lands outside the segment falls back to its start.
+//!
+//! [`INDEX_INTERVAL_BYTES`]: crate::limits::INDEX_INTERVAL_BYTES
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+pub const OFFSET_ENTRY_LEN: usize = 8;
+pub const TIME_ENTRY_LEN: usize = 12;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetEntry {
+    /// Offset of the batch minus the segment's base offset.
+    pub rel_offset: u32,
+    /// Byte position of the batch in the segment file.
+    pub position: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeEntry {
+    /// Largest event time (ms) in the segment up to this entry.
+    pub timestamp_ms: i64,
+    pub rel_offset: u32,
+}
+
+/// The in-memory indexes of the active segment.
+#[derive(Debug, Default)]
+pub struct ActiveIndex {
+    pub offsets: Vec<OffsetEntry>,
+    pub times: Vec<TimeEntry>,
+    /// Log bytes appended since the last offset entry.
+    bytes_since_entry: u64,
+}
+
+impl ActiveIndex {
+    /// Records a batch that starts at `position`; adds entries once an interval has passed.
+    pub fn on_batch(
+        &mut self,
+        rel_offset: u32,
+        position: u32,
+        batch_len: u64,
+        max_timestamp_ms: i64,
+        interval_bytes: u64,
+    ) {
+        if self.offsets.is_empty() || self.bytes_since_entry >= interval_bytes {
+            self.offsets.push(OffsetEntry {
+                rel_offset,
+                position,
+            });
+            self.bytes_since_entry = 0;
+            if self
+                .times
+                .last()
+                .is_none_or(|t| max_timestamp_ms > t.timestamp_ms)
+            {
+                self.times.push(TimeEntry {
+                    timestamp_ms: max_timestamp_ms,
+                    rel_offset,
+                });
+            }
+        }
+        self.bytes_since_entry += batch_len;
+    }
+
+    /// Position of the last indexed batch at or before `rel_offset`.
+    pub fn lookup(&self, rel_offset: u32) -> u32 {
+        let i = self.offsets.partition_point(|e| e.rel_offset <= rel_offset);
+        if i == 0 {
+            0
+        } else {
+            self.offsets[i - 1].position
+        }
+    }
+
+    pub fn encode_offsets(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.offsets.len() * OFFSET_ENTRY_LEN);
+        for e in &self.offsets {
+            out.extend_from_slice(&e.rel_offset.to_be_bytes());
+            out.extend_from_slice(&e.position.to_be_bytes());
+        }
+        out
+    }
+
+    /// Encodes the time index, with a final entry for the segment's true maximum so a
+    /// sealed segment's newest event time is known without scanning it.
+    pub fn encode_times(&self, max_timestamp_ms: i64, last_rel_offset: u32) -> Vec<u8> {
+        let mut out = Vec::with_capacity((self.times.len() + 1) * TIME_ENTRY_LEN);
+        for e in &self.times {
+            out.extend_from_slice(&e.timestamp_ms.to_be_bytes());
+            out.extend_from_slice(&e.rel_offset.to_be_bytes());
+        }
+        if self
+            .times
+            .last()
+            .is_none_or(|t| max_timestamp_ms > t.timestamp_ms)
+        {
+            out.extend_from_slice(&max_timestamp_ms.to_be_bytes());
+            out.extend_from_slice(&last_rel_offset.to_be_bytes());
+        }
+        out
+    }
+
+    /// Reads back the offset entries written by [`ActiveIndex::encode_offsets`] (after a
+    /// clean stop). Entries past `segment_len` or out of order end the list: an index is a
+    /// hint, and a damaged one only makes lookups scan further.
+    pub fn decode_offsets(bytes: &[u8], segment_len: u64) -> Vec<OffsetEntry> {
+        let mut out: Vec<OffsetEntry> = Vec::with_capacity(bytes.len() / OFFSET_ENTRY_LEN);
+        for chunk in bytes.chunks_exact(OFFSET_ENTRY_LEN) {
+            let e = OffsetEntry {
+                rel_offset: u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]),
+                position: u32::from_be_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]),
+            };
+            let ordered = out
+                .last()
+                .is_none_or(|p| e.rel_offset > p.rel_offset && e.position > p.position);
+            if !ordered || u64::from(e.position) >= segment_len {
+                break;
+            }
+            out.push(e);
+        }
+        out
+    }
+}
+
+impl ActiveIndex {
+    /// Reads back time entries written by [`ActiveIndex::encode_times`]; stops at the first
+    /// entry that would make the index go backward.
+    pub fn decode_times(bytes: &[u8]) -> Vec<TimeEntry> {
+        let mut out: Vec<TimeEntry> = Vec::with_capacity(bytes.len() / TIME_ENTRY_LEN);
+        for chunk in bytes.chunks_exact(TIME_ENTRY_LEN) {
+            let mut ts = [0u8; 8];
+            ts.copy_from_slice(&chunk[..8]);
+            let e = TimeEntry {
+                timestamp_ms: i64::from_be_bytes(ts),
+                rel_offset: u32::from_be_bytes([chunk[8], chunk[9], chunk[10], chunk[11]]),
+            };
+            if out.last().is_some_and(|p| e.timestamp_ms < p.timestamp_ms) {
+                break;
+            }
+            out.push(e);
+        }
+        out
+    }
+}
+
+/// Binary search of a sealed segment's offset index file: the position of the last
+/// indexed batch at or before `rel_offset`, or 0.
+pub fn lookup_file(index: &File, rel_offset: u32, segment_len: u64) -> io::Result<u32> {
+    let entries = index.metadata()?.len() / OFFSET_ENTRY_LEN as u64;
+    let (mut lo, mut hi) = (0u64, entries);
+    let mut best = 0u32;
+    let mut buf = [0u8; OFFSET_ENTRY_LEN];
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        index.read_exact_at(&mut buf, mid * OFFSET_ENTRY_LEN as u64)?;
+        let rel = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        let pos = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+        if rel <= rel_offset {
+            best = pos;
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(if u64::from(best) < segment_len {
+        best
+    } else {
+        0
+    })
+}
+
+/// The newest event time recorded in a sealed segment's time index, if any.
+pub fn max_timestamp_file(timeindex: &File) -> io::Result<Option<i64>> {
+    let len = timeindex.metadata()?.len();
+    let entries = len / TIME_ENTRY_LEN as u64;
+    if entries == 0 {
+        return Ok(None);
+    }
+    let mut buf = [0u8; 8];
+    timeindex.read_exact_at(&mut buf, (entries - 1) * TIME_ENTRY_LEN as u64)?;
+    Ok(Some(i64::from_be_bytes(buf)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn sparse_entries_and_lookup_agree_in_memory_and_on_file() {
+        let mut idx = ActiveIndex::default();
+        // 10 batches of 1000 bytes, 5 records each; interval 4096 -> an entry every 5 batches.
+        for b in 0..10u32 {
+            idx.on_batch(b * 5, b * 1000, 1000, i64::from(b) * 10, 4096);
+        }
+        assert_eq!(idx.offsets.len(), 2);
+        assert_eq!(idx.lookup(0), 0);
+        assert_eq!(idx.lookup(24), 0);
+        assert_eq!(idx.lookup(25), 5000);
+        assert_eq!(idx.lookup(49), 5000);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.index");
+        File::create(&path)
+            .unwrap()
+            .write_all(&idx.encode_offsets())
+            .unwrap();
+        let file = File::open(&path).unwrap();
+        for rel in [0, 24, 25, 49] {
+            assert_eq!(
+                lookup_file(&file, rel, 10_000).unwrap(),
+                idx.lookup(rel),
+                "{rel}"
+            );
+        }
+        // A position beyond the segment (a damaged index) falls back to the start.
+        assert_eq!(lookup_file(&file, 49, 4000).unwrap(), 0);
+        let decoded = ActiveIndex::decode_offsets(&idx.encode_offsets(), 10_000);
+        assert_eq!(decoded, idx.offsets);
+    }
+
+    #[test]
+    fn time_index_keeps_the_true_maximum() {
+        let mut idx = ActiveIndex::default();
+        idx.on_batch(0, 0, 5000, 100, 4096);
+        idx.on_batch(1, 5000, 10, 50, 4096);
+        let bytes = idx.encode_times(300, 1);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.timeindex");
+        File::create(&path).unwrap().write_all(&bytes).unwrap();
+        assert_eq!(
+            max_timestamp_file(&File::open(&path).unwrap()).unwrap(),
+            Some(300)
+        );
+    }
+}

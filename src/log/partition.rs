@@ -1,0 +1,754 @@
+//! One partition: its segments, the append path, fsync rounds, the visible end and reads.
+//!
+//! Write path (ARCHITECTURE.md numbers these steps):
+//! 1. the caller encodes and CRCs a batch outside any lock (the CRC excludes the base offset);
+//! 2. under the partition lock: roll if due, stamp the base offset, pwrite(2) at the end of
+//!    the active segment, extend the in-memory indexes;
+//! 3. `fsync = "always"`: the partition is queued for an fsync worker, the caller awaits the
+//!    visible end passing its last offset; otherwise the visible end moves at once;
+//! 4. an fsync worker snapshots the written end, fdatasyncs sealed-but-unsynced segments,
+//!    their indexes and the directory, then the active segment, and publishes the snapshot
+//!    as durable. Requests that arrive during a round join the next one (group commit).
+//!
+//! The lock is a `parking_lot` mutex held only for the pwrite and bookkeeping, never across
+//! an `.await` and never around an fsync.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use super::batch::{self, BatchHeader};
+use super::datadir::{sync_dir, write_durably};
+use super::index;
+use super::segment::{self, ActiveSegment, INDEX_EXT, LOG_EXT, SealedSegment, TIMEINDEX_EXT};
+use crate::config::FsyncMode;
+use crate::limits::{BATCH_BYTES_MAX, INDEX_INTERVAL_BYTES};
+use crate::metrics as m;
+
+/// Positions a segment may not exceed: index entries store positions as u32.
+pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
+
+/// File naming the first segment that may need a recovery scan after a crash.
+pub const RECOVERY_POINT_FILE: &str = "recovery_point";
+
+/// Runs a failpoint that can turn the surrounding io::Result function into an error.
+/// Compiled out unless the `fail` feature is on.
+macro_rules! failpoint {
+    ($name:literal) => {
+        #[cfg(feature = "fail")]
+        fail::fail_point!($name, |_| Err(io::Error::other(concat!(
+            "failpoint ",
+            $name
+        ))));
+    };
+}
+
+/// What readers may see: no reader passes it. Under `always` it is the durable end,
+/// otherwise the written end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Visible {
+    /// One past the last visible offset.
+    pub end_offset: i64,
+    /// The segment holding the visible end and the byte position of the end in it.
+    pub segment_base: i64,
+    pub position: u64,
+    /// Set once when an fsync fails; never cleared while the process runs.
+    pub fenced: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("partition {0} is fenced after an fsync failure; restart weir to recover it")]
+    Fenced(u32),
+    #[error("write failed: {0}")]
+    Io(#[source] io::Error),
+    #[error("batch is not valid: {0}")]
+    BadBatch(#[from] batch::DecodeError),
+}
+
+/// Where one appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: i64,
+    /// Inclusive.
+    pub last_offset: i64,
+}
+
+/// Fixed settings of a partition, from its topic's config.
+#[derive(Debug, Clone)]
+pub struct PartitionSettings {
+    pub fsync: FsyncMode,
+    pub segment_bytes_max: u64,
+    pub segment_age_ms: i64,
+}
+
+pub struct Partition {
+    pub topic: Arc<str>,
+    pub id: u32,
+    dir: PathBuf,
+    settings: PartitionSettings,
+    inner: Mutex<Inner>,
+    /// Published after each append (not `always`) or fsync round (`always`).
+    visible: watch::Sender<Visible>,
+    sync: Mutex<SyncState>,
+    /// The fsync workers' queue; each partition is in it at most once (see `SyncState`).
+    sync_queue: SyncSender<Arc<Partition>>,
+    labels: [(&'static str, String); 2],
+}
+
+/// Everything the partition lock protects.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub sealed: BTreeMap<i64, SealedSegment>,
+    pub active: ActiveSegment,
+    /// Sealed segments whose data and indexes are not yet fsynced.
+    pub unsynced_seals: Vec<(i64, Arc<File>)>,
+    pub next_offset: i64,
+    pub fenced: bool,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    queued: bool,
+    running: bool,
+    /// Written to while a round ran: run another.
+    dirty_again: bool,
+    /// The end the last successful round made durable.
+    durable: Option<Visible>,
+    /// Written end (offset) at the last append, to tell if a round is needed.
+    written_end: i64,
+}
+
+/// What a fsync round has to do, taken under the lock.
+struct RoundPlan {
+    seals: Vec<(i64, Arc<File>)>,
+    active: Arc<File>,
+    target: Visible,
+}
+
+impl Partition {
+    pub(crate) fn new(
+        topic: Arc<str>,
+        id: u32,
+        dir: PathBuf,
+        settings: PartitionSettings,
+        inner: Inner,
+        sync_queue: SyncSender<Arc<Partition>>,
+    ) -> Partition {
+        let end = Visible {
+            end_offset: inner.next_offset,
+            segment_base: inner.active.base_offset,
+            position: inner.active.len,
+            fenced: false,
+        };
+        let labels = [("topic", topic.to_string()), ("partition", id.to_string())];
+        metrics::gauge!(m::END_OFFSET, &labels).set(end.end_offset as f64);
+        Partition {
+            topic,
+            id,
+            dir,
+            settings,
+            inner: Mutex::new(inner),
+            visible: watch::Sender::new(end),
+            sync: Mutex::new(SyncState {
+                durable: Some(end),
+                written_end: end.end_offset,
+                ..SyncState::default()
+            }),
+            sync_queue,
+            labels,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn fsync_mode(&self) -> FsyncMode {
+        self.settings.fsync
+    }
+
+    pub fn visible(&self) -> Visible {
+        *self.visible.borrow()
+    }
+
+    /// A receiver that wakes on every change of the visible end.
+    pub fn subscribe(&self) -> watch::Receiver<Visible> {
+        self.visible.subscribe()
+    }
+
+    /// First offset still in the log.
+    pub fn start_offset(&self) -> i64 {
+        let inner = self.inner.lock();
+        inner
+            .sealed
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(inner.active.base_offset)
+    }
+
+    /// Bytes of all segments.
+    pub fn bytes(&self) -> u64 {
+        let inner = self.inner.lock();
+        inner.sealed.values().map(|s| s.len).sum::<u64>() + inner.active.len
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        self.visible.borrow().fenced
+    }
+
+    /// Appends one finished batch (base offset still 0), stamping its offsets.
+    /// Returns once write(2) has returned; under `always` the caller then awaits
+    /// [`Partition::wait_visible`].
+    pub fn append(
+        self: &Arc<Self>,
+        batch_bytes: &mut [u8],
+        now_ms: i64,
+    ) -> Result<Appended, AppendError> {
+        let header = BatchHeader::parse(batch_bytes)?;
+        let count = i64::from(header.last_offset_delta) + 1;
+        let len = batch_bytes.len() as u64;
+        let mut inner = self.inner.lock();
+        if inner.fenced {
+            return Err(AppendError::Fenced(self.id));
+        }
+        if self.roll_due(&inner.active, len, now_ms) {
+            self.roll(&mut inner)
+                .map_err(|e| self.write_failed(&mut inner, e))?;
+        }
+        let base = inner.next_offset;
+        batch::set_base_offset(batch_bytes, base);
+        let position = inner.active.len;
+        if let Err(e) = write_at(&inner.active.file, batch_bytes, position) {
+            return Err(self.write_failed(&mut inner, e));
+        }
+        let active = &mut inner.active;
+        active.len += len;
+        let rel = u32::try_from(base - active.base_offset).unwrap_or(u32::MAX);
+        let pos32 = u32::try_from(position).unwrap_or(u32::MAX);
+        active
+            .index
+            .on_batch(rel, pos32, len, header.max_timestamp, INDEX_INTERVAL_BYTES);
+        active.max_timestamp_ms = active.max_timestamp_ms.max(header.max_timestamp);
+        active.first_append_ms.get_or_insert(now_ms);
+        active.last_append_ms = Some(now_ms);
+        inner.next_offset = base + count;
+        let written = Visible {
+            end_offset: inner.next_offset,
+            segment_base: inner.active.base_offset,
+            position: inner.active.len,
+            fenced: false,
+        };
+        if self.settings.fsync != FsyncMode::Always {
+            self.visible.send_replace(written);
+            metrics::gauge!(m::END_OFFSET, &self.labels).set(written.end_offset as f64);
+        }
+        let must_sync =
+            self.settings.fsync == FsyncMode::Always || !inner.unsynced_seals.is_empty();
+        drop(inner);
+        self.mark_written(written.end_offset, must_sync);
+        Ok(Appended {
+            base_offset: base,
+            last_offset: base + count - 1,
+        })
+    }
+
+    /// Waits until the visible end passes `last_offset`; Err if the partition was fenced first.
+    pub async fn wait_visible(&self, last_offset: i64) -> Result<(), AppendError> {
+        let mut rx = self.visible.subscribe();
+        let v = rx
+            .wait_for(|v| v.end_offset > last_offset || v.fenced)
+            .await
+            .map_err(|_| AppendError::Fenced(self.id))?;
+        if v.end_offset > last_offset {
+            Ok(())
+        } else {
+            Err(AppendError::Fenced(self.id))
+        }
+    }
+
+    fn roll_due(&self, active: &ActiveSegment, incoming: u64, now_ms: i64) -> bool {
+        if active.len == 0 {
+            return false;
+        }
+        let size_max = self.settings.segment_bytes_max.min(SEGMENT_BYTES_MAX);
+        let too_big = active.len + incoming > size_max;
+        let too_old = active
+            .first_append_ms
+            .is_some_and(|first| now_ms.saturating_sub(first) >= self.settings.segment_age_ms);
+        too_big || too_old
+    }
+
+    /// Seals the active segment (writing its index files) and starts a new one. The sealed
+    /// data, its indexes and the directory are fsynced by the next round, which runs before
+    /// any offset of the new segment becomes durable.
+    fn roll(&self, inner: &mut Inner) -> io::Result<()> {
+        failpoint!("log::roll");
+        let next = inner.next_offset;
+        let old = &inner.active;
+        let last_rel = u32::try_from(next - 1 - old.base_offset).unwrap_or(u32::MAX);
+        write_index_files(&self.dir, old, last_rel)?;
+        let new = ActiveSegment::create(&self.dir, next)?;
+        let old = std::mem::replace(&mut inner.active, new);
+        inner
+            .unsynced_seals
+            .push((old.base_offset, Arc::clone(&old.file)));
+        inner.sealed.insert(
+            old.base_offset,
+            SealedSegment {
+                base_offset: old.base_offset,
+                end_offset: next,
+                len: old.len,
+                last_append_ms: old.last_append_ms,
+            },
+        );
+        metrics::counter!(m::SEGMENT_ROLLS, &self.labels).increment(1);
+        Ok(())
+    }
+
+    /// A failed write may have left part of a batch: cut it. If even that fails the file
+    /// is in an unknown state and the partition is fenced.
+    fn write_failed(&self, inner: &mut Inner, err: io::Error) -> AppendError {
+        if let Err(trunc) = inner.active.file.set_len(inner.active.len) {
+            tracing::error!(topic = %self.topic, partition = self.id, error = %err,
+                truncate_error = %trunc, "write failed and the partial batch could not be cut; fencing the partition");
+            self.fence(inner);
+        } else {
+            tracing::warn!(topic = %self.topic, partition = self.id, error = %err, "write failed; nothing appended");
+        }
+        AppendError::Io(err)
+    }
+
+    fn fence(&self, inner: &mut Inner) {
+        if !inner.fenced {
+            inner.fenced = true;
+            self.visible.send_modify(|v| v.fenced = true);
+            metrics::gauge!(m::PARTITIONS_FENCED).increment(1.0);
+        }
+    }
+
+    fn mark_written(self: &Arc<Self>, end: i64, must_sync: bool) {
+        let mut s = self.sync.lock();
+        s.written_end = s.written_end.max(end);
+        if !must_sync {
+            return;
+        }
+        self.queue_sync_locked(&mut s);
+    }
+
+    /// Queues a fsync round if one is not already queued or running.
+    pub fn request_sync(self: &Arc<Self>) {
+        let mut s = self.sync.lock();
+        self.queue_sync_locked(&mut s);
+    }
+
+    fn queue_sync_locked(self: &Arc<Self>, s: &mut SyncState) {
+        if s.running {
+            s.dirty_again = true;
+        } else if !s.queued {
+            s.queued = true;
+            // The queue holds every partition once at most, so this never blocks for long.
+            if self.sync_queue.send(Arc::clone(self)).is_err() {
+                s.queued = false;
+            }
+        }
+    }
+
+    /// Whether data was written since the last successful round.
+    pub fn is_dirty(&self) -> bool {
+        let s = self.sync.lock();
+        s.durable.is_none_or(|d| d.end_offset < s.written_end)
+    }
+
+    /// Runs fsync rounds until nothing new was written during the last one. Called on an
+    /// fsync worker thread, never on a tokio worker.
+    pub fn run_sync(&self) {
+        {
+            let mut s = self.sync.lock();
+            s.queued = false;
+            s.running = true;
+        }
+        loop {
+            self.sync_round();
+            let mut s = self.sync.lock();
+            if s.dirty_again && !self.inner.lock().fenced {
+                s.dirty_again = false;
+                continue;
+            }
+            s.dirty_again = false;
+            s.running = false;
+            return;
+        }
+    }
+
+    fn sync_round(&self) {
+        let plan = {
+            let mut inner = self.inner.lock();
+            if inner.fenced {
+                return;
+            }
+            RoundPlan {
+                seals: std::mem::take(&mut inner.unsynced_seals),
+                active: Arc::clone(&inner.active.file),
+                target: Visible {
+                    end_offset: inner.next_offset,
+                    segment_base: inner.active.base_offset,
+                    position: inner.active.len,
+                    fenced: false,
+                },
+            }
+        };
+        let already = self.sync.lock().durable;
+        if plan.seals.is_empty() && already == Some(plan.target) {
+            return;
+        }
+        let started = Instant::now();
+        let synced_from = already.map_or(0, |d| {
+            if d.segment_base == plan.target.segment_base {
+                d.position
+            } else {
+                0
+            }
+        });
+        match self.sync_files(&plan) {
+            Ok(()) => {
+                let secs = started.elapsed().as_secs_f64();
+                metrics::histogram!(m::FSYNC_ROUND_SECONDS, &self.labels).record(secs);
+                let bytes = plan.target.position.saturating_sub(synced_from);
+                metrics::histogram!(m::FSYNC_ROUND_BYTES, &self.labels).record(bytes as f64);
+                self.sync.lock().durable = Some(plan.target);
+                if self.settings.fsync == FsyncMode::Always {
+                    self.visible.send_if_modified(|v| {
+                        if plan.target.end_offset > v.end_offset && !v.fenced {
+                            *v = plan.target;
+                            true
+                        } else {
+                            false
+                        }
+                    });
+                    metrics::gauge!(m::END_OFFSET, &self.labels).set(plan.target.end_offset as f64);
+                }
+            }
+            Err(e) => {
+                metrics::counter!(m::FSYNC_ERRORS, &self.labels).increment(1);
+                match self.settings.fsync {
+                    FsyncMode::Always => tracing::error!(topic = %self.topic, partition = self.id,
+                        error = %e, "fsync failed; waiting requests fail, partition fenced"),
+                    _ => tracing::error!(topic = %self.topic, partition = self.id, error = %e,
+                        "background fsync failed: up to one interval of acknowledged writes may be lost on power failure; partition fenced"),
+                }
+                // The kernel may have dropped the dirty pages: never retry and acknowledge.
+                self.fence(&mut self.inner.lock());
+            }
+        }
+    }
+
+    fn sync_files(&self, plan: &RoundPlan) -> io::Result<()> {
+        if !plan.seals.is_empty() {
+            for (base, file) in &plan.seals {
+                failpoint!("log::fsync_sealed");
+                file.sync_data()?;
+                for ext in [INDEX_EXT, TIMEINDEX_EXT] {
+                    File::open(segment::path(&self.dir, *base, ext))?.sync_data()?;
+                }
+            }
+            // The new segment's directory entry and the sealed index files.
+            sync_dir(&self.dir)?;
+            let point = plan.target.segment_base;
+            write_durably(
+                &self.dir,
+                RECOVERY_POINT_FILE,
+                format!("{point}\n").as_bytes(),
+            )?;
+        }
+        failpoint!("log::fsync");
+        plan.active.sync_data()
+    }
+
+    /// Flushes everything and writes the active segment's indexes, for a clean stop.
+    pub fn close(&self) -> io::Result<()> {
+        self.sync_round();
+        let inner = self.inner.lock();
+        if inner.fenced {
+            return Err(io::Error::other("partition is fenced"));
+        }
+        let active = &inner.active;
+        let last_rel =
+            u32::try_from((inner.next_offset - 1 - active.base_offset).max(0)).unwrap_or(u32::MAX);
+        write_index_files(&self.dir, active, last_rel)?;
+        for ext in [INDEX_EXT, TIMEINDEX_EXT] {
+            File::open(segment::path(&self.dir, active.base_offset, ext))?.sync_data()?;
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Reads records from `offset`, never past the visible end, calling `emit` for each
+    /// until `records_max` records or about `bytes_max` value bytes (at least one record).
+    /// Returns the next offset to read.
+    pub fn read(
+        &self,
+        offset: i64,
+        records_max: usize,
+        bytes_max: usize,
+        emit: &mut EmitRecord<'_>,
+    ) -> Result<i64, ReadError> {
+        let visible = self.visible();
+        let start = self.start_offset();
+        if offset < start || offset > visible.end_offset {
+            return Err(ReadError::OutOfRange {
+                start,
+                end: visible.end_offset,
+            });
+        }
+        let mut next = offset;
+        let mut records = 0usize;
+        let mut bytes = 0usize;
+        let mut buf = Vec::new();
+        while next < visible.end_offset && records < records_max && bytes < bytes_max {
+            let Some(seg) = self.segment_for(next, &visible)? else {
+                break;
+            };
+            let mut pos = seg.start_position;
+            while pos < seg.limit && records < records_max && bytes < bytes_max {
+                let header = read_batch(&seg.file, pos, seg.limit, &mut buf).map_err(|e| {
+                    ReadError::Corrupt {
+                        segment: segment::path(&self.dir, seg.base_offset, LOG_EXT),
+                        position: pos,
+                        detail: e.to_string(),
+                    }
+                })?;
+                pos += header.total_len() as u64;
+                if header.last_offset() < next {
+                    continue;
+                }
+                for record in batch::records(&buf).map_err(|e| ReadError::Corrupt {
+                    segment: segment::path(&self.dir, seg.base_offset, LOG_EXT),
+                    position: pos,
+                    detail: e.to_string(),
+                })? {
+                    let record = record.map_err(|e| ReadError::Corrupt {
+                        segment: segment::path(&self.dir, seg.base_offset, LOG_EXT),
+                        position: pos,
+                        detail: e.to_string(),
+                    })?;
+                    let off = header.base_offset + i64::from(record.offset_delta);
+                    if off < next {
+                        continue;
+                    }
+                    if off >= visible.end_offset || records >= records_max || bytes >= bytes_max {
+                        break;
+                    }
+                    let value = record.value.unwrap_or(b"null");
+                    emit(off, record.key, value);
+                    records += 1;
+                    bytes += value.len();
+                    next = off + 1;
+                }
+            }
+            let limited = records >= records_max || bytes >= bytes_max;
+            if !limited && pos >= seg.limit && next < seg.end_offset {
+                // Records of this segment are exhausted; the rest start at its end.
+                next = seg.end_offset;
+            }
+        }
+        Ok(next)
+    }
+
+    /// The segment holding `offset`, opened for reading, with where to start and stop.
+    fn segment_for(
+        &self,
+        offset: i64,
+        visible: &Visible,
+    ) -> Result<Option<SegmentRead>, ReadError> {
+        let inner = self.inner.lock();
+        let io_err = |e: io::Error| ReadError::Io(e);
+        if offset >= inner.active.base_offset {
+            let a = &inner.active;
+            let limit = if visible.segment_base == a.base_offset {
+                visible.position
+            } else {
+                0
+            };
+            let rel = u32::try_from(offset - a.base_offset).unwrap_or(u32::MAX);
+            return Ok(Some(SegmentRead {
+                base_offset: a.base_offset,
+                file: Arc::clone(&a.file),
+                start_position: u64::from(a.index.lookup(rel)),
+                limit,
+                end_offset: visible.end_offset,
+            }));
+        }
+        let Some((_, seg)) = inner.sealed.range(..=offset).next_back() else {
+            return Ok(None);
+        };
+        let seg = seg.clone();
+        drop(inner);
+        let file =
+            File::open(segment::path(&self.dir, seg.base_offset, LOG_EXT)).map_err(io_err)?;
+        let limit = if visible.segment_base == seg.base_offset {
+            visible.position
+        } else {
+            seg.len
+        };
+        let rel = u32::try_from(offset - seg.base_offset).unwrap_or(u32::MAX);
+        let start_position = match File::open(segment::path(&self.dir, seg.base_offset, INDEX_EXT))
+        {
+            Ok(idx) => u64::from(index::lookup_file(&idx, rel, seg.len).unwrap_or(0)),
+            Err(_) => 0,
+        };
+        Ok(Some(SegmentRead {
+            base_offset: seg.base_offset,
+            file: Arc::new(file),
+            start_position,
+            limit,
+            end_offset: seg.end_offset.min(visible.end_offset),
+        }))
+    }
+}
+
+/// Receives `(offset, key, value)` of each record a read returns.
+pub type EmitRecord<'a> = dyn FnMut(i64, Option<&[u8]>, &[u8]) + 'a;
+
+struct SegmentRead {
+    base_offset: i64,
+    file: Arc<File>,
+    start_position: u64,
+    limit: u64,
+    end_offset: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("offset out of range: the partition holds offsets {start} to {end}")]
+    OutOfRange { start: i64, end: i64 },
+    #[error("corrupt batch in {segment} at byte {position}: {detail}")]
+    Corrupt {
+        segment: PathBuf,
+        position: u64,
+        detail: String,
+    },
+    #[error("read failed: {0}")]
+    Io(#[source] io::Error),
+}
+
+/// Reads and CRC-checks the batch at `pos` into `buf` (CRC on write and on read).
+pub(crate) fn read_batch(
+    file: &File,
+    pos: u64,
+    limit: u64,
+    buf: &mut Vec<u8>,
+) -> Result<BatchHeader, batch::DecodeError> {
+    let avail = usize::try_from(limit.saturating_sub(pos)).unwrap_or(usize::MAX);
+    let head_len = batch::BATCH_HEADER_LEN.min(avail);
+    buf.resize(head_len, 0);
+    file.read_exact_at(buf, pos)
+        .map_err(|_| batch::DecodeError::Incomplete { needed: 1 })?;
+    let header = BatchHeader::parse(buf)?;
+    let total = header.total_len();
+    if total > avail {
+        return Err(batch::DecodeError::Incomplete {
+            needed: total - avail,
+        });
+    }
+    buf.resize(total, 0);
+    file.read_exact_at(&mut buf[head_len..], pos + head_len as u64)
+        .map_err(|_| batch::DecodeError::Incomplete { needed: 1 })?;
+    batch::check_batch(buf, BATCH_BYTES_MAX)
+}
+
+fn write_at(file: &File, bytes: &[u8], position: u64) -> io::Result<()> {
+    failpoint!("log::write");
+    file.write_all_at(bytes, position)
+}
+
+/// Writes a segment's offset and time index files from its in-memory entries.
+pub(crate) fn write_index_files(
+    dir: &Path,
+    seg: &ActiveSegment,
+    last_rel_offset: u32,
+) -> io::Result<()> {
+    failpoint!("log::index_write");
+    fs::write(
+        segment::path(dir, seg.base_offset, INDEX_EXT),
+        seg.index.encode_offsets(),
+    )?;
+    let times = seg
+        .index
+        .encode_times(seg.max_timestamp_ms, last_rel_offset);
+    fs::write(segment::path(dir, seg.base_offset, TIMEINDEX_EXT), times)
+}
+
+/// Builds the lock-protected state of a recovered partition.
+pub(crate) fn inner_from_recovery(
+    sealed: BTreeMap<i64, SealedSegment>,
+    active: ActiveSegment,
+    next_offset: i64,
+) -> Inner {
+    Inner {
+        sealed,
+        active,
+        unsynced_seals: Vec::new(),
+        next_offset,
+        fenced: false,
+    }
+}
+
+impl Partition {
+    /// Appends `(append time, id hash)` of every record appended at or after `cutoff_ms`,
+    /// reading segments newest first and stopping at one that ends before the cutoff.
+    pub fn collect_ids_since(&self, cutoff_ms: i64, out: &mut Vec<(i64, u128)>) -> io::Result<()> {
+        let visible = self.visible();
+        let segments: Vec<(i64, u64)> = {
+            let inner = self.inner.lock();
+            let mut v: Vec<(i64, u64)> = inner
+                .sealed
+                .values()
+                .map(|s| (s.base_offset, s.len))
+                .collect();
+            v.push((inner.active.base_offset, visible.position));
+            v
+        };
+        let mut buf = Vec::new();
+        for (base, len) in segments.into_iter().rev() {
+            let file = File::open(segment::path(&self.dir, base, LOG_EXT))?;
+            let mut pos = 0u64;
+            let mut newest = i64::MIN;
+            while pos < len {
+                let Ok(header) = read_batch(&file, pos, len, &mut buf) else {
+                    break;
+                };
+                pos += header.total_len() as u64;
+                let Some(append) = super::batch_append_ms(&buf, &header) else {
+                    continue;
+                };
+                newest = newest.max(append);
+                if append < cutoff_ms {
+                    continue;
+                }
+                let Ok(records) = batch::records(&buf) else {
+                    continue;
+                };
+                for record in records.flatten() {
+                    if let Some(id) = record.header(super::HEADER_ID)
+                        && let Ok(bytes) = <[u8; 16]>::try_from(id)
+                    {
+                        out.push((append, u128::from_be_bytes(bytes)));
+                    }
+                }
+            }
+            if newest < cutoff_ms {
+                break;
+            }
+        }
+        Ok(())
+    }
+}

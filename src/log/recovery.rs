@@ -1,0 +1,343 @@
+//! Opening a partition directory after a clean stop or a crash.
+//!
+//! Segments before the recovery point were fsynced with their indexes when they were
+//! sealed and are trusted as they are. From the recovery point on, every batch is read and
+//! CRC-checked: the first batch whose length, CRC or offset is wrong ends the log, the
+//! tail from there is cut (later segments deleted), counted and logged. After a clean stop
+//! only the bytes after the active segment's last index entry are read.
+//! Scanned segments are fsynced with rebuilt indexes before the recovery point moves past
+//! them, so an OS crash later can never leave an unscanned torn segment.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::Path;
+
+use super::batch::{self, BatchHeader, DecodeError};
+use super::batch_append_ms;
+use super::datadir::{sync_dir, write_durably};
+use super::index::{self, ActiveIndex};
+use super::partition::{RECOVERY_POINT_FILE, read_batch, write_index_files};
+use super::segment::{self, ActiveSegment, INDEX_EXT, LOG_EXT, SealedSegment, TIMEINDEX_EXT};
+use crate::limits::INDEX_INTERVAL_BYTES;
+
+/// What recovery found, for logs and metrics.
+#[derive(Debug, Default, Clone)]
+pub struct RecoveryReport {
+    pub scanned_bytes: u64,
+    pub truncated_bytes: u64,
+    /// Why the log was cut, naming file and byte position.
+    pub truncation: Option<String>,
+}
+
+pub(crate) struct Recovered {
+    pub sealed: BTreeMap<i64, SealedSegment>,
+    pub active: ActiveSegment,
+    pub next_offset: i64,
+    pub report: RecoveryReport,
+}
+
+/// State gathered while scanning one segment.
+struct Scan {
+    index: ActiveIndex,
+    next_offset: i64,
+    len: u64,
+    max_timestamp_ms: i64,
+    first_append_ms: Option<i64>,
+    last_append_ms: Option<i64>,
+}
+
+pub(crate) fn recover(dir: &Path, clean: bool) -> io::Result<Recovered> {
+    if !dir.exists() {
+        fs::create_dir_all(dir)?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+            if let Some(grand) = parent.parent() {
+                sync_dir(grand)?;
+            }
+        }
+    }
+    let mut bases = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(base) = segment::parse_log_name(&name) {
+            bases.push(base);
+        } else if name.ends_with(".tmp") {
+            fs::remove_file(dir.join(&*name))?;
+        }
+    }
+    bases.sort_unstable();
+    if bases.is_empty() {
+        let active = ActiveSegment::create(dir, 0)?;
+        sync_dir(dir)?;
+        write_durably(dir, RECOVERY_POINT_FILE, b"0\n")?;
+        return Ok(Recovered {
+            sealed: BTreeMap::new(),
+            active,
+            next_offset: 0,
+            report: RecoveryReport::default(),
+        });
+    }
+    let recovery_point = fs::read_to_string(dir.join(RECOVERY_POINT_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .unwrap_or(i64::MIN);
+    let last_base = *bases.last().unwrap_or(&0);
+    // The first segment to scan: the one holding the recovery point, never past the last.
+    let scan_from = bases
+        .iter()
+        .rev()
+        .find(|b| **b <= recovery_point)
+        .copied()
+        .unwrap_or(bases[0])
+        .min(last_base);
+    let clean_tail = if clean {
+        clean_tail_start(dir, last_base)?
+    } else {
+        None
+    };
+    let scan_from = if clean_tail.is_some() {
+        last_base
+    } else {
+        scan_from
+    };
+
+    let mut report = RecoveryReport::default();
+    let mut sealed = BTreeMap::new();
+    let mut expected_next: Option<i64> = None;
+    let mut kept_last: Option<(i64, Scan)> = None;
+    let mut cut = false;
+    for (i, &base) in bases.iter().enumerate() {
+        let path = segment::path(dir, base, LOG_EXT);
+        if cut {
+            report.truncated_bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            remove_segment(dir, base)?;
+            continue;
+        }
+        if let Some(expected) = expected_next
+            && expected != base
+        {
+            report.truncation = Some(format!(
+                "{} starts at offset {base} but the log before it ends at {expected}",
+                path.display()
+            ));
+            report.truncated_bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            remove_segment(dir, base)?;
+            cut = true;
+            continue;
+        }
+        let is_last = i + 1 == bases.len();
+        if base < scan_from {
+            // Sealed and fsynced before the recovery point: trusted.
+            let len = fs::metadata(&path)?.len();
+            let end = bases[i + 1];
+            sealed.insert(
+                base,
+                SealedSegment {
+                    base_offset: base,
+                    end_offset: end,
+                    len,
+                    last_append_ms: None,
+                },
+            );
+            expected_next = Some(end);
+            continue;
+        }
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let file_len = file.metadata()?.len();
+        let start = if is_last { clean_tail.clone() } else { None };
+        let start_pos = start.as_ref().map_or(0, |s| s.position);
+        let (scan, bad) = scan_segment(&file, base, file_len, start)?;
+        report.scanned_bytes += scan.len.saturating_sub(start_pos);
+        if let Some(reason) = bad {
+            report.truncated_bytes += file_len - scan.len;
+            report.truncation = Some(format!("{} at byte {}: {reason}", path.display(), scan.len));
+            file.set_len(scan.len)?;
+            cut = true;
+        }
+        file.sync_data()?;
+        if let Some((prev_base, prev)) = kept_last.take() {
+            seal_scanned(dir, prev_base, prev, &mut sealed)?;
+        }
+        expected_next = Some(scan.next_offset);
+        kept_last = Some((base, scan));
+    }
+    let (active_base, scan) = match kept_last {
+        Some(k) => k,
+        None => {
+            // Every scanned segment was removed: the newest trusted one becomes active.
+            let (&base, _) = sealed.iter().next_back().expect("a segment remains");
+            let seg = sealed.remove(&base).expect("present");
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(segment::path(dir, base, LOG_EXT))?;
+            let (scan, _) = scan_segment(&file, base, seg.len, None)?;
+            (base, scan)
+        }
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(segment::path(dir, active_base, LOG_EXT))?;
+    let next_offset = scan.next_offset;
+    let mut active = ActiveSegment::from_file(active_base, file, scan.len);
+    active.index = scan.index;
+    active.max_timestamp_ms = scan.max_timestamp_ms;
+    active.first_append_ms = scan.first_append_ms;
+    active.last_append_ms = scan.last_append_ms;
+    sync_dir(dir)?;
+    write_durably(
+        dir,
+        RECOVERY_POINT_FILE,
+        format!("{active_base}\n").as_bytes(),
+    )?;
+    Ok(Recovered {
+        sealed,
+        active,
+        next_offset,
+        report,
+    })
+}
+
+/// Where the scan of the active segment starts after a clean stop: its last index entry.
+#[derive(Clone)]
+struct TailStart {
+    position: u64,
+    next_offset: i64,
+    index: Vec<index::OffsetEntry>,
+    times: Vec<index::TimeEntry>,
+    max_timestamp_ms: i64,
+}
+
+fn clean_tail_start(dir: &Path, base: i64) -> io::Result<Option<TailStart>> {
+    let log_len = fs::metadata(segment::path(dir, base, LOG_EXT))?.len();
+    let Ok(bytes) = fs::read(segment::path(dir, base, INDEX_EXT)) else {
+        return Ok(None);
+    };
+    let entries = ActiveIndex::decode_offsets(&bytes, log_len);
+    let Some(last) = entries.last().copied() else {
+        return Ok(None);
+    };
+    let times = fs::read(segment::path(dir, base, TIMEINDEX_EXT))
+        .map(|b| ActiveIndex::decode_times(&b))
+        .unwrap_or_default();
+    let max_ts = times.last().map_or(i64::MIN, |t| t.timestamp_ms);
+    Ok(Some(TailStart {
+        position: u64::from(last.position),
+        next_offset: base + i64::from(last.rel_offset),
+        index: entries,
+        times,
+        max_timestamp_ms: max_ts,
+    }))
+}
+
+/// Reads batches from the start (or the clean tail) until the end or the first bad one.
+/// Returns the scan and, if the log ends early, why.
+fn scan_segment(
+    file: &File,
+    base: i64,
+    file_len: u64,
+    start: Option<TailStart>,
+) -> io::Result<(Scan, Option<String>)> {
+    let mut scan = Scan {
+        index: ActiveIndex::default(),
+        next_offset: base,
+        len: 0,
+        max_timestamp_ms: i64::MIN,
+        first_append_ms: None,
+        last_append_ms: None,
+    };
+    let mut buf = Vec::new();
+    let mut pos = 0u64;
+    if let Some(tail) = start {
+        // Entries up to the tail are reused; the scan goes on from the last one.
+        scan.index.offsets = tail.index;
+        scan.index.times = tail.times;
+        scan.max_timestamp_ms = tail.max_timestamp_ms;
+        scan.next_offset = tail.next_offset;
+        pos = tail.position;
+        if let Ok(h) = read_batch(file, 0, file_len, &mut buf) {
+            scan.first_append_ms = batch_append_ms(&buf, &h);
+        }
+    }
+    let bad = loop {
+        if pos == file_len {
+            break None;
+        }
+        let header: BatchHeader = match read_batch(file, pos, file_len, &mut buf) {
+            Ok(h) => h,
+            Err(DecodeError::Incomplete { needed }) => {
+                break Some(format!("torn batch ({needed} bytes missing)"));
+            }
+            Err(e) => break Some(e.to_string()),
+        };
+        if header.base_offset != scan.next_offset {
+            break Some(format!(
+                "batch has base offset {} where {} was expected",
+                header.base_offset, scan.next_offset
+            ));
+        }
+        if let Err(e) = batch::records(&buf).and_then(|mut r| r.try_for_each(|x| x.map(|_| ()))) {
+            break Some(format!("records do not decode: {e}"));
+        }
+        let len = header.total_len() as u64;
+        let rel = u32::try_from(header.base_offset - base).unwrap_or(u32::MAX);
+        let pos32 = u32::try_from(pos).unwrap_or(u32::MAX);
+        scan.index
+            .on_batch(rel, pos32, len, header.max_timestamp, INDEX_INTERVAL_BYTES);
+        scan.max_timestamp_ms = scan.max_timestamp_ms.max(header.max_timestamp);
+        let append = batch_append_ms(&buf, &header);
+        if scan.first_append_ms.is_none() {
+            scan.first_append_ms = append;
+        }
+        scan.last_append_ms = append.or(scan.last_append_ms);
+        scan.next_offset = header.next_offset();
+        pos += len;
+        scan.len = pos;
+    };
+    if bad.is_none() {
+        scan.len = pos;
+    }
+    Ok((scan, bad))
+}
+
+/// Writes and fsyncs the indexes of a scanned segment that is not the last, and records it.
+fn seal_scanned(
+    dir: &Path,
+    base: i64,
+    scan: Scan,
+    sealed: &mut BTreeMap<i64, SealedSegment>,
+) -> io::Result<()> {
+    let file = File::open(segment::path(dir, base, LOG_EXT))?;
+    let mut seg = ActiveSegment::from_file(base, file, scan.len);
+    seg.index = scan.index;
+    seg.max_timestamp_ms = scan.max_timestamp_ms;
+    let last_rel = u32::try_from((scan.next_offset - 1 - base).max(0)).unwrap_or(u32::MAX);
+    write_index_files(dir, &seg, last_rel)?;
+    for ext in [INDEX_EXT, TIMEINDEX_EXT] {
+        File::open(segment::path(dir, base, ext))?.sync_data()?;
+    }
+    sealed.insert(
+        base,
+        SealedSegment {
+            base_offset: base,
+            end_offset: scan.next_offset,
+            len: scan.len,
+            last_append_ms: scan.last_append_ms,
+        },
+    );
+    Ok(())
+}
+
+fn remove_segment(dir: &Path, base: i64) -> io::Result<()> {
+    for ext in [LOG_EXT, INDEX_EXT, TIMEINDEX_EXT] {
+        match fs::remove_file(segment::path(dir, base, ext)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

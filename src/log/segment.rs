@@ -1,0 +1,102 @@
+//! Segment files: naming, the active segment being appended to and sealed segments that
+//! are only read. A segment is `<base offset, 20 digits>.log` with `.index` and
+//! `.timeindex` beside it.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::index::ActiveIndex;
+
+pub const LOG_EXT: &str = "log";
+pub const INDEX_EXT: &str = "index";
+pub const TIMEINDEX_EXT: &str = "timeindex";
+
+/// `00000000000000000042.log` for base offset 42.
+pub fn file_name(base_offset: i64, ext: &str) -> String {
+    format!("{base_offset:020}.{ext}")
+}
+
+pub fn path(dir: &Path, base_offset: i64, ext: &str) -> PathBuf {
+    dir.join(file_name(base_offset, ext))
+}
+
+/// Parses a segment file name back to its base offset; other files give None.
+pub fn parse_log_name(name: &str) -> Option<i64> {
+    let digits = name.strip_suffix(".log")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The segment being appended to. Owned by the partition's lock.
+#[derive(Debug)]
+pub struct ActiveSegment {
+    pub base_offset: i64,
+    /// Shared with the fsync workers, which sync it without the partition lock.
+    pub file: Arc<File>,
+    /// Bytes written (the next batch's position).
+    pub len: u64,
+    pub index: ActiveIndex,
+    /// Largest event time in the segment, i64::MIN when empty.
+    pub max_timestamp_ms: i64,
+    /// Append time of the first batch: segment age for rolling.
+    pub first_append_ms: Option<i64>,
+    /// Append time of the newest batch: segment age for retention.
+    pub last_append_ms: Option<i64>,
+}
+
+impl ActiveSegment {
+    /// Creates a new empty segment file (the caller makes the directory entry durable).
+    pub fn create(dir: &Path, base_offset: i64) -> io::Result<ActiveSegment> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path(dir, base_offset, LOG_EXT))?;
+        Ok(ActiveSegment::from_file(base_offset, file, 0))
+    }
+
+    pub fn from_file(base_offset: i64, file: File, len: u64) -> ActiveSegment {
+        ActiveSegment {
+            base_offset,
+            file: Arc::new(file),
+            len,
+            index: ActiveIndex::default(),
+            max_timestamp_ms: i64::MIN,
+            first_append_ms: None,
+            last_append_ms: None,
+        }
+    }
+}
+
+/// A segment that no longer takes appends.
+#[derive(Debug, Clone)]
+pub struct SealedSegment {
+    pub base_offset: i64,
+    /// One past its last offset: the next segment's base.
+    pub end_offset: i64,
+    pub len: u64,
+    pub last_append_ms: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(file_name(42, LOG_EXT), "00000000000000000042.log");
+        assert_eq!(parse_log_name("00000000000000000042.log"), Some(42));
+        for bad in [
+            "42.log",
+            "0000000000000000004x.log",
+            "00000000000000000042.index",
+        ] {
+            assert_eq!(parse_log_name(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Metric names in one place, with their help text, and the Prometheus recorder.
+//!
+//! Names follow Prometheus conventions: `weir_` prefix, base units (bytes, seconds),
+//! `_total` for counters. Labels are bounded: topic and partition come from the config,
+//! HTTP routes are templates, never raw paths.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const EVENTS_IN: &str = "weir_events_in_total";
+pub const BYTES_IN: &str = "weir_bytes_in_total";
+pub const DUPLICATES: &str = "weir_duplicate_events_total";
+pub const DEDUP_EVICTIONS: &str = "weir_dedup_evictions_total";
+pub const DEDUP_ENTRIES: &str = "weir_dedup_entries";
+pub const END_OFFSET: &str = "weir_partition_end_offset";
+pub const FSYNC_ROUND_SECONDS: &str = "weir_fsync_round_seconds";
+pub const FSYNC_ROUND_BYTES: &str = "weir_fsync_round_bytes";
+pub const FSYNC_ERRORS: &str = "weir_fsync_errors_total";
+pub const PARTITIONS_FENCED: &str = "weir_partitions_fenced";
+pub const SEGMENT_ROLLS: &str = "weir_segment_rolls_total";
+pub const RECOVERY_TRUNCATED_BYTES: &str = "weir_recovery_truncated_bytes_total";
+pub const RECOVERY_TRUNCATIONS: &str = "weir_recovery_truncations_total";
+pub const RECOVERY_SECONDS: &str = "weir_recovery_seconds";
+pub const HTTP_REQUEST_SECONDS: &str = "weir_http_request_duration_seconds";
+pub const BUILD_INFO: &str = "weir_build_info";
+
+/// Installs the global recorder and describes every metric. Histograms get buckets so
+/// they are exported as Prometheus histograms (aggregatable), not summaries.
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let latency = [
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+        0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let bytes = [
+        512.0,
+        4096.0,
+        16384.0,
+        65536.0,
+        262_144.0,
+        1_048_576.0,
+        4_194_304.0,
+        16_777_216.0,
+        67_108_864.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)?
+        .set_buckets_for_metric(Matcher::Suffix("_bytes".into()), &bytes)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(EVENTS_IN, Unit::Count, "Events appended to a topic");
+    describe_counter!(
+        BYTES_IN,
+        Unit::Bytes,
+        "Record batch bytes appended to a topic"
+    );
+    describe_counter!(
+        DUPLICATES,
+        Unit::Count,
+        "Events answered as duplicates and not appended"
+    );
+    describe_counter!(
+        DEDUP_EVICTIONS,
+        Unit::Count,
+        "Dedup entries evicted by max_dedup_entries"
+    );
+    describe_gauge!(
+        DEDUP_ENTRIES,
+        Unit::Count,
+        "Event ids held in a topic's dedup table"
+    );
+    describe_gauge!(
+        END_OFFSET,
+        Unit::Count,
+        "Next offset of a partition (its visible end)"
+    );
+    describe_histogram!(
+        FSYNC_ROUND_SECONDS,
+        Unit::Seconds,
+        "Duration of one fdatasync round"
+    );
+    describe_histogram!(
+        FSYNC_ROUND_BYTES,
+        Unit::Bytes,
+        "Bytes made durable by one round"
+    );
+    describe_counter!(
+        FSYNC_ERRORS,
+        Unit::Count,
+        "fsync failures; each fences its partition"
+    );
+    describe_gauge!(
+        PARTITIONS_FENCED,
+        Unit::Count,
+        "Partitions refusing writes after fsync error"
+    );
+    describe_counter!(
+        SEGMENT_ROLLS,
+        Unit::Count,
+        "Segments sealed and replaced by a new one"
+    );
+    describe_counter!(
+        RECOVERY_TRUNCATED_BYTES,
+        Unit::Bytes,
+        "Bytes cut from torn or corrupt segment tails at start"
+    );
+    describe_counter!(
+        RECOVERY_TRUNCATIONS,
+        Unit::Count,
+        "Partitions whose tail was cut at start"
+    );
+    describe_gauge!(
+        RECOVERY_SECONDS,
+        Unit::Seconds,
+        "Duration of the last start-up recovery"
+    );
+    describe_histogram!(
+        HTTP_REQUEST_SECONDS,
+        Unit::Seconds,
+        "HTTP request duration by route template and status"
+    );
+    describe_gauge!(BUILD_INFO, "Always 1; labels carry the version");
+}
