@@ -13,9 +13,11 @@
 //! - [`app`]: wiring: open the data dir and the log, serve HTTP, shut down in order.
 //! - [`metrics`], [`limits`], [`clock`]: metric names, hard bounds, injected time.
 
+pub mod app;
 pub mod clock;
 pub mod config;
 pub mod event;
+pub mod http;
 pub mod json;
 pub mod limits;
 pub mod log;

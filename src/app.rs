@@ -1,0 +1,81 @@
+//! Wiring: metrics, the log, the HTTP server, and the ordered shutdown.
+//!
+//! Start: install the metrics recorder, open the log (lock, recovery, dedup rebuild) on
+//! a blocking thread, bind the listener, serve. Stop: stop accepting, let in-flight
+//! requests finish within `shutdown_grace`, then close the log (final fsync, indexes,
+//! clean-shutdown marker).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::log::Log;
+use crate::metrics as m;
+
+/// How often histogram samples are folded into their buckets, bounding their memory.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+pub async fn run(
+    config: Config,
+    clock: SharedClock,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let handle = m::install().context("installing the metrics recorder")?;
+    metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(METRICS_UPKEEP);
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+
+    let listen = config.server.listen;
+    if !listen.ip().is_loopback() {
+        tracing::warn!(%listen, "listening beyond loopback: weir has no authentication yet");
+    }
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let data_dir = config.storage.data_dir.clone();
+    let open_config = config.clone();
+    let (log, report) = tokio::task::spawn_blocking(move || Log::open(&open_config, clock))
+        .await
+        .context("log recovery thread")?
+        .with_context(|| format!("opening data dir {}", data_dir.display()))?;
+    tracing::info!(
+        data_dir = %data_dir.display(),
+        clean = report.clean,
+        partitions = report.partitions,
+        scanned_bytes = report.scanned_bytes,
+        truncated_bytes = report.truncated_bytes,
+        dedup_ids = report.dedup_ids,
+        seconds = report.seconds,
+        "log open"
+    );
+    let log = Arc::new(log);
+    let state = Arc::new(AppState {
+        log: Arc::clone(&log),
+        server: config.server.clone(),
+        metrics: handle,
+        shutting_down: AtomicBool::new(false),
+    });
+    let addr = listener.local_addr().context("listener address")?;
+    tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "weir listening");
+    http::serve(listener, state, shutdown).await;
+    tracing::info!("stopped serving; closing the log");
+    tokio::task::spawn_blocking(move || log.close())
+        .await
+        .context("log close thread")?
+        .context("closing the log")?;
+    tracing::info!("clean shutdown");
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! `/metrics`, `/healthz` and `/readyz`.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::SharedState;
+
+pub async fn metrics(State(state): State<SharedState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Liveness: the process answers.
+pub async fn healthz() -> axum::Json<serde_json::Value> {
+    axum::Json(json!({ "status": "ok" }))
+}
+
+/// Readiness: the log is recovered (true once serving), not stopping, no partition fenced.
+pub async fn readyz(State(state): State<SharedState>) -> Response {
+    let mut not_ready: Vec<String> = state
+        .log
+        .fenced()
+        .into_iter()
+        .map(|p| format!("partition {p} is fenced after an fsync failure"))
+        .collect();
+    if state.shutting_down.load(Ordering::Acquire) {
+        not_ready.push("shutting down".to_string());
+    }
+    let status = if not_ready.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({ "ready": not_ready.is_empty(), "not_ready": not_ready })),
+    )
+        .into_response()
+}

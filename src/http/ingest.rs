@@ -1,0 +1,155 @@
+//! `POST /v1/topics/{topic}/events`: the ingest route.
+//!
+//! Order of checks, so a rejected request appends nothing and costs little: topic name
+//! (400), topic (404), shutdown (503), declared type (415), declared length (413, before
+//! reading), body read with the same bound and `body_timeout`, parse of every record,
+//! then the append. 202 only once the append is as durable as the topic asks.
+
+use std::sync::atomic::Ordering;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, Limited};
+use serde::Deserialize;
+
+use super::SharedState;
+use super::errors::{ApiError, ErrorCode};
+use crate::event;
+use crate::log::topic_name::validate_topic_name;
+
+/// Bodies larger than this are parsed with `block_in_place`, so one big request does not
+/// stall the other connections of its worker.
+const PARSE_INLINE_BYTES_MAX: usize = 1 << 20;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestQuery {
+    key: Option<String>,
+}
+
+pub async fn ingest(
+    State(state): State<SharedState>,
+    Path(topic_name): Path<String>,
+    query: Result<Query<IngestQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    validate_topic_name(&topic_name).map_err(|m| ApiError::new(ErrorCode::InvalidTopicName, m))?;
+    let Some(topic) = state.log.topic(&topic_name).cloned() else {
+        return Err(ApiError::new(
+            ErrorCode::UnknownTopic,
+            format!("no topic {topic_name:?}"),
+        ));
+    };
+    let Query(query) =
+        query.map_err(|e| ApiError::new(ErrorCode::InvalidParameter, e.body_text()))?;
+    if state.shutting_down.load(Ordering::Acquire) {
+        return Err(ApiError::new(
+            ErrorCode::ShuttingDown,
+            "weir is shutting down",
+        ));
+    }
+    check_content_type(&headers)?;
+    let body_max = state.server.max_body;
+    if let Some(len) = declared_length(&headers)?
+        && len > body_max
+    {
+        return Err(too_large(body_max));
+    }
+    let limit = usize::try_from(body_max).unwrap_or(usize::MAX);
+    let collected = tokio::time::timeout(
+        state.server.body_timeout,
+        Limited::new(body, limit).collect(),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            ErrorCode::RequestTimeout,
+            "the body did not arrive within body_timeout",
+        )
+    })?;
+    let bytes = match collected {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large(body_max)),
+        Err(e) => {
+            return Err(ApiError::new(
+                ErrorCode::MalformedJson,
+                format!("cannot read the body: {e}"),
+            ));
+        }
+    };
+    let now_ms = state.log.clock().now_ms();
+    let rules = topic.rules(state.server.max_key);
+    let mut events = Vec::new();
+    let mut parse = || event::parse_body(&bytes, &rules, query.key.as_deref(), now_ms, &mut events);
+    if bytes.len() > PARSE_INLINE_BYTES_MAX {
+        tokio::task::block_in_place(parse)?;
+    } else {
+        parse()?;
+    }
+    let outcome = topic.ingest(&events, now_ms).await?;
+    let body = serde_json::json!({
+        "accepted": outcome.accepted,
+        "duplicates": outcome.duplicates,
+        "offsets": outcome.offsets,
+    });
+    let mut response = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
+    if outcome.buffered {
+        response
+            .headers_mut()
+            .insert("weir-durability", HeaderValue::from_static("buffered"));
+    }
+    Ok(response)
+}
+
+fn too_large(max: u64) -> ApiError {
+    ApiError::new(
+        ErrorCode::BodyTooLarge,
+        format!("the body is larger than max_body ({max} bytes)"),
+    )
+    .with("max_body", max)
+}
+
+fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(header::CONTENT_LENGTH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidParameter,
+                "Content-Length is not a number",
+            )
+        })
+}
+
+/// JSON, NDJSON, curl's default form type, or nothing; anything else is 415.
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let text = value.to_str().unwrap_or("");
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "" | "application/json" | "application/x-ndjson" | "application/x-www-form-urlencoded" => {
+            Ok(())
+        }
+        _ => Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!(
+                "content type {text:?} cannot be read; send application/json or application/x-ndjson"
+            ),
+        )),
+    }
+}
