@@ -1,0 +1,17 @@
+//! The one integration-test binary: every test starts the real weir on port 0 in a
+//! fresh temp dir and talks HTTP to it, as a user would.
+
+// Tests do arithmetic on small counts and offsets they created themselves.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
+mod util;
+
+mod cli;
+mod crash;
+mod ingest;
+mod observability;
+mod read;

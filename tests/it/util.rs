@@ -1,0 +1,317 @@
+//! Starting the real binary and speaking HTTP to it. Every test goes through here, so
+//! an API change touches one place.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_weir");
+
+/// A config with one topic, tiny limits where tests need them. `extra` is appended.
+pub fn config(topic_extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+max_body = "1MiB"
+
+[[topic]]
+name = "events"
+partitions = 4
+fsync = "always"
+{topic_extra}
+"#
+    )
+}
+
+pub struct Weir {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub addr: String,
+    pub log: Arc<Mutex<Vec<String>>>,
+    config_path: PathBuf,
+    features: Vec<(String, String)>,
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The error code of an error answer.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+impl Weir {
+    /// Writes `config` (with `data_dir` set to a fresh temp dir) and starts weir on it.
+    pub fn start(config: &str) -> Weir {
+        Weir::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Weir {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let text = format!("{config}\n", config = with_data_dir(config, &data));
+        let config_path = dir.path().join("weir.toml");
+        std::fs::write(&config_path, text).unwrap();
+        let mut w = Weir {
+            dir,
+            child: None,
+            addr: String::new(),
+            log: Arc::new(Mutex::new(Vec::new())),
+            config_path,
+            features: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        w.launch();
+        w
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn launch(&mut self) {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--config"]).arg(&self.config_path);
+        cmd.env("RUST_LOG", "info").env_remove("FAILPOINTS");
+        for (k, v) in &self.features {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(1);
+        let log = Arc::clone(&self.log);
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if !sent
+                    && line.contains("weir listening")
+                    && let Some(addr) = field(&line, "addr")
+                {
+                    let _ = tx.send(addr);
+                    sent = true;
+                }
+                log.lock().unwrap().push(line);
+            }
+        });
+        self.child = Some(child);
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => self.addr = addr,
+            Err(_) => {
+                let status = self.child.as_mut().unwrap().try_wait().unwrap();
+                panic!("weir did not start ({status:?}); log:\n{}", self.log_text());
+            }
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGKILL and wait: nothing is flushed, no marker written.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "weir did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill first");
+        self.log.lock().unwrap().clear();
+        self.launch();
+    }
+
+    #[cfg_attr(
+        not(feature = "fail"),
+        allow(dead_code, reason = "failpoint tests only")
+    )]
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
+        self.features = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.restart();
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        request(&self.addr, "GET", path, &[], b"")
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> Resp {
+        request(
+            &self.addr,
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    }
+
+    pub fn post_with(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        request(&self.addr, "POST", path, headers, body)
+    }
+
+    /// Every record of a partition, read back through the pull API.
+    pub fn read_all(&self, topic: &str, partition: u32) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        let mut offset = 0i64;
+        loop {
+            let r = self.get(&format!(
+                "/v1/topics/{topic}/events?partition={partition}&offset={offset}&limit=10000"
+            ));
+            assert_eq!(r.status, 200, "{}", r.body);
+            let j = r.json();
+            let events = j["events"].as_array().unwrap().clone();
+            if events.is_empty() {
+                return out;
+            }
+            offset = j["next_offset"].as_i64().unwrap();
+            out.extend(events);
+        }
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Sets `[storage] data_dir` in a config text (adding the table if absent).
+fn with_data_dir(config: &str, data: &Path) -> String {
+    let line = format!("data_dir = {:?}", data.display().to_string());
+    if config.contains("[storage]") {
+        config.replacen("[storage]", &format!("[storage]\n{line}"), 1)
+    } else {
+        format!("[storage]\n{line}\n{config}")
+    }
+}
+
+/// `key=value` from a tracing text line.
+pub fn field(line: &str, key: &str) -> Option<String> {
+    let start = line.find(&format!("{key}="))? + key.len() + 1;
+    let rest = &line[start..];
+    let end = rest.find(' ').unwrap_or(rest.len());
+    Some(rest[..end].trim_matches('"').to_string())
+}
+
+/// A minimal HTTP/1.1 client over a fresh connection: exact control of headers and body,
+/// no client-side validation getting in the way of bad-input tests.
+pub fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut has_len = false;
+    for (k, v) in headers {
+        has_len |=
+            k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding");
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !has_len && (method == "POST" || !body.is_empty()) {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> Resp {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("bad response {text:?}"));
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
