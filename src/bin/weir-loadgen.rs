@@ -1,0 +1,249 @@
+//! weir-loadgen: closed-loop HTTP load for the ingest benchmarks in BENCHMARKS.md.
+//!
+//! Each of `--connections` keep-alive connections sends POSTs back to back. A request
+//! carries `--events` envelopes of about 200 bytes (NDJSON when more than one), each with
+//! a unique event_id and a user key, so dedup and partitioning do their real work. Bodies
+//! are patched in place from a template so the generator spends its CPU on sending.
+//! Prints one human line and one JSON line (`{"rps":..,"eps":..,"p50_us":..}`).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+struct Args {
+    addr: String,
+    path: String,
+    connections: usize,
+    events: usize,
+    duration: Duration,
+    warmup: Duration,
+    bare: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        addr: "127.0.0.1:8080".into(),
+        path: "/v1/topics/clickstream/events".into(),
+        connections: 64,
+        events: 1,
+        duration: Duration::from_secs(10),
+        warmup: Duration::from_secs(2),
+        bare: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--addr" => a.addr = value()?,
+            "--path" => a.path = value()?,
+            "--connections" => a.connections = value()?.parse().map_err(|e| format!("{e}"))?,
+            "--events" => a.events = value()?.parse().map_err(|e| format!("{e}"))?,
+            "--duration" => {
+                a.duration = Duration::from_secs(value()?.parse().map_err(|e| format!("{e}"))?)
+            }
+            "--warmup" => {
+                a.warmup = Duration::from_secs(value()?.parse().map_err(|e| format!("{e}"))?)
+            }
+            "--bare" => a.bare = true,
+            "--help" | "-h" => {
+                return Err(
+                    "weir-loadgen [--addr 127.0.0.1:8080] [--path /v1/topics/clickstream/events] \
+                     [--connections 64] [--events 1] [--duration 10] [--warmup 2] [--bare]"
+                        .into(),
+                );
+            }
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(a)
+}
+
+/// Width of the request sequence number patched into every event_id.
+const SEQ_DIGITS: usize = 12;
+
+/// A request body template and where each event's sequence digits sit.
+struct Template {
+    body: Vec<u8>,
+    seq_at: Vec<usize>,
+}
+
+fn template(conn: usize, events: usize, bare: bool) -> Template {
+    let mut body = Vec::new();
+    let mut seq_at = Vec::new();
+    for i in 0..events {
+        let user = (conn * 7919 + i * 104_729) % 10_000;
+        let page = (conn * 31 + i * 17) % 1000;
+        if bare {
+            body.extend_from_slice(format!(
+                "{{\"user_id\":\"u-{user}\",\"page_id\":\"page-{page}\",\"timestamp\":\"2026-11-27T10:00:00.000Z\",\"session\":\"s-{user:06}\",\"referrer\":\"/home/landing\"}}"
+            ).as_bytes());
+        } else {
+            body.extend_from_slice(format!("{{\"event_id\":\"L{conn:04}-").as_bytes());
+            seq_at.push(body.len());
+            body.extend_from_slice(format!(
+                "{:0SEQ_DIGITS$}-{i:05}\",\"event_type\":\"page.click\",\"timestamp\":\"2026-11-27T10:00:00.000Z\",\"payload\":{{\"user_id\":\"u-{user}\",\"page_id\":\"page-{page}\",\"session\":\"s-{user:06}\",\"referrer\":\"/home/landing\",\"ua\":\"Mozilla/5.0\"}}}}",
+                0
+            ).as_bytes());
+        }
+        if events > 1 {
+            body.push(b'\n');
+        }
+    }
+    Template { body, seq_at }
+}
+
+fn patch(t: &mut Template, seq: u64) {
+    let mut digits = [b'0'; SEQ_DIGITS];
+    let mut n = seq;
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + u8::try_from(n % 10).unwrap_or(0);
+        n /= 10;
+    }
+    for &at in &t.seq_at {
+        t.body[at..at + SEQ_DIGITS].copy_from_slice(&digits);
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    failed: u64,
+    statuses: std::collections::BTreeMap<u16, u64>,
+    latencies_us: Vec<u32>,
+}
+
+async fn connection(
+    args: std::sync::Arc<Args>,
+    conn: usize,
+    start: Instant,
+) -> Result<Tally, String> {
+    let stream = TcpStream::connect(&args.addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (mut sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(driver);
+    let mut t = template(conn, args.events, args.bare);
+    let mut tally = Tally::default();
+    let measure_from = start + args.warmup;
+    let end = measure_from + args.duration;
+    let content_type = if args.events > 1 {
+        "application/x-ndjson"
+    } else {
+        "application/json"
+    };
+    let mut seq = 0u64;
+    loop {
+        let sent = Instant::now();
+        if sent >= end {
+            break;
+        }
+        patch(&mut t, seq);
+        seq += 1;
+        let req = Request::post(&args.path)
+            .header("host", &args.addr)
+            .header("content-type", content_type)
+            .body(Full::new(Bytes::copy_from_slice(&t.body)))
+            .map_err(|e| e.to_string())?;
+        sender.ready().await.map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let _ = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        if sent >= measure_from {
+            let us = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
+            tally.latencies_us.push(us);
+            *tally.statuses.entry(status).or_default() += 1;
+            if (200..300).contains(&status) {
+                tally.ok += 1
+            } else {
+                tally.failed += 1
+            }
+        }
+    }
+    Ok(tally)
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => std::sync::Arc::new(a),
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let total = runtime.block_on(async {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..args.connections)
+            .map(|c| tokio::spawn(connection(std::sync::Arc::clone(&args), c, start)))
+            .collect();
+        let mut total = Tally::default();
+        for t in tasks {
+            match t.await {
+                Ok(Ok(t)) => {
+                    total.ok += t.ok;
+                    total.failed += t.failed;
+                    for (k, v) in t.statuses {
+                        *total.statuses.entry(k).or_default() += v;
+                    }
+                    total.latencies_us.extend(t.latencies_us);
+                }
+                Ok(Err(e)) => eprintln!("connection failed: {e}"),
+                Err(e) => eprintln!("task failed: {e}"),
+            }
+        }
+        total
+    });
+    let mut lat = total.latencies_us;
+    lat.sort_unstable();
+    let pct = |q: f64| -> u32 {
+        if lat.is_empty() {
+            return 0;
+        }
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "an index into a sorted sample"
+        )]
+        let i = ((lat.len() - 1) as f64 * q).round() as usize;
+        lat[i]
+    };
+    let secs = args.duration.as_secs_f64();
+    #[allow(clippy::cast_precision_loss, reason = "rates for humans")]
+    let (rps, eps) = (
+        total.ok as f64 / secs,
+        (total.ok * args.events as u64) as f64 / secs,
+    );
+    eprintln!(
+        "{} connections, {} events/request: {rps:.0} req/s, {eps:.0} events/s, p50 {} us, p99 {} us, statuses {:?}",
+        args.connections,
+        args.events,
+        pct(0.5),
+        pct(0.99),
+        total.statuses
+    );
+    #[allow(clippy::print_stdout, reason = "the JSON result line is the output")]
+    {
+        println!(
+            "{{\"rps\":{rps:.1},\"eps\":{eps:.1},\"p50_us\":{},\"p99_us\":{},\"ok\":{},\"failed\":{}}}",
+            pct(0.5),
+            pct(0.99),
+            total.ok,
+            total.failed
+        );
+    }
+}
