@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# benches/ingest.sh: weir's ingest figures beside the hyper hello-world ceiling, measured
+# in the same run on the same cores with the same load generator (weir-loadgen), plus wrk
+# for the single-event POST as ../shared/bench/http_ceiling.sh measures it.
+#   RUNS=3 DUR=10 benches/ingest.sh [single] [ndjson] [sustained]
+# Prints medians; raw outputs in $RESULTS_DIR/weir (default /tmp/weir-bench-results).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-3}; DUR=${DUR:-10}; PARTS=${*:-single ndjson}
+SHARED=${SHARED:-$(cd .. && pwd)/shared/bench}
+OUT=${RESULTS_DIR:-/tmp/weir-bench-results}/weir; mkdir -p "$OUT"
+SCRATCH=${SCRATCH_DIR:-/var/tmp}/weir-bench; mkdir -p "$SCRATCH"
+LOCK=/tmp/bench.lock
+command -v wrk >/dev/null || apt-get install -y wrk >/dev/null
+
+cargo build --profile bench --bins -q
+WEIR=target/release/weir; LOADGEN=target/release/weir-loadgen
+export CARGO_TARGET_DIR=${PEERS_TARGET:-/tmp/peers-target}
+BUILD_SRC=$(mktemp -d); cp -r "$SHARED/http_ceiling" "$BUILD_SRC/"; chmod -R u+w "$BUILD_SRC"
+(cd "$BUILD_SRC/http_ceiling" && cargo build --release -q)
+CEILING=$CARGO_TARGET_DIR/release/http_ceiling
+unset CARGO_TARGET_DIR
+
+SPID=""
+stop_server() { if [ -n "$SPID" ]; then kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true; fi; SPID=""; }
+trap stop_server EXIT
+
+start_weir() { # fsync mode
+  stop_server; rm -rf "$SCRATCH/data"
+  cat > "$SCRATCH/weir.toml" <<TOML
+[server]
+listen = "127.0.0.1:8091"
+[storage]
+data_dir = "$SCRATCH/data"
+[[topic]]
+name = "clickstream"
+partitions = 4
+fsync = "$1"
+key_field = "/payload/user_id"
+TOML
+  "$WEIR" run --config "$SCRATCH/weir.toml" 2> "$OUT/weir-$1.log" & SPID=$!
+  for _ in $(seq 100); do curl -sf localhost:8091/readyz >/dev/null && return; sleep 0.1; done
+  echo "weir did not start"; cat "$OUT/weir-$1.log"; exit 1
+}
+start_ceiling() {
+  stop_server; "$CEILING" 127.0.0.1:8092 2>/dev/null & SPID=$!
+  for _ in $(seq 50); do curl -sf localhost:8092/hello >/dev/null && return; sleep 0.1; done
+}
+loadgen() { # tag addr path conns events
+  local tag=$1 addr=$2 path=$3 c=$4 e=$5
+  for i in $(seq 1 "$RUNS"); do
+    flock "$LOCK" "$LOADGEN" --addr "$addr" --path "$path" --connections "$c" --events "$e" \
+      --duration "$DUR" --warmup 2 > "$OUT/$tag.$i.json" 2>/dev/null
+  done
+  median "$tag" eps
+}
+wrkrun() { # tag url script
+  local tag=$1 url=$2 script=$3
+  for i in $(seq 1 "$RUNS"); do
+    flock "$LOCK" wrk -t2 -c64 -d"${DUR}s" -s "$script" "$url" > "$OUT/$tag.$i.txt"
+  done
+  printf '%s req/s median ' "$tag"
+  grep -h Requests/sec "$OUT/$tag".[0-9]*.txt | awk '{print $2}' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
+}
+median() { # tag field
+  python3 - "$OUT" "$1" "$2" <<'PY'
+import glob, json, statistics, sys
+out, tag, field = sys.argv[1:]
+xs = [json.load(open(f))[field] for f in sorted(glob.glob(f"{out}/{tag}.[0-9]*.json"))]
+p50 = [json.load(open(f))["p50_us"] for f in sorted(glob.glob(f"{out}/{tag}.[0-9]*.json"))]
+print(f"{tag} {field} median {statistics.median(xs):.0f} runs {[round(x) for x in xs]} p50_us median {statistics.median(p50):.0f}")
+PY
+}
+has() { [[ " $PARTS " == *" $1 "* ]]; }
+
+if has single; then
+  start_ceiling
+  loadgen ceiling_post_c64 127.0.0.1:8092 /ingest 64 1
+  wrkrun ceiling_post_wrk http://127.0.0.1:8092/ingest "$SHARED/lua/post_ingest.lua"
+  for mode in interval always; do
+    start_weir "$mode"
+    loadgen "weir_${mode}_post_c64" 127.0.0.1:8091 /v1/topics/clickstream/events 64 1
+    wrkrun "weir_${mode}_post_wrk" http://127.0.0.1:8091/v1/topics/clickstream/events benches/lua/post_event.lua
+  done
+fi
+if has ndjson; then
+  for mode in interval always; do
+    start_weir "$mode"
+    loadgen "weir_${mode}_ndjson1000_c4" 127.0.0.1:8091 /v1/topics/clickstream/events 4 1000
+    du -sb "$SCRATCH/data" > "$OUT/weir_${mode}_ndjson_du.txt"
+    curl -s localhost:8091/v1/topics > "$OUT/weir_${mode}_ndjson_topics.json"
+    python3 - "$OUT/weir_${mode}_ndjson_du.txt" "$OUT/weir_${mode}_ndjson_topics.json" <<'PY'
+import json, sys
+du = int(open(sys.argv[1]).read().split()[0]); t = json.load(open(sys.argv[2]))["topics"][0]
+n = sum(t["end_offsets"]); print(f"  bytes on disk per event: {du / n:.0f} ({du} bytes, {n} events)")
+PY
+  done
+fi
+if has sustained; then
+  start_weir interval
+  RUNS=1 DUR=120 loadgen weir_interval_ndjson1000_120s 127.0.0.1:8091 /v1/topics/clickstream/events 4 1000
+fi

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# benches/recovery.sh: time from starting weir after kill -9 to the first 202, with
+# about 1 GiB in the log (warm page cache), and idle RSS of weir on config.example.toml.
+#   RUNS=3 GIB=1 benches/recovery.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-3}; GIB=${GIB:-1}
+OUT=${RESULTS_DIR:-/tmp/weir-bench-results}/weir; mkdir -p "$OUT"
+SCRATCH=${SCRATCH_DIR:-/var/tmp}/weir-recovery; rm -rf "$SCRATCH"; mkdir -p "$SCRATCH"
+cargo build --profile bench --bins -q
+WEIR=$PWD/target/release/weir; LOADGEN=$PWD/target/release/weir-loadgen
+cat > "$SCRATCH/weir.toml" <<TOML
+[server]
+listen = "127.0.0.1:8093"
+[storage]
+data_dir = "$SCRATCH/data"
+[[topic]]
+name = "clickstream"
+partitions = 4
+fsync = "interval"
+key_field = "/payload/user_id"
+TOML
+
+"$WEIR" run --config "$SCRATCH/weir.toml" 2> "$OUT/recovery-fill.log" & PID=$!
+until curl -sf localhost:8093/readyz >/dev/null; do sleep 0.1; done
+target=$((GIB * 1024 * 1024 * 1024))
+while [ "$(du -sb "$SCRATCH/data" | cut -f1)" -lt "$target" ]; do
+  "$LOADGEN" --addr 127.0.0.1:8093 --connections 4 --events 1000 --duration 2 --warmup 0 >/dev/null 2>&1
+done
+echo "log holds $(du -sb "$SCRATCH/data" | cut -f1) bytes"
+
+body='{"event_id":"probe","event_type":"t","payload":{"user_id":"u-1"}}'
+for i in $(seq 1 "$RUNS"); do
+  kill -9 "$PID"; wait "$PID" 2>/dev/null || true
+  start=$(date +%s.%N)
+  "$WEIR" run --config "$SCRATCH/weir.toml" 2> "$OUT/recovery-$i.log" & PID=$!
+  until [ "$(curl -s -o /dev/null -w '%{http_code}' -d "$body" localhost:8093/v1/topics/clickstream/events)" = 202 ]; do
+    sleep 0.005
+  done
+  end=$(date +%s.%N)
+  echo "run $i: first 202 after $(python3 -c "print(f'{$end - $start:.3f}')") s; $(grep -o 'scanned_bytes=[0-9]*' "$OUT/recovery-$i.log") $(grep -o 'seconds=[0-9.]*' "$OUT/recovery-$i.log")"
+done
+kill "$PID"; wait "$PID" 2>/dev/null || true
+
+# Idle RSS on the example config.
+cd "$SCRATCH" && rm -rf data
+"$WEIR" run --config "$OLDPWD/config.example.toml" --data-dir "$SCRATCH/example-data" --listen 127.0.0.1:8094 2>/dev/null & PID=$!
+until curl -sf localhost:8094/readyz >/dev/null; do sleep 0.1; done
+sleep 2
+echo "idle RSS on config.example.toml: $(awk '/VmRSS/ {print $2, $3}' /proc/$PID/status)"
+kill "$PID"; wait "$PID" 2>/dev/null || true
+rm -rf "$SCRATCH"
