@@ -321,6 +321,21 @@ impl Event<'_> {
         out.push(b'}');
     }
 
+    /// An upper bound of what [`Event::write_envelope`] writes, for sizing buffers.
+    pub fn envelope_len_hint(&self) -> usize {
+        const FIXED: usize = 96; // member names, quotes, a generated id, a formatted time
+        FIXED
+            + self.event_type.len()
+            + self.timestamp_raw.map_or(0, str::len)
+            + self.key_raw.map_or(0, str::len)
+            + self.payload.text.len()
+            + self.metadata.map_or(0, |m| m.text.len())
+            + match self.id {
+                EventId::Client(raw) => raw.len(),
+                EventId::Generated(_) => 0,
+            }
+    }
+
     /// The event id as text (for logs and answers).
     pub fn event_id(&self) -> Cow<'_, str> {
         match self.id {

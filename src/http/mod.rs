@@ -7,8 +7,9 @@ pub mod errors;
 pub mod ingest;
 pub mod read;
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -20,6 +21,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
+use parking_lot::RwLock;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -68,22 +70,57 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Records the duration of every request by route template (never the raw path) and status.
+/// Records the duration of every request by route template (never the raw path), method
+/// and status. Handles are cached: a registry lookup per request would cost more than
+/// the request. Label values are bounded: templates, known methods, status codes.
 async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = request.method().as_str().to_string();
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let method = method_label(request.method());
     let response = next.run(request).await;
-    let labels = [
-        ("method", method),
-        ("route", route),
-        ("status", response.status().as_u16().to_string()),
-    ];
-    metrics::histogram!(m::HTTP_REQUEST_SECONDS, &labels).record(started.elapsed().as_secs_f64());
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let status = response.status().as_u16();
+    request_histogram(route, method, status).record(started.elapsed().as_secs_f64());
     response
+}
+
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+type HistogramCache = HashMap<String, HashMap<(&'static str, u16), metrics::Histogram>>;
+
+fn request_histogram(route: &str, method: &'static str, status: u16) -> metrics::Histogram {
+    static CACHE: LazyLock<RwLock<HistogramCache>> = LazyLock::new(RwLock::default);
+    if let Some(h) = CACHE
+        .read()
+        .get(route)
+        .and_then(|m| m.get(&(method, status)))
+    {
+        return h.clone();
+    }
+    let labels = [
+        ("method", method.to_string()),
+        ("route", route.to_string()),
+        ("status", status.to_string()),
+    ];
+    let h = metrics::histogram!(m::HTTP_REQUEST_SECONDS, &labels);
+    CACHE
+        .write()
+        .entry(route.to_string())
+        .or_default()
+        .insert((method, status), h.clone());
+    h
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests

@@ -46,6 +46,7 @@ pub type IdSet = HashSet<u128, BuildHasherDefault<IdHasher>>;
 
 pub struct Dedup {
     topic: Arc<str>,
+    entries_gauge: metrics::Gauge,
     window_ms: i64,
     entries_max: usize,
     inner: Mutex<Inner>,
@@ -71,8 +72,10 @@ pub struct Admission {
 
 impl Dedup {
     pub fn new(topic: Arc<str>, window_ms: i64, entries_max: usize) -> Dedup {
+        let entries_gauge = metrics::gauge!(m::DEDUP_ENTRIES, "topic" => topic.to_string());
         Dedup {
             topic,
+            entries_gauge,
             window_ms,
             entries_max,
             inner: Mutex::new(Inner::default()),
@@ -98,8 +101,7 @@ impl Dedup {
         for (t, id) in ids {
             self.insert(&mut inner, id, t, now_ms);
         }
-        metrics::gauge!(m::DEDUP_ENTRIES, "topic" => self.topic.to_string())
-            .set(inner.seen.len() as f64);
+        self.entries_gauge.set(inner.seen.len() as f64);
     }
 
     /// Classifies a request's events by their id hashes (None: generated id, always new).
@@ -215,6 +217,11 @@ pub struct Ticket {
 }
 
 impl Ticket {
+    /// True when the request had no client ids to settle.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
     /// Records which of this request's ids are now in the log.
     pub fn settle(mut self, appended: &dyn Fn(u128) -> bool, append_ms: i64, now_ms: i64) {
         if let Some(dedup) = self.dedup.take() {
@@ -225,11 +232,13 @@ impl Ticket {
                     dedup.insert(&mut inner, id, append_ms, now_ms);
                 }
             }
-            metrics::gauge!(m::DEDUP_ENTRIES, "topic" => dedup.topic.to_string())
-                .set(inner.seen.len() as f64);
+            dedup.entries_gauge.set(inner.seen.len() as f64);
         }
         if let Some(tx) = self.done.take() {
-            tx.send_replace(true);
+            // The in-flight map's receivers are gone by now: any left belong to waiters.
+            if tx.receiver_count() > 0 {
+                tx.send_replace(true);
+            }
         }
     }
 }
@@ -243,7 +252,10 @@ impl Drop for Ticket {
             }
         }
         if let Some(tx) = self.done.take() {
-            tx.send_replace(true);
+            // The in-flight map's receivers are gone by now: any left belong to waiters.
+            if tx.receiver_count() > 0 {
+                tx.send_replace(true);
+            }
         }
     }
 }

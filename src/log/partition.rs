@@ -101,7 +101,7 @@ pub struct Partition {
     sync: Mutex<SyncState>,
     /// The fsync workers' queue; each partition is in it at most once (see `SyncState`).
     sync_queue: SyncSender<Arc<Partition>>,
-    labels: [(&'static str, String); 2],
+    metrics: PartitionMetrics,
 }
 
 /// Everything the partition lock protects.
@@ -127,6 +127,28 @@ struct SyncState {
     written_end: i64,
 }
 
+/// Metric handles, resolved once so the append path does no registry lookups.
+struct PartitionMetrics {
+    end_offset: metrics::Gauge,
+    segment_rolls: metrics::Counter,
+    fsync_round_seconds: metrics::Histogram,
+    fsync_round_bytes: metrics::Histogram,
+    fsync_errors: metrics::Counter,
+}
+
+impl PartitionMetrics {
+    fn new(topic: &str, id: u32) -> PartitionMetrics {
+        let labels = [("topic", topic.to_string()), ("partition", id.to_string())];
+        PartitionMetrics {
+            end_offset: metrics::gauge!(m::END_OFFSET, &labels),
+            segment_rolls: metrics::counter!(m::SEGMENT_ROLLS, &labels),
+            fsync_round_seconds: metrics::histogram!(m::FSYNC_ROUND_SECONDS, &labels),
+            fsync_round_bytes: metrics::histogram!(m::FSYNC_ROUND_BYTES, &labels),
+            fsync_errors: metrics::counter!(m::FSYNC_ERRORS, &labels),
+        }
+    }
+}
+
 /// What a fsync round has to do, taken under the lock.
 struct RoundPlan {
     seals: Vec<(i64, Arc<File>)>,
@@ -149,8 +171,8 @@ impl Partition {
             position: inner.active.len,
             fenced: false,
         };
-        let labels = [("topic", topic.to_string()), ("partition", id.to_string())];
-        metrics::gauge!(m::END_OFFSET, &labels).set(end.end_offset as f64);
+        let metrics = PartitionMetrics::new(&topic, id);
+        metrics.end_offset.set(end.end_offset as f64);
         Partition {
             topic,
             id,
@@ -164,7 +186,7 @@ impl Partition {
                 ..SyncState::default()
             }),
             sync_queue,
-            labels,
+            metrics,
         }
     }
 
@@ -249,8 +271,13 @@ impl Partition {
             fenced: false,
         };
         if self.settings.fsync != FsyncMode::Always {
-            self.visible.send_replace(written);
-            metrics::gauge!(m::END_OFFSET, &self.labels).set(written.end_offset as f64);
+            // Notifying costs a lock per waiter shard: only when someone waits. A receiver
+            // that subscribes after this check reads the new value under the lock.
+            self.visible.send_if_modified(|v| {
+                *v = written;
+                self.visible.receiver_count() > 0
+            });
+            self.metrics.end_offset.set(written.end_offset as f64);
         }
         let must_sync =
             self.settings.fsync == FsyncMode::Always || !inner.unsynced_seals.is_empty();
@@ -311,7 +338,7 @@ impl Partition {
                 last_append_ms: old.last_append_ms,
             },
         );
-        metrics::counter!(m::SEGMENT_ROLLS, &self.labels).increment(1);
+        self.metrics.segment_rolls.increment(1);
         Ok(())
     }
 
@@ -422,9 +449,9 @@ impl Partition {
         match self.sync_files(&plan) {
             Ok(()) => {
                 let secs = started.elapsed().as_secs_f64();
-                metrics::histogram!(m::FSYNC_ROUND_SECONDS, &self.labels).record(secs);
+                self.metrics.fsync_round_seconds.record(secs);
                 let bytes = plan.target.position.saturating_sub(synced_from);
-                metrics::histogram!(m::FSYNC_ROUND_BYTES, &self.labels).record(bytes as f64);
+                self.metrics.fsync_round_bytes.record(bytes as f64);
                 self.sync.lock().durable = Some(plan.target);
                 if self.settings.fsync == FsyncMode::Always {
                     self.visible.send_if_modified(|v| {
@@ -435,11 +462,11 @@ impl Partition {
                             false
                         }
                     });
-                    metrics::gauge!(m::END_OFFSET, &self.labels).set(plan.target.end_offset as f64);
+                    self.metrics.end_offset.set(plan.target.end_offset as f64);
                 }
             }
             Err(e) => {
-                metrics::counter!(m::FSYNC_ERRORS, &self.labels).increment(1);
+                self.metrics.fsync_errors.increment(1);
                 match self.settings.fsync {
                     FsyncMode::Always => tracing::error!(topic = %self.topic, partition = self.id,
                         error = %e, "fsync failed; waiting requests fail, partition fenced"),

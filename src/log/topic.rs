@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use metrics::Counter;
 
 use super::batch::BatchBuilder;
-use super::dedup::{Dedup, IdSet};
+use super::dedup::{Dedup, IdSet, Ticket};
 use super::partition::{AppendError, Partition};
 use super::partitioner::partition_for_key;
 use super::{HEADER_APPEND, HEADER_ID, HEADER_TYPE};
@@ -105,6 +105,11 @@ impl Topic {
         let keyless = self.next_keyless.fetch_add(1, Ordering::Relaxed) % n;
         let mut builders: Vec<Option<(BatchBuilder, Vec<u128>)>> = (0..n).map(|_| None).collect();
         let mut scratch = Vec::with_capacity(512);
+        // Envelopes plus record overhead, spread over the partitions: enough that a
+        // builder rarely reallocates.
+        let envelope_bytes: usize = events.iter().map(|e| e.envelope_len_hint()).sum();
+        let batch_bytes_hint =
+            64 + (envelope_bytes + 64 * events.len()) / events.len().clamp(1, n as usize);
         let append_bytes = now_ms.to_be_bytes();
         for (event, keep) in events.iter().zip(&admission.append) {
             if !*keep {
@@ -112,8 +117,12 @@ impl Topic {
             }
             let key = event.key.as_deref().map(str::as_bytes);
             let p = key.map_or(keyless, |k| partition_for_key(k, n));
-            let (builder, ids) =
-                builders[p as usize].get_or_insert_with(|| (BatchBuilder::new(), Vec::new()));
+            let (builder, ids) = builders[p as usize].get_or_insert_with(|| {
+                (
+                    BatchBuilder::with_buffer(Vec::with_capacity(batch_bytes_hint)),
+                    Vec::new(),
+                )
+            });
             scratch.clear();
             event.write_envelope(&mut scratch);
             let id_bytes;
@@ -141,59 +150,22 @@ impl Topic {
             .collect();
         let duplicates = admission.duplicates;
         let ticket = admission.ticket;
-        // The append and its dedup bookkeeping run to completion even if the client goes
-        // away: an append that happened must enter the dedup table.
-        let topic = Arc::clone(self);
-        let task = tokio::spawn(async move {
-            let mut offsets = Vec::with_capacity(batches.len());
-            let mut failure = None;
-            let mut bytes = 0u64;
-            for (p, batch, _) in batches.iter_mut() {
-                match topic.partitions[*p as usize].append(batch, now_ms) {
-                    Ok(a) => {
-                        offsets.push(PartitionRange {
-                            partition: *p,
-                            first: a.base_offset,
-                            last: a.last_offset,
-                        });
-                        bytes += batch.len() as u64;
-                    }
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
-                }
-            }
-            // Under `always` a batch counts only once fsynced; one whose fsync failed may
-            // be lost, so its ids must stay appendable.
-            let mut durable = vec![true; offsets.len()];
-            if topic.config.fsync == FsyncMode::Always {
-                for (r, ok) in offsets.iter().zip(durable.iter_mut()) {
-                    let partition = &topic.partitions[r.partition as usize];
-                    if let Err(e) = partition.wait_visible(r.last).await {
-                        *ok = false;
-                        failure.get_or_insert(e);
-                    }
-                }
-            }
-            let landed: IdSet = batches
-                .iter()
-                .zip(&durable)
-                .filter(|(_, ok)| **ok)
-                .flat_map(|((_, _, ids), _)| ids.iter().copied())
-                .collect();
-            ticket.settle(&|id| landed.contains(&id), now_ms, now_ms);
-            if let Some(e) = failure {
-                return Err(IngestError::Append(e));
-            }
-            let events: i64 = offsets.iter().map(|r| r.last - r.first + 1).sum();
-            topic
-                .events_in
-                .increment(u64::try_from(events).unwrap_or(0));
-            topic.bytes_in.increment(bytes);
-            Ok(offsets)
-        });
-        let offsets = task.await.map_err(|e| IngestError::Task(e.to_string()))??;
+        // The appends are synchronous: nothing between them and the dedup bookkeeping can
+        // be cancelled. Under `always` the wait for fsync is an await, so it runs in its
+        // own task: an append that happened must enter the dedup table even if the client
+        // hangs up.
+        let appended = self.append_batches(&mut batches, now_ms);
+        let offsets = if self.config.fsync == FsyncMode::Always {
+            let topic = Arc::clone(self);
+            tokio::spawn(
+                async move { topic.await_durable(appended, batches, ticket, now_ms).await },
+            )
+            .await
+            .map_err(|e| IngestError::Task(e.to_string()))??
+        } else {
+            let durable = vec![true; appended.offsets.len()];
+            self.finish(appended, &batches, &durable, ticket, now_ms)?
+        };
         self.duplicates.increment(duplicates as u64);
         let accepted = offsets
             .iter()
@@ -206,4 +178,92 @@ impl Topic {
             buffered: self.config.fsync != FsyncMode::Always,
         })
     }
+
+    /// Appends each partition's batch in turn, stopping at the first failure.
+    fn append_batches(&self, batches: &mut [(u32, Vec<u8>, Vec<u128>)], now_ms: i64) -> Appended {
+        let mut out = Appended {
+            offsets: Vec::with_capacity(batches.len()),
+            failure: None,
+            bytes: 0,
+        };
+        for (p, batch, _) in batches.iter_mut() {
+            match self.partitions[*p as usize].append(batch, now_ms) {
+                Ok(a) => {
+                    out.offsets.push(PartitionRange {
+                        partition: *p,
+                        first: a.base_offset,
+                        last: a.last_offset,
+                    });
+                    out.bytes += batch.len() as u64;
+                }
+                Err(e) => {
+                    out.failure = Some(e);
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Under `always`: waits for every appended batch to be fsynced. A batch whose fsync
+    /// failed may be lost, so its ids must stay appendable.
+    async fn await_durable(
+        &self,
+        mut appended: Appended,
+        batches: Vec<(u32, Vec<u8>, Vec<u128>)>,
+        ticket: Ticket,
+        now_ms: i64,
+    ) -> Result<Vec<PartitionRange>, IngestError> {
+        let mut durable = vec![true; appended.offsets.len()];
+        for (r, ok) in appended.offsets.iter().zip(durable.iter_mut()) {
+            if let Err(e) = self.partitions[r.partition as usize]
+                .wait_visible(r.last)
+                .await
+            {
+                *ok = false;
+                appended.failure.get_or_insert(e);
+            }
+        }
+        self.finish(appended, &batches, &durable, ticket, now_ms)
+    }
+
+    /// Settles the request's ids (those of durable batches are now in the log) and counts.
+    fn finish(
+        &self,
+        appended: Appended,
+        batches: &[(u32, Vec<u8>, Vec<u128>)],
+        durable: &[bool],
+        ticket: Ticket,
+        now_ms: i64,
+    ) -> Result<Vec<PartitionRange>, IngestError> {
+        if ticket.is_empty() {
+            drop(ticket);
+        } else if durable.len() == batches.len() && durable.iter().all(|ok| *ok) {
+            ticket.settle(&|_| true, now_ms, now_ms);
+        } else if durable.iter().all(|ok| !*ok) {
+            ticket.settle(&|_| false, now_ms, now_ms);
+        } else {
+            let landed: IdSet = batches
+                .iter()
+                .zip(durable)
+                .filter(|(_, ok)| **ok)
+                .flat_map(|((_, _, ids), _)| ids.iter().copied())
+                .collect();
+            ticket.settle(&|id| landed.contains(&id), now_ms, now_ms);
+        }
+        if let Some(e) = appended.failure {
+            return Err(IngestError::Append(e));
+        }
+        let events: i64 = appended.offsets.iter().map(|r| r.last - r.first + 1).sum();
+        self.events_in.increment(u64::try_from(events).unwrap_or(0));
+        self.bytes_in.increment(appended.bytes);
+        Ok(appended.offsets)
+    }
+}
+
+/// The outcome of appending one request's batches.
+struct Appended {
+    offsets: Vec<PartitionRange>,
+    failure: Option<AppendError>,
+    bytes: u64,
 }
