@@ -31,22 +31,35 @@ impl Hasher for IdHasher {
             self.0 ^= u64::from_le_bytes(b);
         }
     }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
     fn write_u128(&mut self, v: u128) {
-        #[allow(
-            clippy::cast_possible_truncation,
-            reason = "keeping the low 64 bits is the point"
-        )]
-        let low = v as u64;
-        self.0 = low;
+        self.0 = key(v);
     }
 }
 
-type IdMap<V> = HashMap<u128, V, BuildHasherDefault<IdHasher>>;
+type IdMap<V> = HashMap<Key, V, BuildHasherDefault<IdHasher>>;
 pub type IdSet = HashSet<u128, BuildHasherDefault<IdHasher>>;
+type KeySet = HashSet<Key, BuildHasherDefault<IdHasher>>;
+
+/// The table keeps 64 of the id hash's 128 bits: half the memory, so more of a
+/// million-entry table stays in cache. A new id is taken for a duplicate only if its
+/// 64 bits equal those of one of the n ids held: about n / 2^64 per lookup.
+type Key = u64;
+
+fn key(id: u128) -> Key {
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "folding 128 bits into 64 is the point"
+    )]
+    let folded = (id as u64) ^ ((id >> 64) as u64);
+    folded
+}
 
 pub struct Dedup {
-    topic: Arc<str>,
     entries_gauge: metrics::Gauge,
+    evictions: metrics::Counter,
     window_ms: i64,
     entries_max: usize,
     inner: Mutex<Inner>,
@@ -57,9 +70,14 @@ struct Inner {
     /// id -> append time (ms) of the record that carried it.
     seen: IdMap<i64>,
     /// Insertion order for expiry and eviction; may hold stale pairs, checked on removal.
-    order: VecDeque<(u128, i64)>,
+    order: VecDeque<(Key, i64)>,
     /// ids being appended by a request in flight -> resolved when that request ends.
-    inflight: IdMap<watch::Receiver<bool>>,
+    inflight: IdMap<u64>,
+    /// Request number -> resolved when that request ends. One entry per request, not
+    /// per id: cloning a receiver per id would touch a shared counter a thousand times.
+    requests: HashMap<u64, watch::Receiver<bool>>,
+    /// Numbers requests for `inflight`.
+    next_request: u64,
 }
 
 /// What to do with each event of a request, and the ticket that settles its ids.
@@ -73,9 +91,10 @@ pub struct Admission {
 impl Dedup {
     pub fn new(topic: Arc<str>, window_ms: i64, entries_max: usize) -> Dedup {
         let entries_gauge = metrics::gauge!(m::DEDUP_ENTRIES, "topic" => topic.to_string());
+        let evictions = metrics::counter!(m::DEDUP_EVICTIONS, "topic" => topic.to_string());
         Dedup {
-            topic,
             entries_gauge,
+            evictions,
             window_ms,
             entries_max,
             inner: Mutex::new(Inner::default()),
@@ -98,9 +117,11 @@ impl Dedup {
     pub fn load(&self, mut ids: Vec<(i64, u128)>, now_ms: i64) {
         ids.sort_unstable_by_key(|(t, _)| *t);
         let mut inner = self.inner.lock();
+        let mut evicted = 0;
         for (t, id) in ids {
-            self.insert(&mut inner, id, t, now_ms);
+            evicted += self.insert(&mut inner, id, t, now_ms);
         }
+        self.evictions.increment(evicted);
         self.entries_gauge.set(inner.seen.len() as f64);
     }
 
@@ -111,6 +132,7 @@ impl Dedup {
             duplicates: 0,
             ticket: Ticket {
                 dedup: None,
+                request: 0,
                 ids: Vec::new(),
                 done: None,
             },
@@ -121,39 +143,46 @@ impl Dedup {
         loop {
             let mut waits = Vec::new();
             let mut append = Vec::with_capacity(ids.len());
-            let mut in_request = IdSet::default();
+            let mut in_request = KeySet::default();
             let mut new_ids = Vec::new();
             let mut duplicates = 0;
             {
                 let mut inner = self.inner.lock();
                 self.expire(&mut inner, now_ms);
                 for id in ids {
-                    let Some(id) = *id else {
+                    let Some(full) = *id else {
                         append.push(true);
                         continue;
                     };
+                    let id = key(full);
                     if in_request.contains(&id) || inner.seen.contains_key(&id) {
                         append.push(false);
                         duplicates += 1;
-                    } else if let Some(rx) = inner.inflight.get(&id) {
+                    } else if let Some(rx) =
+                        inner.inflight.get(&id).and_then(|r| inner.requests.get(r))
+                    {
                         waits.push(rx.clone());
                         append.push(false);
                     } else {
                         in_request.insert(id);
-                        new_ids.push(id);
+                        new_ids.push(full);
                         append.push(true);
                     }
                 }
                 if waits.is_empty() {
                     let (tx, rx) = watch::channel(false);
+                    let request = inner.next_request;
+                    inner.next_request += 1;
+                    inner.requests.insert(request, rx);
                     for id in &new_ids {
-                        inner.inflight.insert(*id, rx.clone());
+                        inner.inflight.insert(key(*id), request);
                     }
                     return Admission {
                         append,
                         duplicates,
                         ticket: Ticket {
                             dedup: Some(Arc::clone(self)),
+                            request,
                             ids: new_ids,
                             done: Some(tx),
                         },
@@ -180,9 +209,11 @@ impl Dedup {
         }
     }
 
-    fn insert(&self, inner: &mut Inner, id: u128, append_ms: i64, now_ms: i64) {
+    /// Returns how many entries `max_dedup_entries` evicted.
+    fn insert(&self, inner: &mut Inner, id: u128, append_ms: i64, now_ms: i64) -> u64 {
+        let id = key(id);
         if append_ms < now_ms.saturating_sub(self.window_ms) {
-            return;
+            return 0;
         }
         inner.seen.insert(id, append_ms);
         inner.order.push_back((id, append_ms));
@@ -201,10 +232,7 @@ impl Dedup {
             let seen = &inner.seen;
             inner.order.retain(|(id, t)| seen.get(id) == Some(t));
         }
-        if evicted > 0 {
-            metrics::counter!(m::DEDUP_EVICTIONS, "topic" => self.topic.to_string())
-                .increment(evicted);
-        }
+        evicted
     }
 }
 
@@ -212,6 +240,7 @@ impl Dedup {
 /// so waiting duplicates go on and append.
 pub struct Ticket {
     dedup: Option<Arc<Dedup>>,
+    request: u64,
     ids: Vec<u128>,
     done: Option<watch::Sender<bool>>,
 }
@@ -224,18 +253,33 @@ impl Ticket {
 
     /// Records which of this request's ids are now in the log.
     pub fn settle(mut self, appended: &dyn Fn(u128) -> bool, append_ms: i64, now_ms: i64) {
+        self.release(Some(Landed {
+            appended,
+            append_ms,
+            now_ms,
+        }));
+    }
+
+    fn release(&mut self, landed: Option<Landed<'_>>) {
         if let Some(dedup) = self.dedup.take() {
             let mut inner = dedup.inner.lock();
+            inner.requests.remove(&self.request);
+            let mut evicted = 0;
             for id in self.ids.drain(..) {
-                inner.inflight.remove(&id);
-                if appended(id) {
-                    dedup.insert(&mut inner, id, append_ms, now_ms);
+                inner.inflight.remove(&key(id));
+                if let Some(l) = &landed
+                    && (l.appended)(id)
+                {
+                    evicted += dedup.insert(&mut inner, id, l.append_ms, l.now_ms);
                 }
+            }
+            if evicted > 0 {
+                dedup.evictions.increment(evicted);
             }
             dedup.entries_gauge.set(inner.seen.len() as f64);
         }
         if let Some(tx) = self.done.take() {
-            // The in-flight map's receivers are gone by now: any left belong to waiters.
+            // The table's receiver is gone by now: any left belong to waiting duplicates.
             if tx.receiver_count() > 0 {
                 tx.send_replace(true);
             }
@@ -243,20 +287,16 @@ impl Ticket {
     }
 }
 
+/// Which ids of a request reached the log, and when.
+struct Landed<'a> {
+    appended: &'a dyn Fn(u128) -> bool,
+    append_ms: i64,
+    now_ms: i64,
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
-        if let Some(dedup) = self.dedup.take() {
-            let mut inner = dedup.inner.lock();
-            for id in self.ids.drain(..) {
-                inner.inflight.remove(&id);
-            }
-        }
-        if let Some(tx) = self.done.take() {
-            // The in-flight map's receivers are gone by now: any left belong to waiters.
-            if tx.receiver_count() > 0 {
-                tx.send_replace(true);
-            }
-        }
+        self.release(None);
     }
 }
 
