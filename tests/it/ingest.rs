@@ -342,3 +342,34 @@ fn size_type_and_name_checks_come_from_the_headers() {
         .collect();
     assert_eq!(topics.len(), 1, "{topics:?}");
 }
+
+#[test]
+fn segments_roll_by_age_as_well_as_size() {
+    let w = Weir::start(&config("default_event_type = \"x\"\nsegment_age = \"1s\""));
+    let post = || w.post("/v1/topics/events/events?key=k", r#"{"payload":1}"#);
+    assert_eq!(post().status, 202);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(post().status, 202);
+    let p = weir::log::partitioner::partition_for_key(b"k", 4);
+    let dir = w.data_dir().join(format!("topics/events/{p}"));
+    let mut logs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".log"))
+        .collect();
+    logs.sort();
+    assert_eq!(
+        logs,
+        ["00000000000000000000.log", "00000000000000000001.log"]
+    );
+    let sealed_index = dir.join("00000000000000000000.index");
+    assert!(
+        sealed_index.exists(),
+        "the sealed segment's index was written"
+    );
+    assert_eq!(
+        w.read_all("events", p).len(),
+        2,
+        "reads cross the segment boundary"
+    );
+}
