@@ -245,21 +245,44 @@ fn log_recovery(topic: &str, partition: u32, report: &RecoveryReport) {
     }
 }
 
-/// Reads the `weir.id` headers appended within the dedup window, newest segments first,
-/// stopping at the first segment that ends before the window.
+/// The newest `max_dedup_entries` ids appended within the dedup window, read from the
+/// log newest first across partitions (a merge by batch append time), so the work is
+/// bounded by the table size, not by the log.
 fn dedup_ids_from_log(topic: &Topic, now_ms: i64) -> Vec<(i64, u128)> {
     let window_ms = i64::try_from(topic.config.dedup_window.as_millis()).unwrap_or(i64::MAX);
     let cutoff = now_ms.saturating_sub(window_ms);
-    let mut out = Vec::new();
-    for p in &topic.partitions {
-        if let Err(e) = p.collect_ids_since(cutoff, &mut out) {
-            tracing::warn!(topic = %topic.name, partition = p.id, error = %e,
+    let entries_max = topic.config.max_dedup_entries;
+    let mut walkers: Vec<_> = topic
+        .partitions
+        .iter()
+        .map(|p| p.batches_newest_first())
+        .collect();
+    let mut buf = Vec::new();
+    let mut heads = std::collections::BinaryHeap::new();
+    let next = |i: usize, w: &mut partition::NewestFirst, buf: &mut Vec<u8>| match w.next_batch(buf)
+    {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(topic = %topic.name, partition = i, error = %e,
                 "could not read ids for the dedup table; duplicates from before the restart may be appended again");
+            None
+        }
+    };
+    for (i, w) in walkers.iter_mut().enumerate() {
+        if let Some(b) = next(i, w, &mut buf) {
+            heads.push((b.append_ms, i, b.ids));
         }
     }
-    if out.len() > topic.config.max_dedup_entries {
-        out.sort_unstable_by_key(|(t, _)| std::cmp::Reverse(*t));
-        out.truncate(topic.config.max_dedup_entries);
+    let mut out = Vec::new();
+    while let Some((append_ms, i, ids)) = heads.pop() {
+        if append_ms < cutoff || out.len() >= entries_max {
+            break;
+        }
+        out.extend(ids.into_iter().map(|id| (append_ms, id)));
+        if let Some(b) = next(i, &mut walkers[i], &mut buf) {
+            heads.push((b.append_ms, i, b.ids));
+        }
     }
+    out.truncate(entries_max);
     out
 }

@@ -730,52 +730,86 @@ pub(crate) fn inner_from_recovery(
 }
 
 impl Partition {
-    /// Appends `(append time, id hash)` of every record appended at or after `cutoff_ms`,
-    /// reading segments newest first and stopping at one that ends before the cutoff.
-    pub fn collect_ids_since(&self, cutoff_ms: i64, out: &mut Vec<(i64, u128)>) -> io::Result<()> {
+    /// The partition's batches from the newest back, for rebuilding the dedup table.
+    pub fn batches_newest_first(&self) -> NewestFirst {
         let visible = self.visible();
-        let segments: Vec<(i64, u64)> = {
-            let inner = self.inner.lock();
-            let mut v: Vec<(i64, u64)> = inner
-                .sealed
-                .values()
-                .map(|s| (s.base_offset, s.len))
-                .collect();
-            v.push((inner.active.base_offset, visible.position));
-            v
-        };
-        let mut buf = Vec::new();
-        for (base, len) in segments.into_iter().rev() {
-            let file = File::open(segment::path(&self.dir, base, LOG_EXT))?;
-            let mut pos = 0u64;
-            let mut newest = i64::MIN;
-            while pos < len {
-                let Ok(header) = read_batch(&file, pos, len, &mut buf) else {
-                    break;
-                };
-                pos += header.total_len() as u64;
-                let Some(append) = super::batch_append_ms(&buf, &header) else {
+        let inner = self.inner.lock();
+        let mut segments: Vec<(i64, u64)> = inner
+            .sealed
+            .values()
+            .map(|s| (s.base_offset, s.len))
+            .collect();
+        if visible.segment_base == inner.active.base_offset {
+            segments.push((inner.active.base_offset, visible.position));
+        }
+        NewestFirst {
+            dir: self.dir.clone(),
+            segments,
+            file: None,
+            positions: Vec::new(),
+        }
+    }
+}
+
+/// Walks a partition's batches newest first: a segment's batch positions are found by
+/// reading headers only, then its batches are read back to front.
+pub struct NewestFirst {
+    dir: PathBuf,
+    /// Segments not yet opened, oldest first: (base offset, readable length).
+    segments: Vec<(i64, u64)>,
+    file: Option<File>,
+    /// Batch positions of the open segment not yet returned, oldest first.
+    positions: Vec<(u64, u64)>,
+}
+
+/// One batch seen by [`NewestFirst`]: its append time and the client id hashes in it.
+pub struct BatchIds {
+    pub append_ms: i64,
+    pub ids: Vec<u128>,
+}
+
+impl NewestFirst {
+    pub fn next_batch(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<BatchIds>> {
+        loop {
+            if let (Some(file), Some((pos, len))) = (&self.file, self.positions.pop()) {
+                let Ok(header) = read_batch(file, pos, pos + len, buf) else {
                     continue;
                 };
-                newest = newest.max(append);
-                if append < cutoff_ms {
-                    continue;
-                }
-                let Ok(records) = batch::records(&buf) else {
+                let Some(append_ms) = super::batch_append_ms(buf, &header) else {
                     continue;
                 };
-                for record in records.flatten() {
-                    if let Some(id) = record.header(super::HEADER_ID)
-                        && let Ok(bytes) = <[u8; 16]>::try_from(id)
-                    {
-                        out.push((append, u128::from_be_bytes(bytes)));
+                let mut ids = Vec::new();
+                if let Ok(records) = batch::records(buf) {
+                    for record in records.flatten() {
+                        if let Some(id) = record.header(super::HEADER_ID)
+                            && let Ok(bytes) = <[u8; 16]>::try_from(id)
+                        {
+                            ids.push(u128::from_be_bytes(bytes));
+                        }
                     }
                 }
+                return Ok(Some(BatchIds { append_ms, ids }));
             }
-            if newest < cutoff_ms {
-                break;
+            let Some((base, len)) = self.segments.pop() else {
+                return Ok(None);
+            };
+            let file = File::open(segment::path(&self.dir, base, LOG_EXT))?;
+            self.positions.clear();
+            let mut head = [0u8; batch::BATCH_HEADER_LEN];
+            let mut pos = 0u64;
+            while pos + head.len() as u64 <= len {
+                file.read_exact_at(&mut head, pos)?;
+                let Ok(h) = BatchHeader::parse(&head) else {
+                    break;
+                };
+                let total = h.total_len() as u64;
+                if pos + total > len {
+                    break;
+                }
+                self.positions.push((pos, total));
+                pos += total;
             }
+            self.file = Some(file);
         }
-        Ok(())
     }
 }

@@ -373,3 +373,29 @@ fn segments_roll_by_age_as_well_as_size() {
         "reads cross the segment boundary"
     );
 }
+
+#[test]
+fn the_rebuilt_dedup_table_keeps_the_newest_ids_within_its_bound() {
+    let mut w = Weir::start(&config("default_event_type = \"x\"\nmax_dedup_entries = 2"));
+    for id in ["a", "b", "c"] {
+        let body = format!(r#"{{"event_id":"{id}","payload":1}}"#);
+        assert_eq!(
+            w.post("/v1/topics/events/events", &body).json()["accepted"],
+            1
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    w.kill9();
+    w.restart();
+    let post = |id: &str| {
+        let body = format!(r#"{{"event_id":"{id}","payload":1}}"#);
+        w.post("/v1/topics/events/events", &body).json()
+    };
+    assert_eq!(post("c")["duplicates"], 1, "newest ids are remembered");
+    assert_eq!(post("b")["duplicates"], 1);
+    assert_eq!(
+        post("a")["accepted"],
+        1,
+        "the oldest was beyond max_dedup_entries"
+    );
+}
