@@ -110,18 +110,8 @@ fn sigterm_stops_cleanly_and_the_next_start_skips_the_scan() {
     let status = w.stop();
     assert!(status.success(), "{status:?}\n{}", w.log_text());
     w.restart();
-    let open = w.log_text();
-    let line = open
-        .lines()
-        .find(|l| l.contains("log open"))
-        .expect("log open line");
-    assert_eq!(field(line, "clean").as_deref(), Some("true"), "{line}");
+    assert_eq!(w.open_field("clean"), "true");
     w.kill9();
     w.restart();
-    let open = w.log_text();
-    let line = open
-        .lines()
-        .find(|l| l.contains("log open"))
-        .expect("log open line");
-    assert_eq!(field(line, "clean").as_deref(), Some("false"), "{line}");
+    assert_eq!(w.open_field("clean"), "false");
 }

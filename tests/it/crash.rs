@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::util::{Weir, config, field, request};
+use crate::util::{Weir, config, request};
 
 /// Posts batches of uniquely-id'd events until `stop`, recording the ids of every 202.
 fn producer(addr: String, client: usize, stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<String>>>) {
@@ -109,12 +109,7 @@ fn kill9_during_concurrent_ingest_loses_no_acknowledged_event() {
         );
         check_log(&w, &acked_now);
         // Only segments after the recovery point were read: sealed ones are trusted.
-        let log = w.log_text();
-        let open = log
-            .lines()
-            .find(|l| l.contains("log open"))
-            .expect("log open line");
-        let scanned: u64 = field(open, "scanned_bytes").unwrap().parse().unwrap();
+        let scanned: u64 = w.open_field("scanned_bytes").parse().unwrap();
         let total = w.get("/v1/topics/events").json()["bytes"].as_u64().unwrap();
         assert!(
             scanned <= 4 * (64 << 10) + (1 << 20) && (cycle == 0 || scanned < total),

@@ -137,6 +137,16 @@ impl Weir {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// A field of the "log open" line of the current run (clean, scanned_bytes, ...).
+    pub fn open_field(&self, key: &str) -> String {
+        let log = self.log_text();
+        let line = log
+            .lines()
+            .find(|l| l.contains("log open"))
+            .expect("log open line");
+        field(line, key).unwrap_or_else(|| panic!("no {key} in {line}"))
+    }
+
     /// SIGKILL and wait: nothing is flushed, no marker written.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
