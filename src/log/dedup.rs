@@ -203,9 +203,7 @@ impl Dedup {
                 break;
             }
             inner.order.pop_front();
-            if inner.seen.get(&id) == Some(&t) {
-                inner.seen.remove(&id);
-            }
+            remove_if_current(&mut inner.seen, id, t);
         }
     }
 
@@ -222,8 +220,7 @@ impl Dedup {
             let Some((old, t)) = inner.order.pop_front() else {
                 break;
             };
-            if inner.seen.get(&old) == Some(&t) {
-                inner.seen.remove(&old);
+            if remove_if_current(&mut inner.seen, old, t) {
                 evicted += 1;
             }
         }
@@ -233,6 +230,19 @@ impl Dedup {
             inner.order.retain(|(id, t)| seen.get(id) == Some(t));
         }
         evicted
+    }
+}
+
+/// Removes `id` if the table still holds it from time `t` (not from a later re-insert).
+/// One probe in the usual case: the table is far bigger than the cache.
+fn remove_if_current(seen: &mut IdMap<i64>, id: Key, t: i64) -> bool {
+    match seen.remove(&id) {
+        Some(held) if held == t => true,
+        Some(held) => {
+            seen.insert(id, held);
+            false
+        }
+        None => false,
     }
 }
 
