@@ -147,6 +147,7 @@ impl From<AppendError> for ApiError {
     fn from(e: AppendError) -> ApiError {
         match &e {
             AppendError::Fenced(_) => ApiError::new(ErrorCode::PartitionFenced, e.to_string()),
+            AppendError::Closed(_) => ApiError::new(ErrorCode::ShuttingDown, e.to_string()),
             AppendError::Io(io) if io.raw_os_error() == Some(libc::ENOSPC) => {
                 ApiError::new(ErrorCode::InsufficientStorage, e.to_string())
             }

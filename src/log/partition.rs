@@ -68,6 +68,8 @@ pub struct Visible {
 pub enum AppendError {
     #[error("partition {0} is fenced after an fsync failure; restart weir to recover it")]
     Fenced(u32),
+    #[error("partition {0} is closed: weir is shutting down")]
+    Closed(u32),
     #[error("write failed: {0}")]
     Io(#[source] io::Error),
     #[error("batch is not valid: {0}")]
@@ -113,6 +115,8 @@ pub(crate) struct Inner {
     pub unsynced_seals: Vec<(i64, Arc<File>)>,
     pub next_offset: i64,
     pub fenced: bool,
+    /// Set by `close`: appends are refused from then on.
+    pub closed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -242,6 +246,9 @@ impl Partition {
         let mut inner = self.inner.lock();
         if inner.fenced {
             return Err(AppendError::Fenced(self.id));
+        }
+        if inner.closed {
+            return Err(AppendError::Closed(self.id));
         }
         if self.roll_due(&inner.active, len, now_ms) {
             self.roll(&mut inner)
@@ -502,7 +509,10 @@ impl Partition {
     }
 
     /// Flushes everything and writes the active segment's indexes, for a clean stop.
+    /// Refuses further appends first, so nothing lands after the final fsync and index
+    /// write (requests still running after the shutdown grace get 503).
     pub fn close(&self) -> io::Result<()> {
+        self.inner.lock().closed = true;
         self.sync_round();
         let inner = self.inner.lock();
         if inner.fenced {
@@ -726,6 +736,7 @@ pub(crate) fn inner_from_recovery(
         unsynced_seals: Vec::new(),
         next_offset,
         fenced: false,
+        closed: false,
     }
 }
 
