@@ -170,6 +170,7 @@ impl Log {
             }
             topics.insert(tc.name.clone(), topic);
         }
+        warn_about_orphans(&datadir, config);
         sync.start_flusher(flush);
         // Before the first write after start: a crash from here on is not a clean stop.
         datadir.clear_clean_marker().map_err(LogError::Marker)?;
@@ -225,6 +226,33 @@ impl Log {
             self.datadir.set_clean_marker()?;
         }
         result
+    }
+}
+
+/// Partitions or topics on disk that the config no longer names are kept but not served:
+/// say so, since their events are invisible until the config names them again.
+fn warn_about_orphans(datadir: &DataDir, config: &Config) {
+    let Ok(entries) = std::fs::read_dir(datadir.topic_dir("")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(topic) = config.topic(&name) else {
+            tracing::warn!(topic = %name, "the data dir holds a topic the config does not name; it is not served");
+            continue;
+        };
+        let Ok(parts) = std::fs::read_dir(entry.path()) else {
+            continue;
+        };
+        let beyond = parts
+            .flatten()
+            .filter_map(|p| p.file_name().to_string_lossy().parse::<u32>().ok())
+            .filter(|p| *p >= topic.partitions)
+            .count();
+        if beyond > 0 {
+            tracing::warn!(topic = %name, partitions = topic.partitions, extra = beyond,
+                "the data dir holds partitions beyond the configured count; their events are not served");
+        }
     }
 }
 

@@ -115,3 +115,25 @@ fn sigterm_stops_cleanly_and_the_next_start_skips_the_scan() {
     w.restart();
     assert_eq!(w.open_field("clean"), "false");
 }
+
+#[test]
+fn partitions_dropped_from_the_config_are_reported_not_served() {
+    let mut w = Weir::start(&config("default_event_type = \"t\""));
+    for i in 0..8 {
+        let r = w.post(
+            &format!("/v1/topics/events/events?key=k{i}"),
+            r#"{"payload":1}"#,
+        );
+        assert_eq!(r.status, 202);
+    }
+    assert!(w.stop().success());
+    w.edit_config(|c| c.replace("partitions = 4", "partitions = 2"));
+    w.restart();
+    assert!(
+        w.log_text()
+            .contains("partitions beyond the configured count"),
+        "{}",
+        w.log_text()
+    );
+    assert_eq!(w.get("/v1/topics/events").json()["partitions"], 2);
+}

@@ -170,6 +170,12 @@ impl Weir {
         }
     }
 
+    /// Edits the config file (for the next restart).
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        std::fs::write(&self.config_path, edit(text)).unwrap();
+    }
+
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill first");
         self.log.lock().unwrap().clear();
