@@ -27,3 +27,25 @@ fn metrics_health_and_readiness() {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
 }
+
+#[test]
+fn connections_beyond_the_bound_get_503_with_retry_after() {
+    let w = Weir::start(&config("").replace(
+        "max_body = \"1MiB\"",
+        "max_body = \"1MiB\"\nmax_connections = 1",
+    ));
+    // One idle keep-alive connection holds the only slot.
+    let held = std::net::TcpStream::connect(&w.addr).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let r = w.get("/healthz");
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (503, "overloaded"),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.header("retry-after"), Some("1"));
+    drop(held);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(w.get("/healthz").status, 200, "the slot is free again");
+}
