@@ -49,3 +49,50 @@ fn connections_beyond_the_bound_get_503_with_retry_after() {
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert_eq!(w.get("/healthz").status, 200, "the slot is free again");
 }
+
+#[test]
+fn slow_clients_are_cut_off_by_the_header_and_body_timeouts() {
+    use std::io::{Read, Write};
+    let cfg = config("").replace(
+        "max_body = \"1MiB\"",
+        "max_body = \"1MiB\"\nheader_timeout = \"1s\"\nbody_timeout = \"1s\"",
+    );
+    let w = Weir::start(&cfg);
+    let started = std::time::Instant::now();
+
+    // Headers that never finish: the connection is closed.
+    let mut slow_head = std::net::TcpStream::connect(&w.addr).unwrap();
+    slow_head
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    slow_head
+        .write_all(b"POST /v1/topics/events/events HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    // A body that never finishes: 408 request_timeout.
+    let mut slow_body = std::net::TcpStream::connect(&w.addr).unwrap();
+    slow_body
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    slow_body
+        .write_all(b"POST /v1/topics/events/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"a\":")
+        .unwrap();
+
+    let mut answer = Vec::new();
+    let _ = slow_head.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    let mut answer = Vec::new();
+    let _ = slow_body.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(
+        w.get("/healthz").status,
+        200,
+        "normal requests are still served"
+    );
+}
