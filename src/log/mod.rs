@@ -21,7 +21,6 @@ use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
-use batch::BatchHeader;
 use datadir::{DataDir, DataDirError};
 use partition::{Partition, PartitionSettings};
 use recovery::RecoveryReport;
@@ -40,7 +39,7 @@ pub const HEADER_ID: &str = "weir.id";
 pub const HEADER_APPEND: &str = "weir.append";
 
 /// The append time of a batch: the `weir.append` header of its first record.
-pub fn batch_append_ms(batch_bytes: &[u8], _header: &BatchHeader) -> Option<i64> {
+pub fn batch_append_ms(batch_bytes: &[u8]) -> Option<i64> {
     let first = batch::records(batch_bytes).ok()?.next()?.ok()?;
     let value = first.header(HEADER_APPEND)?;
     Some(i64::from_be_bytes(value.try_into().ok()?))

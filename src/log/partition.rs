@@ -783,10 +783,10 @@ impl NewestFirst {
     pub fn next_batch(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<BatchIds>> {
         loop {
             if let (Some(file), Some((pos, len))) = (&self.file, self.positions.pop()) {
-                let Ok(header) = read_batch(file, pos, pos + len, buf) else {
+                if read_batch(file, pos, pos + len, buf).is_err() {
                     continue;
-                };
-                let Some(append_ms) = super::batch_append_ms(buf, &header) else {
+                }
+                let Some(append_ms) = super::batch_append_ms(buf) else {
                     continue;
                 };
                 let mut ids = Vec::new();

@@ -258,8 +258,8 @@ fn scan_segment(
         scan.max_timestamp_ms = tail.max_timestamp_ms;
         scan.next_offset = tail.next_offset;
         pos = tail.position;
-        if let Ok(h) = read_batch(file, 0, file_len, &mut buf) {
-            scan.first_append_ms = batch_append_ms(&buf, &h);
+        if read_batch(file, 0, file_len, &mut buf).is_ok() {
+            scan.first_append_ms = batch_append_ms(&buf);
         }
     }
     let bad = loop {
@@ -288,7 +288,7 @@ fn scan_segment(
         scan.index
             .on_batch(rel, pos32, len, header.max_timestamp, INDEX_INTERVAL_BYTES);
         scan.max_timestamp_ms = scan.max_timestamp_ms.max(header.max_timestamp);
-        let append = batch_append_ms(&buf, &header);
+        let append = batch_append_ms(&buf);
         if scan.first_append_ms.is_none() {
             scan.first_append_ms = append;
         }
