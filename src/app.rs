@@ -67,6 +67,11 @@ pub async fn run(
         server: config.server.clone(),
         metrics: handle,
         shutting_down: AtomicBool::new(false),
+        inflight: Arc::new(tokio::sync::Semaphore::new(
+            usize::try_from(config.server.max_inflight)
+                .unwrap_or(usize::MAX)
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        )),
     });
     let addr = listener.local_addr().context("listener address")?;
     tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "weir listening");

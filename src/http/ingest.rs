@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use serde::Deserialize;
 
 use super::SharedState;
@@ -60,28 +60,22 @@ pub async fn ingest(
     {
         return Err(too_large(body_max));
     }
-    let limit = usize::try_from(body_max).unwrap_or(usize::MAX);
-    let collected = tokio::time::timeout(
-        state.server.body_timeout,
-        Limited::new(body, limit).collect(),
-    )
-    .await
-    .map_err(|_| {
-        ApiError::new(
-            ErrorCode::RequestTimeout,
-            "the body did not arrive within body_timeout",
-        )
-    })?;
-    let bytes = match collected {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large(body_max)),
-        Err(e) => {
-            return Err(ApiError::new(
-                ErrorCode::MalformedJson,
-                format!("cannot read the body: {e}"),
-            ));
-        }
-    };
+    let declared = declared_length(headers)?;
+    // Every body byte being handled holds a permit of `max_inflight`; beyond it the
+    // request is refused at once instead of growing memory.
+    let mut permits = InflightPermits::new(&state);
+    if let Some(len) = declared {
+        permits.take(len)?;
+    }
+    let read = read_body(body, body_max, declared.is_none().then_some(&mut permits));
+    let bytes = tokio::time::timeout(state.server.body_timeout, read)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::RequestTimeout,
+                "the body did not arrive within body_timeout",
+            )
+        })??;
     let now_ms = state.log.clock().now_ms();
     let rules = topic.rules(state.server.max_key);
     let mut events = Vec::new();
@@ -115,6 +109,77 @@ pub async fn ingest(
             .insert("weir-durability", HeaderValue::from_static("buffered"));
     }
     Ok(response)
+}
+
+/// Reads the body up to `max` bytes. Without a declared length, each frame takes its
+/// `max_inflight` permits as it arrives.
+async fn read_body(
+    mut body: axum::body::Body,
+    max: u64,
+    mut permits: Option<&mut InflightPermits>,
+) -> Result<bytes::Bytes, ApiError> {
+    let mut buf = bytes::BytesMut::new();
+    let mut only: Option<bytes::Bytes> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::new(
+                ErrorCode::MalformedJson,
+                format!("cannot read the body: {e}"),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let total = buf.len() + only.as_ref().map_or(0, bytes::Bytes::len) + data.len();
+        if total as u64 > max {
+            return Err(too_large(max));
+        }
+        if let Some(p) = permits.as_deref_mut() {
+            p.take(data.len() as u64)?;
+        }
+        // The common case is one frame: keep it without copying.
+        match only.take() {
+            None if buf.is_empty() => only = Some(data),
+            None => buf.extend_from_slice(&data),
+            Some(first) => {
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(only.unwrap_or_else(|| buf.freeze()))
+}
+
+/// Permits of the server-wide `max_inflight` byte budget held by one request.
+struct InflightPermits {
+    semaphore: std::sync::Arc<tokio::sync::Semaphore>,
+    held: Vec<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl InflightPermits {
+    fn new(state: &SharedState) -> InflightPermits {
+        InflightPermits {
+            semaphore: std::sync::Arc::clone(&state.inflight),
+            held: Vec::new(),
+        }
+    }
+
+    fn take(&mut self, bytes: u64) -> Result<(), ApiError> {
+        let n = u32::try_from(bytes).unwrap_or(u32::MAX);
+        if n == 0 {
+            return Ok(());
+        }
+        match std::sync::Arc::clone(&self.semaphore).try_acquire_many_owned(n) {
+            Ok(p) => {
+                self.held.push(p);
+                Ok(())
+            }
+            Err(_) => Err(ApiError::new(
+                ErrorCode::Overloaded,
+                "max_inflight request bytes are being handled; retry later",
+            )),
+        }
+    }
 }
 
 fn too_large(max: u64) -> ApiError {

@@ -38,6 +38,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Set when shutdown begins: new ingest gets 503 `shutting_down`.
     pub shutting_down: AtomicBool,
+    /// `max_inflight` as permits of one byte each, held while a request body is handled.
+    pub inflight: Arc<Semaphore>,
 }
 
 pub type SharedState = Arc<AppState>;

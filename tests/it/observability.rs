@@ -96,3 +96,43 @@ fn slow_clients_are_cut_off_by_the_header_and_body_timeouts() {
         "normal requests are still served"
     );
 }
+
+#[test]
+fn request_bytes_beyond_max_inflight_get_503_and_memory_is_not_taken() {
+    use std::io::{Read, Write};
+    let cfg = config("default_event_type = \"t\"").replace(
+        "max_body = \"1MiB\"",
+        "max_body = \"1KiB\"\nmax_inflight = \"1KiB\"",
+    );
+    let w = Weir::start(&cfg);
+    let body = format!(r#"{{"payload":"{}"}}"#, "x".repeat(880));
+    // A request whose body is still arriving holds 900 of the 1024 bytes.
+    let mut slow = std::net::TcpStream::connect(&w.addr).unwrap();
+    let head = format!(
+        "POST /v1/topics/events/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).unwrap();
+    slow.write_all(&body.as_bytes()[..10]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+
+    let small = format!(r#"{{"payload":"{}"}}"#, "y".repeat(400));
+    let r = w.post("/v1/topics/events/events", &small);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (503, "overloaded"),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.header("retry-after"), Some("1"));
+
+    slow.write_all(&body.as_bytes()[10..]).unwrap();
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    assert_eq!(
+        w.post("/v1/topics/events/events", &small).status,
+        202,
+        "the bytes were given back"
+    );
+}
