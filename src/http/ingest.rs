@@ -23,30 +23,43 @@ use crate::log::topic_name::validate_topic_name;
 /// stall the other connections of its worker.
 const PARSE_INLINE_BYTES_MAX: usize = 1 << 20;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestQuery {
     key: Option<String>,
 }
 
+/// The axum route; `http::serve` also calls [`handle`] directly for the common case.
 pub async fn ingest(
     State(state): State<SharedState>,
     Path(topic_name): Path<String>,
     query: Result<Query<IngestQuery>, axum::extract::rejection::QueryRejection>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let query = query
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidParameter, e.body_text()));
+    handle(&state, &topic_name, query, request).await
+}
+
+/// The ingest of one request, whichever way it was routed.
+pub async fn handle(
+    state: &SharedState,
+    topic_name: &str,
+    query: Result<IngestQuery, ApiError>,
+    request: Request,
+) -> Result<Response, ApiError> {
     // The request itself, not the HeaderMap extractor: that one clones every header.
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
-    validate_topic_name(&topic_name).map_err(|m| ApiError::new(ErrorCode::InvalidTopicName, m))?;
-    let Some(topic) = state.log.topic(&topic_name).cloned() else {
+    validate_topic_name(topic_name).map_err(|m| ApiError::new(ErrorCode::InvalidTopicName, m))?;
+    let Some(topic) = state.log.topic(topic_name).cloned() else {
         return Err(ApiError::new(
             ErrorCode::UnknownTopic,
             format!("no topic {topic_name:?}"),
         ));
     };
-    let Query(query) =
-        query.map_err(|e| ApiError::new(ErrorCode::InvalidParameter, e.body_text()))?;
+    let query = query?;
     if state.shutting_down.load(Ordering::Acquire) {
         return Err(ApiError::new(
             ErrorCode::ShuttingDown,
@@ -63,7 +76,7 @@ pub async fn ingest(
     let declared = declared_length(headers)?;
     // Every body byte being handled holds a permit of `max_inflight`; beyond it the
     // request is refused at once instead of growing memory.
-    let mut permits = InflightPermits::new(&state);
+    let mut permits = InflightPermits::new(state);
     if let Some(len) = declared {
         permits.take(len)?;
     }
