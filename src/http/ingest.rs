@@ -68,12 +68,10 @@ pub async fn handle(
     }
     check_content_type(headers)?;
     let body_max = state.server.max_body;
-    if let Some(len) = declared_length(headers)?
-        && len > body_max
-    {
+    let declared = declared_length(headers)?;
+    if declared.is_some_and(|len| len > body_max) {
         return Err(too_large(body_max));
     }
-    let declared = declared_length(headers)?;
     // Every body byte being handled holds a permit of `max_inflight`; beyond it the
     // request is refused at once instead of growing memory.
     let mut permits = InflightPermits::new(state);
