@@ -555,28 +555,21 @@ impl Partition {
                 break;
             };
             let mut pos = seg.start_position;
+            let corrupt = |position: u64, e: batch::DecodeError| ReadError::Corrupt {
+                segment: segment::path(&self.dir, seg.base_offset, LOG_EXT),
+                position,
+                detail: e.to_string(),
+            };
             while pos < seg.limit && records < records_max && bytes < bytes_max {
-                let header = read_batch(&seg.file, pos, seg.limit, &mut buf).map_err(|e| {
-                    ReadError::Corrupt {
-                        segment: segment::path(&self.dir, seg.base_offset, LOG_EXT),
-                        position: pos,
-                        detail: e.to_string(),
-                    }
-                })?;
+                let at = pos;
+                let header =
+                    read_batch(&seg.file, at, seg.limit, &mut buf).map_err(|e| corrupt(at, e))?;
                 pos += header.total_len() as u64;
                 if header.last_offset() < next {
                     continue;
                 }
-                for record in batch::records(&buf).map_err(|e| ReadError::Corrupt {
-                    segment: segment::path(&self.dir, seg.base_offset, LOG_EXT),
-                    position: pos,
-                    detail: e.to_string(),
-                })? {
-                    let record = record.map_err(|e| ReadError::Corrupt {
-                        segment: segment::path(&self.dir, seg.base_offset, LOG_EXT),
-                        position: pos,
-                        detail: e.to_string(),
-                    })?;
+                for record in batch::records(&buf).map_err(|e| corrupt(at, e))? {
+                    let record = record.map_err(|e| corrupt(at, e))?;
                     let off = header.base_offset + i64::from(record.offset_delta);
                     if off < next {
                         continue;
