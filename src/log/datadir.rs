@@ -120,6 +120,11 @@ impl DataDir {
         self.was_clean
     }
 
+    /// The folder holding one folder per topic.
+    pub fn topics_root(&self) -> PathBuf {
+        self.root.join(TOPICS_DIR)
+    }
+
     pub fn topic_dir(&self, topic: &str) -> PathBuf {
         self.root.join(TOPICS_DIR).join(topic)
     }

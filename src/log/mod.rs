@@ -231,7 +231,7 @@ impl Log {
 /// Partitions or topics on disk that the config no longer names are kept but not served:
 /// say so, since their events are invisible until the config names them again.
 fn warn_about_orphans(datadir: &DataDir, config: &Config) {
-    let Ok(entries) = std::fs::read_dir(datadir.topic_dir("")) else {
+    let Ok(entries) = std::fs::read_dir(datadir.topics_root()) else {
         return;
     };
     for entry in entries.flatten() {
