@@ -180,18 +180,6 @@ pub fn lookup_file(index: &File, rel_offset: u32, segment_len: u64) -> io::Resul
     })
 }
 
-/// The newest event time recorded in a sealed segment's time index, if any.
-pub fn max_timestamp_file(timeindex: &File) -> io::Result<Option<i64>> {
-    let len = timeindex.metadata()?.len();
-    let entries = len / TIME_ENTRY_LEN as u64;
-    if entries == 0 {
-        return Ok(None);
-    }
-    let mut buf = [0u8; 8];
-    timeindex.read_exact_at(&mut buf, (entries - 1) * TIME_ENTRY_LEN as u64)?;
-    Ok(Some(i64::from_be_bytes(buf)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,12 +224,9 @@ mod tests {
         idx.on_batch(0, 0, 5000, 100, 4096);
         idx.on_batch(1, 5000, 10, 50, 4096);
         let bytes = idx.encode_times(300, 1);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("0.timeindex");
-        File::create(&path).unwrap().write_all(&bytes).unwrap();
-        assert_eq!(
-            max_timestamp_file(&File::open(&path).unwrap()).unwrap(),
-            Some(300)
-        );
+        let max = ActiveIndex::decode_times(&bytes)
+            .last()
+            .map(|t| t.timestamp_ms);
+        assert_eq!(max, Some(300));
     }
 }
