@@ -1,6 +1,6 @@
 //! /metrics, /healthz and /readyz.
 
-use crate::util::{Weir, config};
+use crate::util::{Weir, config, config_with};
 
 #[test]
 fn metrics_health_and_readiness() {
@@ -30,10 +30,7 @@ fn metrics_health_and_readiness() {
 
 #[test]
 fn connections_beyond_the_bound_get_503_with_retry_after() {
-    let w = Weir::start(&config("").replace(
-        "max_body = \"1MiB\"",
-        "max_body = \"1MiB\"\nmax_connections = 1",
-    ));
+    let w = Weir::start(&config_with("max_connections = 1", ""));
     // One idle keep-alive connection holds the only slot.
     let held = std::net::TcpStream::connect(&w.addr).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(100));
@@ -53,10 +50,7 @@ fn connections_beyond_the_bound_get_503_with_retry_after() {
 #[test]
 fn slow_clients_are_cut_off_by_the_header_and_body_timeouts() {
     use std::io::{Read, Write};
-    let cfg = config("").replace(
-        "max_body = \"1MiB\"",
-        "max_body = \"1MiB\"\nheader_timeout = \"1s\"\nbody_timeout = \"1s\"",
-    );
+    let cfg = config_with("header_timeout = \"1s\"\nbody_timeout = \"1s\"", "");
     let w = Weir::start(&cfg);
     let started = std::time::Instant::now();
 
@@ -100,9 +94,9 @@ fn slow_clients_are_cut_off_by_the_header_and_body_timeouts() {
 #[test]
 fn request_bytes_beyond_max_inflight_get_503_and_memory_is_not_taken() {
     use std::io::{Read, Write};
-    let cfg = config("default_event_type = \"t\"").replace(
-        "max_body = \"1MiB\"",
+    let cfg = config_with(
         "max_body = \"1KiB\"\nmax_inflight = \"1KiB\"",
+        "default_event_type = \"t\"",
     );
     let w = Weir::start(&cfg);
     let body = format!(r#"{{"payload":"{}"}}"#, "x".repeat(880));

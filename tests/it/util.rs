@@ -11,11 +11,16 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_weir");
 
 /// A config with one topic, tiny limits where tests need them. `extra` is appended.
 pub fn config(topic_extra: &str) -> String {
+    config_with("max_body = \"1MiB\"", topic_extra)
+}
+
+/// The same config with `server` as the `[server]` lines beside `listen`.
+pub fn config_with(server: &str, topic_extra: &str) -> String {
     format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
-max_body = "1MiB"
+{server}
 
 [[topic]]
 name = "events"
