@@ -5,14 +5,16 @@
 //! `max_dedup_entries` (oldest evicted, counted). Only client-supplied ids enter it.
 //! An id being appended by a request still in flight is held in `inflight`: a duplicate
 //! of it waits for that request's outcome, then is a duplicate if the original landed or
-//! new if it failed.
+//! new if it failed. Waiting is rare, so it costs the common path nothing: waiters share
+//! one `Notify`, woken only when a request settles while some wait.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 
 use crate::metrics as m;
 
@@ -48,6 +50,10 @@ type KeySet = HashSet<Key, BuildHasherDefault<IdHasher>>;
 /// 64 bits equal those of one of the n ids held: about n / 2^64 per lookup.
 type Key = u64;
 
+/// Up to this many ids, a request's repeats are found by scanning its new ids; beyond
+/// it, with a set.
+const IN_REQUEST_SCAN_MAX: usize = 16;
+
 fn key(id: u128) -> Key {
     #[allow(
         clippy::cast_possible_truncation,
@@ -63,6 +69,8 @@ pub struct Dedup {
     window_ms: i64,
     entries_max: usize,
     inner: Mutex<Inner>,
+    /// Woken when a request settles its in-flight ids while `Inner::waiting > 0`.
+    settled: Notify,
 }
 
 #[derive(Default)]
@@ -71,13 +79,10 @@ struct Inner {
     seen: IdMap<i64>,
     /// Insertion order for expiry and eviction; may hold stale pairs, checked on removal.
     order: VecDeque<(Key, i64)>,
-    /// ids being appended by a request in flight -> resolved when that request ends.
-    inflight: IdMap<u64>,
-    /// Request number -> resolved when that request ends. One entry per request, not
-    /// per id: cloning a receiver per id would touch a shared counter a thousand times.
-    requests: HashMap<u64, watch::Receiver<bool>>,
-    /// Numbers requests for `inflight`.
-    next_request: u64,
+    /// ids being appended by requests in flight.
+    inflight: KeySet,
+    /// Admissions waiting for an in-flight id to settle.
+    waiting: usize,
 }
 
 /// What to do with each event of a request, and the ticket that settles its ids.
@@ -98,6 +103,7 @@ impl Dedup {
             window_ms,
             entries_max,
             inner: Mutex::new(Inner::default()),
+            settled: Notify::new(),
         }
     }
 
@@ -127,73 +133,90 @@ impl Dedup {
 
     /// Classifies a request's events by their id hashes (None: generated id, always new).
     pub async fn admit(self: &Arc<Self>, ids: &[Option<u128>], now_ms: i64) -> Admission {
-        let keep_all = || Admission {
-            append: vec![true; ids.len()],
-            duplicates: 0,
-            ticket: Ticket {
-                dedup: None,
-                request: 0,
-                ids: Vec::new(),
-                done: None,
-            },
-        };
         if !self.enabled() || ids.iter().all(Option::is_none) {
-            return keep_all();
+            return Admission {
+                append: vec![true; ids.len()],
+                duplicates: 0,
+                ticket: Ticket {
+                    dedup: None,
+                    ids: Vec::new(),
+                },
+            };
         }
+        let mut waited = None;
         loop {
-            let mut waits = Vec::new();
-            let mut append = Vec::with_capacity(ids.len());
-            let mut in_request = KeySet::default();
-            let mut new_ids = Vec::new();
-            let mut duplicates = 0;
-            {
-                let mut inner = self.inner.lock();
-                self.expire(&mut inner, now_ms);
-                for id in ids {
-                    let Some(full) = *id else {
-                        append.push(true);
-                        continue;
-                    };
-                    let id = key(full);
-                    if in_request.contains(&id) || inner.seen.contains_key(&id) {
-                        append.push(false);
-                        duplicates += 1;
-                    } else if let Some(rx) =
-                        inner.inflight.get(&id).and_then(|r| inner.requests.get(r))
-                    {
-                        waits.push(rx.clone());
-                        append.push(false);
-                    } else {
-                        in_request.insert(id);
-                        new_ids.push(full);
-                        append.push(true);
-                    }
+            match self.classify(ids, now_ms, waited.take()) {
+                Ok(admission) => return admission,
+                Err((notified, guard)) => {
+                    notified.await;
+                    waited = Some(guard);
                 }
-                if waits.is_empty() {
-                    let (tx, rx) = watch::channel(false);
-                    let request = inner.next_request;
-                    inner.next_request += 1;
-                    inner.requests.insert(request, rx);
-                    for id in &new_ids {
-                        inner.inflight.insert(key(*id), request);
-                    }
-                    return Admission {
-                        append,
-                        duplicates,
-                        ticket: Ticket {
-                            dedup: Some(Arc::clone(self)),
-                            request,
-                            ids: new_ids,
-                            done: Some(tx),
-                        },
-                    };
-                }
-            }
-            // A duplicate of a request in flight: wait for its outcome, then classify again.
-            for mut rx in waits {
-                let _ = rx.wait_for(|done| *done).await;
             }
         }
+    }
+
+    /// One classification under the lock, or what to wait on when an id of the request is
+    /// in flight in another. The `Notified` exists before the lock is released, so a
+    /// settle in between is not missed.
+    fn classify<'a>(
+        self: &'a Arc<Self>,
+        ids: &[Option<u128>],
+        now_ms: i64,
+        waited: Option<WaitGuard<'a>>,
+    ) -> Result<Admission, (Notified<'a>, WaitGuard<'a>)> {
+        let mut append = Vec::with_capacity(ids.len());
+        let mut new_ids: Vec<u128> = Vec::new();
+        // Ids of this request seen so far; a set only for requests with many ids.
+        let mut in_request = KeySet::default();
+        let many = ids.len() > IN_REQUEST_SCAN_MAX;
+        let mut duplicates = 0;
+        let mut must_wait = false;
+        let mut inner = self.inner.lock();
+        if let Some(guard) = waited {
+            WaitGuard::leave(guard, &mut inner);
+        }
+        self.expire(&mut inner, now_ms);
+        for id in ids {
+            let Some(full) = *id else {
+                append.push(true);
+                continue;
+            };
+            let id = key(full);
+            let repeated = if many {
+                in_request.contains(&id)
+            } else {
+                new_ids.iter().any(|n| key(*n) == id)
+            };
+            if repeated || inner.seen.contains_key(&id) {
+                append.push(false);
+                duplicates += 1;
+            } else if inner.inflight.contains(&id) {
+                must_wait = true;
+                append.push(false);
+            } else {
+                if many {
+                    in_request.insert(id);
+                }
+                new_ids.push(full);
+                append.push(true);
+            }
+        }
+        if must_wait {
+            let notified = self.settled.notified();
+            inner.waiting += 1;
+            return Err((notified, WaitGuard { dedup: self }));
+        }
+        for id in &new_ids {
+            inner.inflight.insert(key(*id));
+        }
+        Ok(Admission {
+            append,
+            duplicates,
+            ticket: Ticket {
+                dedup: Some(Arc::clone(self)),
+                ids: new_ids,
+            },
+        })
     }
 
     fn expire(&self, inner: &mut Inner, now_ms: i64) {
@@ -250,9 +273,7 @@ fn remove_if_current(seen: &mut IdMap<i64>, id: Key, t: i64) -> bool {
 /// so waiting duplicates go on and append.
 pub struct Ticket {
     dedup: Option<Arc<Dedup>>,
-    request: u64,
     ids: Vec<u128>,
-    done: Option<watch::Sender<bool>>,
 }
 
 impl Ticket {
@@ -271,29 +292,46 @@ impl Ticket {
     }
 
     fn release(&mut self, landed: Option<Landed<'_>>) {
-        if let Some(dedup) = self.dedup.take() {
-            let mut inner = dedup.inner.lock();
-            inner.requests.remove(&self.request);
-            let mut evicted = 0;
-            for id in self.ids.drain(..) {
-                inner.inflight.remove(&key(id));
-                if let Some(l) = &landed
-                    && (l.appended)(id)
-                {
-                    evicted += dedup.insert(&mut inner, id, l.append_ms, l.now_ms);
-                }
-            }
-            if evicted > 0 {
-                dedup.evictions.increment(evicted);
-            }
-            dedup.entries_gauge.set(inner.seen.len() as f64);
-        }
-        if let Some(tx) = self.done.take() {
-            // The table's receiver is gone by now: any left belong to waiting duplicates.
-            if tx.receiver_count() > 0 {
-                tx.send_replace(true);
+        let Some(dedup) = self.dedup.take() else {
+            return;
+        };
+        let mut inner = dedup.inner.lock();
+        let mut evicted = 0;
+        for id in self.ids.drain(..) {
+            inner.inflight.remove(&key(id));
+            if let Some(l) = &landed
+                && (l.appended)(id)
+            {
+                evicted += dedup.insert(&mut inner, id, l.append_ms, l.now_ms);
             }
         }
+        if evicted > 0 {
+            dedup.evictions.increment(evicted);
+        }
+        dedup.entries_gauge.set(inner.seen.len() as f64);
+        if inner.waiting > 0 {
+            dedup.settled.notify_waiters();
+        }
+    }
+}
+
+/// Counts one waiting admission in `Inner::waiting` until it runs again or is dropped
+/// (a client that hung up while waiting).
+struct WaitGuard<'a> {
+    dedup: &'a Dedup,
+}
+
+impl WaitGuard<'_> {
+    /// The admission runs again: uncount it under the lock it already holds.
+    fn leave(guard: WaitGuard<'_>, inner: &mut Inner) {
+        inner.waiting -= 1;
+        std::mem::forget(guard);
+    }
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.dedup.inner.lock().waiting -= 1;
     }
 }
 
@@ -370,5 +408,34 @@ mod tests {
             [true],
             "the original failed: append as new"
         );
+    }
+
+    #[tokio::test]
+    async fn repeats_are_found_in_requests_of_any_size() {
+        let d = dedup(1000, 1000);
+        let ids: Vec<Option<u128>> = (0..40).map(|i| Some(i % 30)).collect();
+        let a = d.admit(&ids, 0).await;
+        assert_eq!(a.duplicates, 10);
+        assert!(a.append[..30].iter().all(|x| *x));
+        assert!(a.append[30..].iter().all(|x| !*x));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_is_no_longer_counted() {
+        let d = dedup(1000, 100);
+        let first = d.admit(&[Some(7)], 0).await;
+        let d2 = Arc::clone(&d);
+        let waiter = tokio::spawn(async move { d2.admit(&[Some(7)], 0).await.append });
+        tokio::task::yield_now().await;
+        assert_eq!(d.inner.lock().waiting, 1);
+        waiter.abort();
+        assert!(waiter.await.is_err());
+        assert_eq!(
+            d.inner.lock().waiting,
+            0,
+            "the dropped waiter uncounted itself"
+        );
+        first.ticket.settle(&|_| true, 0, 0);
+        assert!(d.inner.lock().inflight.is_empty());
     }
 }
