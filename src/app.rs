@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::disk::{self, DiskSpace};
 use crate::http::{self, AppState};
 use crate::log::Log;
 use crate::metrics as m;
@@ -62,6 +63,24 @@ pub async fn run(
         "log open"
     );
     let log = Arc::new(log);
+    let disk = Arc::new(
+        DiskSpace::new(&data_dir, config.storage.free_space_reserve)
+            .with_context(|| format!("reading free space of {}", data_dir.display()))?,
+    );
+    let refresh = Arc::clone(&disk);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(disk::REFRESH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let space = Arc::clone(&refresh);
+            match tokio::task::spawn_blocking(move || space.refresh()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot read free disk space"),
+                Err(e) => tracing::warn!(error = %e, "free disk space task failed"),
+            }
+        }
+    });
     let state = Arc::new(AppState {
         log: Arc::clone(&log),
         server: config.server.clone(),
@@ -72,6 +91,7 @@ pub async fn run(
                 .unwrap_or(usize::MAX)
                 .min(tokio::sync::Semaphore::MAX_PERMITS),
         )),
+        disk,
     });
     let addr = listener.local_addr().context("listener address")?;
     tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "weir listening");

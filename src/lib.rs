@@ -16,6 +16,7 @@
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod disk;
 pub mod event;
 pub mod http;
 pub mod json;

@@ -22,6 +22,7 @@ pub const RECOVERY_TRUNCATED_BYTES: &str = "weir_recovery_truncated_bytes_total"
 pub const RECOVERY_TRUNCATIONS: &str = "weir_recovery_truncations_total";
 pub const RECOVERY_SECONDS: &str = "weir_recovery_seconds";
 pub const HTTP_REQUEST_SECONDS: &str = "weir_http_request_duration_seconds";
+pub const DISK_FREE_BYTES: &str = "weir_disk_free_bytes";
 pub const BUILD_INFO: &str = "weir_build_info";
 
 /// Installs the global recorder and describes every metric. Histograms get buckets so
@@ -121,6 +122,11 @@ fn describe() {
         HTTP_REQUEST_SECONDS,
         Unit::Seconds,
         "HTTP request duration by route template and status"
+    );
+    describe_gauge!(
+        DISK_FREE_BYTES,
+        Unit::Bytes,
+        "Free bytes on the file system holding the data dir"
     );
     describe_gauge!(BUILD_INFO, "Always 1; labels carry the version");
 }

@@ -62,7 +62,7 @@ codes! {
     PartitionFenced = "partition_fenced", SERVICE_UNAVAILABLE, "An fsync failed on a partition this request wrote to; it refuses writes until weir restarts.";
     ShuttingDown = "shutting_down", SERVICE_UNAVAILABLE, "weir is stopping; retry after Retry-After (another instance or after restart).";
     Overloaded = "overloaded", SERVICE_UNAVAILABLE, "A server-wide bound (connections, in-flight bytes) is reached; retry after Retry-After.";
-    InsufficientStorage = "insufficient_storage", INSUFFICIENT_STORAGE, "The disk is full or below its free-space reserve.";
+    InsufficientStorage = "insufficient_storage", INSUFFICIENT_STORAGE, "The disk is full or below its free-space reserve; `free_bytes` and `free_space_reserve` say how far. Ingest resumes by itself once space is freed.";
 }
 
 /// An error answer: `{"error": {"code", "message", ...fields}}`.

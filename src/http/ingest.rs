@@ -3,7 +3,7 @@
 //! Order of checks, so a rejected request appends nothing and costs little: topic name
 //! (400), topic (404), shutdown (503), declared type (415), declared length (413, before
 //! reading), body read with the same bound and `body_timeout`, parse of every record,
-//! then the append. 202 only once the append is as durable as the topic asks.
+//! the free-space reserve (507), then the append. 202 only once the append is as durable as the topic asks.
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -96,7 +96,13 @@ pub async fn handle(
     } else {
         parse()?;
     }
+    state.disk.check(bytes.len() as u64).map_err(|low| {
+        ApiError::new(ErrorCode::InsufficientStorage, low.to_string())
+            .with("free_bytes", low.free)
+            .with("free_space_reserve", low.reserve)
+    })?;
     let outcome = topic.ingest(&events, now_ms).await?;
+    state.disk.charge(outcome.bytes);
     // Written by hand: this answer is on the hottest path and has a fixed shape.
     let mut body = String::with_capacity(64 + 48 * outcome.offsets.len());
     let _ = write!(

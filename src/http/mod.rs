@@ -43,6 +43,8 @@ pub struct AppState {
     pub shutting_down: AtomicBool,
     /// `max_inflight` as permits of one byte each, held while a request body is handled.
     pub inflight: Arc<Semaphore>,
+    /// The free-space reserve: ingest gets 507 before the disk fills.
+    pub disk: Arc<crate::disk::DiskSpace>,
 }
 
 pub type SharedState = Arc<AppState>;

@@ -41,6 +41,8 @@ pub struct IngestOutcome {
     pub offsets: Vec<PartitionRange>,
     /// Answered after write(2) but before fsync (`interval` and `never`).
     pub buffered: bool,
+    /// Record batch bytes written.
+    pub bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +157,7 @@ impl Topic {
         // own task: an append that happened must enter the dedup table even if the client
         // hangs up.
         let appended = self.append_batches(&mut batches, now_ms);
+        let bytes = appended.bytes;
         let offsets = if self.config.fsync == FsyncMode::Always {
             let topic = Arc::clone(self);
             tokio::spawn(
@@ -176,6 +179,7 @@ impl Topic {
             duplicates,
             offsets,
             buffered: self.config.fsync != FsyncMode::Always,
+            bytes,
         })
     }
 

@@ -399,3 +399,27 @@ fn the_rebuilt_dedup_table_keeps_the_newest_ids_within_its_bound() {
         "the oldest was beyond max_dedup_entries"
     );
 }
+
+#[test]
+fn ingest_below_the_free_space_reserve_gets_507_and_reads_go_on() {
+    // More reserve than any test machine has free: the reserve is already reached.
+    let cfg = format!(
+        "[storage]\nfree_space_reserve = \"1000TiB\"\n{}",
+        config("wrap = true\ndefault_event_type = \"t\"")
+    );
+    let w = Weir::start(&cfg);
+    let r = w.post("/v1/topics/events/events", r#"{"a":1}"#);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (507, "insufficient_storage"),
+        "{}",
+        r.body
+    );
+    let error = &r.json()["error"];
+    assert!(error["free_bytes"].as_u64().unwrap() > 0, "{}", r.body);
+    assert_eq!(error["free_space_reserve"], 1000u64 << 40);
+    assert_eq!(total_end(&w), 0, "a refused request appends nothing");
+    assert_eq!(w.get("/v1/topics/events").status, 200, "reads go on");
+    let metrics = w.get("/metrics").body;
+    assert!(metrics.contains("weir_disk_free_bytes "), "{metrics}");
+}
