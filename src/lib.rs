@@ -23,3 +23,4 @@ pub mod json;
 pub mod limits;
 pub mod log;
 pub mod metrics;
+pub mod pipeline;

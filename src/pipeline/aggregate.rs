@@ -1,0 +1,403 @@
+//! Aggregate functions: the state one (pane, key) keeps per `[[pipeline.aggregate]]`, how
+//! an event updates it, how panes merge into a window, and its JSON value.
+//!
+//! Integer inputs are summed exactly (in i128) so counts and sums of amounts in cents stay
+//! exact; a float anywhere turns the sum into a float. `first` and `last` order events by
+//! event time, ties by partition then offset, so they do not depend on the read order.
+//! No IO.
+
+use std::cmp::Ordering;
+
+use crate::json::JsonPointer;
+
+/// The `fn` of an aggregate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggFn {
+    Count,
+    Sum,
+    Min,
+    Max,
+    Avg,
+    First,
+    Last,
+}
+
+impl AggFn {
+    pub const NAMES: &[(&str, AggFn)] = &[
+        ("count", AggFn::Count),
+        ("sum", AggFn::Sum),
+        ("min", AggFn::Min),
+        ("max", AggFn::Max),
+        ("avg", AggFn::Avg),
+        ("first", AggFn::First),
+        ("last", AggFn::Last),
+    ];
+
+    pub fn parse(name: &str) -> Option<AggFn> {
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, f)| *f)
+    }
+
+    /// Whether the function reads a `field` (count may, to count where it is present).
+    pub fn needs_field(self) -> bool {
+        self != AggFn::Count
+    }
+}
+
+/// One `[[pipeline.aggregate]]`.
+#[derive(Debug, Clone)]
+pub struct Aggregate {
+    /// The key of its value in results.
+    pub name: String,
+    pub func: AggFn,
+    /// A JSON pointer into the envelope; required unless `func` is count.
+    pub field: Option<JsonPointer>,
+}
+
+/// Where an event sits: orders `first` and `last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub ts_ms: i64,
+    pub partition: u32,
+    pub offset: i64,
+}
+
+/// A JSON number, kept exact when it is an integer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Num {
+    Int(i64),
+    Float(f64),
+}
+
+impl Num {
+    /// The number a raw JSON value holds, if it is a number.
+    pub fn parse(raw: &str) -> Option<Num> {
+        let first = *raw.as_bytes().first()?;
+        if !(first == b'-' || first.is_ascii_digit()) {
+            return None;
+        }
+        if !raw.contains(['.', 'e', 'E'])
+            && let Ok(i) = raw.parse::<i64>()
+        {
+            return Some(Num::Int(i));
+        }
+        raw.parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .map(Num::Float)
+    }
+
+    pub fn as_f64(self) -> f64 {
+        match self {
+            #[allow(clippy::cast_precision_loss, reason = "floats are for display and avg")]
+            Num::Int(i) => i as f64,
+            Num::Float(f) => f,
+        }
+    }
+
+    fn cmp(self, other: Num) -> Ordering {
+        match (self, other) {
+            (Num::Int(a), Num::Int(b)) => a.cmp(&b),
+            (a, b) => a.as_f64().total_cmp(&b.as_f64()),
+        }
+    }
+
+    fn write_json(self, out: &mut String) {
+        match self {
+            Num::Int(i) => out.push_str(itoa::Buffer::new().format(i)),
+            Num::Float(f) => write_f64(f, out),
+        }
+    }
+}
+
+/// Keeps the number in `value` if it is further than `held` in direction `want`.
+fn keep_extreme(held: &mut Option<Num>, value: Option<&str>, want: Ordering) -> bool {
+    let Some(num) = value.and_then(Num::parse) else {
+        return false;
+    };
+    if held.is_none_or(|old| num.cmp(old) == want) {
+        *held = Some(num);
+    }
+    true
+}
+
+/// Keeps `value` if its position is further than the held one's in direction `want`.
+fn keep_ordered(
+    held: &mut Option<(Position, Box<str>)>,
+    value: Option<&str>,
+    pos: Position,
+    want: Ordering,
+) -> bool {
+    let Some(v) = value else {
+        return false;
+    };
+    if held.as_ref().is_none_or(|(p, _)| pos.cmp(p) == want) {
+        *held = Some((pos, v.into()));
+    }
+    true
+}
+
+fn write_f64(f: f64, out: &mut String) {
+    if f.is_finite() {
+        out.push_str(ryu::Buffer::new().format_finite(f));
+    } else {
+        out.push_str("null");
+    }
+}
+
+/// The state of one aggregate in one (pane, key), or in one window after merging panes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AggState {
+    Count(u64),
+    /// `exact` while every value was an integer; `float` always; `n` values taken.
+    Sum {
+        exact: Option<i128>,
+        float: f64,
+        n: u64,
+    },
+    Min(Option<Num>),
+    Max(Option<Num>),
+    Avg {
+        sum: f64,
+        n: u64,
+    },
+    First(Option<(Position, Box<str>)>),
+    Last(Option<(Position, Box<str>)>),
+}
+
+impl AggState {
+    pub fn new(func: AggFn) -> AggState {
+        match func {
+            AggFn::Count => AggState::Count(0),
+            AggFn::Sum => AggState::Sum {
+                exact: Some(0),
+                float: 0.0,
+                n: 0,
+            },
+            AggFn::Min => AggState::Min(None),
+            AggFn::Max => AggState::Max(None),
+            AggFn::Avg => AggState::Avg { sum: 0.0, n: 0 },
+            AggFn::First => AggState::First(None),
+            AggFn::Last => AggState::Last(None),
+        }
+    }
+
+    /// Takes one event whose field (if the aggregate has one) is `value`, the raw JSON
+    /// text or `None` when absent. Returns false when the event had no usable value
+    /// (absent, null, or not a number for a numeric function): skipped, to be counted.
+    pub fn update(&mut self, value: Option<&str>, pos: Position, has_field: bool) -> bool {
+        let value = value.filter(|v| *v != "null");
+        match self {
+            AggState::Count(c) => {
+                if has_field && value.is_none() {
+                    return false;
+                }
+                *c += 1;
+            }
+            AggState::Sum { exact, float, n } => {
+                let Some(num) = value.and_then(Num::parse) else {
+                    return false;
+                };
+                *exact = match (num, *exact) {
+                    (Num::Int(i), Some(e)) => e.checked_add(i128::from(i)),
+                    _ => None,
+                };
+                *float += num.as_f64();
+                *n += 1;
+            }
+            AggState::Min(m) => return keep_extreme(m, value, Ordering::Less),
+            AggState::Max(m) => return keep_extreme(m, value, Ordering::Greater),
+            AggState::Avg { sum, n } => {
+                let Some(num) = value.and_then(Num::parse) else {
+                    return false;
+                };
+                *sum += num.as_f64();
+                *n += 1;
+            }
+            AggState::First(slot) => return keep_ordered(slot, value, pos, Ordering::Less),
+            AggState::Last(slot) => return keep_ordered(slot, value, pos, Ordering::Greater),
+        }
+        true
+    }
+
+    /// Folds `other` (the same function, another pane) into `self`.
+    pub fn merge(&mut self, other: &AggState) {
+        match (self, other) {
+            (AggState::Count(a), AggState::Count(b)) => *a += b,
+            (
+                AggState::Sum { exact, float, n },
+                AggState::Sum {
+                    exact: e2,
+                    float: f2,
+                    n: n2,
+                },
+            ) => {
+                *exact = match (*exact, *e2) {
+                    (Some(a), Some(b)) => a.checked_add(b),
+                    _ => None,
+                };
+                *float += f2;
+                *n += n2;
+            }
+            (AggState::Min(a), AggState::Min(b)) => {
+                if let Some(b) = b
+                    && a.is_none_or(|a| b.cmp(a) == Ordering::Less)
+                {
+                    *a = Some(*b);
+                }
+            }
+            (AggState::Max(a), AggState::Max(b)) => {
+                if let Some(b) = b
+                    && a.is_none_or(|a| b.cmp(a) == Ordering::Greater)
+                {
+                    *a = Some(*b);
+                }
+            }
+            (AggState::Avg { sum, n }, AggState::Avg { sum: s2, n: n2 }) => {
+                *sum += s2;
+                *n += n2;
+            }
+            (AggState::First(a), AggState::First(b)) => {
+                if let Some((pb, vb)) = b
+                    && a.as_ref().is_none_or(|(pa, _)| pb < pa)
+                {
+                    *a = Some((*pb, vb.clone()));
+                }
+            }
+            (AggState::Last(a), AggState::Last(b)) => {
+                if let Some((pb, vb)) = b
+                    && a.as_ref().is_none_or(|(pa, _)| pb > pa)
+                {
+                    *a = Some((*pb, vb.clone()));
+                }
+            }
+            (a, b) => debug_assert!(false, "merging {a:?} with {b:?}"),
+        }
+    }
+
+    /// The value as JSON text; `null` when no event had a usable value.
+    pub fn write_json(&self, out: &mut String) {
+        match self {
+            AggState::Count(c) => out.push_str(itoa::Buffer::new().format(*c)),
+            AggState::Sum { n: 0, .. }
+            | AggState::Avg { n: 0, .. }
+            | AggState::Min(None)
+            | AggState::Max(None)
+            | AggState::First(None)
+            | AggState::Last(None) => out.push_str("null"),
+            AggState::Sum { exact: Some(e), .. } => out.push_str(itoa::Buffer::new().format(*e)),
+            AggState::Sum { float, .. } => write_f64(*float, out),
+            AggState::Min(Some(m)) | AggState::Max(Some(m)) => m.write_json(out),
+            #[allow(clippy::cast_precision_loss, reason = "an average is a float")]
+            AggState::Avg { sum, n } => write_f64(sum / *n as f64, out),
+            AggState::First(Some((_, v))) | AggState::Last(Some((_, v))) => out.push_str(v),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(ts_ms: i64, partition: u32, offset: i64) -> Position {
+        Position {
+            ts_ms,
+            partition,
+            offset,
+        }
+    }
+
+    fn run(func: AggFn, values: &[Option<&str>]) -> String {
+        let mut s = AggState::new(func);
+        for (v, i) in values.iter().zip(0..) {
+            s.update(*v, pos(0, 0, i), func.needs_field());
+        }
+        let mut out = String::new();
+        s.write_json(&mut out);
+        out
+    }
+
+    #[test]
+    fn each_function_over_integers_floats_and_gaps() {
+        let ints = [
+            Some("3"),
+            Some("-1"),
+            None,
+            Some("null"),
+            Some("\"7\""),
+            Some("5"),
+        ];
+        assert_eq!(
+            run(AggFn::Count, &ints),
+            "6",
+            "count without a field counts events"
+        );
+        assert_eq!(run(AggFn::Sum, &ints), "7");
+        assert_eq!(run(AggFn::Min, &ints), "-1");
+        assert_eq!(run(AggFn::Max, &ints), "5");
+        assert_eq!(run(AggFn::Avg, &ints), "2.3333333333333335");
+        assert_eq!(run(AggFn::First, &ints), "3");
+        assert_eq!(run(AggFn::Last, &ints), "5");
+        assert_eq!(run(AggFn::Sum, &[Some("1"), Some("2.5")]), "3.5");
+        assert_eq!(run(AggFn::Max, &[Some("1"), Some("2.5"), Some("2")]), "2.5");
+        assert_eq!(run(AggFn::Sum, &[None]), "null");
+        assert_eq!(run(AggFn::First, &[]), "null");
+        let big = i64::MAX.to_string();
+        assert_eq!(
+            run(AggFn::Sum, &[Some(&big), Some(&big)]),
+            (2 * i128::from(i64::MAX)).to_string(),
+            "integer sums are exact beyond i64"
+        );
+    }
+
+    #[test]
+    fn count_with_a_field_counts_where_it_is_present() {
+        let mut s = AggState::new(AggFn::Count);
+        assert!(s.update(Some("1"), pos(0, 0, 0), true));
+        assert!(!s.update(None, pos(0, 0, 1), true));
+        assert!(!s.update(Some("null"), pos(0, 0, 2), true));
+        assert_eq!(s, AggState::Count(1));
+    }
+
+    #[test]
+    fn first_and_last_go_by_event_time_then_partition_then_offset() {
+        let mut first = AggState::new(AggFn::First);
+        let mut last = AggState::new(AggFn::Last);
+        for (p, v) in [
+            (pos(5, 1, 0), "\"b\""),
+            (pos(5, 0, 9), "\"a\""),
+            (pos(9, 0, 1), "\"z\""),
+            (pos(9, 2, 0), "\"zz\""),
+        ] {
+            first.update(Some(v), p, true);
+            last.update(Some(v), p, true);
+        }
+        let (mut a, mut b) = (String::new(), String::new());
+        first.write_json(&mut a);
+        last.write_json(&mut b);
+        assert_eq!((a.as_str(), b.as_str()), ("\"a\"", "\"zz\""));
+    }
+
+    #[test]
+    fn merging_panes_equals_one_pass() {
+        let values = ["4", "-2", "9.5", "0", "7"];
+        for (_, func) in AggFn::NAMES {
+            let mut whole = AggState::new(*func);
+            let mut left = AggState::new(*func);
+            let mut right = AggState::new(*func);
+            for (v, i) in values.iter().zip(0..) {
+                let p = pos(i, 0, i);
+                whole.update(Some(v), p, true);
+                if i % 2 == 0 {
+                    left.update(Some(v), p, true);
+                } else {
+                    right.update(Some(v), p, true);
+                }
+            }
+            right.merge(&left);
+            assert_eq!(right, whole, "{func:?}");
+        }
+    }
+}

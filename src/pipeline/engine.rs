@@ -1,0 +1,334 @@
+//! The window engine of one pipeline: filter, key, assign windows, keep aggregates per
+//! (pane, key), track watermarks, close windows, count late events.
+//!
+//! Input comes a batch at a time, in the order the driver reads the log; the watermark
+//! advances at the end of every batch and windows it passes (end + allowed_lateness) are
+//! closed right then, so what an event joins depends only on the batches before it. The
+//! engine is a pure function of that sequence: no IO, no clock.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use super::aggregate::{AggState, Aggregate, Position};
+use super::key::{Filter, GroupBy, KeyError};
+use super::watermark::{self, Watermarks};
+use super::window::WindowKind;
+use crate::json;
+
+/// Which time windows are assigned by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeMode {
+    /// The record timestamp (event time).
+    Event,
+    /// The batch append time (`weir.append`).
+    Ingest,
+}
+
+/// What a pipeline computes, as the engine needs it.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub window: WindowKind,
+    pub time: TimeMode,
+    pub out_of_orderness_ms: i64,
+    pub idle_ms: i64,
+    pub allowed_lateness_ms: i64,
+    pub filter: Filter,
+    pub group_by: GroupBy,
+    pub aggregates: Vec<Aggregate>,
+    /// Partitions of the source topic.
+    pub partitions: usize,
+}
+
+/// One record of the source topic.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    pub offset: i64,
+    /// The record timestamp.
+    pub event_ms: i64,
+    /// `weir.type`.
+    pub event_type: &'a str,
+    /// The stored envelope (compact JSON).
+    pub envelope: &'a str,
+}
+
+/// What became of one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken {
+    /// Counted in this many open windows.
+    Counted(usize),
+    /// Its event_type does not pass the filter.
+    Filtered,
+    /// Every window of it was closed: dropped (and sent to `late_topic` if set).
+    Late,
+    /// No key: a `group_by` pointer had no value.
+    NoKey(KeyError),
+}
+
+/// A (window, key) whose window the watermark closed, with its final values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClosedRow {
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub key: Arc<str>,
+    /// One per aggregate, in spec order.
+    pub values: Vec<AggState>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub counted: u64,
+    pub filtered: u64,
+    pub late: u64,
+    pub no_key: u64,
+    /// Aggregate inputs skipped (field absent, null or not a number).
+    pub skipped_values: u64,
+}
+
+pub struct Engine {
+    spec: Spec,
+    marks: Watermarks,
+    /// Pane start -> key -> one state per aggregate.
+    panes: BTreeMap<i64, HashMap<Arc<str>, Vec<AggState>>>,
+    /// Key -> starts of the panes holding state for it: a key's newest window without a
+    /// scan.
+    key_panes: HashMap<Arc<str>, BTreeSet<i64>>,
+    /// Start of the oldest window that may hold state and is not closed yet.
+    next_close_ms: Option<i64>,
+    /// Rows of windows closed since the last `take_closed`.
+    closed: Vec<ClosedRow>,
+    counters: Counters,
+    key_buf: String,
+}
+
+impl Engine {
+    pub fn new(spec: Spec) -> Engine {
+        let marks = Watermarks::new(spec.partitions, spec.out_of_orderness_ms, spec.idle_ms);
+        Engine {
+            spec,
+            marks,
+            panes: BTreeMap::new(),
+            key_panes: HashMap::new(),
+            next_close_ms: None,
+            closed: Vec::new(),
+            counters: Counters::default(),
+            key_buf: String::new(),
+        }
+    }
+
+    pub fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
+    /// Takes one batch of `partition`, appended at `append_ms`, then advances the
+    /// watermark and closes the windows it passed. Returns what became of each record.
+    pub fn process_batch<'a>(
+        &mut self,
+        partition: u32,
+        append_ms: i64,
+        records: impl IntoIterator<Item = Input<'a>>,
+        mut taken: impl FnMut(&Input<'a>, &Taken),
+    ) {
+        let p = partition as usize;
+        self.marks.on_batch(p, append_ms);
+        for input in records {
+            let ts_ms = match self.spec.time {
+                TimeMode::Event => input.event_ms,
+                TimeMode::Ingest => append_ms,
+            };
+            let outcome = self.take(partition, ts_ms, &input);
+            if matches!(outcome, Taken::Counted(_) | Taken::Late) {
+                self.marks.on_event(p, ts_ms);
+            }
+            taken(&input, &outcome);
+        }
+        let wm = self.marks.advance();
+        self.close_through(wm);
+    }
+
+    fn take(&mut self, partition: u32, ts_ms: i64, input: &Input<'_>) -> Taken {
+        if !self.spec.filter.accepts(input.event_type) {
+            self.counters.filtered += 1;
+            return Taken::Filtered;
+        }
+        let mut key = std::mem::take(&mut self.key_buf);
+        let outcome = self.take_keyed(partition, ts_ms, input, &mut key);
+        self.key_buf = key;
+        outcome
+    }
+
+    fn take_keyed(
+        &mut self,
+        partition: u32,
+        ts_ms: i64,
+        input: &Input<'_>,
+        key: &mut String,
+    ) -> Taken {
+        if let Err(e) = self.spec.group_by.key_into(input.envelope, key) {
+            self.counters.no_key += 1;
+            return Taken::NoKey(e);
+        }
+        let wm = self.marks.current();
+        let window = self.spec.window;
+        let lateness = self.spec.allowed_lateness_ms;
+        let is_open =
+            |start: i64| wm == watermark::NONE || wm < start + window.size_ms() + lateness;
+        let open = window.window_starts(ts_ms).filter(|s| is_open(*s)).count();
+        if open == 0 {
+            self.counters.late += 1;
+            return Taken::Late;
+        }
+        let first_open = window
+            .window_starts(ts_ms)
+            .find(|s| is_open(*s))
+            .unwrap_or(ts_ms);
+        self.next_close_ms = Some(self.next_close_ms.map_or(first_open, |n| n.min(first_open)));
+        let pane = window.pane_of(ts_ms);
+        let pos = Position {
+            ts_ms,
+            partition,
+            offset: input.offset,
+        };
+        let key = self.intern(pane, key);
+        let states = self
+            .panes
+            .entry(pane)
+            .or_default()
+            .entry(key)
+            .or_insert_with(|| {
+                self.spec
+                    .aggregates
+                    .iter()
+                    .map(|a| AggState::new(a.func))
+                    .collect()
+            });
+        for (agg, state) in self.spec.aggregates.iter().zip(states.iter_mut()) {
+            let value = match &agg.field {
+                Some(ptr) => json::pointer_get(input.envelope, ptr).ok().flatten(),
+                None => None,
+            };
+            if !state.update(value, pos, agg.field.is_some()) {
+                self.counters.skipped_values += 1;
+            }
+        }
+        self.counters.counted += 1;
+        Taken::Counted(open)
+    }
+
+    /// The shared key for `text`, recording that it has state in `pane`.
+    fn intern(&mut self, pane: i64, text: &str) -> Arc<str> {
+        if let Some((key, _)) = self.key_panes.get_key_value(text) {
+            let key = Arc::clone(key);
+            if let Some(panes) = self.key_panes.get_mut(&key) {
+                panes.insert(pane);
+            }
+            return key;
+        }
+        let key: Arc<str> = text.into();
+        self.key_panes
+            .insert(Arc::clone(&key), BTreeSet::from([pane]));
+        key
+    }
+
+    /// Closes every window whose end + allowed_lateness is at or before `wm`, oldest
+    /// first, and drops the panes no open window needs.
+    fn close_through(&mut self, wm: i64) {
+        let window = self.spec.window;
+        let (size, pane_ms) = (window.size_ms(), window.pane_ms());
+        let lateness = self.spec.allowed_lateness_ms;
+        let closes = |start: i64| wm != watermark::NONE && start + size + lateness <= wm;
+        while let Some(start) = self.next_close_ms
+            && closes(start)
+        {
+            let end = start + size;
+            let mut rows: BTreeMap<Arc<str>, Vec<AggState>> = BTreeMap::new();
+            for (_, keys) in self.panes.range(start..end) {
+                for (key, states) in keys {
+                    match rows.get_mut(key) {
+                        Some(merged) => merged.iter_mut().zip(states).for_each(|(m, s)| m.merge(s)),
+                        None => {
+                            rows.insert(Arc::clone(key), states.clone());
+                        }
+                    }
+                }
+            }
+            self.closed
+                .extend(rows.into_iter().map(|(key, values)| ClosedRow {
+                    start_ms: start,
+                    end_ms: end,
+                    key,
+                    values,
+                }));
+            // The next window with state: the next one, or the first holding a later pane.
+            let next = start + pane_ms;
+            self.next_close_ms = self
+                .panes
+                .range(next..)
+                .next()
+                .map(|(p, _)| next.max(window.first_window_of_pane(*p)));
+        }
+        // A pane is needed until the newest window holding it closes.
+        while let Some((&pane, _)) = self.panes.first_key_value()
+            && closes(window.last_window_of_pane(pane))
+        {
+            let Some((_, keys)) = self.panes.pop_first() else {
+                break;
+            };
+            for key in keys.into_keys() {
+                if let Some(panes) = self.key_panes.get_mut(&key) {
+                    panes.remove(&pane);
+                    if panes.is_empty() {
+                        self.key_panes.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rows of the windows closed since the last call, oldest window first.
+    pub fn take_closed(&mut self) -> Vec<ClosedRow> {
+        std::mem::take(&mut self.closed)
+    }
+
+    pub fn watermark(&self) -> i64 {
+        self.marks.current()
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Windows not closed yet that hold state.
+    pub fn open_windows(&self) -> usize {
+        let starts: BTreeSet<i64> = self
+            .panes
+            .keys()
+            .flat_map(|p| self.spec.window.window_starts(*p))
+            .filter(|s| self.next_close_ms.is_some_and(|n| *s >= n))
+            .collect();
+        starts.len()
+    }
+
+    /// Values of `key` in the open window starting at `start_ms`, merged from its panes.
+    pub fn window_values(&self, key: &str, start_ms: i64) -> Option<Vec<AggState>> {
+        let end = start_ms + self.spec.window.size_ms();
+        let mut merged: Option<Vec<AggState>> = None;
+        for (_, keys) in self.panes.range(start_ms..end) {
+            if let Some(states) = keys.get(key) {
+                match &mut merged {
+                    Some(m) => m.iter_mut().zip(states).for_each(|(m, s)| m.merge(s)),
+                    None => merged = Some(states.clone()),
+                }
+            }
+        }
+        merged
+    }
+
+    /// Start of `key`'s newest window with state, if it is still open.
+    pub fn latest_window(&self, key: &str) -> Option<i64> {
+        let pane = *self.key_panes.get(key)?.last()?;
+        Some(self.spec.window.last_window_of_pane(pane))
+    }
+}
+
+#[cfg(test)]
+mod tests;

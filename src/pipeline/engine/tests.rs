@@ -1,0 +1,330 @@
+//! The engine against a naive model that keeps every event and recomputes each window from
+//! the full list, over random out-of-order input, both window kinds and every aggregate.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::json::JsonPointer;
+use crate::pipeline::aggregate::AggFn;
+
+fn aggregates() -> Vec<Aggregate> {
+    let field = || Some(JsonPointer::parse("/payload/v").unwrap());
+    AggFn::NAMES
+        .iter()
+        .map(|(name, func)| Aggregate {
+            name: (*name).to_string(),
+            func: *func,
+            field: if *func == AggFn::Count { None } else { field() },
+        })
+        .collect()
+}
+
+fn spec(
+    window: WindowKind,
+    time: TimeMode,
+    ooo: i64,
+    idle: i64,
+    lateness: i64,
+    parts: usize,
+) -> Spec {
+    Spec {
+        window,
+        time,
+        out_of_orderness_ms: ooo,
+        idle_ms: idle,
+        allowed_lateness_ms: lateness,
+        filter: Filter::new(&["a.*"]),
+        group_by: GroupBy::new(vec![JsonPointer::parse("/payload/k").unwrap()]),
+        aggregates: aggregates(),
+        partitions: parts,
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Rec {
+    event_ms: i64,
+    event_type: &'static str,
+    envelope: String,
+}
+
+#[derive(Debug, Clone)]
+struct Batch {
+    partition: u32,
+    append_ms: i64,
+    records: Vec<Rec>,
+}
+
+fn values_json(values: &[AggState]) -> String {
+    let mut out = String::new();
+    for v in values {
+        v.write_json(&mut out);
+        out.push(' ');
+    }
+    out
+}
+
+/// Recomputes everything from the full history at every step.
+struct Model {
+    spec: Spec,
+    /// Every batch read so far.
+    history: Vec<(u32, i64, Vec<i64>)>,
+    watermark: i64,
+    /// Events counted: (ts, partition, offset, key, envelope, windows it counted in).
+    counted: Vec<(Position, String, String, BTreeSet<i64>)>,
+    closed: BTreeMap<(i64, String), String>,
+    closed_windows: BTreeSet<(i64, String)>,
+}
+
+impl Model {
+    fn watermark_now(&self) -> i64 {
+        let first_append = self.history.first().map(|(_, a, _)| *a);
+        let newest = self.history.iter().map(|(_, a, _)| *a).max();
+        let mut candidate: Option<i64> = None;
+        for p in (0u32..).take(self.spec.partitions) {
+            let mine: Vec<_> = self.history.iter().filter(|(q, _, _)| *q == p).collect();
+            let last = mine.iter().map(|(_, a, _)| *a).max().or(first_append);
+            let idle = match (last, newest) {
+                (Some(l), Some(n)) => n - l > self.spec.idle_ms,
+                _ => true,
+            };
+            if idle {
+                continue;
+            }
+            let own = mine
+                .iter()
+                .flat_map(|(_, _, ts)| ts.iter().copied())
+                .max()
+                .map_or(watermark::NONE, |t| t - self.spec.out_of_orderness_ms);
+            candidate = Some(candidate.map_or(own, |c: i64| c.min(own)));
+        }
+        candidate.map_or(self.watermark, |c| c.max(self.watermark))
+    }
+
+    fn is_open(&self, start: i64) -> bool {
+        self.watermark == watermark::NONE
+            || self.watermark < start + self.spec.window.size_ms() + self.spec.allowed_lateness_ms
+    }
+
+    fn values(&self, start: i64, key: &str) -> Vec<AggState> {
+        let mut states: Vec<AggState> = self
+            .spec
+            .aggregates
+            .iter()
+            .map(|a| AggState::new(a.func))
+            .collect();
+        for (pos, k, envelope, windows) in &self.counted {
+            if k != key || !windows.contains(&start) {
+                continue;
+            }
+            for (agg, state) in self.spec.aggregates.iter().zip(states.iter_mut()) {
+                let value = agg
+                    .field
+                    .as_ref()
+                    .and_then(|p| json::pointer_get(envelope, p).ok().flatten());
+                state.update(value, *pos, agg.field.is_some());
+            }
+        }
+        states
+    }
+
+    fn batch(&mut self, b: &Batch) -> Vec<Taken> {
+        let mut taken = Vec::new();
+        let mut times = Vec::new();
+        for (r, i) in b.records.iter().zip(0i64..) {
+            let ts = match self.spec.time {
+                TimeMode::Event => r.event_ms,
+                TimeMode::Ingest => b.append_ms,
+            };
+            if !self.spec.filter.accepts(r.event_type) {
+                taken.push(Taken::Filtered);
+                continue;
+            }
+            let mut key = String::new();
+            if let Err(e) = self.spec.group_by.key_into(&r.envelope, &mut key) {
+                taken.push(Taken::NoKey(e));
+                continue;
+            }
+            let windows: BTreeSet<i64> = self
+                .spec
+                .window
+                .window_starts(ts)
+                .filter(|s| self.is_open(*s))
+                .collect();
+            times.push(ts);
+            if windows.is_empty() {
+                taken.push(Taken::Late);
+                continue;
+            }
+            taken.push(Taken::Counted(windows.len()));
+            let pos = Position {
+                ts_ms: ts,
+                partition: b.partition,
+                offset: i,
+            };
+            self.counted.push((pos, key, r.envelope.clone(), windows));
+        }
+        self.history.push((b.partition, b.append_ms, times));
+        self.watermark = self.watermark_now();
+        let due: BTreeSet<(i64, String)> = self
+            .counted
+            .iter()
+            .flat_map(|(_, k, _, ws)| ws.iter().map(move |s| (*s, k.clone())))
+            .filter(|(s, _)| !self.is_open(*s))
+            .filter(|w| !self.closed_windows.contains(w))
+            .collect();
+        for (start, key) in due {
+            let v = values_json(&self.values(start, &key));
+            self.closed.insert((start, key.clone()), v);
+            self.closed_windows.insert((start, key));
+        }
+        taken
+    }
+}
+
+fn record() -> impl Strategy<Value = Rec> {
+    (
+        0i64..120,
+        prop::sample::select(vec!["a.x", "a.y", "b"]),
+        prop::option::weighted(0.9, 0u8..4),
+        prop::option::weighted(0.8, -5i64..6),
+    )
+        .prop_map(|(event_ms, event_type, key, v)| {
+            let k = key.map_or(String::new(), |k| format!(",\"k\":\"k{k}\""));
+            let v = v.map_or(String::new(), |v| format!(",\"v\":{v}"));
+            let payload = format!("{{\"n\":0{k}{v}}}");
+            Rec {
+                event_ms,
+                event_type,
+                envelope: format!("{{\"event_type\":\"{event_type}\",\"payload\":{payload}}}"),
+            }
+        })
+}
+
+fn batches(parts: u32) -> impl Strategy<Value = Vec<Batch>> {
+    prop::collection::vec(
+        (0..parts, 0i64..15, prop::collection::vec(record(), 0..6)),
+        1..40,
+    )
+    .prop_map(|raw| {
+        let mut append = 0;
+        raw.into_iter()
+            .map(|(partition, step, records)| {
+                append += step;
+                Batch {
+                    partition,
+                    append_ms: append,
+                    records,
+                }
+            })
+            .collect()
+    })
+}
+
+fn window_kind() -> impl Strategy<Value = WindowKind> {
+    prop_oneof![
+        (1i64..30).prop_map(|size_ms| WindowKind::Tumbling { size_ms }),
+        (1i64..10, 1i64..4).prop_map(|(slide_ms, n)| WindowKind::Hopping {
+            size_ms: slide_ms * n,
+            slide_ms,
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn the_engine_equals_the_naive_model(
+        window in window_kind(),
+        ingest_time in any::<bool>(),
+        ooo in 0i64..20,
+        idle in 0i64..40,
+        lateness in 0i64..20,
+        parts in 1u32..4,
+        input in (1u32..4).prop_flat_map(batches),
+    ) {
+        let time = if ingest_time { TimeMode::Ingest } else { TimeMode::Event };
+        let input: Vec<Batch> = input.into_iter().map(|mut b| { b.partition %= parts; b }).collect();
+        let s = spec(window, time, ooo, idle, lateness, parts as usize);
+        let mut engine = Engine::new(s.clone());
+        let mut model = Model {
+            spec: s,
+            history: Vec::new(),
+            watermark: watermark::NONE,
+            counted: Vec::new(),
+            closed: BTreeMap::new(),
+            closed_windows: BTreeSet::new(),
+        };
+        let mut engine_closed = BTreeMap::new();
+        for b in &input {
+            let mut got = Vec::new();
+            let inputs = b.records.iter().zip(0i64..).map(|(r, i)| Input {
+                offset: i,
+                event_ms: r.event_ms,
+                event_type: r.event_type,
+                envelope: &r.envelope,
+            });
+            engine.process_batch(b.partition, b.append_ms, inputs, |_, t| got.push(t.clone()));
+            let want = model.batch(b);
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(engine.watermark(), model.watermark);
+            for row in engine.take_closed() {
+                let k = (row.start_ms, row.key.to_string());
+                prop_assert!(engine_closed.insert(k, values_json(&row.values)).is_none(),
+                    "a window closed twice");
+            }
+        }
+        prop_assert_eq!(&engine_closed, &model.closed);
+        // Windows still open: the engine's merged panes equal the model's recomputation.
+        let open: BTreeSet<(i64, String)> = model
+            .counted
+            .iter()
+            .flat_map(|(_, k, _, ws)| ws.iter().map(move |s| (*s, k.clone())))
+            .filter(|w| !model.closed_windows.contains(w))
+            .collect();
+        for (start, key) in open {
+            let got = engine.window_values(&key, start).map(|v| values_json(&v));
+            prop_assert_eq!(got, Some(values_json(&model.values(start, &key))), "window {} key {}", start, key);
+        }
+    }
+}
+
+#[test]
+fn a_late_event_is_dropped_and_counted_and_lateness_keeps_windows_open() {
+    let mut e = Engine::new(spec(
+        WindowKind::Tumbling { size_ms: 10 },
+        TimeMode::Event,
+        0,
+        1000,
+        5,
+        1,
+    ));
+    let env = |k: &str| format!("{{\"payload\":{{\"k\":\"{k}\",\"v\":1}}}}");
+    let (a, b) = (env("a"), env("a"));
+    fn input(ts: i64, envelope: &str) -> Input<'_> {
+        Input {
+            offset: 0,
+            event_ms: ts,
+            event_type: "a.x",
+            envelope,
+        }
+    }
+    e.process_batch(0, 0, [input(3, &a)], |_, _| {});
+    e.process_batch(0, 1, [input(12, &a)], |_, _| {});
+    assert_eq!(e.watermark(), 12);
+    assert!(e.take_closed().is_empty(), "window [0,10) open until 15");
+    let mut t = Vec::new();
+    e.process_batch(0, 2, [input(5, &b), input(16, &b)], |_, x| {
+        t.push(x.clone())
+    });
+    assert_eq!(t, [Taken::Counted(1), Taken::Counted(1)]);
+    let closed = e.take_closed();
+    assert_eq!(closed.len(), 1);
+    assert_eq!(values_json(&closed[0].values), "2 2 1 1 1.0 1 1 ");
+    e.process_batch(0, 3, [input(4, &b)], |_, x| t.push(x.clone()));
+    assert_eq!(t.last(), Some(&Taken::Late));
+    assert_eq!(e.counters().late, 1);
+    assert_eq!(e.latest_window("a"), Some(10));
+}
