@@ -22,6 +22,10 @@ pub const RECOVERY_TRUNCATED_BYTES: &str = "weir_recovery_truncated_bytes_total"
 pub const RECOVERY_TRUNCATIONS: &str = "weir_recovery_truncations_total";
 pub const RECOVERY_SECONDS: &str = "weir_recovery_seconds";
 pub const HTTP_REQUEST_SECONDS: &str = "weir_http_request_duration_seconds";
+pub const HTTP_REFUSED: &str = "weir_http_refused_total";
+pub const READ_RECORDS: &str = "weir_read_records_total";
+pub const READ_BYTES: &str = "weir_read_bytes_total";
+pub const STREAM_CLIENTS: &str = "weir_stream_clients";
 pub const BUILD_INFO: &str = "weir_build_info";
 
 /// Installs the global recorder and describes every metric. Histograms get buckets so
@@ -122,5 +126,21 @@ fn describe() {
         Unit::Seconds,
         "HTTP request duration by route template and status"
     );
+    describe_counter!(
+        HTTP_REFUSED,
+        Unit::Count,
+        "Requests refused with 503 by a server-wide bound or shutdown, by reason (connections, inflight, streams, shutting_down)"
+    );
+    describe_counter!(
+        READ_RECORDS,
+        Unit::Count,
+        "Records served to readers (pull and SSE)"
+    );
+    describe_counter!(
+        READ_BYTES,
+        Unit::Bytes,
+        "Envelope bytes served to readers (pull and SSE)"
+    );
+    describe_gauge!(STREAM_CLIENTS, Unit::Count, "Open SSE streams of a topic");
     describe_gauge!(BUILD_INFO, "Always 1; labels carry the version");
 }

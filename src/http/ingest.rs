@@ -61,6 +61,7 @@ pub async fn handle(
     };
     let query = query?;
     if state.shutting_down.load(Ordering::Acquire) {
+        super::Refusal::ShuttingDown.count();
         return Err(ApiError::new(
             ErrorCode::ShuttingDown,
             "weir is shutting down",
@@ -185,10 +186,13 @@ impl InflightPermits {
                 self.held.push(p);
                 Ok(())
             }
-            Err(_) => Err(ApiError::new(
-                ErrorCode::Overloaded,
-                "max_inflight request bytes are being handled; retry later",
-            )),
+            Err(_) => {
+                super::Refusal::Inflight.count();
+                Err(ApiError::new(
+                    ErrorCode::Overloaded,
+                    "max_inflight request bytes are being handled; retry later",
+                ))
+            }
         }
     }
 }
