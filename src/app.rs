@@ -7,7 +7,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -81,18 +80,12 @@ pub async fn run(
             }
         }
     });
-    let state = Arc::new(AppState {
-        log: Arc::clone(&log),
-        server: config.server.clone(),
-        metrics: handle,
-        shutting_down: AtomicBool::new(false),
-        inflight: Arc::new(tokio::sync::Semaphore::new(
-            usize::try_from(config.server.max_inflight)
-                .unwrap_or(usize::MAX)
-                .min(tokio::sync::Semaphore::MAX_PERMITS),
-        )),
+    let state = Arc::new(AppState::new(
+        Arc::clone(&log),
+        config.server.clone(),
+        handle,
         disk,
-    });
+    ));
     let addr = listener.local_addr().context("listener address")?;
     tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "weir listening");
     http::serve(listener, state, shutdown).await;

@@ -27,3 +27,21 @@ pub const SCAN_BUFFER_BYTES: usize = 1 << 20;
 
 /// How often the background flusher looks for `fsync = "interval"` partitions that are due.
 pub const FLUSH_TICK_MS_MIN: u64 = 5;
+
+/// Longest `wait_ms` of a long-polling pull. A waiting pull holds a connection and a task
+/// but no buffer; 30 s stays under the idle timeouts of common proxies and load balancers
+/// (60 s), so a poll answers before a proxy cuts it. Shutdown ends waits early.
+pub const READ_WAIT_MS_MAX: u64 = 30_000;
+
+/// Envelope bytes one SSE write carries (about: at least one record, plus the `id:` and
+/// `data:` framing). A stream writes a chunk and awaits it before reading more, so its
+/// memory is about two chunks plus one batch, whatever the client's speed; with
+/// `max_streams = 256` that is about 64 MiB of chunks at worst.
+pub const STREAM_CHUNK_BYTES_MAX: usize = 128 << 10;
+
+/// Records one SSE write carries at most.
+pub const STREAM_CHUNK_RECORDS_MAX: usize = 10_000;
+
+/// An idle stream sends a `: keep-alive` comment this often, so proxies do not cut it
+/// (nginx's default proxy_read_timeout is 60 s) and a vanished client is noticed.
+pub const STREAM_KEEPALIVE_MS: u64 = 15_000;

@@ -23,6 +23,10 @@ pub const RECOVERY_TRUNCATIONS: &str = "weir_recovery_truncations_total";
 pub const RECOVERY_SECONDS: &str = "weir_recovery_seconds";
 pub const HTTP_REQUEST_SECONDS: &str = "weir_http_request_duration_seconds";
 pub const DISK_FREE_BYTES: &str = "weir_disk_free_bytes";
+pub const HTTP_REFUSED: &str = "weir_http_refused_total";
+pub const READ_RECORDS: &str = "weir_read_records_total";
+pub const READ_BYTES: &str = "weir_read_bytes_total";
+pub const STREAM_CLIENTS: &str = "weir_stream_clients";
 pub const BUILD_INFO: &str = "weir_build_info";
 
 /// Installs the global recorder and describes every metric. Histograms get buckets so
@@ -128,5 +132,21 @@ fn describe() {
         Unit::Bytes,
         "Free bytes on the file system holding the data dir"
     );
+    describe_counter!(
+        HTTP_REFUSED,
+        Unit::Count,
+        "Requests refused by a server-wide bound or shutdown (503) or the free-space reserve (507), by reason (connections, inflight, streams, shutting_down, free_space)"
+    );
+    describe_counter!(
+        READ_RECORDS,
+        Unit::Count,
+        "Records served to readers (pull and SSE)"
+    );
+    describe_counter!(
+        READ_BYTES,
+        Unit::Bytes,
+        "Envelope bytes served to readers (pull and SSE)"
+    );
+    describe_gauge!(STREAM_CLIENTS, Unit::Count, "Open SSE streams of a topic");
     describe_gauge!(BUILD_INFO, "Always 1; labels carry the version");
 }

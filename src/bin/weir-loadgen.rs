@@ -22,6 +22,8 @@ struct Args {
     duration: Duration,
     warmup: Duration,
     bare: bool,
+    /// Requests per second over all connections; 0 sends back to back.
+    rate: f64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -33,6 +35,7 @@ fn parse_args() -> Result<Args, String> {
         duration: Duration::from_secs(10),
         warmup: Duration::from_secs(2),
         bare: false,
+        rate: 0.0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -49,10 +52,11 @@ fn parse_args() -> Result<Args, String> {
                 a.warmup = Duration::from_secs(value()?.parse().map_err(|e| format!("{e}"))?)
             }
             "--bare" => a.bare = true,
+            "--rate" => a.rate = value()?.parse().map_err(|e| format!("{e}"))?,
             "--help" | "-h" => {
                 return Err(
                     "weir-loadgen [--addr 127.0.0.1:8080] [--path /v1/topics/clickstream/events] \
-                     [--connections 64] [--events 1] [--duration 10] [--warmup 2] [--bare]"
+                     [--connections 64] [--events 1] [--duration 10] [--warmup 2] [--bare] [--rate 0]"
                         .into(),
                 );
             }
@@ -139,7 +143,16 @@ async fn connection(
         "application/json"
     };
     let mut seq = 0u64;
+    // Open-loop pacing when --rate is set: each connection sends every connections/rate s.
+    #[allow(clippy::cast_precision_loss, reason = "a pacing interval")]
+    let pace =
+        (args.rate > 0.0).then(|| Duration::from_secs_f64(args.connections as f64 / args.rate));
+    let mut next_send = Instant::now();
     loop {
+        if let Some(p) = pace {
+            tokio::time::sleep_until(next_send.into()).await;
+            next_send += p;
+        }
         let sent = Instant::now();
         if sent >= end {
             break;

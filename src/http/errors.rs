@@ -49,7 +49,8 @@ codes! {
     TimestampOutOfRange = "timestamp_out_of_range", BAD_REQUEST, "An event time is outside [now - max_event_age, now + max_event_lead].";
     InvalidKey = "invalid_key", BAD_REQUEST, "A key is an object, an array, a boolean or null.";
     KeyTooLong = "key_too_long", BAD_REQUEST, "A key is longer than `server.max_key`.";
-    OffsetOutOfRange = "offset_out_of_range", BAD_REQUEST, "The offset is outside the partition; `start_offset` and `end_offset` say what it holds.";
+    InvalidCursor = "invalid_cursor", BAD_REQUEST, "The cursor is not `partition-offset` pairs joined by `.` (each partition of the topic at most once), `earliest` or `latest`.";
+    OffsetOutOfRange = "offset_out_of_range", BAD_REQUEST, "The offset is outside the partition; `start_offset` and `end_offset` say what it holds (and `partition` which one).";
     UnknownTopic = "unknown_topic", NOT_FOUND, "No topic of that name is configured.";
     UnknownPartition = "unknown_partition", NOT_FOUND, "The topic has no partition of that number.";
     NotFound = "not_found", NOT_FOUND, "No route matches the path.";
@@ -61,7 +62,7 @@ codes! {
     InternalError = "internal_error", INTERNAL_SERVER_ERROR, "A bug: please report it.";
     PartitionFenced = "partition_fenced", SERVICE_UNAVAILABLE, "An fsync failed on a partition this request wrote to; it refuses writes until weir restarts.";
     ShuttingDown = "shutting_down", SERVICE_UNAVAILABLE, "weir is stopping; retry after Retry-After (another instance or after restart).";
-    Overloaded = "overloaded", SERVICE_UNAVAILABLE, "A server-wide bound (connections, in-flight bytes) is reached; retry after Retry-After.";
+    Overloaded = "overloaded", SERVICE_UNAVAILABLE, "A server-wide bound (connections, in-flight bytes, open streams) is reached; retry after Retry-After.";
     InsufficientStorage = "insufficient_storage", INSUFFICIENT_STORAGE, "The disk is full or below its free-space reserve; `free_bytes` and `free_space_reserve` say how far. Ingest resumes by itself once space is freed.";
 }
 

@@ -61,6 +61,7 @@ pub async fn handle(
     };
     let query = query?;
     if state.shutting_down.load(Ordering::Acquire) {
+        super::Refusal::ShuttingDown.count();
         return Err(ApiError::new(
             ErrorCode::ShuttingDown,
             "weir is shutting down",
@@ -97,6 +98,7 @@ pub async fn handle(
         parse()?;
     }
     state.disk.check(bytes.len() as u64).map_err(|low| {
+        super::Refusal::FreeSpace.count();
         ApiError::new(ErrorCode::InsufficientStorage, low.to_string())
             .with("free_bytes", low.free)
             .with("free_space_reserve", low.reserve)
@@ -191,10 +193,13 @@ impl InflightPermits {
                 self.held.push(p);
                 Ok(())
             }
-            Err(_) => Err(ApiError::new(
-                ErrorCode::Overloaded,
-                "max_inflight request bytes are being handled; retry later",
-            )),
+            Err(_) => {
+                super::Refusal::Inflight.count();
+                Err(ApiError::new(
+                    ErrorCode::Overloaded,
+                    "max_inflight request bytes are being handled; retry later",
+                ))
+            }
         }
     }
 }

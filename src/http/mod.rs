@@ -3,9 +3,11 @@
 //! in `errors` and nowhere else.
 
 pub mod admin;
+pub mod cursor;
 pub mod errors;
 pub mod ingest;
 pub mod read;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -41,10 +43,71 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Set when shutdown begins: new ingest gets 503 `shutting_down`.
     pub shutting_down: AtomicBool,
+    /// Turns true when shutdown begins, with `shutting_down`: long polls answer and SSE
+    /// streams end, so graceful shutdown does not wait for them.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
     /// `max_inflight` as permits of one byte each, held while a request body is handled.
     pub inflight: Arc<Semaphore>,
     /// The free-space reserve: ingest gets 507 before the disk fills.
     pub disk: Arc<crate::disk::DiskSpace>,
+    /// `max_streams` permits; each open SSE stream holds one until it ends.
+    pub streams: Arc<Semaphore>,
+}
+
+impl AppState {
+    pub fn new(
+        log: Arc<Log>,
+        server: ServerConfig,
+        metrics: PrometheusHandle,
+        disk: Arc<crate::disk::DiskSpace>,
+    ) -> AppState {
+        let inflight = usize::try_from(server.max_inflight)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        let streams = server.max_streams.min(Semaphore::MAX_PERMITS);
+        AppState {
+            log,
+            metrics,
+            shutting_down: AtomicBool::new(false),
+            shutdown: tokio::sync::watch::Sender::new(false),
+            inflight: Arc::new(Semaphore::new(inflight)),
+            streams: Arc::new(Semaphore::new(streams)),
+            disk,
+            server,
+        }
+    }
+}
+
+/// Why a request was refused with 503 before it was handled, for `weir_http_refused_total`.
+#[derive(Debug, Clone, Copy)]
+pub enum Refusal {
+    /// `max_connections` open connections.
+    Connections,
+    /// `max_inflight` request bytes being handled.
+    Inflight,
+    /// `max_streams` open SSE streams.
+    Streams,
+    /// Shutdown has begun.
+    ShuttingDown,
+    /// The free-space reserve is reached (507).
+    FreeSpace,
+}
+
+impl Refusal {
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::Connections => "connections",
+            Refusal::Inflight => "inflight",
+            Refusal::Streams => "streams",
+            Refusal::ShuttingDown => "shutting_down",
+            Refusal::FreeSpace => "free_space",
+        }
+    }
+
+    /// Counts one refusal.
+    pub fn count(self) {
+        metrics::counter!(m::HTTP_REFUSED, "reason" => self.label()).increment(1);
+    }
 }
 
 pub type SharedState = Arc<AppState>;
@@ -57,6 +120,7 @@ pub fn router(state: SharedState) -> Router {
             "/v1/topics/{topic}/events",
             get(read::pull).post(ingest::ingest),
         )
+        .route("/v1/topics/{topic}/stream", get(stream::stream))
         .route("/metrics", get(admin::metrics))
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
@@ -193,6 +257,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            Refusal::Connections.count();
             tokio::spawn(refuse_connection(stream));
             continue;
         };
@@ -217,6 +282,7 @@ pub async fn serve(
         });
     }
     state.shutting_down.store(true, Ordering::Release);
+    state.shutdown.send_replace(true);
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => {}

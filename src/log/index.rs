@@ -3,7 +3,11 @@
 //! - offset index (`.index`): 8-byte entries, relative offset (u32 BE) then byte position
 //!   (u32 BE) of a batch start, one entry per [`INDEX_INTERVAL_BYTES`] of log.
 //! - time index (`.timeindex`): 12-byte entries, the segment's largest event time so far
-//!   (i64 BE, so monotone as Kafka's) then the relative offset (u32 BE) where it was seen.
+//!   (i64 BE, so monotone as Kafka's) then the relative offset (u32 BE) of the indexed
+//!   batch. "So far" covers every batch up to and including that one, indexed or not: no
+//!   record before an entry's offset is later than its time, which is what lets a lookup
+//!   by time start its scan at the entry (Kafka's ListOffsets by timestamp). A sealed
+//!   segment's last entry is its true maximum.
 //!
 //! The active segment keeps its entries in memory and writes them when it is sealed or at
 //! a clean stop; after a crash they are rebuilt by the recovery scan. Sealed segments are
@@ -41,6 +45,9 @@ pub struct ActiveIndex {
     pub times: Vec<TimeEntry>,
     /// Log bytes appended since the last offset entry.
     bytes_since_entry: u64,
+    /// Largest event time of the batches appended since the last offset entry, so the
+    /// next time entry covers them too.
+    max_timestamp_since_entry_ms: Option<i64>,
 }
 
 impl ActiveIndex {
@@ -53,24 +60,45 @@ impl ActiveIndex {
         max_timestamp_ms: i64,
         interval_bytes: u64,
     ) {
+        let max_so_far = self
+            .max_timestamp_since_entry_ms
+            .map_or(max_timestamp_ms, |m| m.max(max_timestamp_ms));
         if self.offsets.is_empty() || self.bytes_since_entry >= interval_bytes {
             self.offsets.push(OffsetEntry {
                 rel_offset,
                 position,
             });
             self.bytes_since_entry = 0;
+            self.max_timestamp_since_entry_ms = None;
             if self
                 .times
                 .last()
-                .is_none_or(|t| max_timestamp_ms > t.timestamp_ms)
+                .is_none_or(|t| max_so_far > t.timestamp_ms)
             {
                 self.times.push(TimeEntry {
-                    timestamp_ms: max_timestamp_ms,
+                    timestamp_ms: max_so_far,
                     rel_offset,
                 });
             }
+        } else {
+            self.max_timestamp_since_entry_ms = Some(max_so_far);
         }
         self.bytes_since_entry += batch_len;
+    }
+
+    /// Where a search for the first record at or after `timestamp_ms` may start: the
+    /// relative offset of the last entry earlier than it (no record before that entry
+    /// is as late), or 0. Whether the segment holds such a record at all is the caller's
+    /// question (the active segment's maximum is kept beside the index).
+    pub fn lookup_time(&self, timestamp_ms: i64) -> u32 {
+        let i = self
+            .times
+            .partition_point(|e| e.timestamp_ms < timestamp_ms);
+        if i == 0 {
+            0
+        } else {
+            self.times[i - 1].rel_offset
+        }
     }
 
     /// Position of the last indexed batch at or before `rel_offset`.
@@ -180,6 +208,52 @@ pub fn lookup_file(index: &File, rel_offset: u32, segment_len: u64) -> io::Resul
     })
 }
 
+/// Where a search by event time goes in a sealed segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeLookup {
+    /// Every record of the segment is earlier: look in the next one.
+    Later,
+    /// Scan from this relative offset (the last entry earlier than the target, or 0).
+    From(u32),
+}
+
+/// Binary search of a sealed segment's time index file for the first record at or after
+/// `timestamp_ms`. Its last entry is the segment's true maximum (see
+/// [`ActiveIndex::encode_times`]). An empty file says nothing: scan from the start.
+pub fn lookup_time_file(index: &File, timestamp_ms: i64) -> io::Result<TimeLookup> {
+    let entries = index.metadata()?.len() / TIME_ENTRY_LEN as u64;
+    let mut buf = [0u8; TIME_ENTRY_LEN];
+    let mut entry = |i: u64| -> io::Result<TimeEntry> {
+        index.read_exact_at(&mut buf, i * TIME_ENTRY_LEN as u64)?;
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&buf[..8]);
+        Ok(TimeEntry {
+            timestamp_ms: i64::from_be_bytes(ts),
+            rel_offset: u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
+        })
+    };
+    if entries == 0 {
+        return Ok(TimeLookup::From(0));
+    }
+    if entry(entries - 1)?.timestamp_ms < timestamp_ms {
+        return Ok(TimeLookup::Later);
+    }
+    // The number of entries earlier than the target; the last of them is where to start.
+    let (mut lo, mut hi) = (0u64, entries);
+    let mut from = 0u32;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let e = entry(mid)?;
+        if e.timestamp_ms < timestamp_ms {
+            from = e.rel_offset;
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(TimeLookup::From(from))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +302,50 @@ mod tests {
             .last()
             .map(|t| t.timestamp_ms);
         assert_eq!(max, Some(300));
+    }
+
+    #[test]
+    fn time_entries_cover_batches_between_entries() {
+        let mut idx = ActiveIndex::default();
+        // An entry every 5 batches (1000 bytes each, interval 4096); event times jump
+        // around. Batch b holds relative offset b.
+        let times = [100, 900, 200, 300, 400, 500, 150, 160, 170, 180, 1000, 10];
+        for (b, t) in (0u32..).zip(times) {
+            idx.on_batch(b, b * 1000, 1000, t, 4096);
+        }
+        // Entries at batches 0, 5, 10: the one at 5 carries 900 (seen at batch 1).
+        let entries: Vec<(i64, u32)> = idx
+            .times
+            .iter()
+            .map(|e| (e.timestamp_ms, e.rel_offset))
+            .collect();
+        assert_eq!(entries, vec![(100, 0), (900, 5), (1000, 10)]);
+        // The first record at or after 800 is batch 1: the search must start at 0.
+        assert_eq!(idx.lookup_time(800), 0);
+        assert_eq!(idx.lookup_time(950), 5);
+        assert_eq!(idx.lookup_time(100), 0);
+        assert_eq!(idx.lookup_time(5000), 10);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.timeindex");
+        File::create(&path)
+            .unwrap()
+            .write_all(&idx.encode_times(1000, 11))
+            .unwrap();
+        let file = File::open(&path).unwrap();
+        for t in [0, 100, 800, 950, 1000] {
+            assert_eq!(
+                lookup_time_file(&file, t).unwrap(),
+                TimeLookup::From(idx.lookup_time(t)),
+                "{t}"
+            );
+        }
+        assert_eq!(lookup_time_file(&file, 1001).unwrap(), TimeLookup::Later);
+        let empty = dir.path().join("1.timeindex");
+        File::create(&empty).unwrap();
+        assert_eq!(
+            lookup_time_file(&File::open(&empty).unwrap(), 5).unwrap(),
+            TimeLookup::From(0)
+        );
     }
 }

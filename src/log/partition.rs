@@ -645,6 +645,100 @@ impl Partition {
     }
 }
 
+impl Partition {
+    /// The first offset whose record timestamp (event time) is at or after `timestamp_ms`,
+    /// or the visible end if there is none: Kafka's ListOffsets by timestamp. Segments are
+    /// tried in offset order; a sealed one is skipped when its time index says every
+    /// record is earlier (its last entry is its maximum), otherwise the scan starts at the
+    /// index entry before the target and skips batches by their max timestamp header.
+    /// An unreadable time index only makes the scan start at the segment's beginning.
+    pub fn offset_for_time(&self, timestamp_ms: i64) -> Result<i64, ReadError> {
+        let visible = self.visible();
+        let (sealed, active_base, active_max_ms, active_from) = {
+            let inner = self.inner.lock();
+            let a = &inner.active;
+            (
+                inner.sealed.keys().copied().collect::<Vec<i64>>(),
+                a.base_offset,
+                a.max_timestamp_ms,
+                a.index.lookup_time(timestamp_ms),
+            )
+        };
+        for base in sealed {
+            if base >= visible.end_offset {
+                break;
+            }
+            let lookup = File::open(segment::path(&self.dir, base, TIMEINDEX_EXT))
+                .and_then(|f| index::lookup_time_file(&f, timestamp_ms));
+            let from = match lookup {
+                Ok(index::TimeLookup::Later) => continue,
+                Ok(index::TimeLookup::From(rel)) => base + i64::from(rel),
+                Err(_) => base,
+            };
+            if let Some(found) = self.scan_for_time(from, timestamp_ms, &visible)? {
+                return Ok(found);
+            }
+        }
+        if active_base < visible.end_offset && active_max_ms >= timestamp_ms {
+            let from = active_base + i64::from(active_from);
+            if let Some(found) = self.scan_for_time(from, timestamp_ms, &visible)? {
+                return Ok(found);
+            }
+        }
+        Ok(visible.end_offset)
+    }
+
+    /// Scans the segment holding `from` for the first record at or after `timestamp_ms`
+    /// below the visible end. Batches whose max timestamp is earlier are skipped by their
+    /// header alone.
+    fn scan_for_time(
+        &self,
+        from: i64,
+        timestamp_ms: i64,
+        visible: &Visible,
+    ) -> Result<Option<i64>, ReadError> {
+        let Some(seg) = self.segment_for(from, visible)? else {
+            return Ok(None);
+        };
+        let corrupt = |position: u64, e: batch::DecodeError| ReadError::Corrupt {
+            segment: segment::path(&self.dir, seg.base_offset, LOG_EXT),
+            position,
+            detail: e.to_string(),
+        };
+        let mut head = [0u8; batch::BATCH_HEADER_LEN];
+        let mut buf = Vec::new();
+        let mut pos = seg.start_position;
+        while pos + head.len() as u64 <= seg.limit {
+            seg.file
+                .read_exact_at(&mut head, pos)
+                .map_err(ReadError::Io)?;
+            let header = BatchHeader::parse(&head).map_err(|e| corrupt(pos, e))?;
+            if header.base_offset >= visible.end_offset {
+                return Ok(None);
+            }
+            let at = pos;
+            pos += header.total_len() as u64;
+            if header.last_offset() < from || header.max_timestamp < timestamp_ms {
+                continue;
+            }
+            let header =
+                read_batch(&seg.file, at, seg.limit, &mut buf).map_err(|e| corrupt(at, e))?;
+            for record in batch::records(&buf).map_err(|e| corrupt(at, e))? {
+                let record = record.map_err(|e| corrupt(at, e))?;
+                let off = header.base_offset + i64::from(record.offset_delta);
+                if off >= visible.end_offset {
+                    return Ok(None);
+                }
+                let ts = header.base_timestamp.wrapping_add(record.timestamp_delta);
+                if off >= from && ts >= timestamp_ms {
+                    return Ok(Some(off));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// Receives `(offset, key, value)` of each record a read returns.
 pub type EmitRecord<'a> = dyn FnMut(i64, Option<&[u8]>, &[u8]) + 'a;
 

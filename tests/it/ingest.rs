@@ -422,4 +422,8 @@ fn ingest_below_the_free_space_reserve_gets_507_and_reads_go_on() {
     assert_eq!(w.get("/v1/topics/events").status, 200, "reads go on");
     let metrics = w.get("/metrics").body;
     assert!(metrics.contains("weir_disk_free_bytes "), "{metrics}");
+    assert!(
+        metrics.contains("weir_http_refused_total{reason=\"free_space\"} 1"),
+        "{metrics}"
+    );
 }

@@ -15,3 +15,4 @@ mod crash;
 mod ingest;
 mod observability;
 mod read;
+mod stream;

@@ -45,6 +45,11 @@ fn connections_beyond_the_bound_get_503_with_retry_after() {
     drop(held);
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert_eq!(w.get("/healthz").status, 200, "the slot is free again");
+    let text = w.get("/metrics").body;
+    assert!(
+        text.contains("weir_http_refused_total{reason=\"connections\"} 1"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -336,3 +336,218 @@ fn dechunk(mut s: &str) -> String {
     }
     out
 }
+
+/// One Server-Sent Event as received.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.data)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.data))
+    }
+
+    /// (partition, offset) of a data event.
+    pub fn at(&self) -> (i64, i64) {
+        let j = self.json();
+        (
+            j["partition"].as_i64().unwrap(),
+            j["offset"].as_i64().unwrap(),
+        )
+    }
+}
+
+/// An open SSE response: chunked transfer decoded as it arrives, events split on blank lines.
+pub struct Sse {
+    stream: std::net::TcpStream,
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    /// Bytes received and not yet dechunked.
+    raw: Vec<u8>,
+    /// Dechunked text not yet split into events.
+    text: String,
+    /// Comment lines seen (`: keep-alive`).
+    pub comments: usize,
+    /// The server ended the body (last chunk) or closed the connection.
+    pub ended: bool,
+}
+
+impl Weir {
+    /// Opens `GET path` as an event stream with extra request headers.
+    pub fn sse(&self, path: &str, headers: &[(&str, &str)]) -> Sse {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.addr).unwrap();
+        let mut head = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n",
+            self.addr
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        let end = loop {
+            if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            let n = s.read(&mut buf).expect("response head");
+            assert!(n > 0, "connection closed before the response head");
+            raw.extend_from_slice(&buf[..n]);
+        };
+        let head = String::from_utf8_lossy(&raw[..end]).to_string();
+        let rest = raw[end + 4..].to_vec();
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        Sse {
+            stream: s,
+            status,
+            headers,
+            raw: rest,
+            text: String::new(),
+            comments: 0,
+            ended: false,
+        }
+    }
+}
+
+impl Sse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body of a non-stream answer (an error), read to the end.
+    pub fn error_body(mut self) -> serde_json::Value {
+        use std::io::Read;
+        let _ = self.stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut rest = Vec::new();
+        let _ = self.stream.read_to_end(&mut rest);
+        self.raw.extend_from_slice(&rest);
+        let text = String::from_utf8_lossy(&self.raw).to_string();
+        let start = text.find('{').expect("a JSON body");
+        let end = text.rfind('}').expect("a JSON body");
+        serde_json::from_str(&text[start..=end]).unwrap()
+    }
+
+    /// Reads until `n` data events arrived (returned in order) or `timeout` passed or the
+    /// stream ended (then fewer are returned).
+    pub fn events(&mut self, n: usize, timeout: Duration) -> Vec<SseEvent> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        loop {
+            out.extend(self.take_events(n - out.len()));
+            if out.len() >= n || self.ended || Instant::now() >= deadline {
+                return out;
+            }
+            self.fill(deadline);
+        }
+    }
+
+    /// Waits until the server ends the stream; true if it did within `timeout`.
+    pub fn wait_end(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.ended && Instant::now() < deadline {
+            let _ = self.take_events(usize::MAX);
+            self.fill(deadline);
+        }
+        self.ended
+    }
+
+    fn fill(&mut self, deadline: Instant) {
+        use std::io::Read;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let _ = self
+            .stream
+            .set_read_timeout(Some(left.min(Duration::from_millis(200))));
+        let mut buf = [0u8; 65536];
+        match self.stream.read(&mut buf) {
+            Ok(0) => self.ended = true,
+            Ok(n) => self.raw.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => self.ended = true,
+        }
+        self.dechunk();
+    }
+
+    fn dechunk(&mut self) {
+        loop {
+            let Some(line_end) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                return;
+            };
+            let size_text = String::from_utf8_lossy(&self.raw[..line_end]).to_string();
+            let size = usize::from_str_radix(size_text.trim(), 16).expect("chunk size");
+            if size == 0 {
+                self.ended = true;
+                self.raw.clear();
+                return;
+            }
+            let need = line_end + 2 + size + 2;
+            if self.raw.len() < need {
+                return;
+            }
+            let data = self.raw[line_end + 2..line_end + 2 + size].to_vec();
+            self.text
+                .push_str(std::str::from_utf8(&data).expect("UTF-8 chunk"));
+            self.raw.drain(..need);
+        }
+    }
+
+    fn take_events(&mut self, max: usize) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(end) = self.text.find("\n\n") else {
+                break;
+            };
+            let block: String = self.text.drain(..end + 2).collect();
+            let mut ev = SseEvent {
+                id: None,
+                event: None,
+                data: String::new(),
+            };
+            let mut has_data = false;
+            for line in block.lines() {
+                if line.starts_with(':') {
+                    self.comments += 1;
+                } else if let Some(v) = line.strip_prefix("id: ") {
+                    ev.id = Some(v.to_string());
+                } else if let Some(v) = line.strip_prefix("event: ") {
+                    ev.event = Some(v.to_string());
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    ev.data.push_str(v);
+                    has_data = true;
+                }
+            }
+            if has_data {
+                out.push(ev);
+            }
+        }
+        out
+    }
+}
