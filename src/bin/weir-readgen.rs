@@ -104,8 +104,10 @@ async fn get(
     Ok(body)
 }
 
+/// Occurrences of `needle`, found with SIMD: the client must be far faster than the
+/// server it measures (100 streams of 50,000 events/s are 5 M events/s to scan).
 fn count(hay: &[u8], needle: &[u8]) -> u64 {
-    hay.windows(needle.len()).filter(|w| *w == needle).count() as u64
+    memchr::memmem::find_iter(hay, needle).count() as u64
 }
 
 /// The sum of a cursor's offsets (`0-5.1-7` -> 12).
@@ -186,14 +188,14 @@ async fn one_stream(args: Arc<Args>, tally: Arc<StreamTally>, end: Instant) -> R
             continue;
         };
         carry.extend_from_slice(&data);
-        let Some(last_end) = carry.windows(2).rposition(|w| w == b"\n\n") else {
+        let Some(last_end) = memchr::memmem::rfind(&carry, b"\n\n") else {
             continue;
         };
         let complete = &carry[..last_end + 2];
         tally
             .events
             .fetch_add(count(complete, b"\ndata: "), Ordering::Relaxed);
-        if let Some(at) = complete.windows(4).rposition(|w| w == b"id: ") {
+        if let Some(at) = memchr::memmem::rfind(complete, b"id: ") {
             let line_end = complete[at..].iter().position(|&b| b == b'\n').unwrap_or(0);
             tally.position.store(
                 cursor_sum(&complete[at + 4..at + line_end]),
