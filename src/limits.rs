@@ -42,6 +42,11 @@ pub const STREAM_CHUNK_BYTES_MAX: usize = 128 << 10;
 /// Records one SSE write carries at most.
 pub const STREAM_CHUNK_RECORDS_MAX: usize = 10_000;
 
+/// SSE chunks kept for streams that reach the same position (`http::stream_cache`): at
+/// most this many times `STREAM_CHUNK_BYTES_MAX` of memory, about 8 MiB; enough for a few
+/// chunks per topic of several busy topics.
+pub const STREAM_CACHE_CHUNKS_MAX: usize = 64;
+
 /// An idle stream sends a `: keep-alive` comment this often, so proxies do not cut it
 /// (nginx's default proxy_read_timeout is 60 s) and a vanished client is noticed.
 pub const STREAM_KEEPALIVE_MS: u64 = 15_000;

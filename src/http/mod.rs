@@ -8,6 +8,7 @@ pub mod errors;
 pub mod ingest;
 pub mod read;
 pub mod stream;
+pub mod stream_cache;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub disk: Arc<crate::disk::DiskSpace>,
     /// `max_streams` permits; each open SSE stream holds one until it ends.
     pub streams: Arc<Semaphore>,
+    /// SSE chunks shared by streams at the same position.
+    pub stream_cache: stream_cache::StreamCache,
 }
 
 impl AppState {
@@ -72,6 +75,7 @@ impl AppState {
             shutdown: tokio::sync::watch::Sender::new(false),
             inflight: Arc::new(Semaphore::new(inflight)),
             streams: Arc::new(Semaphore::new(streams)),
+            stream_cache: stream_cache::StreamCache::default(),
             disk,
             server,
         }

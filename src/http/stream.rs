@@ -3,7 +3,8 @@
 //! Each event is `id: <cursor after this event>` and `data: <the pull event object>`.
 //! A stream starts after `Last-Event-ID` (a cursor), else at `?from=latest` (default),
 //! `earliest` or an event time. One task per stream reads a chunk of many events
-//! across partitions (fairly, as a cursor pull does) in `spawn_blocking`, hands it to
+//! across partitions (fairly, as a cursor pull does) in `spawn_blocking` — or takes it
+//! from `stream_cache` when another stream read from the same place — hands it to
 //! the response body through a one-slot channel and awaits room before reading more:
 //! a slow client holds about two chunks, never more. With nothing to read it waits on
 //! the partitions' visible-end watch channels (no polling), sending `: keep-alive`
@@ -28,6 +29,7 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use super::errors::{ApiError, ErrorCode};
 use super::read::{self, Start};
+use super::stream_cache::SharedChunk;
 use super::{Refusal, SharedState, cursor};
 use crate::limits::{STREAM_CHUNK_BYTES_MAX, STREAM_CHUNK_RECORDS_MAX, STREAM_KEEPALIVE_MS};
 use crate::log::partition::Partition;
@@ -136,14 +138,6 @@ impl Drop for OpenStream {
     }
 }
 
-/// One chunk of SSE text and where the stream goes on.
-struct Chunk {
-    text: Vec<u8>,
-    records: usize,
-    bytes: usize,
-    offsets: Vec<i64>,
-}
-
 /// The stream's task: read a chunk, send it, await room; wait for appends when idle.
 /// Ends when the client goes away (the body is dropped), on shutdown, or after a read
 /// error, which is sent as an `event: error` first.
@@ -162,23 +156,24 @@ async fn run(
         if *stop.borrow() {
             return;
         }
-        let partitions = topic.partitions.clone();
-        let from = std::mem::take(&mut offsets);
-        let chunk = match tokio::task::spawn_blocking(move || read_chunk(&partitions, from)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
+        let read = || async {
+            let partitions = topic.partitions.clone();
+            let from = offsets.clone();
+            tokio::task::spawn_blocking(move || read_chunk(&partitions, from))
+                .await
+                .map_err(|e| ApiError::new(ErrorCode::InternalError, e.to_string()))?
+        };
+        let chunk = match state.stream_cache.chunk(&topic.name, &offsets, read).await {
+            Ok(c) => c,
+            Err(e) => {
                 let _ = tx.send_data(error_event(&e)).await;
                 return;
             }
-            Err(e) => {
-                tracing::error!(error = %e, "stream read task failed");
-                return;
-            }
         };
-        offsets = chunk.offsets;
+        offsets.clone_from(&chunk.next);
         let sent = if chunk.records > 0 {
             read::count_read(&topic, chunk.records, chunk.bytes);
-            send(&mut tx, &mut stop, Bytes::from(chunk.text)).await
+            send(&mut tx, &mut stop, chunk.text.clone()).await
         } else {
             let idle = tokio::select! {
                 () = read::any_changed(&mut watches) => false,
@@ -206,7 +201,10 @@ async fn send(
     }
 }
 
-fn read_chunk(partitions: &[Arc<Partition>], mut offsets: Vec<i64>) -> Result<Chunk, ApiError> {
+fn read_chunk(
+    partitions: &[Arc<Partition>],
+    mut offsets: Vec<i64>,
+) -> Result<SharedChunk, ApiError> {
     let mut text = Vec::with_capacity(STREAM_CHUNK_BYTES_MAX + 4096);
     let read = read::read_fair(
         partitions,
@@ -224,11 +222,11 @@ fn read_chunk(partitions: &[Arc<Partition>], mut offsets: Vec<i64>) -> Result<Ch
             text.extend_from_slice(b"\n\n");
         },
     )?;
-    Ok(Chunk {
-        text,
+    Ok(SharedChunk {
+        text: Bytes::from(text),
         records: read.records,
         bytes: read.bytes,
-        offsets,
+        next: offsets,
     })
 }
 
