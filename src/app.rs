@@ -62,6 +62,8 @@ pub async fn run(
         "log open"
     );
     let log = Arc::new(log);
+    log.start_retention()
+        .context("starting the retention thread")?;
     let state = Arc::new(AppState {
         log: Arc::clone(&log),
         server: config.server.clone(),

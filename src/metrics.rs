@@ -23,6 +23,11 @@ pub const RECOVERY_TRUNCATIONS: &str = "weir_recovery_truncations_total";
 pub const RECOVERY_SECONDS: &str = "weir_recovery_seconds";
 pub const HTTP_REQUEST_SECONDS: &str = "weir_http_request_duration_seconds";
 pub const BUILD_INFO: &str = "weir_build_info";
+pub const RETENTION_DELETED_SEGMENTS: &str = "weir_retention_deleted_segments_total";
+pub const RETENTION_DELETED_BYTES: &str = "weir_retention_deleted_bytes_total";
+pub const RETENTION_UNCONSUMED: &str = "weir_retention_unconsumed_records_total";
+pub const GROUP_COMMITS: &str = "weir_group_commits_total";
+pub const GROUP_LAG: &str = "weir_group_lag_records";
 
 /// Installs the global recorder and describes every metric. Histograms get buckets so
 /// they are exported as Prometheus histograms (aggregatable), not summaries.
@@ -123,4 +128,29 @@ fn describe() {
         "HTTP request duration by route template and status"
     );
     describe_gauge!(BUILD_INFO, "Always 1; labels carry the version");
+    describe_counter!(
+        RETENTION_DELETED_SEGMENTS,
+        Unit::Count,
+        "Sealed segments deleted by retention"
+    );
+    describe_counter!(
+        RETENTION_DELETED_BYTES,
+        Unit::Bytes,
+        "Segment bytes deleted by retention"
+    );
+    describe_counter!(
+        RETENTION_UNCONSUMED,
+        Unit::Count,
+        "Records retention deleted before a consumer group committed past them"
+    );
+    describe_counter!(
+        GROUP_COMMITS,
+        Unit::Count,
+        "Offset commits (PUT requests) made durable"
+    );
+    describe_gauge!(
+        GROUP_LAG,
+        Unit::Count,
+        "Records between a group's committed offset and the visible end"
+    );
 }
