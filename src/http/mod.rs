@@ -1,9 +1,10 @@
 //! The only module that knows HTTP: the router, the connection loop with its bounds and
-//! timeouts, and the handlers in `ingest`, `read` and `admin`. Status codes are decided
+//! timeouts, and the handlers in `ingest`, `read`, `groups` and `admin`. Status codes are decided
 //! in `errors` and nowhere else.
 
 pub mod admin;
 pub mod errors;
+pub mod groups;
 pub mod ingest;
 pub mod read;
 
@@ -54,6 +55,10 @@ pub fn router(state: SharedState) -> Router {
         .route(
             "/v1/topics/{topic}/events",
             get(read::pull).post(ingest::ingest),
+        )
+        .route(
+            "/v1/groups/{group}/offsets/{topic}",
+            get(groups::get_offsets).put(groups::put_offsets),
         )
         .route("/metrics", get(admin::metrics))
         .route("/healthz", get(admin::healthz))

@@ -12,6 +12,8 @@ mod util;
 
 mod cli;
 mod crash;
+mod groups;
 mod ingest;
 mod observability;
 mod read;
+mod retention;
