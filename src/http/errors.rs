@@ -38,7 +38,7 @@ macro_rules! codes {
 }
 
 codes! {
-    InvalidTopicName = "invalid_topic_name", BAD_REQUEST, "The topic name breaks the grammar [A-Za-z0-9._-]{1,249}.";
+    InvalidTopicName = "invalid_topic_name", BAD_REQUEST, "The topic name breaks the grammar [A-Za-z0-9._-]{1,249}, or names an internal topic (`__` prefix) on ingest.";
     InvalidGroupName = "invalid_group_name", BAD_REQUEST, "The group name breaks the grammar [A-Za-z0-9._-]{1,249}.";
     InvalidOffsets = "invalid_offsets", BAD_REQUEST, "An entry of a commit names a partition the topic lacks, names one twice, or an offset below 0 or past the visible end; `entry` is its index from 0.";
     InvalidParameter = "invalid_parameter", BAD_REQUEST, "A query parameter is unknown or has a bad value.";
