@@ -317,3 +317,77 @@ impl GroupOffsets {
         &self.partition
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::log::partition::{PartitionLinks, PartitionSettings, inner_from_recovery};
+    use crate::log::recovery::recover;
+    use crate::log::retention::Wakeup;
+    use crate::log::sync::SyncPool;
+
+    /// The offsets partition with 1 KiB segments, so compaction comes quickly.
+    fn open(dir: &std::path::Path, pool: &SyncPool) -> Arc<GroupOffsets> {
+        let clock: SharedClock = Arc::new(ManualClock::new(1_000));
+        let rec = recover(dir, false).unwrap();
+        let p = Arc::new(Partition::new(
+            OFFSETS_TOPIC.into(),
+            0,
+            dir.to_path_buf(),
+            PartitionSettings {
+                fsync: FsyncMode::Always,
+                segment_bytes_max: 1024,
+                segment_age_ms: i64::MAX,
+            },
+            inner_from_recovery(rec.sealed, rec.active, rec.next_offset),
+            PartitionLinks {
+                sync_queue: pool.queue(),
+                clock: Arc::clone(&clock),
+                rolled: Arc::new(Wakeup::default()),
+            },
+        ));
+        Arc::new(GroupOffsets::load(p, clock).unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compaction_keeps_the_newest_offsets_and_bounds_the_topic() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("0");
+        let pool = SyncPool::start(1);
+        let g = open(&dir, &pool);
+        for i in 0..200i64 {
+            let group = if i % 2 == 0 { "a" } else { "b" };
+            g.commit(group, "t", vec![(0, i), (1, i + 1)])
+                .await
+                .unwrap();
+        }
+        // Let a compaction spawned by the last commit finish, then compact once more.
+        while g.compacting.load(Ordering::Acquire) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        g.compact().await.unwrap().expect("a snapshot");
+        let (sealed, _) = g.partition().sealed_segments();
+        assert!(
+            sealed.len() < OFFSETS_COMPACT_SEGMENTS,
+            "{} sealed",
+            sealed.len()
+        );
+        assert!(g.partition().start_offset() > 0);
+        let want = |g: &GroupOffsets| {
+            (
+                g.committed("a", "t").get(&0).map(|c| c.offset),
+                g.committed("b", "t").get(&1).map(|c| c.offset),
+            )
+        };
+        assert_eq!(want(&g), (Some(198), Some(200)));
+        g.partition().close().unwrap();
+        drop(g);
+        let again = open(&dir, &pool);
+        assert_eq!(
+            want(&again),
+            (Some(198), Some(200)),
+            "rebuilt from the snapshot"
+        );
+    }
+}
