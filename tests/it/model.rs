@@ -120,7 +120,7 @@ impl World {
             let part = self.partition(p);
             // Under `never` nothing else would run a round for the active segment.
             part.request_sync();
-            let deadline = Instant::now() + Duration::from_secs(5);
+            let deadline = Instant::now() + Duration::from_secs(60);
             while part.is_dirty() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(1));
             }
