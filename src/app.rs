@@ -80,6 +80,8 @@ pub async fn run(
             }
         }
     });
+    log.start_retention()
+        .context("starting the retention thread")?;
     let state = Arc::new(AppState::new(
         Arc::clone(&log),
         config.server.clone(),

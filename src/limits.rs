@@ -50,3 +50,22 @@ pub const STREAM_CACHE_CHUNKS_MAX: usize = 64;
 /// An idle stream sends a `: keep-alive` comment this often, so proxies do not cut it
 /// (nginx's default proxy_read_timeout is 60 s) and a vanished client is noticed.
 pub const STREAM_KEEPALIVE_MS: u64 = 15_000;
+
+/// How often retention looks at every partition (also after every roll). Deleting is
+/// whole segments, so a pass is cheap; more often would only wake the thread for nothing.
+pub const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How far the wall clock may run ahead of "wall clock at start + monotonic time since"
+/// before retention stops following it (a forward jump). Slewing NTP drifts by far less.
+pub const RETENTION_CLOCK_TOLERANCE_MS: i64 = 1000;
+
+/// Segment size of the internal `__weir_offsets` topic: commits are small, and the
+/// compaction (see `log::groups`) deletes whole segments, so small segments keep it tight.
+pub const OFFSETS_SEGMENT_BYTES: u64 = 16 << 20;
+
+/// Sealed segments of `__weir_offsets` that trigger a compaction (a snapshot of every
+/// committed offset, then the segments before it are deleted).
+pub const OFFSETS_COMPACT_SEGMENTS: usize = 4;
+
+/// Records per snapshot batch written by the offsets compaction.
+pub const OFFSETS_SNAPSHOT_BATCH_RECORDS: usize = 1000;

@@ -28,6 +28,11 @@ pub const READ_RECORDS: &str = "weir_read_records_total";
 pub const READ_BYTES: &str = "weir_read_bytes_total";
 pub const STREAM_CLIENTS: &str = "weir_stream_clients";
 pub const BUILD_INFO: &str = "weir_build_info";
+pub const RETENTION_DELETED_SEGMENTS: &str = "weir_retention_deleted_segments_total";
+pub const RETENTION_DELETED_BYTES: &str = "weir_retention_deleted_bytes_total";
+pub const RETENTION_UNCONSUMED: &str = "weir_retention_unconsumed_records_total";
+pub const GROUP_COMMITS: &str = "weir_group_commits_total";
+pub const GROUP_LAG: &str = "weir_group_lag_records";
 
 /// Installs the global recorder and describes every metric. Histograms get buckets so
 /// they are exported as Prometheus histograms (aggregatable), not summaries.
@@ -149,4 +154,29 @@ fn describe() {
     );
     describe_gauge!(STREAM_CLIENTS, Unit::Count, "Open SSE streams of a topic");
     describe_gauge!(BUILD_INFO, "Always 1; labels carry the version");
+    describe_counter!(
+        RETENTION_DELETED_SEGMENTS,
+        Unit::Count,
+        "Sealed segments deleted by retention"
+    );
+    describe_counter!(
+        RETENTION_DELETED_BYTES,
+        Unit::Bytes,
+        "Segment bytes deleted by retention"
+    );
+    describe_counter!(
+        RETENTION_UNCONSUMED,
+        Unit::Count,
+        "Records retention deleted before a consumer group committed past them"
+    );
+    describe_counter!(
+        GROUP_COMMITS,
+        Unit::Count,
+        "Offset commits (PUT requests) made durable"
+    );
+    describe_gauge!(
+        GROUP_LAG,
+        Unit::Count,
+        "Records between a group's committed offset and the visible end"
+    );
 }

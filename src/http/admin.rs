@@ -10,6 +10,8 @@ use serde_json::json;
 use super::SharedState;
 
 pub async fn metrics(State(state): State<SharedState>) -> Response {
+    // Lag moves with every append: computed when asked, from in-memory ends.
+    state.log.update_group_lag();
     (
         [(
             axum::http::header::CONTENT_TYPE,

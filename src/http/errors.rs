@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use crate::event::{BodyError, RecordPos};
+use crate::log::groups::CommitError;
 use crate::log::partition::{AppendError, ReadError};
 use crate::log::topic::IngestError;
 
@@ -37,7 +38,9 @@ macro_rules! codes {
 }
 
 codes! {
-    InvalidTopicName = "invalid_topic_name", BAD_REQUEST, "The topic name breaks the grammar [A-Za-z0-9._-]{1,249}.";
+    InvalidTopicName = "invalid_topic_name", BAD_REQUEST, "The topic name breaks the grammar [A-Za-z0-9._-]{1,249}, or names an internal topic (`__` prefix) on ingest.";
+    InvalidGroupName = "invalid_group_name", BAD_REQUEST, "The group name breaks the grammar [A-Za-z0-9._-]{1,249}.";
+    InvalidOffsets = "invalid_offsets", BAD_REQUEST, "An entry of a commit names a partition the topic lacks, names one twice, or an offset below 0 or past the visible end; `entry` is its index from 0.";
     InvalidParameter = "invalid_parameter", BAD_REQUEST, "A query parameter is unknown or has a bad value.";
     InvalidUtf8 = "invalid_utf8", BAD_REQUEST, "The body is not valid UTF-8.";
     EmptyBody = "empty_body", BAD_REQUEST, "The body holds no event (empty, whitespace or `[]`).";
@@ -140,6 +143,15 @@ impl From<IngestError> for ApiError {
         match e {
             IngestError::Append(a) => a.into(),
             IngestError::Task(t) => ApiError::new(ErrorCode::InternalError, t),
+        }
+    }
+}
+
+impl From<CommitError> for ApiError {
+    fn from(e: CommitError) -> ApiError {
+        match e {
+            CommitError::Append(a) => a.into(),
+            CommitError::Task(t) => ApiError::new(ErrorCode::InternalError, t),
         }
     }
 }

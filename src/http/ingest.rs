@@ -17,7 +17,7 @@ use serde::Deserialize;
 use super::SharedState;
 use super::errors::{ApiError, ErrorCode};
 use crate::event;
-use crate::log::topic_name::validate_topic_name;
+use crate::log::topic_name::{is_internal, validate_topic_name};
 
 /// Bodies larger than this are parsed with `block_in_place`, so one big request does not
 /// stall the other connections of its worker.
@@ -53,6 +53,14 @@ pub async fn handle(
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
     validate_topic_name(topic_name).map_err(|m| ApiError::new(ErrorCode::InvalidTopicName, m))?;
+    if is_internal(topic_name) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidTopicName,
+            format!(
+                "topic names starting with \"__\" are weir's own; {topic_name:?} cannot be written"
+            ),
+        ));
+    }
     let Some(topic) = state.log.topic(topic_name).cloned() else {
         return Err(ApiError::new(
             ErrorCode::UnknownTopic,

@@ -1,10 +1,11 @@
 //! The only module that knows HTTP: the router, the connection loop with its bounds and
-//! timeouts, and the handlers in `ingest`, `read` and `admin`. Status codes are decided
+//! timeouts, and the handlers in `ingest`, `read`, `groups` and `admin`. Status codes are decided
 //! in `errors` and nowhere else.
 
 pub mod admin;
 pub mod cursor;
 pub mod errors;
+pub mod groups;
 pub mod ingest;
 pub mod read;
 pub mod stream;
@@ -125,6 +126,10 @@ pub fn router(state: SharedState) -> Router {
             get(read::pull).post(ingest::ingest),
         )
         .route("/v1/topics/{topic}/stream", get(stream::stream))
+        .route(
+            "/v1/groups/{group}/offsets/{topic}",
+            get(groups::get_offsets).put(groups::put_offsets),
+        )
         .route("/metrics", get(admin::metrics))
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))

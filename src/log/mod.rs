@@ -7,10 +7,12 @@
 pub mod batch;
 pub mod datadir;
 pub mod dedup;
+pub mod groups;
 pub mod index;
 pub mod partition;
 pub mod partitioner;
 pub mod recovery;
+pub mod retention;
 pub mod segment;
 pub mod sync;
 pub mod topic;
@@ -22,13 +24,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use datadir::{DataDir, DataDirError};
-use partition::{Partition, PartitionSettings};
+use groups::{GroupOffsets, OFFSETS_TOPIC};
+use partition::{Partition, PartitionLinks, PartitionSettings, ReadError};
 use recovery::RecoveryReport;
+use retention::{PassReport, Retention, RetentionClock, RetentionThread, Wakeup};
 use sync::SyncPool;
 use topic::Topic;
 
 use crate::clock::SharedClock;
-use crate::config::Config;
+use crate::config::{Config, TopicConfig};
 use crate::metrics as m;
 
 /// Record header with the event_type, so pipelines filter without parsing JSON.
@@ -57,6 +61,8 @@ pub enum LogError {
     },
     #[error("cannot clear the clean-shutdown marker: {0}")]
     Marker(io::Error),
+    #[error("cannot read the committed offsets in {OFFSETS_TOPIC}: {0}")]
+    Groups(ReadError),
 }
 
 /// What opening the log found.
@@ -72,9 +78,17 @@ pub struct OpenReport {
 
 pub struct Log {
     datadir: DataDir,
+    /// The configured topics; the internal ones are not among them.
     topics: BTreeMap<String, Arc<Topic>>,
+    /// Consumer-group offsets, kept in the internal topic `__weir_offsets`.
+    groups: Arc<GroupOffsets>,
     /// Taken by `close`.
     sync: parking_lot::Mutex<Option<SyncPool>>,
+    retention: Arc<Retention>,
+    /// Woken when sealed segments become durable; wakes the retention thread.
+    retention_wakeup: Arc<Wakeup>,
+    /// Started by `start_retention`, stopped by `close` (or drop).
+    retention_thread: parking_lot::Mutex<Option<RetentionThread>>,
     clock: SharedClock,
 }
 
@@ -84,16 +98,23 @@ impl Log {
         let started = Instant::now();
         let datadir = DataDir::open(&config.storage.data_dir)?;
         let clean = datadir.was_clean();
-        let partitions_total: usize = config.topics.iter().map(|t| t.partitions as usize).sum();
+        // The configured topics, then the internal ones, opened alike.
+        let topic_configs: Vec<TopicConfig> = config
+            .topics
+            .iter()
+            .cloned()
+            .chain([groups::offsets_topic_config()])
+            .collect();
+        let partitions_total: usize = topic_configs.iter().map(|t| t.partitions as usize).sum();
         let mut sync = SyncPool::start(partitions_total);
+        let retention_wakeup = Arc::new(Wakeup::default());
         let mut report = OpenReport {
             clean,
             ..OpenReport::default()
         };
 
         // Recover partitions in parallel: the scan is IO and CRC, independent per partition.
-        let jobs: Vec<(usize, u32)> = config
-            .topics
+        let jobs: Vec<(usize, u32)> = topic_configs
             .iter()
             .enumerate()
             .flat_map(|(t, tc)| (0..tc.partitions).map(move |p| (t, p)))
@@ -104,11 +125,12 @@ impl Log {
                 let handles: Vec<_> = chunks
                     .map(|chunk| {
                         let datadir = &datadir;
+                        let topic_configs = &topic_configs;
                         s.spawn(move || {
                             chunk
                                 .iter()
                                 .map(|&(t, p)| {
-                                    let tc = &config.topics[t];
+                                    let tc = &topic_configs[t];
                                     let dir = datadir.topic_dir(&tc.name).join(p.to_string());
                                     recovery::recover(&dir, clean).map(|r| (t, p, r)).map_err(
                                         |source| LogError::Recovery {
@@ -127,14 +149,13 @@ impl Log {
                     .flat_map(|h| h.join().expect("recovery thread"))
                     .collect()
             });
-        let mut by_topic: Vec<Vec<Option<Arc<Partition>>>> = config
-            .topics
+        let mut by_topic: Vec<Vec<Option<Arc<Partition>>>> = topic_configs
             .iter()
             .map(|t| vec![None; t.partitions as usize])
             .collect();
         for result in results {
             let (t, p, rec) = result?;
-            let tc = &config.topics[t];
+            let tc = &topic_configs[t];
             log_recovery(&tc.name, p, &rec.report);
             report.scanned_bytes += rec.report.scanned_bytes;
             report.truncated_bytes += rec.report.truncated_bytes;
@@ -151,13 +172,17 @@ impl Log {
                 dir,
                 settings,
                 inner,
-                sync.queue(),
+                PartitionLinks {
+                    sync_queue: sync.queue(),
+                    clock: Arc::clone(&clock),
+                    rolled: Arc::clone(&retention_wakeup),
+                },
             )));
         }
         let mut topics = BTreeMap::new();
         let mut flush = Vec::new();
         let now = clock.now_ms();
-        for (tc, parts) in config.topics.iter().zip(by_topic) {
+        for (tc, parts) in topic_configs.iter().zip(by_topic) {
             let parts: Vec<Arc<Partition>> = parts.into_iter().flatten().collect();
             report.partitions += parts.len();
             flush.extend(parts.iter().map(|p| (Arc::clone(p), tc.fsync_interval)));
@@ -169,6 +194,18 @@ impl Log {
             }
             topics.insert(tc.name.clone(), topic);
         }
+        let offsets_topic = topics
+            .remove(OFFSETS_TOPIC)
+            .expect("the offsets topic was opened");
+        let groups = Arc::new(
+            GroupOffsets::load(Arc::clone(&offsets_topic.partitions[0]), Arc::clone(&clock))
+                .map_err(LogError::Groups)?,
+        );
+        let retention = Arc::new(Retention::new(
+            topics.values().cloned().collect(),
+            Arc::clone(&groups),
+            RetentionClock::new(Arc::clone(&clock)),
+        ));
         warn_about_orphans(&datadir, config);
         sync.start_flusher(flush);
         // Before the first write after start: a crash from here on is not a clean stop.
@@ -179,7 +216,11 @@ impl Log {
             Log {
                 datadir,
                 topics,
+                groups,
                 sync: parking_lot::Mutex::new(Some(sync)),
+                retention,
+                retention_wakeup,
+                retention_thread: parking_lot::Mutex::new(None),
                 clock,
             },
             report,
@@ -198,11 +239,56 @@ impl Log {
         &self.clock
     }
 
+    /// Committed consumer-group offsets.
+    pub fn groups(&self) -> &Arc<GroupOffsets> {
+        &self.groups
+    }
+
+    /// Starts the retention thread: a pass every `RETENTION_INTERVAL` and whenever a
+    /// sealed segment becomes durable. Stopped by `close` or drop.
+    pub fn start_retention(&self) -> io::Result<()> {
+        let mut slot = self.retention_thread.lock();
+        if slot.is_none() {
+            *slot = Some(RetentionThread::start(
+                Arc::clone(&self.retention),
+                Arc::clone(&self.retention_wakeup),
+            )?);
+        }
+        Ok(())
+    }
+
+    /// Runs one retention pass now, on this thread (blocking: deletes files).
+    pub fn run_retention(&self) -> PassReport {
+        self.retention.run_once()
+    }
+
+    /// Sets `weir_group_lag_records` for every committed offset: the visible end minus
+    /// the committed offset. No IO.
+    pub fn update_group_lag(&self) {
+        for (group, topic, partition, offset) in self.groups.all() {
+            let Some(p) = self
+                .topics
+                .get(&topic)
+                .and_then(|t| t.partitions.get(partition as usize))
+            else {
+                continue;
+            };
+            let lag = (p.visible().end_offset - offset).max(0);
+            let labels = [
+                ("group", group),
+                ("topic", topic),
+                ("partition", partition.to_string()),
+            ];
+            metrics::gauge!(m::GROUP_LAG, &labels).set(lag as f64);
+        }
+    }
+
     /// Partitions refusing writes after an fsync failure, as `topic/partition`.
     pub fn fenced(&self) -> Vec<String> {
         self.topics
             .values()
             .flat_map(|t| t.partitions.iter())
+            .chain(std::iter::once(self.groups.partition()))
             .filter(|p| p.is_fenced())
             .map(|p| format!("{}/{}", p.topic, p.id))
             .collect()
@@ -211,8 +297,15 @@ impl Log {
     /// Makes every partition durable, writes the active indexes, and leaves the
     /// clean-shutdown marker so the next start skips the recovery scan.
     pub fn close(&self) -> io::Result<()> {
+        self.stop_retention();
         let mut result = Ok(());
-        for p in self.topics.values().flat_map(|t| t.partitions.iter()) {
+        let offsets = std::iter::once(self.groups.partition());
+        for p in self
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.iter())
+            .chain(offsets)
+        {
             if let Err(e) = p.close() {
                 tracing::error!(topic = %p.topic, partition = p.id, error = %e, "final flush failed");
                 result = Err(e);
@@ -228,6 +321,36 @@ impl Log {
     }
 }
 
+impl Log {
+    fn stop_retention(&self) {
+        if let Some(t) = self.retention_thread.lock().take() {
+            t.stop();
+        }
+    }
+}
+
+/// A log dropped without `close` (a simulated crash in tests) stops its retention thread
+/// and its flusher and abandons its partitions (queued fsync rounds do nothing), so it
+/// cannot write under a log opened next on the same directory. A round already running
+/// finishes: callers that reopen wait for those first.
+impl Drop for Log {
+    fn drop(&mut self) {
+        self.stop_retention();
+        if let Some(sync) = self.sync.lock().take() {
+            let offsets = std::iter::once(self.groups.partition());
+            for p in self
+                .topics
+                .values()
+                .flat_map(|t| t.partitions.iter())
+                .chain(offsets)
+            {
+                p.abandon();
+            }
+            sync.stop();
+        }
+    }
+}
+
 /// Partitions or topics on disk that the config no longer names are kept but not served:
 /// say so, since their events are invisible until the config names them again.
 fn warn_about_orphans(datadir: &DataDir, config: &Config) {
@@ -236,6 +359,9 @@ fn warn_about_orphans(datadir: &DataDir, config: &Config) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
+        if topic_name::is_internal(&name) {
+            continue;
+        }
         let Some(topic) = config.topic(&name) else {
             tracing::warn!(topic = %name, "the data dir holds a topic the config does not name; it is not served");
             continue;

@@ -28,7 +28,9 @@ use tokio::sync::watch;
 use super::batch::{self, BatchHeader};
 use super::datadir::{sync_dir, write_durably};
 use super::index;
+use super::retention::Wakeup;
 use super::segment::{self, ActiveSegment, INDEX_EXT, LOG_EXT, SealedSegment, TIMEINDEX_EXT};
+use crate::clock::SharedClock;
 use crate::config::FsyncMode;
 use crate::limits::{BATCH_BYTES_MAX, INDEX_INTERVAL_BYTES};
 use crate::metrics as m;
@@ -103,7 +105,27 @@ pub struct Partition {
     sync: Mutex<SyncState>,
     /// The fsync workers' queue; each partition is in it at most once (see `SyncState`).
     sync_queue: SyncSender<Arc<Partition>>,
+    /// Monotonic readings of appends, for retention's ages.
+    clock: SharedClock,
+    /// Woken once a roll's sealed segment is durable: retention may delete it.
+    rolled: Arc<Wakeup>,
     metrics: PartitionMetrics,
+}
+
+/// What a partition shares with the rest of the log.
+pub(crate) struct PartitionLinks {
+    pub sync_queue: SyncSender<Arc<Partition>>,
+    pub clock: SharedClock,
+    pub rolled: Arc<Wakeup>,
+}
+
+/// Sealed segments that retention removed from a partition, oldest first.
+#[derive(Debug, Default)]
+pub struct Removed {
+    pub segments: Vec<SealedSegment>,
+    /// The start offset before and after.
+    pub start_before: i64,
+    pub start_after: i64,
 }
 
 /// Everything the partition lock protects.
@@ -117,6 +139,10 @@ pub(crate) struct Inner {
     pub fenced: bool,
     /// Set by `close`: appends are refused from then on.
     pub closed: bool,
+    /// Set when the log is dropped without `close` (a crash simulated in-process):
+    /// appends are refused and queued fsync rounds do nothing, so a log opened next on
+    /// the same directory is not raced by this one's background work.
+    pub abandoned: bool,
 }
 
 #[derive(Debug, Default)]
@@ -167,7 +193,7 @@ impl Partition {
         dir: PathBuf,
         settings: PartitionSettings,
         inner: Inner,
-        sync_queue: SyncSender<Arc<Partition>>,
+        links: PartitionLinks,
     ) -> Partition {
         let end = Visible {
             end_offset: inner.next_offset,
@@ -189,7 +215,9 @@ impl Partition {
                 written_end: end.end_offset,
                 ..SyncState::default()
             }),
-            sync_queue,
+            sync_queue: links.sync_queue,
+            clock: links.clock,
+            rolled: links.rolled,
             metrics,
         }
     }
@@ -270,6 +298,7 @@ impl Partition {
         active.max_timestamp_ms = active.max_timestamp_ms.max(header.max_timestamp);
         active.first_append_ms.get_or_insert(now_ms);
         active.last_append_ms = Some(now_ms);
+        active.last_append_mono_ms = Some(self.clock.monotonic_ms());
         inner.next_offset = base + count;
         let written = Visible {
             end_offset: inner.next_offset,
@@ -343,6 +372,7 @@ impl Partition {
                 end_offset: next,
                 len: old.len,
                 last_append_ms: old.last_append_ms,
+                last_append_mono_ms: old.last_append_mono_ms,
             },
         );
         self.metrics.segment_rolls.increment(1);
@@ -427,7 +457,7 @@ impl Partition {
     fn sync_round(&self) {
         let plan = {
             let mut inner = self.inner.lock();
-            if inner.fenced {
+            if inner.fenced || inner.abandoned {
                 return;
             }
             RoundPlan {
@@ -460,6 +490,10 @@ impl Partition {
                 let bytes = plan.target.position.saturating_sub(synced_from);
                 self.metrics.fsync_round_bytes.record(bytes as f64);
                 self.sync.lock().durable = Some(plan.target);
+                if !plan.seals.is_empty() {
+                    // Segments became durable and sealed: retention may delete them now.
+                    self.rolled.notify();
+                }
                 if self.settings.fsync == FsyncMode::Always {
                     self.visible.send_if_modified(|v| {
                         if plan.target.end_offset > v.end_offset && !v.fenced {
@@ -506,6 +540,13 @@ impl Partition {
         }
         failpoint!("log::fsync");
         plan.active.sync_data()
+    }
+
+    /// Stops this partition's background work without flushing: see `Inner::abandoned`.
+    pub fn abandon(&self) {
+        let mut inner = self.inner.lock();
+        inner.abandoned = true;
+        inner.closed = true;
     }
 
     /// Flushes everything and writes the active segment's indexes, for a clean stop.
@@ -622,8 +663,20 @@ impl Partition {
         };
         let seg = seg.clone();
         drop(inner);
-        let file =
-            File::open(segment::path(&self.dir, seg.base_offset, LOG_EXT)).map_err(io_err)?;
+        // Tests run retention here to race this read deterministically.
+        #[cfg(feature = "fail")]
+        fail::fail_point!("log::read_open_sealed");
+        let file = match File::open(segment::path(&self.dir, seg.base_offset, LOG_EXT)) {
+            Ok(f) => f,
+            // Retention deleted it after the lookup: the offset is now before the start.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && offset < self.start_offset() => {
+                return Err(ReadError::OutOfRange {
+                    start: self.start_offset(),
+                    end: visible.end_offset,
+                });
+            }
+            Err(e) => return Err(io_err(e)),
+        };
         let limit = if visible.segment_base == seg.base_offset {
             visible.position
         } else {
@@ -824,6 +877,7 @@ pub(crate) fn inner_from_recovery(
         next_offset,
         fenced: false,
         closed: false,
+        abandoned: false,
     }
 }
 
@@ -909,5 +963,89 @@ impl NewestFirst {
             }
             self.file = Some(file);
         }
+    }
+}
+
+/// Retention's access: which sealed segments exist and removing the oldest of them.
+impl Partition {
+    /// Sealed segments that are durable (sealed and fsynced), oldest first, and the bytes
+    /// of the whole partition. Segments still waiting for their fsync round are left out:
+    /// the round opens their index files by path.
+    pub fn sealed_segments(&self) -> (Vec<SealedSegment>, u64) {
+        let inner = self.inner.lock();
+        let unsynced = |base: i64| inner.unsynced_seals.iter().any(|(b, _)| *b == base);
+        let bytes = inner.sealed.values().map(|s| s.len).sum::<u64>() + inner.active.len;
+        let segments = inner
+            .sealed
+            .values()
+            .take_while(|s| !unsynced(s.base_offset))
+            .cloned()
+            .collect();
+        (segments, bytes)
+    }
+
+    /// Remembers a sealed segment's newest append time, read from its last batch.
+    pub fn set_last_append_ms(&self, base_offset: i64, append_ms: i64) {
+        if let Some(seg) = self.inner.lock().sealed.get_mut(&base_offset) {
+            seg.last_append_ms = Some(append_ms);
+        }
+    }
+
+    /// Deletes the sealed, durable segments that end at or before `end_offset`, oldest
+    /// first, never the active one. The start offset moves (in memory, under the lock)
+    /// before any file goes, so no new reader looks for them; readers that looked them up
+    /// before get `OutOfRange` when they open the file (see `segment_for`). Files go
+    /// `.log` first, so a crash half-way leaves at worst index files without a log, which
+    /// recovery removes; the directory is fsynced at the end.
+    pub fn remove_segments_through(&self, end_offset: i64) -> io::Result<Removed> {
+        let mut removed = Removed::default();
+        {
+            let mut inner = self.inner.lock();
+            removed.start_before = inner
+                .sealed
+                .keys()
+                .next()
+                .copied()
+                .unwrap_or(inner.active.base_offset);
+            let inner = &mut *inner;
+            while let Some(entry) = inner.sealed.first_entry() {
+                let seg = entry.get();
+                let base = seg.base_offset;
+                if seg.end_offset > end_offset
+                    || inner.unsynced_seals.iter().any(|(b, _)| *b == base)
+                {
+                    break;
+                }
+                removed.segments.push(entry.remove());
+            }
+            removed.start_after = inner
+                .sealed
+                .keys()
+                .next()
+                .copied()
+                .unwrap_or(inner.active.base_offset);
+        }
+        if removed.segments.is_empty() {
+            return Ok(removed);
+        }
+        for seg in &removed.segments {
+            for ext in [LOG_EXT, INDEX_EXT, TIMEINDEX_EXT] {
+                match fs::remove_file(segment::path(&self.dir, seg.base_offset, ext)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        sync_dir(&self.dir)?;
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+impl Partition {
+    /// Sealed segments in memory, durable or not (tests wait for rounds with it).
+    pub(crate) fn inner_sealed_len(&self) -> usize {
+        self.inner.lock().sealed.len()
     }
 }

@@ -58,6 +58,7 @@ pub(crate) fn recover(dir: &Path, clean: bool) -> io::Result<Recovered> {
         }
     }
     let mut bases = Vec::new();
+    let mut index_files = Vec::new();
     for entry in fs::read_dir(dir)? {
         let name = entry?.file_name();
         let name = name.to_string_lossy();
@@ -65,9 +66,23 @@ pub(crate) fn recover(dir: &Path, clean: bool) -> io::Result<Recovered> {
             bases.push(base);
         } else if name.ends_with(".tmp") {
             fs::remove_file(dir.join(&*name))?;
+        } else if let Some(base) = segment::parse_index_name(&name) {
+            index_files.push((base, name.to_string()));
         }
     }
     bases.sort_unstable();
+    // Retention deletes a segment's `.log` first: a crash before its index files went
+    // leaves them without a log. They index nothing; remove them.
+    let mut orphans = false;
+    for (base, name) in index_files {
+        if bases.binary_search(&base).is_err() {
+            fs::remove_file(dir.join(name))?;
+            orphans = true;
+        }
+    }
+    if orphans {
+        sync_dir(dir)?;
+    }
     if bases.is_empty() {
         let active = ActiveSegment::create(dir, 0)?;
         sync_dir(dir)?;
@@ -139,6 +154,7 @@ pub(crate) fn recover(dir: &Path, clean: bool) -> io::Result<Recovered> {
                     end_offset: end,
                     len,
                     last_append_ms: None,
+                    last_append_mono_ms: None,
                 },
             );
             expected_next = Some(end);
@@ -326,6 +342,7 @@ fn seal_scanned(
             end_offset: scan.next_offset,
             len: scan.len,
             last_append_ms: scan.last_append_ms,
+            last_append_mono_ms: None,
         },
     );
     Ok(())

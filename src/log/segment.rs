@@ -31,6 +31,15 @@ pub fn parse_log_name(name: &str) -> Option<i64> {
     digits.parse().ok()
 }
 
+/// Parses an index file name (`.index` or `.timeindex`) back to its segment's base offset.
+pub fn parse_index_name(name: &str) -> Option<i64> {
+    let (stem, ext) = name.split_once('.')?;
+    if ext != INDEX_EXT && ext != TIMEINDEX_EXT {
+        return None;
+    }
+    parse_log_name(&format!("{stem}.{LOG_EXT}"))
+}
+
 /// The segment being appended to. Owned by the partition's lock.
 #[derive(Debug)]
 pub struct ActiveSegment {
@@ -46,6 +55,9 @@ pub struct ActiveSegment {
     pub first_append_ms: Option<i64>,
     /// Append time of the newest batch: segment age for retention.
     pub last_append_ms: Option<i64>,
+    /// Monotonic clock reading at the newest append of this run (None if the segment
+    /// took no append since start): retention ages it by monotonic time.
+    pub last_append_mono_ms: Option<i64>,
 }
 
 impl ActiveSegment {
@@ -69,6 +81,7 @@ impl ActiveSegment {
             max_timestamp_ms: i64::MIN,
             first_append_ms: None,
             last_append_ms: None,
+            last_append_mono_ms: None,
         }
     }
 }
@@ -80,7 +93,11 @@ pub struct SealedSegment {
     /// One past its last offset: the next segment's base.
     pub end_offset: i64,
     pub len: u64,
+    /// Append time of its newest batch. None after a restart until retention reads it
+    /// from the segment's last batch (lazily, so start-up does not read every segment).
     pub last_append_ms: Option<i64>,
+    /// Monotonic reading at its newest append, when that happened in this run.
+    pub last_append_mono_ms: Option<i64>,
 }
 
 #[cfg(test)]
@@ -98,5 +115,9 @@ mod tests {
         ] {
             assert_eq!(parse_log_name(bad), None, "{bad}");
         }
+        assert_eq!(parse_index_name("00000000000000000042.index"), Some(42));
+        assert_eq!(parse_index_name("00000000000000000042.timeindex"), Some(42));
+        assert_eq!(parse_index_name("00000000000000000042.log"), None);
+        assert_eq!(parse_index_name("42.index"), None);
     }
 }

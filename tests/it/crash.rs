@@ -153,6 +153,7 @@ fn a_torn_tail_is_cut_on_restart_and_reported() {
         .lines()
         .find(|l| {
             l.starts_with("weir_recovery_truncated_bytes_total")
+                && l.contains("topic=\"events\"")
                 && l.contains(&format!("partition=\"{p}\""))
         })
         .expect("truncation metric");

@@ -12,7 +12,10 @@ mod util;
 
 mod cli;
 mod crash;
+mod groups;
 mod ingest;
+mod model;
 mod observability;
 mod read;
+mod retention;
 mod stream;

@@ -45,11 +45,15 @@ fn connections_beyond_the_bound_get_503_with_retry_after() {
     drop(held);
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert_eq!(w.get("/healthz").status, 200, "the slot is free again");
+    // At least the request above; under load the start-up probe's connection may still
+    // have held the slot when `held` connected, and been counted too.
     let text = w.get("/metrics").body;
-    assert!(
-        text.contains("weir_http_refused_total{reason=\"connections\"} 1"),
-        "{text}"
-    );
+    let refused: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("weir_http_refused_total{reason=\"connections\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(refused >= 1, "{text}");
 }
 
 #[test]

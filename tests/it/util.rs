@@ -213,6 +213,27 @@ impl Weir {
         )
     }
 
+    pub fn put(&self, path: &str, body: &str) -> Resp {
+        request(
+            &self.addr,
+            "PUT",
+            path,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    }
+
+    /// The value of the first metric line starting with `name{` whose labels contain
+    /// every one of `labels` (e.g. `topic="events"`).
+    pub fn metric(&self, name: &str, labels: &[&str]) -> Option<f64> {
+        let text = self.get("/metrics").body;
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .find(|l| labels.iter().all(|x| l.contains(x)))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
     pub fn post_with(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
         request(&self.addr, "POST", path, headers, body)
     }
