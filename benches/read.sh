@@ -41,7 +41,7 @@ for _ in $(seq 100); do curl -sf "$ADDR/readyz" >/dev/null && break; sleep 0.1; 
 curl -sf "$ADDR/readyz" >/dev/null || { echo "weir did not start"; cat "$OUT/weir.log"; exit 1; }
 
 topic_bytes() { curl -s "$ADDR/v1/topics/clickstream" | python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes"])'; }
-read_bytes() { curl -s "$ADDR/metrics" | awk '/^weir_read_bytes_total\{/ {s += $2} END {printf "%d\n", s}'; }
+read_bytes() { curl -s "$ADDR/metrics" | awk '/^weir_read_bytes_total\{/ {s += $2} END {printf "%.0f\n", s}'; }
 
 # Fill: NDJSON requests of 1000 events until the topic holds FILL_BYTES.
 while [ "$(topic_bytes)" -lt "$FILL_BYTES" ]; do

@@ -207,7 +207,6 @@ async fn one_stream(args: Arc<Args>, tally: Arc<StreamTally>, end: Instant) -> R
 }
 
 async fn sse(args: Arc<Args>) -> Result<String, String> {
-    let mut admin = connect(&args.addr).await?;
     let started = Instant::now();
     let end = started + args.duration;
     let tallies: Vec<Arc<StreamTally>> = (0..args.streams)
@@ -224,6 +223,8 @@ async fn sse(args: Arc<Args>) -> Result<String, String> {
         .collect();
     // Lag is measured just before the end, while the streams still run.
     tokio::time::sleep_until((end - Duration::from_millis(500)).into()).await;
+    // Connected now: weir closes connections idle for longer than header_timeout.
+    let mut admin = connect(&args.addr).await?;
     let topic = get(
         &mut admin,
         &args.addr,
