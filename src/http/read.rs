@@ -253,6 +253,9 @@ struct PullAnswer {
     offsets: Vec<i64>,
 }
 
+/// A typical event object in an answer (envelope and framing), for sizing the buffer.
+const ANSWER_BYTES_PER_RECORD_GUESS: usize = 384;
+
 fn pull_answer(
     partitions: &[Arc<Partition>],
     start: Start,
@@ -260,7 +263,12 @@ fn pull_answer(
     single: bool,
 ) -> Result<PullAnswer, ApiError> {
     let mut offsets = resolve(partitions, start)?;
-    let mut body = Vec::with_capacity(4096);
+    // Sized for the answer up front: growing a 4 MiB answer by doubling copies it again.
+    let mut body = Vec::with_capacity(
+        limit
+            .saturating_mul(ANSWER_BYTES_PER_RECORD_GUESS)
+            .clamp(4096, READ_RESPONSE_BYTES_MAX + (64 << 10)),
+    );
     body.extend_from_slice(b"{\"events\":[");
     let mut first = true;
     let read = read_fair(
@@ -318,14 +326,14 @@ pub(crate) fn write_event(
     key: Option<&[u8]>,
     value: &[u8],
 ) {
-    let _ = write!(
-        out,
-        "{{\"partition\":{partition},\"offset\":{offset},\"key\":"
-    );
+    // By hand, not `write!`: this runs for every event a read returns.
+    out.extend_from_slice(b"{\"partition\":");
+    out.extend_from_slice(itoa::Buffer::new().format(partition).as_bytes());
+    out.extend_from_slice(b",\"offset\":");
+    out.extend_from_slice(itoa::Buffer::new().format(offset).as_bytes());
+    out.extend_from_slice(b",\"key\":");
     match key {
-        Some(k) => {
-            let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(k));
-        }
+        Some(k) => crate::json::write_str_into(&String::from_utf8_lossy(k), out),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"event\":");

@@ -606,7 +606,7 @@ impl<'a> Cursor<'a> {
         let b = *self
             .buf
             .get(self.pos)
-            .ok_or(corrupt("record past its end", self.at()))?;
+            .ok_or_else(|| corrupt("record past its end", self.at()))?;
         self.pos += 1;
         Ok(b)
     }
@@ -623,6 +623,14 @@ impl<'a> Cursor<'a> {
     /// Kafka's varint: zigzag over at most 5 bytes. As Kafka's ByteUtils.readVarint, bits
     /// of the fifth byte beyond 32 are dropped and a sixth byte is an error.
     fn varint(&mut self) -> Result<i32, DecodeError> {
+        // Most varints of a record (lengths, deltas, header counts) fit in one byte.
+        if let Some(&b) = self.buf.get(self.pos)
+            && b & 0x80 == 0
+        {
+            self.pos += 1;
+            let raw = u32::from(b);
+            return Ok((raw >> 1).cast_signed() ^ (raw & 1).cast_signed().wrapping_neg());
+        }
         let at = self.at();
         let mut raw = 0u32;
         for i in 0..5 {
