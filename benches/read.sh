@@ -72,15 +72,31 @@ json.dump(r, open(f, "w"))
 PY
 }
 has() { [[ " $PARTS " == *" $1 "* ]]; }
+# Baseline: the same segment files read straight from the page cache (cat), in MB/s of
+# file bytes; no server, no framing. Weir's pull is quoted as a share of it.
+cat_run() { # tag i
+  python3 - "$SCRATCH/data/topics/clickstream" "$OUT/$1.$2.json" <<'PY'
+import glob, json, os, subprocess, sys, time
+files = sorted(glob.glob(f"{sys.argv[1]}/*/*.log"))
+size = sum(os.path.getsize(f) for f in files)
+t = time.monotonic()
+subprocess.run(["flock", "/tmp/bench.lock", "sh", "-c", 'cat "$@" > /dev/null', "cat", *files], check=True)
+secs = time.monotonic() - t
+json.dump({"mbps": size / secs / 1e6, "bytes": size, "seconds": secs}, open(sys.argv[2], "w"))
+PY
+}
 
 if has pull; then
   pull_run pull_warmup 0   # brings the log into the page cache
-  for i in $(seq 1 "$RUNS"); do pull_run pull_warm "$i"; done
+  for i in $(seq 1 "$RUNS"); do pull_run pull_warm "$i"; cat_run cat_warm "$i"; done
   median pull_warm envelope_mbps; median pull_warm mbps; median pull_warm eps
+  median cat_warm mbps
   if [ -w /proc/sys/vm/drop_caches ]; then
     sync; echo 3 > /proc/sys/vm/drop_caches
     pull_run pull_cold 1
-    median pull_cold envelope_mbps; median pull_cold eps
+    sync; echo 3 > /proc/sys/vm/drop_caches
+    cat_run cat_cold 1
+    median pull_cold envelope_mbps; median pull_cold eps; median cat_cold mbps
   else
     echo "pull_cold skipped: cannot drop the page cache (not root)"
   fi
