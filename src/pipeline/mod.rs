@@ -8,6 +8,7 @@
 pub mod aggregate;
 pub mod engine;
 pub mod key;
+pub mod runner;
 pub mod view;
 pub mod watermark;
 pub mod window;
