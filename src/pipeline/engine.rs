@@ -81,6 +81,16 @@ struct Cell {
     states: Vec<AggState>,
     /// Listed in `Engine::changed`.
     dirty: bool,
+    /// Listed in `Engine::unsaved`.
+    unsaved: bool,
+}
+
+/// What a checkpoint keeps of an engine besides its cells.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineHead {
+    pub marks: Watermarks,
+    pub next_close_ms: Option<i64>,
+    pub counters: Counters,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -101,6 +111,9 @@ pub struct Engine {
     /// (pane, key) cells changed since the last `take_changed`, each once (its `dirty`
     /// flag says whether it is listed): what the hot view must refresh.
     changed: Vec<(i64, Arc<str>)>,
+    /// (pane, key) cells changed since the last `take_unsaved`, each once: what the next
+    /// checkpoint writes.
+    unsaved: Vec<(i64, Arc<str>)>,
     /// Key -> starts of the panes holding state for it: a key's newest window without a
     /// scan.
     key_panes: HashMap<Arc<str>, BTreeSet<i64>>,
@@ -120,6 +133,7 @@ impl Engine {
             marks,
             panes: BTreeMap::new(),
             changed: Vec::new(),
+            unsaved: Vec::new(),
             key_panes: HashMap::new(),
             next_close_ms: None,
             closed: Vec::new(),
@@ -215,7 +229,12 @@ impl Engine {
                     .map(|a| AggState::new(a.func))
                     .collect(),
                 dirty: false,
+                unsaved: false,
             });
+        if !cell.unsaved {
+            cell.unsaved = true;
+            self.unsaved.push((pane, Arc::clone(&key)));
+        }
         if !cell.dirty {
             cell.dirty = true;
             self.changed.push((pane, key));
@@ -373,6 +392,71 @@ impl Engine {
                 visit(start, &key, values);
             }
         }
+    }
+
+    /// Calls `visit(pane, key, states)` for every cell changed since the last call that
+    /// still exists: what a checkpoint writes. Cells of dropped panes are older than
+    /// [`oldest_pane`](Self::oldest_pane).
+    pub fn take_unsaved(&mut self, mut visit: impl FnMut(i64, &Arc<str>, &[AggState])) {
+        let mut unsaved = std::mem::take(&mut self.unsaved);
+        for (pane, key) in unsaved.drain(..) {
+            if let Some(cell) = self.panes.get_mut(&pane).and_then(|k| k.get_mut(&key)) {
+                cell.unsaved = false;
+                visit(pane, &key, &cell.states);
+            }
+        }
+        self.unsaved = unsaved;
+    }
+
+    /// Lists every cell as unsaved: after a failed checkpoint, the next writes them all.
+    pub fn mark_all_unsaved(&mut self) {
+        self.unsaved.clear();
+        for (pane, keys) in &mut self.panes {
+            for (key, cell) in keys.iter_mut() {
+                cell.unsaved = true;
+                self.unsaved.push((*pane, Arc::clone(key)));
+            }
+        }
+    }
+
+    /// Start of the oldest pane held: panes are dropped oldest first.
+    pub fn oldest_pane(&self) -> Option<i64> {
+        self.panes.first_key_value().map(|(p, _)| *p)
+    }
+
+    /// Watermarks, close position and counters, for a checkpoint.
+    pub fn head(&self) -> EngineHead {
+        EngineHead {
+            marks: self.marks.clone(),
+            next_close_ms: self.next_close_ms,
+            counters: self.counters,
+        }
+    }
+
+    /// An engine as a checkpoint left it: `head` and every cell. Every cell counts as
+    /// changed, so the hot view is filled from it.
+    pub fn restore(
+        spec: Spec,
+        head: EngineHead,
+        cells: impl IntoIterator<Item = (i64, Arc<str>, Vec<AggState>)>,
+    ) -> Engine {
+        let mut e = Engine::new(spec);
+        e.marks = head.marks;
+        e.next_close_ms = head.next_close_ms;
+        e.counters = head.counters;
+        for (pane, key, states) in cells {
+            let key = e.intern(pane, &key);
+            e.changed.push((pane, Arc::clone(&key)));
+            e.panes.entry(pane).or_default().insert(
+                key,
+                Cell {
+                    states,
+                    dirty: true,
+                    unsaved: false,
+                },
+            );
+        }
+        e
     }
 
     /// (pane, key) cells held: the size of the state.
