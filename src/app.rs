@@ -19,6 +19,7 @@ use crate::http::{self, AppState};
 use crate::log::Log;
 use crate::metrics as m;
 use crate::pipeline::runner::Pipelines;
+use crate::store::Store;
 
 /// How often histogram samples are folded into their buckets, bounding their memory.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
@@ -83,10 +84,22 @@ pub async fn run(
     });
     log.start_retention()
         .context("starting the retention thread")?;
-    let pipelines = Arc::new(
-        Pipelines::start(&config, &log, &tokio::runtime::Handle::current())
-            .context("starting the pipelines")?,
-    );
+    let store_dir = data_dir.join("store");
+    let cache = config.storage.sled_cache;
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_dir, cache))
+        .await
+        .context("result store thread")?
+        .context("opening the result store")?;
+    let store = Arc::new(store);
+    let pipelines = {
+        let (config, log, store) = (config.clone(), Arc::clone(&log), Arc::clone(&store));
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || Pipelines::start(&config, &log, &store, &runtime))
+            .await
+            .context("pipeline start thread")?
+            .context("starting the pipelines")?
+    };
+    let pipelines = Arc::new(pipelines);
     let state = Arc::new(AppState::new(
         Arc::clone(&log),
         config.server.clone(),
@@ -99,9 +112,13 @@ pub async fn run(
     tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "weir listening");
     http::serve(listener, state, shutdown).await;
     tracing::info!("stopped serving; stopping the pipelines");
-    tokio::task::spawn_blocking(move || pipelines.stop())
-        .await
-        .context("pipeline stop thread")?;
+    tokio::task::spawn_blocking(move || {
+        pipelines.stop();
+        store.flush()
+    })
+    .await
+    .context("pipeline stop thread")?
+    .context("flushing the result store")?;
     tracing::info!("closing the log");
     tokio::task::spawn_blocking(move || log.close())
         .await

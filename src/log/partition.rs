@@ -427,6 +427,12 @@ impl Partition {
         }
     }
 
+    /// One past the last offset the last successful fsync round made durable (under
+    /// `always` the visible end; otherwise it trails the visible end until a round runs).
+    pub fn durable_end(&self) -> i64 {
+        self.sync.lock().durable.map_or(0, |d| d.end_offset)
+    }
+
     /// Whether data was written since the last successful round.
     pub fn is_dirty(&self) -> bool {
         let s = self.sync.lock();

@@ -17,7 +17,13 @@
 //! partition with nothing visible does not hold the others back (that would stall on a
 //! partition that receives nothing).
 //!
-//! Stage 1 keeps no checkpoint: a start reads every partition from its start offset.
+//! Checkpoints (exactly once): every `checkpoint_interval`, and at a stop, the thread
+//! makes its input offsets durable (under `always` they are; otherwise it asks for an
+//! fsync round and waits for it), then commits one atomic sled batch holding the offsets,
+//! the engine head, the pane cells changed since the last checkpoint and the rows closed
+//! since, flushed before it counts; then those rows turn `final`. A start restores the
+//! engine and offsets from it and reads on from there, so every record counts once. A
+//! pipeline whose definition changed (its fingerprint) is rebuilt from the log.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -32,10 +38,12 @@ use super::engine::{Engine, Input, Spec, TimeMode};
 use super::key::{Filter, GroupBy};
 use super::view::{HotView, Row};
 use super::window::WindowKind;
-use crate::config::{Config, PipelineConfig, PipelineTime, WindowConfig};
+use crate::config::{Config, FsyncMode, PipelineConfig, PipelineTime, WindowConfig};
 use crate::log::Log;
 use crate::log::batches::BatchView;
 use crate::log::partition::{Partition, ReadError, Visible};
+use crate::store::codec::Writer;
+use crate::store::{Checkpoint, PipelineStore, Store};
 
 /// Bytes of whole batches read from one partition at a time.
 pub const READ_CHUNK_BYTES: usize = 1 << 20;
@@ -48,6 +56,27 @@ pub const IDLE_WAIT: Duration = Duration::from_millis(200);
 pub const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 /// How often the view drops expired windows.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest a checkpoint waits for its source offsets to become durable (`interval` and
+/// `never` topics); past it the checkpoint is skipped and tried again next interval.
+pub const DURABLE_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// The fingerprint of what a pipeline computes: a checkpoint of another definition is
+/// not restored. `Debug` text is stable within a build, and a new build may rebuild.
+pub fn fingerprint(c: &PipelineConfig) -> u64 {
+    let text = format!(
+        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        c.source,
+        c.filter,
+        c.group_by,
+        c.window,
+        c.time,
+        c.max_out_of_orderness,
+        c.idle_timeout,
+        c.allowed_lateness,
+        c.aggregates
+    );
+    xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+}
 
 /// The engine's spec for a configured pipeline over a topic of `partitions`.
 pub fn spec_of(config: &PipelineConfig, partitions: usize) -> Spec {
@@ -111,13 +140,19 @@ pub struct Pipelines {
 }
 
 impl Pipelines {
-    /// Starts a thread per configured pipeline. `runtime` is used to wait on appends.
-    pub fn start(config: &Config, log: &Log, runtime: &Handle) -> std::io::Result<Pipelines> {
+    /// Starts a thread per configured pipeline, each restored from its checkpoint in
+    /// `store`. `runtime` is used to wait on appends.
+    pub fn start(
+        config: &Config,
+        log: &Log,
+        store: &Store,
+        runtime: &Handle,
+    ) -> Result<Pipelines, crate::store::StoreError> {
         let mut list = Vec::new();
         for pc in &config.pipelines {
             let Some(topic) = log.topic(&pc.source) else {
                 // The config check makes every source a topic.
-                return Err(std::io::Error::other(format!(
+                return Err(crate::store::StoreError::Start(format!(
                     "pipeline {:?}: no topic {:?}",
                     pc.name, pc.source
                 )));
@@ -133,15 +168,17 @@ impl Pipelines {
             let (stop, stop_rx) = watch::channel(false);
             let task = Task::new(
                 pc,
-                Engine::new(spec),
+                spec,
+                store.pipeline(&pc.name),
                 Arc::clone(&view),
                 &partitions,
                 stop_rx,
                 runtime.clone(),
-            );
+            )?;
             let thread = std::thread::Builder::new()
                 .name(format!("weir-pipe-{}", pc.name))
-                .spawn(move || task.run())?;
+                .spawn(move || task.run())
+                .map_err(|e| crate::store::StoreError::Start(e.to_string()))?;
             list.push(Arc::new(PipelineHandle {
                 config: pc.clone(),
                 view,
@@ -253,6 +290,25 @@ impl Source {
     }
 }
 
+/// Makes `partition` durable through offset `end` (exclusive): under `always` the
+/// visible end already is; otherwise an fsync round is asked for and waited on, bounded
+/// by [`DURABLE_WAIT_MAX`]. False if it did not happen.
+fn make_durable(partition: &Arc<Partition>, end: i64) -> bool {
+    if partition.fsync_mode() == FsyncMode::Always || partition.durable_end() >= end {
+        return true;
+    }
+    partition.request_sync();
+    let deadline = Instant::now() + DURABLE_WAIT_MAX;
+    // fsync rounds publish no signal for buffered topics: poll at a short, bounded step.
+    while partition.durable_end() < end {
+        if partition.is_fenced() || Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
 /// What the thread owns.
 struct Task {
     name: String,
@@ -264,30 +320,78 @@ struct Task {
     retain_ms: i64,
     /// Records retention removed before they were read.
     missed: u64,
+    store: PipelineStore,
+    checkpoint_interval: Duration,
+    /// Rows closed since the last checkpoint: written by the next, then final.
+    pending_rows: Vec<(i64, Arc<str>, i64, Vec<u8>)>,
+    /// Anything taken since the last checkpoint.
+    unsaved: bool,
 }
 
 impl Task {
+    #[allow(clippy::too_many_arguments, reason = "one call site, all distinct")]
     fn new(
         config: &PipelineConfig,
-        engine: Engine,
+        spec: Spec,
+        store: PipelineStore,
         view: Arc<HotView>,
         partitions: &[Arc<Partition>],
         stop: watch::Receiver<bool>,
         runtime: Handle,
-    ) -> Task {
+    ) -> Result<Task, crate::store::StoreError> {
+        let mut starts: Vec<i64> = partitions.iter().map(|p| p.start_offset()).collect();
+        let restored =
+            store.restore(fingerprint(config), spec.out_of_orderness_ms, spec.idle_ms)?;
+        let restored = restored.filter(|r| {
+            // Offsets past a visible end mean the log lost what the checkpoint read
+            // (it never should: offsets are made durable first): rebuild.
+            let fits = r.offsets.len() == partitions.len()
+                && r.offsets.iter().zip(partitions).all(|(o, p)| *o <= p.visible().end_offset);
+            if !fits {
+                tracing::warn!(pipeline = %config.name, "checkpoint does not fit the log; rebuilding from the log");
+            }
+            fits
+        });
+        let engine = match restored {
+            Some(r) => {
+                tracing::info!(pipeline = %config.name, cells = r.cells.len(), "pipeline restored from its checkpoint");
+                for (s, o) in starts.iter_mut().zip(&r.offsets) {
+                    *s = (*s).max(*o);
+                }
+                let rows = store.rows(super::view::VIEW_WINDOWS_MAX)?;
+                view.write(|v| {
+                    for row in rows {
+                        v.upsert(
+                            row.start_ms,
+                            &row.key,
+                            Row {
+                                end_ms: row.end_ms,
+                                closed: true,
+                                is_final: true,
+                                complete: true,
+                                values: row.values.into_boxed_slice(),
+                            },
+                        );
+                    }
+                });
+                Engine::restore(spec, r.head, r.cells)
+            }
+            None => Engine::new(spec),
+        };
         let sources = partitions
             .iter()
-            .map(|p| Source {
+            .zip(starts)
+            .map(|(p, next)| Source {
                 partition: Arc::clone(p),
                 rx: p.subscribe(),
-                next: p.start_offset(),
+                next,
                 buf: Vec::new(),
                 pos: 0,
                 head: None,
                 retry_at: None,
             })
             .collect();
-        Task {
+        Ok(Task {
             name: config.name.clone(),
             engine,
             view,
@@ -296,18 +400,26 @@ impl Task {
             runtime,
             retain_ms: i64::try_from(config.retain_results.as_millis()).unwrap_or(i64::MAX),
             missed: 0,
-        }
+            store,
+            checkpoint_interval: config.checkpoint_interval,
+            pending_rows: Vec::new(),
+            unsaved: true,
+        })
     }
 
     fn run(mut self) {
         tracing::info!(pipeline = %self.name, "pipeline started");
         let mut last_prune = Instant::now();
+        let mut last_checkpoint = Instant::now();
+        // A restored engine's open windows, and the watermark, for the view at once.
+        self.publish(false);
         while !*self.stop.borrow() {
             let started = Instant::now();
             let mut taken = 0usize;
             while started.elapsed() < PUBLISH_INTERVAL && self.step() {
                 taken += 1;
             }
+            self.unsaved |= taken > 0;
             let prune = last_prune.elapsed() >= PRUNE_INTERVAL;
             if taken > 0 || prune {
                 self.publish(prune);
@@ -315,10 +427,16 @@ impl Task {
                     last_prune = Instant::now();
                 }
             }
+            if last_checkpoint.elapsed() >= self.checkpoint_interval {
+                self.checkpoint();
+                last_checkpoint = Instant::now();
+            }
             if taken == 0 {
                 self.wait();
             }
         }
+        self.publish(false);
+        self.checkpoint();
         tracing::info!(pipeline = %self.name, "pipeline stopped");
     }
 
@@ -376,6 +494,10 @@ impl Task {
             ));
         });
         for c in self.engine.take_closed() {
+            let mut states = Vec::new();
+            Writer(&mut states).states(&c.values);
+            self.pending_rows
+                .push((c.start_ms, Arc::clone(&c.key), c.end_ms, states));
             rows.push((
                 c.start_ms,
                 c.key,
@@ -409,6 +531,61 @@ impl Task {
                 v.prune(retain_ms);
             }
         });
+    }
+
+    /// Commits a checkpoint if anything was taken since the last one; then the rows it
+    /// holds turn final. A failure is logged and retried at the next interval: the
+    /// previous checkpoint still stands.
+    fn checkpoint(&mut self) {
+        if !self.unsaved {
+            return;
+        }
+        let started = Instant::now();
+        let offsets: Vec<i64> = self.sources.iter().map(|s| s.next).collect();
+        for s in &self.sources {
+            if !make_durable(&s.partition, s.next) {
+                tracing::warn!(pipeline = %self.name, partition = s.partition.id, "source offsets not durable; checkpoint skipped");
+                return;
+            }
+        }
+        let mut head = Vec::new();
+        Writer(&mut head).head(&self.engine.head());
+        let mut cells = Vec::new();
+        self.engine.take_unsaved(|pane, key, states| {
+            let mut b = Vec::new();
+            Writer(&mut b).states(states);
+            cells.push((pane, Arc::clone(key), b));
+        });
+        let wm = self.engine.watermark();
+        let size = self.engine.spec().window.size_ms();
+        let rows_before = (wm != super::watermark::NONE)
+            .then(|| wm.saturating_sub(self.retain_ms).saturating_sub(size));
+        let checkpoint = Checkpoint {
+            offsets,
+            head,
+            cells,
+            oldest_pane: self.engine.oldest_pane(),
+            rows: std::mem::take(&mut self.pending_rows),
+            rows_before,
+        };
+        match self.store.commit(&checkpoint) {
+            Ok(()) => {
+                let done: Vec<(i64, Arc<str>)> = checkpoint
+                    .rows
+                    .into_iter()
+                    .map(|(start, key, _, _)| (start, key))
+                    .collect();
+                self.view.write(|v| v.mark_final(&done));
+                self.unsaved = false;
+                tracing::debug!(pipeline = %self.name, seconds = started.elapsed().as_secs_f64(), "checkpoint");
+            }
+            Err(e) => {
+                tracing::error!(pipeline = %self.name, error = %e, "checkpoint failed; retrying next interval");
+                // Cells already taken must be written by the next one: write them all.
+                self.pending_rows = checkpoint.rows;
+                self.engine.mark_all_unsaved();
+            }
+        }
     }
 
     /// Sleeps until a source partition's visible end moves, a stop, or [`IDLE_WAIT`].

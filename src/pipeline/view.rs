@@ -144,6 +144,15 @@ impl ViewState {
         }
     }
 
+    /// Marks the rows of (start, key) final: a durable checkpoint holds their close.
+    pub fn mark_final(&mut self, rows: &[(i64, Arc<str>)]) {
+        for (start, key) in rows {
+            if let Some(row) = self.windows.get_mut(start).and_then(|k| k.get_mut(key)) {
+                row.is_final = true;
+            }
+        }
+    }
+
     /// Windows held.
     pub fn windows_held(&self) -> usize {
         self.windows.len()
