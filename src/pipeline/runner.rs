@@ -42,6 +42,7 @@ use crate::config::{Config, FsyncMode, PipelineConfig, PipelineTime, WindowConfi
 use crate::log::Log;
 use crate::log::batches::BatchView;
 use crate::log::partition::{Partition, ReadError, Visible};
+use crate::metrics as m;
 use crate::store::codec::Writer;
 use crate::store::{Checkpoint, PipelineStore, Store};
 
@@ -119,9 +120,26 @@ pub struct PipelineHandle {
     pub partitions: Vec<Arc<Partition>>,
     stop: watch::Sender<bool>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Set once the lag first fell to `ready_lag`: readiness waits for that once.
+    caught_up: std::sync::atomic::AtomicBool,
 }
 
 impl PipelineHandle {
+    /// Whether the pipeline has caught up to within `ready_lag` since start (once true,
+    /// it stays true: readiness waits for pipelines only once).
+    pub fn caught_up(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.caught_up.load(Ordering::Acquire) {
+            return true;
+        }
+        let published = self.view.read(|s| s.published);
+        if published && self.lag() <= self.config.ready_lag {
+            self.caught_up.store(true, Ordering::Release);
+            return true;
+        }
+        false
+    }
+
     /// Records between the processed offsets and the visible ends.
     pub fn lag(&self) -> u64 {
         let next = self.view.read(|s| s.next_offsets.clone());
@@ -185,6 +203,7 @@ impl Pipelines {
                 partitions,
                 stop,
                 thread: Mutex::new(Some(thread)),
+                caught_up: std::sync::atomic::AtomicBool::new(false),
             }));
         }
         Ok(Pipelines { list })
@@ -309,8 +328,42 @@ fn make_durable(partition: &Arc<Partition>, end: i64) -> bool {
     true
 }
 
+/// Metric handles of one pipeline, resolved once.
+struct PipelineMetrics {
+    records_in: metrics::Counter,
+    rows_out: metrics::Counter,
+    late: metrics::Counter,
+    watermark: metrics::Gauge,
+    open_windows: metrics::Gauge,
+    lag: Vec<metrics::Gauge>,
+    checkpoint_seconds: metrics::Histogram,
+    rows_closed: u64,
+}
+
+impl PipelineMetrics {
+    fn new(name: &str, partitions: usize) -> PipelineMetrics {
+        let l = || [("pipeline", name.to_string())];
+        PipelineMetrics {
+            records_in: metrics::counter!(m::PIPELINE_RECORDS_IN, &l()),
+            rows_out: metrics::counter!(m::PIPELINE_ROWS_OUT, &l()),
+            late: metrics::counter!(m::PIPELINE_LATE, &l()),
+            watermark: metrics::gauge!(m::PIPELINE_WATERMARK, &l()),
+            open_windows: metrics::gauge!(m::PIPELINE_OPEN_WINDOWS, &l()),
+            lag: (0..partitions)
+                .map(|p| {
+                    let labels = [("pipeline", name.to_string()), ("partition", p.to_string())];
+                    metrics::gauge!(m::PIPELINE_LAG, &labels)
+                })
+                .collect(),
+            checkpoint_seconds: metrics::histogram!(m::PIPELINE_CHECKPOINT_SECONDS, &l()),
+            rows_closed: 0,
+        }
+    }
+}
+
 /// What the thread owns.
 struct Task {
+    metrics: PipelineMetrics,
     name: String,
     engine: Engine,
     view: Arc<HotView>,
@@ -392,6 +445,7 @@ impl Task {
             })
             .collect();
         Ok(Task {
+            metrics: PipelineMetrics::new(&config.name, partitions.len()),
             name: config.name.clone(),
             engine,
             view,
@@ -494,6 +548,7 @@ impl Task {
             ));
         });
         for c in self.engine.take_closed() {
+            self.metrics.rows_closed += 1;
             let mut states = Vec::new();
             Writer(&mut states).states(&c.values);
             self.pending_rows
@@ -518,6 +573,22 @@ impl Task {
             + 64;
         let next_offsets: Vec<i64> = self.sources.iter().map(|s| s.next).collect();
         let (retain_ms, missed) = (self.retain_ms, self.missed);
+        let c = self.engine.counters();
+        let pm = &self.metrics;
+        pm.records_in
+            .absolute(c.counted + c.filtered + c.late + c.no_key);
+        pm.late.absolute(c.late);
+        pm.rows_out.absolute(pm.rows_closed);
+        if watermark != super::watermark::NONE {
+            #[allow(clippy::cast_precision_loss, reason = "a gauge")]
+            pm.watermark.set(watermark as f64 / 1000.0);
+        }
+        #[allow(clippy::cast_precision_loss, reason = "a gauge")]
+        pm.open_windows.set(open_windows as f64);
+        for (s, g) in self.sources.iter().zip(&pm.lag) {
+            #[allow(clippy::cast_precision_loss, reason = "a gauge")]
+            g.set((s.partition.visible().end_offset - s.next).max(0) as f64);
+        }
         self.view.write(|v| {
             for (start, key, row) in rows {
                 v.upsert(start, &key, row);
@@ -527,6 +598,7 @@ impl Task {
             v.state_bytes = (cells * per_cell) as u64;
             v.next_offsets = next_offsets;
             v.missed_records = missed;
+            v.published = true;
             if prune {
                 v.prune(retain_ms);
             }
@@ -577,6 +649,9 @@ impl Task {
                     .collect();
                 self.view.write(|v| v.mark_final(&done));
                 self.unsaved = false;
+                self.metrics
+                    .checkpoint_seconds
+                    .record(started.elapsed().as_secs_f64());
                 tracing::debug!(pipeline = %self.name, seconds = started.elapsed().as_secs_f64(), "checkpoint");
             }
             Err(e) => {

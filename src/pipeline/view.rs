@@ -67,6 +67,8 @@ pub struct ViewState {
     pub state_bytes: u64,
     /// Records that retention removed before the pipeline read them.
     pub missed_records: u64,
+    /// The pipeline thread has published at least once since start.
+    pub published: bool,
     /// Window start -> key -> row.
     windows: BTreeMap<i64, HashMap<Arc<str>, Row>>,
     /// Key -> starts of its windows in `windows`.

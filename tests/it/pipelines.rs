@@ -162,6 +162,19 @@ fn seed_routes_count_the_first_minute_once_the_watermark_passed_it() {
     assert_eq!(p["watermark"], "2024-05-01T12:02:05.000Z");
     assert_eq!(p["lag"], 0);
     assert_eq!(p["open_windows"], 1, "{p}");
+
+    let pipe = ["pipeline=\"page_views\""];
+    assert_eq!(
+        w.metric("weir_pipeline_records_in_total", &pipe),
+        Some(24.0)
+    );
+    assert_eq!(
+        w.metric("weir_pipeline_rows_closed_total", &pipe),
+        Some(2.0)
+    );
+    assert_eq!(w.metric("weir_pipeline_lag_records", &pipe), Some(0.0));
+    let ready = w.get("/readyz");
+    assert_eq!(ready.status, 200, "caught up: {}", ready.body);
 }
 
 #[test]
@@ -293,6 +306,10 @@ fn late_events_count_while_the_window_is_open_and_filters_apply() {
         windows[0]["values"],
         serde_json::json!({"count": 2, "spent": 2}),
         "one late event counted, the order filtered out, the too-late one dropped"
+    );
+    assert_eq!(
+        w.metric("weir_pipeline_late_events_total", &["pipeline=\"pages\""]),
+        Some(1.0)
     );
 }
 
