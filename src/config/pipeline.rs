@@ -280,13 +280,23 @@ impl Checker<'_> {
             ("late_topic", &late_topic, &raw.late_topic),
             ("output_topic", &output_topic, &raw.output_topic),
         ] {
-            if let (Some(t), Some(s), Some(text)) = (topic, &source, raw_topic)
+            let Some(text) = raw_topic else { continue };
+            if let (Some(t), Some(s)) = (topic, &source)
                 && t == s
             {
                 self.at(
                     &key(k),
                     text,
                     format!("is the pipeline's own source {s:?}; its rows would feed it again"),
+                );
+            } else if topic.is_some() {
+                // Accepting it and appending nothing would be a silent loss.
+                self.at(
+                    &key(k),
+                    text,
+                    "is not supported by this version yet (late events are counted in \
+                     weir_pipeline_late_events_total; results are served over HTTP)"
+                        .into(),
                 );
             }
         }

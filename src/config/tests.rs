@@ -858,6 +858,11 @@ name = "q"
             ("pipeline[0].window.slide", 10, "does not divide size 10m"),
             ("pipeline[0].time", 11, "not one of \"event\", \"ingest\""),
             (
+                "pipeline[0].late_topic",
+                12,
+                "not supported by this version yet",
+            ),
+            (
                 "pipeline[0].aggregate[0].fn",
                 15,
                 "\"median\" is not one of",
