@@ -1,9 +1,9 @@
 //! Wiring: metrics, the log, the HTTP server, and the ordered shutdown.
 //!
 //! Start: install the metrics recorder, open the log (lock, recovery, dedup rebuild) on
-//! a blocking thread, bind the listener, serve. Stop: stop accepting, let in-flight
-//! requests finish within `shutdown_grace`, then close the log (final fsync, indexes,
-//! clean-shutdown marker).
+//! a blocking thread, start a thread per pipeline, bind the listener, serve. Stop: stop
+//! accepting, let in-flight requests finish within `shutdown_grace`, stop the pipeline
+//! threads, then close the log (final fsync, indexes, clean-shutdown marker).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,6 +18,8 @@ use crate::disk::{self, DiskSpace};
 use crate::http::{self, AppState};
 use crate::log::Log;
 use crate::metrics as m;
+use crate::pipeline::runner::Pipelines;
+use crate::store::Store;
 
 /// How often histogram samples are folded into their buckets, bounding their memory.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
@@ -82,16 +84,42 @@ pub async fn run(
     });
     log.start_retention()
         .context("starting the retention thread")?;
+    let store_dir = data_dir.join("store");
+    let cache = config.storage.sled_cache;
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_dir, cache))
+        .await
+        .context("result store thread")?
+        .context("opening the result store")?;
+    let store = Arc::new(store);
+    let pipelines = {
+        let (config, log, store) = (config.clone(), Arc::clone(&log), Arc::clone(&store));
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || Pipelines::start(&config, &log, &store, &runtime))
+            .await
+            .context("pipeline start thread")?
+            .context("starting the pipelines")?
+    };
+    let pipelines = Arc::new(pipelines);
     let state = Arc::new(AppState::new(
         Arc::clone(&log),
         config.server.clone(),
         handle,
         disk,
+        Arc::clone(&pipelines),
+        config.routes.clone(),
     ));
     let addr = listener.local_addr().context("listener address")?;
     tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "weir listening");
     http::serve(listener, state, shutdown).await;
-    tracing::info!("stopped serving; closing the log");
+    tracing::info!("stopped serving; stopping the pipelines");
+    tokio::task::spawn_blocking(move || {
+        pipelines.stop();
+        store.flush()
+    })
+    .await
+    .context("pipeline stop thread")?
+    .context("flushing the result store")?;
+    tracing::info!("closing the log");
     tokio::task::spawn_blocking(move || log.close())
         .await
         .context("log close thread")?

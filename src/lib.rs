@@ -9,8 +9,12 @@
 //! - [`event`]: request bodies to envelopes: body forms, envelope filling, keys, time bounds.
 //! - [`log`]: the broker: Kafka RecordBatch v2 codec, segments, indexes, partitions,
 //!   group commit, recovery, idempotence.
+//! - [`pipeline`]: windowed aggregation: the pure engine, the hot view of results, and
+//!   the thread per pipeline that reads the log and drives them.
+//! - [`store`]: the only module that touches sled: checkpoints and closed results.
 //! - [`http`]: the only module that knows HTTP and JSON answers.
-//! - [`app`]: wiring: open the data dir and the log, serve HTTP, shut down in order.
+//! - [`app`]: wiring: open the data dir, the log and the store, start pipelines, serve
+//!   HTTP, shut down in order.
 //! - [`metrics`], [`limits`], [`clock`]: metric names, hard bounds, injected time.
 
 pub mod app;
@@ -24,3 +28,4 @@ pub mod limits;
 pub mod log;
 pub mod metrics;
 pub mod pipeline;
+pub mod store;

@@ -69,3 +69,10 @@ pub const OFFSETS_COMPACT_SEGMENTS: usize = 4;
 
 /// Records per snapshot batch written by the offsets compaction.
 pub const OFFSETS_SNAPSHOT_BATCH_RECORDS: usize = 1000;
+
+/// Most windows one key query answers (`?windows=N`, `?from=&to=`): an answer is built in
+/// memory under the view's read lock.
+pub const QUERY_WINDOWS_MAX: usize = 1000;
+
+/// Most keys a `top` query answers, for the same reason.
+pub const QUERY_TOP_MAX: usize = 1000;

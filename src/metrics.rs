@@ -31,6 +31,13 @@ pub const BUILD_INFO: &str = "weir_build_info";
 pub const RETENTION_DELETED_SEGMENTS: &str = "weir_retention_deleted_segments_total";
 pub const RETENTION_DELETED_BYTES: &str = "weir_retention_deleted_bytes_total";
 pub const RETENTION_UNCONSUMED: &str = "weir_retention_unconsumed_records_total";
+pub const PIPELINE_RECORDS_IN: &str = "weir_pipeline_records_in_total";
+pub const PIPELINE_ROWS_OUT: &str = "weir_pipeline_rows_closed_total";
+pub const PIPELINE_LATE: &str = "weir_pipeline_late_events_total";
+pub const PIPELINE_WATERMARK: &str = "weir_pipeline_watermark_seconds";
+pub const PIPELINE_LAG: &str = "weir_pipeline_lag_records";
+pub const PIPELINE_OPEN_WINDOWS: &str = "weir_pipeline_open_windows";
+pub const PIPELINE_CHECKPOINT_SECONDS: &str = "weir_pipeline_checkpoint_duration_seconds";
 pub const GROUP_COMMITS: &str = "weir_group_commits_total";
 pub const GROUP_LAG: &str = "weir_group_lag_records";
 
@@ -61,6 +68,41 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
 }
 
 fn describe() {
+    describe_counter!(
+        PIPELINE_RECORDS_IN,
+        Unit::Count,
+        "Records a pipeline read from its source (counted, filtered, late or without key)"
+    );
+    describe_counter!(
+        PIPELINE_ROWS_OUT,
+        Unit::Count,
+        "Result rows (window, key) a pipeline closed"
+    );
+    describe_counter!(
+        PIPELINE_LATE,
+        Unit::Count,
+        "Events no open window of a pipeline took: dropped"
+    );
+    describe_gauge!(
+        PIPELINE_WATERMARK,
+        Unit::Seconds,
+        "A pipeline's watermark, epoch seconds (absent before it has one)"
+    );
+    describe_gauge!(
+        PIPELINE_LAG,
+        Unit::Count,
+        "Records between a pipeline's processed offset and the visible end, per partition"
+    );
+    describe_gauge!(
+        PIPELINE_OPEN_WINDOWS,
+        Unit::Count,
+        "Windows of a pipeline holding state and not closed yet"
+    );
+    describe_histogram!(
+        PIPELINE_CHECKPOINT_SECONDS,
+        Unit::Seconds,
+        "Time of one pipeline checkpoint: durable offsets, sled batch and flush"
+    );
     describe_counter!(EVENTS_IN, Unit::Count, "Events appended to a topic");
     describe_counter!(
         BYTES_IN,

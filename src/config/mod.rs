@@ -14,8 +14,14 @@
 //! The reference for users is docs/configuration.md; config.example.toml shows every
 //! key with its default. Tests below keep the two and [`raw`] in step.
 
+mod pipeline;
 mod raw;
 pub mod units;
+
+pub use pipeline::{
+    AggregateConfig, PipelineConfig, PipelineTime, QueryWindow, RouteConfig, RouteMethod,
+    RouteResponse, RouteTarget, WindowConfig,
+};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -71,6 +77,10 @@ pub struct Config {
     pub log: LogConfig,
     /// `[[topic]]` tables in file order; names are unique.
     pub topics: Vec<TopicConfig>,
+    /// `[[pipeline]]` tables in file order; names are unique, sources are topics above.
+    pub pipelines: Vec<PipelineConfig>,
+    /// `[[route]]` tables in file order; no two serve the same method and path.
+    pub routes: Vec<RouteConfig>,
     /// The file this came from, for messages.
     pub source: PathBuf,
 }
@@ -344,6 +354,11 @@ impl Config {
     pub fn topic(&self, name: &str) -> Option<&TopicConfig> {
         self.topics.iter().find(|t| t.name == name)
     }
+
+    /// The pipeline called `name`.
+    pub fn pipeline(&self, name: &str) -> Option<&PipelineConfig> {
+        self.pipelines.iter().find(|p| p.name == name)
+    }
 }
 
 /// Everything wrong with a config file; never empty.
@@ -469,11 +484,15 @@ impl Checker<'_> {
                 topics.push(topic);
             }
         }
+        let pipelines = self.pipelines(raw.pipeline.unwrap_or_default(), &topics);
+        let routes = self.routes(raw.route.unwrap_or_default(), &topics, &pipelines);
         Config {
             server,
             storage,
             log,
             topics,
+            pipelines,
+            routes,
             source: self.source.to_path_buf(),
         }
     }

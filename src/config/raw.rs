@@ -4,8 +4,8 @@
 //! Every value is optional and [`Spanned`] so the validator (`config::mod`) can apply
 //! defaults and point at the line of a bad value. Sizes and durations stay text here
 //! ([`Quantity`]); turning them into numbers, and every range check, is the validator's
-//! job. Adding a section (`[[pipeline]]`, `[[route]]`) means a struct here, a field in
-//! [`RawConfig`], and its validation in `mod.rs`; [`read`], which finds the key and line
+//! job. Adding a section means a struct here, a field in [`RawConfig`], and its
+//! validation in `mod.rs` (or a file beside it, as `pipeline.rs`); [`read`], which finds the key and line
 //! of every unknown key and wrong type, needs no change.
 
 use std::collections::HashMap;
@@ -35,6 +35,10 @@ pub struct RawConfig {
     pub log: Option<Table<RawLog>>,
     /// `[[topic]]` tables, in file order.
     pub topic: Option<Vec<Spanned<Table<RawTopic>>>>,
+    /// `[[pipeline]]` tables, in file order.
+    pub pipeline: Option<Vec<Spanned<Table<RawPipeline>>>>,
+    /// `[[route]]` tables, in file order.
+    pub route: Option<Vec<Spanned<Table<RawRoute>>>>,
 }
 
 /// `[server]`.
@@ -91,6 +95,65 @@ pub struct RawTopic {
     pub max_event_age: Option<Spanned<Quantity>>,
     pub max_event_lead: Option<Spanned<Quantity>>,
     pub on_bad_time: Option<Spanned<String>>,
+}
+
+/// One `[[pipeline]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPipeline {
+    pub name: Option<Spanned<String>>,
+    pub source: Option<Spanned<String>>,
+    pub filter: Option<Spanned<Vec<Spanned<String>>>>,
+    pub group_by: Option<Spanned<Vec<Spanned<String>>>>,
+    pub window: Option<Spanned<Table<RawWindow>>>,
+    pub time: Option<Spanned<String>>,
+    pub max_out_of_orderness: Option<Spanned<Quantity>>,
+    pub idle_timeout: Option<Spanned<Quantity>>,
+    pub allowed_lateness: Option<Spanned<Quantity>>,
+    pub checkpoint_interval: Option<Spanned<Quantity>>,
+    pub max_open_windows: Option<Spanned<i64>>,
+    pub retain_results: Option<Spanned<Quantity>>,
+    pub ready_lag: Option<Spanned<i64>>,
+    pub late_topic: Option<Spanned<String>>,
+    pub output_topic: Option<Spanned<String>>,
+    /// `[[pipeline.aggregate]]` tables, in file order.
+    pub aggregate: Option<Vec<Spanned<Table<RawAggregate>>>>,
+}
+
+/// A pipeline's `window = { kind = ..., ... }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWindow {
+    pub kind: Option<Spanned<String>>,
+    pub size: Option<Spanned<Quantity>>,
+    pub slide: Option<Spanned<Quantity>>,
+    pub gap: Option<Spanned<Quantity>>,
+    pub max_length: Option<Spanned<Quantity>>,
+}
+
+/// One `[[pipeline.aggregate]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAggregate {
+    pub name: Option<Spanned<String>>,
+    #[serde(rename = "fn")]
+    pub func: Option<Spanned<String>>,
+    pub field: Option<Spanned<String>>,
+    pub quantiles: Option<Spanned<Vec<Spanned<f64>>>>,
+}
+
+/// One `[[route]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub method: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub pipeline: Option<Spanned<String>>,
+    pub topic: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    pub aggregate: Option<Spanned<String>>,
+    pub window: Option<Spanned<String>>,
+    pub response: Option<Spanned<String>>,
 }
 
 /// A table and only a table. serde's derived structs also accept an array of values

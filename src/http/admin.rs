@@ -27,7 +27,8 @@ pub async fn healthz() -> axum::Json<serde_json::Value> {
     axum::Json(json!({ "status": "ok" }))
 }
 
-/// Readiness: the log is recovered (true once serving), not stopping, no partition fenced.
+/// Readiness: the log is recovered (true once serving), not stopping, no partition fenced,
+/// and every pipeline has caught up to within `ready_lag` once since start.
 pub async fn readyz(State(state): State<SharedState>) -> Response {
     let mut not_ready: Vec<String> = state
         .log
@@ -35,6 +36,16 @@ pub async fn readyz(State(state): State<SharedState>) -> Response {
         .into_iter()
         .map(|p| format!("partition {p} is fenced after an fsync failure"))
         .collect();
+    for p in state.pipelines.iter() {
+        if !p.caught_up() {
+            not_ready.push(format!(
+                "pipeline {} is catching up ({} records behind, ready_lag {})",
+                p.config.name,
+                p.lag(),
+                p.config.ready_lag
+            ));
+        }
+    }
     if state.shutting_down.load(Ordering::Acquire) {
         not_ready.push("shutting down".to_string());
     }

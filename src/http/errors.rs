@@ -56,6 +56,8 @@ codes! {
     OffsetOutOfRange = "offset_out_of_range", BAD_REQUEST, "The offset is outside the partition; `start_offset` and `end_offset` say what it holds (and `partition` which one).";
     UnknownTopic = "unknown_topic", NOT_FOUND, "No topic of that name is configured.";
     UnknownPartition = "unknown_partition", NOT_FOUND, "The topic has no partition of that number.";
+    UnknownPipeline = "unknown_pipeline", NOT_FOUND, "No pipeline of that name is configured.";
+    NoWindow = "no_window", NOT_FOUND, "The key has no window of the kind asked for (none yet, none closed, or none holding the watermark).";
     NotFound = "not_found", NOT_FOUND, "No route matches the path.";
     MethodNotAllowed = "method_not_allowed", METHOD_NOT_ALLOWED, "The route exists but not for this method.";
     RequestTimeout = "request_timeout", REQUEST_TIMEOUT, "The body did not arrive within `server.body_timeout`.";

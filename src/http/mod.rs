@@ -7,6 +7,7 @@ pub mod cursor;
 pub mod errors;
 pub mod groups;
 pub mod ingest;
+pub mod query;
 pub mod read;
 pub mod stream;
 pub mod stream_cache;
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Path, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -33,9 +34,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
-use crate::config::ServerConfig;
+use crate::config::{RouteConfig, RouteMethod, RouteTarget, ServerConfig};
 use crate::log::Log;
 use crate::metrics as m;
+use crate::pipeline::runner::Pipelines;
 use errors::{ApiError, ErrorCode};
 
 /// What every handler shares.
@@ -56,6 +58,10 @@ pub struct AppState {
     pub streams: Arc<Semaphore>,
     /// SSE chunks shared by streams at the same position.
     pub stream_cache: stream_cache::StreamCache,
+    /// The running pipelines and their hot views.
+    pub pipelines: Arc<Pipelines>,
+    /// `[[route]]` paths of the seed's services, built into the router.
+    pub routes: Vec<RouteConfig>,
 }
 
 impl AppState {
@@ -64,6 +70,8 @@ impl AppState {
         server: ServerConfig,
         metrics: PrometheusHandle,
         disk: Arc<crate::disk::DiskSpace>,
+        pipelines: Arc<Pipelines>,
+        routes: Vec<RouteConfig>,
     ) -> AppState {
         let inflight = usize::try_from(server.max_inflight)
             .unwrap_or(usize::MAX)
@@ -79,6 +87,8 @@ impl AppState {
             stream_cache: stream_cache::StreamCache::default(),
             disk,
             server,
+            pipelines,
+            routes,
         }
     }
 }
@@ -118,7 +128,7 @@ impl Refusal {
 pub type SharedState = Arc<AppState>;
 
 pub fn router(state: SharedState) -> Router {
-    Router::new()
+    seed_routes(&state.routes)
         .route("/v1/topics", get(read::list_topics))
         .route("/v1/topics/{topic}", get(read::get_topic))
         .route(
@@ -130,6 +140,9 @@ pub fn router(state: SharedState) -> Router {
             "/v1/groups/{group}/offsets/{topic}",
             get(groups::get_offsets).put(groups::put_offsets),
         )
+        .route("/v1/pipelines", get(query::list))
+        .route("/v1/pipelines/{name}/keys/{key}", get(query::key))
+        .route("/v1/pipelines/{name}/top", get(query::top))
         .route("/metrics", get(admin::metrics))
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
@@ -137,6 +150,40 @@ pub fn router(state: SharedState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(track))
         .with_state(state)
+}
+
+/// The `[[route]]` paths, one method router per path.
+fn seed_routes(routes: &[RouteConfig]) -> Router<SharedState> {
+    let mut by_path: Vec<(&str, axum::routing::MethodRouter<SharedState>)> = Vec::new();
+    for route in routes {
+        let method_router = match (&route.method, &route.target) {
+            (RouteMethod::Post, RouteTarget::Ingest { topic }) => {
+                let (topic, response) = (topic.clone(), route.response);
+                axum::routing::post(move |State(state): State<SharedState>, request: Request| {
+                    query::route_ingest(state, topic, response, request)
+                })
+            }
+            (RouteMethod::Get, RouteTarget::Query { .. }) => {
+                let route = Arc::new(route.clone());
+                get(
+                    move |State(state): State<SharedState>,
+                          Path(params): Path<HashMap<String, String>>| {
+                        let route = Arc::clone(&route);
+                        async move { query::route_query(state, &route, params).await }
+                    },
+                )
+            }
+            // The config check pairs POST with a topic and GET with a pipeline.
+            _ => continue,
+        };
+        match by_path.iter_mut().find(|(p, _)| *p == route.path) {
+            Some((_, existing)) => *existing = std::mem::take(existing).merge(method_router),
+            None => by_path.push((&route.path, method_router)),
+        }
+    }
+    by_path
+        .into_iter()
+        .fold(Router::new(), |r, (path, mr)| r.route(path, mr))
 }
 
 async fn not_found() -> ApiError {

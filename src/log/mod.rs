@@ -5,6 +5,7 @@
 //! workers; [`Log::close`] makes everything durable and leaves the clean-shutdown marker.
 
 pub mod batch;
+pub mod batches;
 pub mod datadir;
 pub mod dedup;
 pub mod groups;

@@ -427,6 +427,12 @@ impl Partition {
         }
     }
 
+    /// One past the last offset the last successful fsync round made durable (under
+    /// `always` the visible end; otherwise it trails the visible end until a round runs).
+    pub fn durable_end(&self) -> i64 {
+        self.sync.lock().durable.map_or(0, |d| d.end_offset)
+    }
+
     /// Whether data was written since the last successful round.
     pub fn is_dirty(&self) -> bool {
         let s = self.sync.lock();
@@ -1047,5 +1053,150 @@ impl Partition {
     /// Sealed segments in memory, durable or not (tests wait for rounds with it).
     pub(crate) fn inner_sealed_len(&self) -> usize {
         self.inner.lock().sealed.len()
+    }
+}
+
+/// Whole-batch reads, for pipelines: the raw batches go to the caller, who decodes only the
+/// fields it needs (see [`super::batches`]).
+impl Partition {
+    /// Reads whole batches, CRC-checked, from the one holding `from` into `out` (cleared
+    /// first): at least one batch if any is visible, then more while the total stays within
+    /// `bytes_max`, all from one segment, never past the visible end. Batches wholly before
+    /// `from` are left out; the first may still hold records before it (the caller skips
+    /// them). Returns the offset after the last batch read: `from` when nothing is
+    /// visible, the next segment's base when this one held nothing more.
+    pub fn read_batches(
+        &self,
+        from: i64,
+        bytes_max: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<i64, ReadError> {
+        out.clear();
+        let visible = self.visible();
+        let start = self.start_offset();
+        if from < start || from > visible.end_offset {
+            return Err(ReadError::OutOfRange {
+                start,
+                end: visible.end_offset,
+            });
+        }
+        if from == visible.end_offset {
+            return Ok(from);
+        }
+        let Some(seg) = self.segment_for(from, &visible)? else {
+            return Ok(from);
+        };
+        let corrupt = |position: u64, e: batch::DecodeError| ReadError::Corrupt {
+            segment: segment::path(&self.dir, seg.base_offset, LOG_EXT),
+            position,
+            detail: e.to_string(),
+        };
+        // Batches wholly before `from` (the index points at or before it) are skipped by
+        // their headers alone.
+        let mut start_pos = seg.start_position;
+        let mut head = [0u8; batch::BATCH_HEADER_LEN];
+        while start_pos + head.len() as u64 <= seg.limit {
+            seg.file
+                .read_exact_at(&mut head, start_pos)
+                .map_err(ReadError::Io)?;
+            let header = BatchHeader::parse_bounded(&head, BATCH_BYTES_MAX)
+                .map_err(|e| corrupt(start_pos, e))?;
+            if header.last_offset() >= from {
+                break;
+            }
+            start_pos += header.total_len() as u64;
+        }
+        // One pread of up to `bytes_max`, then whole batches are cut from it; a first batch
+        // larger than that is read on its own.
+        let avail = usize::try_from(seg.limit.saturating_sub(start_pos)).unwrap_or(0);
+        if avail < batch::BATCH_HEADER_LEN {
+            // Nothing of this segment at or after `from`: the rest start at its end.
+            return Ok(if from < seg.end_offset {
+                seg.end_offset
+            } else {
+                from
+            });
+        }
+        out.resize(avail.min(bytes_max.max(batch::BATCH_HEADER_LEN)), 0);
+        seg.file
+            .read_exact_at(out, start_pos)
+            .map_err(ReadError::Io)?;
+        let mut pos = 0usize;
+        let mut next = from;
+        while pos + batch::BATCH_HEADER_LEN <= out.len() {
+            let at = start_pos + pos as u64;
+            let header = BatchHeader::parse_bounded(&out[pos..], BATCH_BYTES_MAX)
+                .map_err(|e| corrupt(at, e))?;
+            let total = header.total_len();
+            if header.base_offset >= visible.end_offset {
+                break;
+            }
+            if pos + total > out.len() {
+                if next > from {
+                    // Something is kept already: the next read starts with this batch.
+                    break;
+                }
+                if pos + total > avail {
+                    return Err(corrupt(
+                        at,
+                        batch::DecodeError::Incomplete { needed: total },
+                    ));
+                }
+                let had = out.len();
+                out.resize(pos + total, 0);
+                seg.file
+                    .read_exact_at(&mut out[had..], start_pos + had as u64)
+                    .map_err(ReadError::Io)?;
+            }
+            batch::check_batch(&out[pos..pos + total], BATCH_BYTES_MAX)
+                .map_err(|e| corrupt(at, e))?;
+            next = header.next_offset();
+            pos += total;
+        }
+        out.truncate(pos);
+        Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod read_batches_tests {
+    use std::sync::Arc;
+
+    use crate::clock::ManualClock;
+    use crate::log::Log;
+    use crate::log::batches::batches;
+    use crate::log::retention::tests::{append, config};
+
+    #[test]
+    fn every_offset_once_across_segments_from_any_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let (log, _) = Log::open(&config(dir.path(), ""), clock).unwrap();
+        // 1 KiB segments: batches of 1 to 3 records of 100 bytes roll often.
+        let mut end = 0;
+        for i in 0..40 {
+            end = append(&log, 1 + i % 3, 100) + 1;
+        }
+        let p = Arc::clone(&log.topic("t").unwrap().partitions[0]);
+        assert_eq!(p.visible().end_offset, end);
+        for (from, bytes_max) in [(0, 1), (0, 700), (5, 300), (end - 1, 1 << 20), (end, 64)] {
+            let mut buf = Vec::new();
+            let mut seen = Vec::new();
+            let mut next = from;
+            while next < end {
+                let after = p.read_batches(next, bytes_max, &mut buf).unwrap();
+                assert!(after > next, "progress from {next}");
+                for b in batches(&buf) {
+                    assert!(b.base_offset <= next.max(b.base_offset));
+                    seen.extend(b.records_from(next).map(|r| r.offset));
+                }
+                next = after;
+            }
+            let want: Vec<i64> = (from..end).collect();
+            assert_eq!(seen, want, "from {from}, {bytes_max} bytes at a time");
+            assert_eq!(p.read_batches(end, bytes_max, &mut buf).unwrap(), end);
+            assert!(buf.is_empty());
+        }
+        assert!(p.read_batches(end + 1, 10, &mut Vec::new()).is_err());
     }
 }

@@ -340,7 +340,7 @@ impl RetentionThread {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::clock::{Clock, ManualClock};
     use crate::config::Config;

@@ -277,6 +277,24 @@ impl AggState {
         }
     }
 
+    /// The value as a number to rank by (`top`): `None` when it has none or is not a
+    /// number.
+    pub fn sort_value(&self) -> Option<f64> {
+        #[allow(clippy::cast_precision_loss, reason = "ranking only")]
+        match self {
+            AggState::Count(c) => Some(*c as f64),
+            AggState::Sum { n: 0, .. } | AggState::Avg { n: 0, .. } => None,
+            AggState::Sum { exact: Some(e), .. } => Some(*e as f64),
+            AggState::Sum { float, .. } => Some(*float),
+            AggState::Avg { sum, n } => Some(sum / *n as f64),
+            AggState::Min(m) | AggState::Max(m) => m.map(Num::as_f64),
+            AggState::First(v) | AggState::Last(v) => v
+                .as_ref()
+                .and_then(|(_, raw)| Num::parse(raw))
+                .map(Num::as_f64),
+        }
+    }
+
     /// The value as JSON text; `null` when no event had a usable value.
     pub fn write_json(&self, out: &mut String) {
         match self {

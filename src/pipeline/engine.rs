@@ -74,6 +74,25 @@ pub struct ClosedRow {
     pub values: Vec<AggState>,
 }
 
+/// The state of one (pane, key).
+#[derive(Debug, Clone)]
+struct Cell {
+    /// One per aggregate, in spec order.
+    states: Vec<AggState>,
+    /// Listed in `Engine::changed`.
+    dirty: bool,
+    /// Listed in `Engine::unsaved`.
+    unsaved: bool,
+}
+
+/// What a checkpoint keeps of an engine besides its cells.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineHead {
+    pub marks: Watermarks,
+    pub next_close_ms: Option<i64>,
+    pub counters: Counters,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     pub counted: u64,
@@ -88,7 +107,13 @@ pub struct Engine {
     spec: Spec,
     marks: Watermarks,
     /// Pane start -> key -> one state per aggregate.
-    panes: BTreeMap<i64, HashMap<Arc<str>, Vec<AggState>>>,
+    panes: BTreeMap<i64, HashMap<Arc<str>, Cell>>,
+    /// (pane, key) cells changed since the last `take_changed`, each once (its `dirty`
+    /// flag says whether it is listed): what the hot view must refresh.
+    changed: Vec<(i64, Arc<str>)>,
+    /// (pane, key) cells changed since the last `take_unsaved`, each once: what the next
+    /// checkpoint writes.
+    unsaved: Vec<(i64, Arc<str>)>,
     /// Key -> starts of the panes holding state for it: a key's newest window without a
     /// scan.
     key_panes: HashMap<Arc<str>, BTreeSet<i64>>,
@@ -107,6 +132,8 @@ impl Engine {
             spec,
             marks,
             panes: BTreeMap::new(),
+            changed: Vec::new(),
+            unsaved: Vec::new(),
             key_panes: HashMap::new(),
             next_close_ms: None,
             closed: Vec::new(),
@@ -189,19 +216,30 @@ impl Engine {
             offset: input.offset,
         };
         let key = self.intern(pane, key);
-        let states = self
+        let cell = self
             .panes
             .entry(pane)
             .or_default()
-            .entry(key)
-            .or_insert_with(|| {
-                self.spec
+            .entry(Arc::clone(&key))
+            .or_insert_with(|| Cell {
+                states: self
+                    .spec
                     .aggregates
                     .iter()
                     .map(|a| AggState::new(a.func))
-                    .collect()
+                    .collect(),
+                dirty: false,
+                unsaved: false,
             });
-        for (agg, state) in self.spec.aggregates.iter().zip(states.iter_mut()) {
+        if !cell.unsaved {
+            cell.unsaved = true;
+            self.unsaved.push((pane, Arc::clone(&key)));
+        }
+        if !cell.dirty {
+            cell.dirty = true;
+            self.changed.push((pane, key));
+        }
+        for (agg, state) in self.spec.aggregates.iter().zip(cell.states.iter_mut()) {
             let value = match &agg.field {
                 Some(ptr) => json::pointer_get(input.envelope, ptr).ok().flatten(),
                 None => None,
@@ -242,11 +280,14 @@ impl Engine {
             let end = start + size;
             let mut rows: BTreeMap<Arc<str>, Vec<AggState>> = BTreeMap::new();
             for (_, keys) in self.panes.range(start..end) {
-                for (key, states) in keys {
+                for (key, cell) in keys {
                     match rows.get_mut(key) {
-                        Some(merged) => merged.iter_mut().zip(states).for_each(|(m, s)| m.merge(s)),
+                        Some(merged) => merged
+                            .iter_mut()
+                            .zip(&cell.states)
+                            .for_each(|(m, s)| m.merge(s)),
                         None => {
-                            rows.insert(Arc::clone(key), states.clone());
+                            rows.insert(Arc::clone(key), cell.states.clone());
                         }
                     }
                 }
@@ -313,14 +354,114 @@ impl Engine {
         let end = start_ms + self.spec.window.size_ms();
         let mut merged: Option<Vec<AggState>> = None;
         for (_, keys) in self.panes.range(start_ms..end) {
-            if let Some(states) = keys.get(key) {
+            if let Some(cell) = keys.get(key) {
                 match &mut merged {
-                    Some(m) => m.iter_mut().zip(states).for_each(|(m, s)| m.merge(s)),
-                    None => merged = Some(states.clone()),
+                    Some(m) => m.iter_mut().zip(&cell.states).for_each(|(m, s)| m.merge(s)),
+                    None => merged = Some(cell.states.clone()),
                 }
             }
         }
         merged
+    }
+
+    /// Calls `visit(start, key, values)` once for every open (window, key) whose values
+    /// changed since the last call, with its values merged from its panes.
+    pub fn take_changed(&mut self, mut visit: impl FnMut(i64, &Arc<str>, Vec<AggState>)) {
+        let mut changed = std::mem::take(&mut self.changed);
+        let mut windows: Vec<(i64, Arc<str>)> = Vec::with_capacity(changed.len());
+        for (pane, key) in changed.drain(..) {
+            // A pane dropped since (its windows closed) is answered by `take_closed`.
+            let Some(cell) = self.panes.get_mut(&pane).and_then(|k| k.get_mut(&key)) else {
+                continue;
+            };
+            cell.dirty = false;
+            for start in self.spec.window.window_starts(pane) {
+                if self.next_close_ms.is_some_and(|n| start >= n) {
+                    windows.push((start, Arc::clone(&key)));
+                }
+            }
+        }
+        // Reuse the list's allocation next time.
+        self.changed = changed;
+        if self.spec.window.size_ms() != self.spec.window.pane_ms() {
+            windows.sort_unstable();
+            windows.dedup();
+        }
+        for (start, key) in windows {
+            if let Some(values) = self.window_values(&key, start) {
+                visit(start, &key, values);
+            }
+        }
+    }
+
+    /// Calls `visit(pane, key, states)` for every cell changed since the last call that
+    /// still exists: what a checkpoint writes. Cells of dropped panes are older than
+    /// [`oldest_pane`](Self::oldest_pane).
+    pub fn take_unsaved(&mut self, mut visit: impl FnMut(i64, &Arc<str>, &[AggState])) {
+        let mut unsaved = std::mem::take(&mut self.unsaved);
+        for (pane, key) in unsaved.drain(..) {
+            if let Some(cell) = self.panes.get_mut(&pane).and_then(|k| k.get_mut(&key)) {
+                cell.unsaved = false;
+                visit(pane, &key, &cell.states);
+            }
+        }
+        self.unsaved = unsaved;
+    }
+
+    /// Lists every cell as unsaved: after a failed checkpoint, the next writes them all.
+    pub fn mark_all_unsaved(&mut self) {
+        self.unsaved.clear();
+        for (pane, keys) in &mut self.panes {
+            for (key, cell) in keys.iter_mut() {
+                cell.unsaved = true;
+                self.unsaved.push((*pane, Arc::clone(key)));
+            }
+        }
+    }
+
+    /// Start of the oldest pane held: panes are dropped oldest first.
+    pub fn oldest_pane(&self) -> Option<i64> {
+        self.panes.first_key_value().map(|(p, _)| *p)
+    }
+
+    /// Watermarks, close position and counters, for a checkpoint.
+    pub fn head(&self) -> EngineHead {
+        EngineHead {
+            marks: self.marks.clone(),
+            next_close_ms: self.next_close_ms,
+            counters: self.counters,
+        }
+    }
+
+    /// An engine as a checkpoint left it: `head` and every cell. Every cell counts as
+    /// changed, so the hot view is filled from it.
+    pub fn restore(
+        spec: Spec,
+        head: EngineHead,
+        cells: impl IntoIterator<Item = (i64, Arc<str>, Vec<AggState>)>,
+    ) -> Engine {
+        let mut e = Engine::new(spec);
+        e.marks = head.marks;
+        e.next_close_ms = head.next_close_ms;
+        e.counters = head.counters;
+        for (pane, key, states) in cells {
+            let key = e.intern(pane, &key);
+            e.changed.push((pane, Arc::clone(&key)));
+            e.panes.entry(pane).or_default().insert(
+                key,
+                Cell {
+                    states,
+                    dirty: true,
+                    unsaved: false,
+                },
+            );
+        }
+        e
+    }
+
+    /// (pane, key) cells held: the size of the state.
+    pub fn cells(&self) -> usize {
+        self.panes.values().map(HashMap::len).sum()
     }
 
     /// Start of `key`'s newest window with state, if it is still open.

@@ -82,6 +82,36 @@ impl Watermarks {
         self.combined
     }
 
+    /// What a checkpoint keeps: (per partition marks, first append, newest append,
+    /// combined watermark).
+    pub fn parts(&self) -> (&[PartitionMark], Option<i64>, i64, i64) {
+        (
+            &self.partitions,
+            self.first_append_ms,
+            self.newest_append_ms,
+            self.combined,
+        )
+    }
+
+    /// Watermarks as a checkpoint kept them (see [`parts`](Self::parts)).
+    pub fn from_parts(
+        out_of_orderness_ms: i64,
+        idle_ms: i64,
+        partitions: Vec<PartitionMark>,
+        first_append_ms: Option<i64>,
+        newest_append_ms: i64,
+        combined: i64,
+    ) -> Watermarks {
+        Watermarks {
+            out_of_orderness_ms,
+            idle_ms,
+            partitions,
+            first_append_ms,
+            newest_append_ms,
+            combined,
+        }
+    }
+
     pub fn partitions(&self) -> &[PartitionMark] {
         &self.partitions
     }

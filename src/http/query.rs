@@ -1,0 +1,415 @@
+//! Pipeline results: `GET /v1/pipelines`, `/v1/pipelines/{name}/keys/{key}`,
+//! `/v1/pipelines/{name}/top`, and the `[[route]]` paths of the seed's services.
+//!
+//! Everything is answered from the pipelines' hot views (`pipeline::view`) under their
+//! read lock, held for one lookup and the writing of the answer; never across an await.
+//! Answers are written by hand into one buffer: these are the hot read paths.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::SharedState;
+use super::errors::{ApiError, ErrorCode};
+use crate::config::{QueryWindow, RouteConfig, RouteResponse, RouteTarget};
+use crate::event::{format_rfc3339_ms, parse_timestamp};
+use crate::json::write_str_into;
+use crate::limits::{QUERY_TOP_MAX, QUERY_WINDOWS_MAX};
+use crate::pipeline::runner::PipelineHandle;
+use crate::pipeline::view::{HotView, Row, Which};
+use crate::pipeline::watermark;
+
+type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
+
+fn params<T>(query: QueryResult<T>) -> Result<T, ApiError> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidParameter, e.body_text()))
+}
+
+fn lookup<'a>(state: &'a SharedState, name: &str) -> Result<&'a PipelineHandle, ApiError> {
+    state
+        .pipelines
+        .get(name)
+        .map(AsRef::as_ref)
+        .ok_or_else(|| ApiError::new(ErrorCode::UnknownPipeline, format!("no pipeline {name:?}")))
+}
+
+fn ok(body: Vec<u8>) -> Response {
+    super::json_bytes(StatusCode::OK, body)
+}
+
+fn write_time(ms: i64, out: &mut Vec<u8>) {
+    if ms == watermark::NONE {
+        out.extend_from_slice(b"null");
+    } else {
+        out.push(b'"');
+        format_rfc3339_ms(ms, out);
+        out.push(b'"');
+    }
+}
+
+fn write_num(n: impl itoa::Integer, out: &mut Vec<u8>) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// `{"start","end","final","complete","values":{...}}`.
+fn write_window(view: &HotView, start: i64, row: &Row, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"start\":");
+    write_time(start, out);
+    out.extend_from_slice(b",\"end\":");
+    write_time(row.end_ms, out);
+    out.extend_from_slice(if row.is_final {
+        b",\"final\":true"
+    } else {
+        b",\"final\":false"
+    });
+    out.extend_from_slice(if row.complete {
+        b",\"complete\":true,\"values\":{"
+    } else {
+        b",\"complete\":false,\"values\":{"
+    });
+    let mut text = String::new();
+    for (i, (name, value)) in view.aggregates.iter().zip(row.values.iter()).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str_into(name, out);
+        out.push(b':');
+        text.clear();
+        value.write_json(&mut text);
+        out.extend_from_slice(text.as_bytes());
+    }
+    out.extend_from_slice(b"}}");
+}
+
+/// `GET /v1/pipelines`.
+pub async fn list(State(state): State<SharedState>) -> Response {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"{\"pipelines\":[");
+    for (i, p) in state.pipelines.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let lag = p.lag();
+        let (wm, open, bytes) = p
+            .view
+            .read(|s| (s.watermark, s.open_windows, s.state_bytes));
+        out.extend_from_slice(b"{\"name\":");
+        write_str_into(&p.config.name, &mut out);
+        out.extend_from_slice(b",\"source\":");
+        write_str_into(&p.config.source, &mut out);
+        out.extend_from_slice(b",\"watermark\":");
+        write_time(wm, &mut out);
+        out.extend_from_slice(b",\"lag\":");
+        write_num(lag, &mut out);
+        out.extend_from_slice(b",\"open_windows\":");
+        write_num(open, &mut out);
+        out.extend_from_slice(b",\"state_bytes\":");
+        write_num(bytes, &mut out);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    ok(out)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyQuery {
+    window: Option<String>,
+    windows: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// What a key query asks for.
+enum KeyAsk {
+    One(Which),
+    Newest(usize),
+    Range { from_ms: i64, to_ms: i64 },
+}
+
+fn which(text: &str, allowed: &[(&str, Which)]) -> Result<Which, ApiError> {
+    allowed
+        .iter()
+        .find(|(n, _)| *n == text)
+        .map(|(_, w)| *w)
+        .ok_or_else(|| {
+            let names: Vec<&str> = allowed.iter().map(|(n, _)| *n).collect();
+            ApiError::new(
+                ErrorCode::InvalidParameter,
+                format!("window must be one of {}, not {text:?}", names.join(", ")),
+            )
+        })
+}
+
+const KEY_WINDOWS: &[(&str, Which)] = &[
+    ("latest", Which::Latest),
+    ("last_closed", Which::LastClosed),
+    ("current", Which::Current),
+];
+
+fn time_param(name: &str, text: &str) -> Result<i64, ApiError> {
+    parse_timestamp(text).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidParameter,
+            format!("{name} is not a time (RFC 3339 or epoch ms): {e}"),
+        )
+    })
+}
+
+impl KeyQuery {
+    fn ask(&self) -> Result<KeyAsk, ApiError> {
+        let ranged = self.from.is_some() || self.to.is_some();
+        let forms = usize::from(self.window.is_some())
+            + usize::from(self.windows.is_some())
+            + usize::from(ranged);
+        if forms > 1 {
+            return Err(ApiError::new(
+                ErrorCode::InvalidParameter,
+                "give one of window, windows, or from/to",
+            ));
+        }
+        if let Some(n) = &self.windows {
+            let n: usize = n
+                .parse()
+                .ok()
+                .filter(|n| (1..=QUERY_WINDOWS_MAX).contains(n))
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::InvalidParameter,
+                        format!("windows must be a number from 1 to {QUERY_WINDOWS_MAX}"),
+                    )
+                })?;
+            return Ok(KeyAsk::Newest(n));
+        }
+        if ranged {
+            let from_ms = match &self.from {
+                Some(t) => time_param("from", t)?,
+                None => i64::MIN,
+            };
+            let to_ms = match &self.to {
+                Some(t) => time_param("to", t)?,
+                None => i64::MAX,
+            };
+            return Ok(KeyAsk::Range { from_ms, to_ms });
+        }
+        Ok(KeyAsk::One(match &self.window {
+            Some(w) => which(w, KEY_WINDOWS)?,
+            None => Which::Latest,
+        }))
+    }
+}
+
+fn no_window(key: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::NoWindow,
+        format!("key {key:?} has no such window"),
+    )
+}
+
+/// The v1 answer for `key` of `p`.
+fn key_answer(p: &PipelineHandle, key: &str, ask: &KeyAsk) -> Result<Vec<u8>, ApiError> {
+    let view = &p.view;
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"{\"pipeline\":");
+    write_str_into(&p.config.name, &mut out);
+    out.extend_from_slice(b",\"key\":");
+    write_str_into(key, &mut out);
+    view.read(|s| {
+        let rows = match ask {
+            KeyAsk::One(which) => {
+                let (start, row) = s.key_window(key, *which).ok_or_else(|| no_window(key))?;
+                out.extend_from_slice(b",\"window\":");
+                write_window(view, start, row, &mut out);
+                out.push(b'}');
+                return Ok::<(), ApiError>(());
+            }
+            KeyAsk::Newest(n) => s.key_newest(key, *n),
+            KeyAsk::Range { from_ms, to_ms } => {
+                s.key_range(key, *from_ms, *to_ms, QUERY_WINDOWS_MAX)
+            }
+        };
+        out.extend_from_slice(b",\"windows\":[");
+        for (i, (start, row)) in rows.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_window(view, start, row, &mut out);
+        }
+        out.extend_from_slice(b"]}");
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// `GET /v1/pipelines/{name}/keys/{key}`.
+pub async fn key(
+    State(state): State<SharedState>,
+    Path((name, key)): Path<(String, String)>,
+    query: QueryResult<KeyQuery>,
+) -> Result<Response, ApiError> {
+    let p = lookup(&state, &name)?;
+    let ask = params(query)?.ask()?;
+    key_answer(p, &key, &ask).map(ok)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopQuery {
+    n: Option<String>,
+    window: Option<String>,
+    by: Option<String>,
+}
+
+/// `GET /v1/pipelines/{name}/top?n=10&window=last_closed|current&by=<aggregate>`:
+/// `{"pipeline", "window": {"start", "end"} or null, "by", "keys": [{"key", "final",
+/// "complete", "values"}]}`.
+pub async fn top(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+    query: QueryResult<TopQuery>,
+) -> Result<Response, ApiError> {
+    let p = lookup(&state, &name)?;
+    let q = params(query)?;
+    let n = match &q.n {
+        Some(t) => t
+            .parse()
+            .ok()
+            .filter(|n| (1..=QUERY_TOP_MAX).contains(n))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::InvalidParameter,
+                    format!("n must be a number from 1 to {QUERY_TOP_MAX}"),
+                )
+            })?,
+        None => 10,
+    };
+    let which = match &q.window {
+        Some(w) => which(
+            w,
+            &[
+                ("last_closed", Which::LastClosed),
+                ("current", Which::Current),
+            ],
+        )?,
+        None => Which::LastClosed,
+    };
+    let view = &p.view;
+    let by = match &q.by {
+        Some(b) => view.aggregates.iter().position(|a| a == b).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidParameter,
+                format!("by must name an aggregate of pipeline {name:?}, not {b:?}"),
+            )
+        })?,
+        None => 0,
+    };
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"{\"pipeline\":");
+    write_str_into(&p.config.name, &mut out);
+    out.extend_from_slice(b",\"by\":");
+    write_str_into(view.aggregates.get(by).map_or("", String::as_str), &mut out);
+    view.read(|s| {
+        let Some(start) = s.pipeline_window(which) else {
+            out.extend_from_slice(b",\"window\":null,\"keys\":[]}");
+            return;
+        };
+        let rows = s.top(start, by, n);
+        out.extend_from_slice(b",\"window\":{\"start\":");
+        write_time(start, &mut out);
+        out.extend_from_slice(b",\"end\":");
+        write_time(start.saturating_add(view.window_size_ms), &mut out);
+        out.extend_from_slice(b"},\"keys\":[");
+        for (i, (key, row)) in rows.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"key\":");
+            write_str_into(key, &mut out);
+            out.extend_from_slice(b",\"window\":");
+            write_window(view, start, row, &mut out);
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
+    });
+    Ok(ok(out))
+}
+
+/// A `[[route]]` that ingests: the v1 ingest, answered 200 `{"status":"accepted"}` for
+/// `response = "seed"`.
+pub async fn route_ingest(
+    state: SharedState,
+    topic: String,
+    response: RouteResponse,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let answer = super::ingest::handle(&state, &topic, Ok(Default::default()), request).await?;
+    Ok(match response {
+        RouteResponse::V1 => answer,
+        RouteResponse::Seed => {
+            let mut seed = ok(br#"{"status":"accepted"}"#.to_vec());
+            if let Some(d) = answer.headers().get("weir-durability") {
+                seed.headers_mut().insert("weir-durability", d.clone());
+            }
+            seed
+        }
+    })
+}
+
+/// A `[[route]]` that queries: the key is the path placeholder the route names.
+pub async fn route_query(
+    state: SharedState,
+    route: &RouteConfig,
+    params: HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let RouteTarget::Query {
+        pipeline,
+        key,
+        aggregate,
+        window,
+    } = &route.target
+    else {
+        return Err(ApiError::new(ErrorCode::InternalError, "not a query route"));
+    };
+    let p = lookup(&state, pipeline)?;
+    let key_value = params.get(key).map_or("", String::as_str);
+    let which = match window {
+        QueryWindow::Latest => Which::Latest,
+        QueryWindow::LastClosed => Which::LastClosed,
+        QueryWindow::Current => Which::Current,
+    };
+    if route.response == RouteResponse::V1 {
+        return key_answer(p, key_value, &KeyAsk::One(which)).map(ok);
+    }
+    // The seed's shape: {"<key>": "...", "<aggregate>": value}, 0 without a window.
+    let view = &p.view;
+    let mut out = Vec::with_capacity(64);
+    out.push(b'{');
+    write_str_into(key, &mut out);
+    out.push(b':');
+    write_str_into(key_value, &mut out);
+    let mut text = String::new();
+    view.read(|s| {
+        let row = s.key_window(key_value, which);
+        for (i, name) in view.aggregates.iter().enumerate() {
+            if aggregate.as_ref().is_some_and(|a| a != name) {
+                continue;
+            }
+            out.push(b',');
+            write_str_into(name, &mut out);
+            out.push(b':');
+            text.clear();
+            match row.and_then(|(_, r)| r.values.get(i)) {
+                Some(v) => v.write_json(&mut text),
+                None => text.push('0'),
+            }
+            out.extend_from_slice(text.as_bytes());
+        }
+    });
+    out.push(b'}');
+    Ok(ok(out))
+}

@@ -1,0 +1,691 @@
+//! The thread that runs one pipeline: reads every partition of its source topic, feeds
+//! the batches to its [`Engine`] and publishes results to its [`HotView`].
+//!
+//! One OS thread per pipeline: the engine is single-threaded and pure, and the log reads
+//! are blocking file IO, so neither touches a tokio worker. The thread waits for appends
+//! on the partitions' visible-end watch channels (through a handle of the runtime), with
+//! a bound ([`IDLE_WAIT`]) so a stop is seen even without appends; it never polls busily.
+//!
+//! Read order across partitions: each partition is read in offset order into its own
+//! buffer of whole batches; among the batches at the heads of the buffers the one with the
+//! smallest `(append time, partition, base offset)` goes next, so batches are merged in
+//! append-time order. This is deterministic over what is visible at once: replaying a log
+//! that is all visible gives the same sequence. Its limit: a batch that becomes visible
+//! only after a later-stamped batch of another partition was taken (append times are
+//! stamped before the write and the fsync) is taken when it appears, later than a replay
+//! would take it; only windows at the edge of the watermark can tell the difference. A
+//! partition with nothing visible does not hold the others back (that would stall on a
+//! partition that receives nothing).
+//!
+//! Checkpoints (exactly once): every `checkpoint_interval`, and at a stop, the thread
+//! makes its input offsets durable (under `always` they are; otherwise it asks for an
+//! fsync round and waits for it), then commits one atomic sled batch holding the offsets,
+//! the engine head, the pane cells changed since the last checkpoint and the rows closed
+//! since, flushed before it counts; then those rows turn `final`. A start restores the
+//! engine and offsets from it and reads on from there, so every record counts once. A
+//! pipeline whose definition changed (its fingerprint) is rebuilt from the log.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+
+use super::aggregate::Aggregate;
+use super::engine::{Engine, Input, Spec, TimeMode};
+use super::key::{Filter, GroupBy};
+use super::view::{HotView, Row};
+use super::window::WindowKind;
+use crate::config::{Config, FsyncMode, PipelineConfig, PipelineTime, WindowConfig};
+use crate::log::Log;
+use crate::log::batches::BatchView;
+use crate::log::partition::{Partition, ReadError, Visible};
+use crate::metrics as m;
+use crate::store::codec::Writer;
+use crate::store::{Checkpoint, PipelineStore, Store};
+
+/// Bytes of whole batches read from one partition at a time.
+pub const READ_CHUNK_BYTES: usize = 1 << 20;
+/// Longest the thread processes before it publishes to the view: bounds how stale an
+/// answer is while input keeps coming.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(10);
+/// Longest an idle thread sleeps without a wake-up: bounds how late a stop is seen.
+pub const IDLE_WAIT: Duration = Duration::from_millis(200);
+/// Longest the thread waits after a read error before retrying.
+pub const ERROR_BACKOFF: Duration = Duration::from_secs(1);
+/// How often the view drops expired windows.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest a checkpoint waits for its source offsets to become durable (`interval` and
+/// `never` topics); past it the checkpoint is skipped and tried again next interval.
+pub const DURABLE_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// The fingerprint of what a pipeline computes: a checkpoint of another definition is
+/// not restored. `Debug` text is stable within a build, and a new build may rebuild.
+pub fn fingerprint(c: &PipelineConfig) -> u64 {
+    let text = format!(
+        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        c.source,
+        c.filter,
+        c.group_by,
+        c.window,
+        c.time,
+        c.max_out_of_orderness,
+        c.idle_timeout,
+        c.allowed_lateness,
+        c.aggregates
+    );
+    xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+}
+
+/// The engine's spec for a configured pipeline over a topic of `partitions`.
+pub fn spec_of(config: &PipelineConfig, partitions: usize) -> Spec {
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    Spec {
+        window: match config.window {
+            WindowConfig::Tumbling { size } => WindowKind::Tumbling { size_ms: ms(size) },
+            WindowConfig::Hopping { size, slide } => WindowKind::Hopping {
+                size_ms: ms(size),
+                slide_ms: ms(slide),
+            },
+        },
+        time: match config.time {
+            PipelineTime::Event => TimeMode::Event,
+            PipelineTime::Ingest => TimeMode::Ingest,
+        },
+        out_of_orderness_ms: ms(config.max_out_of_orderness),
+        idle_ms: ms(config.idle_timeout),
+        allowed_lateness_ms: ms(config.allowed_lateness),
+        filter: Filter::new(&config.filter),
+        group_by: GroupBy::new(config.group_by.clone()),
+        aggregates: config
+            .aggregates
+            .iter()
+            .map(|a| Aggregate {
+                name: a.name.clone(),
+                func: a.func,
+                field: a.field.clone(),
+            })
+            .collect(),
+        partitions,
+    }
+}
+
+/// A running pipeline, as the rest of weir sees it.
+pub struct PipelineHandle {
+    pub config: PipelineConfig,
+    pub view: Arc<HotView>,
+    /// The source topic's partitions, for lag.
+    pub partitions: Vec<Arc<Partition>>,
+    stop: watch::Sender<bool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Set once the lag first fell to `ready_lag`: readiness waits for that once.
+    caught_up: std::sync::atomic::AtomicBool,
+}
+
+impl PipelineHandle {
+    /// Whether the pipeline has caught up to within `ready_lag` since start (once true,
+    /// it stays true: readiness waits for pipelines only once).
+    pub fn caught_up(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.caught_up.load(Ordering::Acquire) {
+            return true;
+        }
+        let published = self.view.read(|s| s.published);
+        if published && self.lag() <= self.config.ready_lag {
+            self.caught_up.store(true, Ordering::Release);
+            return true;
+        }
+        false
+    }
+
+    /// Records between the processed offsets and the visible ends.
+    pub fn lag(&self) -> u64 {
+        let next = self.view.read(|s| s.next_offsets.clone());
+        self.partitions
+            .iter()
+            .zip(next)
+            .map(|(p, n)| u64::try_from(p.visible().end_offset - n).unwrap_or(0))
+            .sum()
+    }
+}
+
+/// Every configured pipeline.
+#[derive(Default)]
+pub struct Pipelines {
+    list: Vec<Arc<PipelineHandle>>,
+}
+
+impl Pipelines {
+    /// Starts a thread per configured pipeline, each restored from its checkpoint in
+    /// `store`. `runtime` is used to wait on appends.
+    pub fn start(
+        config: &Config,
+        log: &Log,
+        store: &Store,
+        runtime: &Handle,
+    ) -> Result<Pipelines, crate::store::StoreError> {
+        let mut list = Vec::new();
+        for pc in &config.pipelines {
+            let Some(topic) = log.topic(&pc.source) else {
+                // The config check makes every source a topic.
+                return Err(crate::store::StoreError::Start(format!(
+                    "pipeline {:?}: no topic {:?}",
+                    pc.name, pc.source
+                )));
+            };
+            let partitions = topic.partitions.clone();
+            let spec = spec_of(pc, partitions.len());
+            let view = Arc::new(HotView::new(
+                spec.aggregates.iter().map(|a| a.name.clone()).collect(),
+                spec.window.size_ms(),
+                spec.allowed_lateness_ms,
+                partitions.len(),
+            ));
+            let (stop, stop_rx) = watch::channel(false);
+            let task = Task::new(
+                pc,
+                spec,
+                store.pipeline(&pc.name),
+                Arc::clone(&view),
+                &partitions,
+                stop_rx,
+                runtime.clone(),
+            )?;
+            let thread = std::thread::Builder::new()
+                .name(format!("weir-pipe-{}", pc.name))
+                .spawn(move || task.run())
+                .map_err(|e| crate::store::StoreError::Start(e.to_string()))?;
+            list.push(Arc::new(PipelineHandle {
+                config: pc.clone(),
+                view,
+                partitions,
+                stop,
+                thread: Mutex::new(Some(thread)),
+                caught_up: std::sync::atomic::AtomicBool::new(false),
+            }));
+        }
+        Ok(Pipelines { list })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<PipelineHandle>> {
+        self.list.iter().find(|p| p.config.name == name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<PipelineHandle>> {
+        self.list.iter()
+    }
+
+    /// Stops every pipeline thread and waits for it. Blocking: call off the runtime.
+    pub fn stop(&self) {
+        for p in &self.list {
+            p.stop.send_replace(true);
+        }
+        for p in &self.list {
+            if let Some(t) = p.thread.lock().take()
+                && t.join().is_err()
+            {
+                tracing::error!(pipeline = %p.config.name, "pipeline thread panicked");
+            }
+        }
+    }
+}
+
+/// One source partition as the thread reads it.
+struct Source {
+    partition: Arc<Partition>,
+    rx: watch::Receiver<Visible>,
+    /// Next offset to hand to the engine.
+    next: i64,
+    /// Whole batches read and not yet taken, from `pos`.
+    buf: Vec<u8>,
+    pos: usize,
+    /// The batch at `pos`: (append time, base offset, length).
+    head: Option<(i64, i64, usize)>,
+    /// After a read error: no read before this.
+    retry_at: Option<Instant>,
+}
+
+impl Source {
+    /// Reads more when the buffer is used up and more is visible. Returns whether a batch
+    /// is at the head.
+    fn fill(&mut self, pipeline: &str, missed: &mut u64) -> bool {
+        if self.head.is_some() {
+            return true;
+        }
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        self.retry_at = None;
+        loop {
+            let visible = *self.rx.borrow_and_update();
+            if self.next >= visible.end_offset {
+                return false;
+            }
+            match self
+                .partition
+                .read_batches(self.next, READ_CHUNK_BYTES, &mut self.buf)
+            {
+                Ok(next) => {
+                    self.pos = 0;
+                    self.set_head();
+                    if self.head.is_some() {
+                        return true;
+                    }
+                    if next == self.next {
+                        return false;
+                    }
+                    // A segment held nothing more: on to the next one.
+                    self.next = next;
+                }
+                Err(ReadError::OutOfRange { start, .. }) if self.next < start => {
+                    let lost = start - self.next;
+                    tracing::warn!(
+                        pipeline,
+                        partition = self.partition.id,
+                        from = self.next,
+                        to = start,
+                        "retention removed records the pipeline had not read"
+                    );
+                    *missed += u64::try_from(lost).unwrap_or(0);
+                    self.next = start;
+                }
+                Err(e) => {
+                    tracing::error!(pipeline, partition = self.partition.id, error = %e, "pipeline read failed; retrying");
+                    self.retry_at = Some(Instant::now() + ERROR_BACKOFF);
+                    return false;
+                }
+            }
+        }
+    }
+
+    fn set_head(&mut self) {
+        self.head = self
+            .buf
+            .get(self.pos..)
+            .and_then(BatchView::parse)
+            .map(|(v, len)| (v.append_ms, v.base_offset, len));
+    }
+}
+
+/// Makes `partition` durable through offset `end` (exclusive): under `always` the
+/// visible end already is; otherwise an fsync round is asked for and waited on, bounded
+/// by [`DURABLE_WAIT_MAX`]. False if it did not happen.
+fn make_durable(partition: &Arc<Partition>, end: i64) -> bool {
+    if partition.fsync_mode() == FsyncMode::Always || partition.durable_end() >= end {
+        return true;
+    }
+    partition.request_sync();
+    let deadline = Instant::now() + DURABLE_WAIT_MAX;
+    // fsync rounds publish no signal for buffered topics: poll at a short, bounded step.
+    while partition.durable_end() < end {
+        if partition.is_fenced() || Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
+/// Metric handles of one pipeline, resolved once.
+struct PipelineMetrics {
+    records_in: metrics::Counter,
+    rows_out: metrics::Counter,
+    late: metrics::Counter,
+    watermark: metrics::Gauge,
+    open_windows: metrics::Gauge,
+    lag: Vec<metrics::Gauge>,
+    checkpoint_seconds: metrics::Histogram,
+    rows_closed: u64,
+}
+
+impl PipelineMetrics {
+    fn new(name: &str, partitions: usize) -> PipelineMetrics {
+        let l = || [("pipeline", name.to_string())];
+        PipelineMetrics {
+            records_in: metrics::counter!(m::PIPELINE_RECORDS_IN, &l()),
+            rows_out: metrics::counter!(m::PIPELINE_ROWS_OUT, &l()),
+            late: metrics::counter!(m::PIPELINE_LATE, &l()),
+            watermark: metrics::gauge!(m::PIPELINE_WATERMARK, &l()),
+            open_windows: metrics::gauge!(m::PIPELINE_OPEN_WINDOWS, &l()),
+            lag: (0..partitions)
+                .map(|p| {
+                    let labels = [("pipeline", name.to_string()), ("partition", p.to_string())];
+                    metrics::gauge!(m::PIPELINE_LAG, &labels)
+                })
+                .collect(),
+            checkpoint_seconds: metrics::histogram!(m::PIPELINE_CHECKPOINT_SECONDS, &l()),
+            rows_closed: 0,
+        }
+    }
+}
+
+/// What the thread owns.
+struct Task {
+    metrics: PipelineMetrics,
+    name: String,
+    engine: Engine,
+    view: Arc<HotView>,
+    sources: Vec<Source>,
+    stop: watch::Receiver<bool>,
+    runtime: Handle,
+    retain_ms: i64,
+    /// Records retention removed before they were read.
+    missed: u64,
+    store: PipelineStore,
+    checkpoint_interval: Duration,
+    /// Rows closed since the last checkpoint: written by the next, then final.
+    pending_rows: Vec<(i64, Arc<str>, i64, Vec<u8>)>,
+    /// Anything taken since the last checkpoint.
+    unsaved: bool,
+}
+
+impl Task {
+    #[allow(clippy::too_many_arguments, reason = "one call site, all distinct")]
+    fn new(
+        config: &PipelineConfig,
+        spec: Spec,
+        store: PipelineStore,
+        view: Arc<HotView>,
+        partitions: &[Arc<Partition>],
+        stop: watch::Receiver<bool>,
+        runtime: Handle,
+    ) -> Result<Task, crate::store::StoreError> {
+        let mut starts: Vec<i64> = partitions.iter().map(|p| p.start_offset()).collect();
+        let restored =
+            store.restore(fingerprint(config), spec.out_of_orderness_ms, spec.idle_ms)?;
+        let restored = restored.filter(|r| {
+            // Offsets past a visible end mean the log lost what the checkpoint read
+            // (it never should: offsets are made durable first): rebuild.
+            let fits = r.offsets.len() == partitions.len()
+                && r.offsets.iter().zip(partitions).all(|(o, p)| *o <= p.visible().end_offset);
+            if !fits {
+                tracing::warn!(pipeline = %config.name, "checkpoint does not fit the log; rebuilding from the log");
+            }
+            fits
+        });
+        let engine = match restored {
+            Some(r) => {
+                tracing::info!(pipeline = %config.name, cells = r.cells.len(), "pipeline restored from its checkpoint");
+                for (s, o) in starts.iter_mut().zip(&r.offsets) {
+                    *s = (*s).max(*o);
+                }
+                let rows = store.rows(super::view::VIEW_WINDOWS_MAX)?;
+                view.write(|v| {
+                    for row in rows {
+                        v.upsert(
+                            row.start_ms,
+                            &row.key,
+                            Row {
+                                end_ms: row.end_ms,
+                                closed: true,
+                                is_final: true,
+                                complete: true,
+                                values: row.values.into_boxed_slice(),
+                            },
+                        );
+                    }
+                });
+                Engine::restore(spec, r.head, r.cells)
+            }
+            None => Engine::new(spec),
+        };
+        let sources = partitions
+            .iter()
+            .zip(starts)
+            .map(|(p, next)| Source {
+                partition: Arc::clone(p),
+                rx: p.subscribe(),
+                next,
+                buf: Vec::new(),
+                pos: 0,
+                head: None,
+                retry_at: None,
+            })
+            .collect();
+        Ok(Task {
+            metrics: PipelineMetrics::new(&config.name, partitions.len()),
+            name: config.name.clone(),
+            engine,
+            view,
+            sources,
+            stop,
+            runtime,
+            retain_ms: i64::try_from(config.retain_results.as_millis()).unwrap_or(i64::MAX),
+            missed: 0,
+            store,
+            checkpoint_interval: config.checkpoint_interval,
+            pending_rows: Vec::new(),
+            unsaved: true,
+        })
+    }
+
+    fn run(mut self) {
+        tracing::info!(pipeline = %self.name, "pipeline started");
+        let mut last_prune = Instant::now();
+        let mut last_checkpoint = Instant::now();
+        // A restored engine's open windows, and the watermark, for the view at once.
+        self.publish(false);
+        while !*self.stop.borrow() {
+            let started = Instant::now();
+            let mut taken = 0usize;
+            while started.elapsed() < PUBLISH_INTERVAL && self.step() {
+                taken += 1;
+            }
+            self.unsaved |= taken > 0;
+            let prune = last_prune.elapsed() >= PRUNE_INTERVAL;
+            if taken > 0 || prune {
+                self.publish(prune);
+                if prune {
+                    last_prune = Instant::now();
+                }
+            }
+            if last_checkpoint.elapsed() >= self.checkpoint_interval {
+                self.checkpoint();
+                last_checkpoint = Instant::now();
+            }
+            if taken == 0 {
+                self.wait();
+            }
+        }
+        self.publish(false);
+        self.checkpoint();
+        tracing::info!(pipeline = %self.name, "pipeline stopped");
+    }
+
+    /// Takes the next batch in read order. Returns false when none is visible.
+    fn step(&mut self) -> bool {
+        let mut best: Option<(i64, usize, i64)> = None;
+        for (i, s) in self.sources.iter_mut().enumerate() {
+            if !s.fill(&self.name, &mut self.missed) {
+                continue;
+            }
+            if let Some((append_ms, base, _)) = s.head
+                && best.is_none_or(|b| (append_ms, i, base) < b)
+            {
+                best = Some((append_ms, i, base));
+            }
+        }
+        let Some((_, i, _)) = best else {
+            return false;
+        };
+        let s = &mut self.sources[i];
+        let Some((view, len)) = s.buf.get(s.pos..).and_then(BatchView::parse) else {
+            s.head = None;
+            return true;
+        };
+        let partition = s.partition.id;
+        let records = view.records_from(s.next).map(|r| Input {
+            offset: r.offset,
+            event_ms: r.timestamp_ms,
+            event_type: std::str::from_utf8(r.event_type).unwrap_or(""),
+            envelope: std::str::from_utf8(r.value).unwrap_or(""),
+        });
+        self.engine
+            .process_batch(partition, view.append_ms, records, |_, _| {});
+        s.next = view.last_offset + 1;
+        s.pos += len;
+        s.set_head();
+        true
+    }
+
+    /// Hands what changed to the view: values gathered first, then one write lock.
+    fn publish(&mut self, prune: bool) {
+        let size = self.engine.spec().window.size_ms();
+        let mut rows: Vec<(i64, Arc<str>, Row)> = Vec::new();
+        self.engine.take_changed(|start, key, values| {
+            rows.push((
+                start,
+                Arc::clone(key),
+                Row {
+                    end_ms: start + size,
+                    closed: false,
+                    is_final: false,
+                    complete: true,
+                    values: values.into_boxed_slice(),
+                },
+            ));
+        });
+        for c in self.engine.take_closed() {
+            self.metrics.rows_closed += 1;
+            let mut states = Vec::new();
+            Writer(&mut states).states(&c.values);
+            self.pending_rows
+                .push((c.start_ms, Arc::clone(&c.key), c.end_ms, states));
+            rows.push((
+                c.start_ms,
+                c.key,
+                Row {
+                    end_ms: c.end_ms,
+                    closed: true,
+                    is_final: false,
+                    complete: true,
+                    values: c.values.into_boxed_slice(),
+                },
+            ));
+        }
+        let watermark = self.engine.watermark();
+        let open_windows = self.engine.open_windows();
+        let cells = self.engine.cells();
+        let per_cell = std::mem::size_of::<super::aggregate::AggState>()
+            * self.engine.spec().aggregates.len()
+            + 64;
+        let next_offsets: Vec<i64> = self.sources.iter().map(|s| s.next).collect();
+        let (retain_ms, missed) = (self.retain_ms, self.missed);
+        let c = self.engine.counters();
+        let pm = &self.metrics;
+        pm.records_in
+            .absolute(c.counted + c.filtered + c.late + c.no_key);
+        pm.late.absolute(c.late);
+        pm.rows_out.absolute(pm.rows_closed);
+        if watermark != super::watermark::NONE {
+            #[allow(clippy::cast_precision_loss, reason = "a gauge")]
+            pm.watermark.set(watermark as f64 / 1000.0);
+        }
+        #[allow(clippy::cast_precision_loss, reason = "a gauge")]
+        pm.open_windows.set(open_windows as f64);
+        for (s, g) in self.sources.iter().zip(&pm.lag) {
+            #[allow(clippy::cast_precision_loss, reason = "a gauge")]
+            g.set((s.partition.visible().end_offset - s.next).max(0) as f64);
+        }
+        self.view.write(|v| {
+            for (start, key, row) in rows {
+                v.upsert(start, &key, row);
+            }
+            v.watermark = watermark;
+            v.open_windows = open_windows;
+            v.state_bytes = (cells * per_cell) as u64;
+            v.next_offsets = next_offsets;
+            v.missed_records = missed;
+            v.published = true;
+            if prune {
+                v.prune(retain_ms);
+            }
+        });
+    }
+
+    /// Commits a checkpoint if anything was taken since the last one; then the rows it
+    /// holds turn final. A failure is logged and retried at the next interval: the
+    /// previous checkpoint still stands.
+    fn checkpoint(&mut self) {
+        if !self.unsaved {
+            return;
+        }
+        let started = Instant::now();
+        let offsets: Vec<i64> = self.sources.iter().map(|s| s.next).collect();
+        for s in &self.sources {
+            if !make_durable(&s.partition, s.next) {
+                tracing::warn!(pipeline = %self.name, partition = s.partition.id, "source offsets not durable; checkpoint skipped");
+                return;
+            }
+        }
+        let mut head = Vec::new();
+        Writer(&mut head).head(&self.engine.head());
+        let mut cells = Vec::new();
+        self.engine.take_unsaved(|pane, key, states| {
+            let mut b = Vec::new();
+            Writer(&mut b).states(states);
+            cells.push((pane, Arc::clone(key), b));
+        });
+        let wm = self.engine.watermark();
+        let size = self.engine.spec().window.size_ms();
+        let rows_before = (wm != super::watermark::NONE)
+            .then(|| wm.saturating_sub(self.retain_ms).saturating_sub(size));
+        let checkpoint = Checkpoint {
+            offsets,
+            head,
+            cells,
+            oldest_pane: self.engine.oldest_pane(),
+            rows: std::mem::take(&mut self.pending_rows),
+            rows_before,
+        };
+        match self.store.commit(&checkpoint) {
+            Ok(()) => {
+                let done: Vec<(i64, Arc<str>)> = checkpoint
+                    .rows
+                    .into_iter()
+                    .map(|(start, key, _, _)| (start, key))
+                    .collect();
+                self.view.write(|v| v.mark_final(&done));
+                self.unsaved = false;
+                self.metrics
+                    .checkpoint_seconds
+                    .record(started.elapsed().as_secs_f64());
+                tracing::debug!(pipeline = %self.name, seconds = started.elapsed().as_secs_f64(), "checkpoint");
+            }
+            Err(e) => {
+                tracing::error!(pipeline = %self.name, error = %e, "checkpoint failed; retrying next interval");
+                // Cells already taken must be written by the next one: write them all.
+                self.pending_rows = checkpoint.rows;
+                self.engine.mark_all_unsaved();
+            }
+        }
+    }
+
+    /// Sleeps until a source partition's visible end moves, a stop, or [`IDLE_WAIT`].
+    fn wait(&mut self) {
+        let Task { sources, stop, .. } = self;
+        let mut stop = stop.clone();
+        self.runtime.block_on(async move {
+            let mut waits: Vec<_> = sources
+                .iter_mut()
+                .filter(|s| s.retry_at.is_none())
+                .map(|s| Box::pin(s.rx.changed()))
+                .collect();
+            let any = std::future::poll_fn(|cx| {
+                for w in &mut waits {
+                    if w.as_mut().poll(cx).is_ready() {
+                        return std::task::Poll::Ready(());
+                    }
+                }
+                std::task::Poll::Pending
+            });
+            tokio::select! {
+                () = any => {}
+                _ = stop.changed() => {}
+                () = tokio::time::sleep(IDLE_WAIT) => {}
+            }
+        });
+    }
+}

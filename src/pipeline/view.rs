@@ -1,0 +1,320 @@
+//! The hot view: a pipeline's recent results in memory, what the HTTP layer answers from.
+//!
+//! The pipeline thread is its only writer: after a run of batches it gathers the changed
+//! open windows (`Engine::take_changed`) and the closed rows (`Engine::take_closed`)
+//! outside any lock, then applies them under the write lock in one go. Readers take the
+//! read lock for the time of one lookup, so HTTP never waits for the pipeline thread's
+//! work, only for an apply. No IO.
+//!
+//! Rows live in `windows` (window start -> key -> row); `keys` indexes the starts of
+//! each key's windows, so a key's newest window is a B-tree lookup, never a scan. Bounds:
+//! a window leaves once its end + `retain_results` is behind the watermark, and at most
+//! [`VIEW_WINDOWS_MAX`] windows are held (the oldest closed ones leave first).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use super::aggregate::AggState;
+use super::watermark;
+
+/// Most windows (each with rows for all its keys) a view holds: a day of one-minute
+/// windows. Older ones are dropped, closed ones first.
+pub const VIEW_WINDOWS_MAX: usize = 1440;
+
+/// One (window, key) result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub end_ms: i64,
+    /// The watermark passed end + allowed_lateness: these are the values it closed with.
+    pub closed: bool,
+    /// A checkpoint holding the close is durable (never before exactly-once checkpoints).
+    pub is_final: bool,
+    /// False when events of the window may be missing (removed by retention unread).
+    pub complete: bool,
+    /// One per aggregate, in spec order.
+    pub values: Box<[AggState]>,
+}
+
+/// Which window of a key (or of the whole pipeline) a query means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// The newest, open or not.
+    Latest,
+    /// The newest closed one.
+    LastClosed,
+    /// The one holding the watermark (the newest such, for hopping windows).
+    Current,
+}
+
+/// A pipeline's view, shared by its thread (writer) and HTTP (readers).
+pub struct HotView {
+    /// Result names, in spec order.
+    pub aggregates: Vec<String>,
+    pub window_size_ms: i64,
+    pub allowed_lateness_ms: i64,
+    state: RwLock<ViewState>,
+}
+
+/// Everything under the lock.
+#[derive(Debug, Default)]
+pub struct ViewState {
+    pub watermark: i64,
+    /// Per source partition, the next offset the pipeline reads.
+    pub next_offsets: Vec<i64>,
+    pub open_windows: usize,
+    pub state_bytes: u64,
+    /// Records that retention removed before the pipeline read them.
+    pub missed_records: u64,
+    /// The pipeline thread has published at least once since start.
+    pub published: bool,
+    /// Window start -> key -> row.
+    windows: BTreeMap<i64, HashMap<Arc<str>, Row>>,
+    /// Key -> starts of its windows in `windows`.
+    keys: HashMap<Arc<str>, BTreeSet<i64>>,
+    /// Start of the newest window with a closed row.
+    last_closed_start: Option<i64>,
+}
+
+impl HotView {
+    pub fn new(
+        aggregates: Vec<String>,
+        window_size_ms: i64,
+        allowed_lateness_ms: i64,
+        partitions: usize,
+    ) -> HotView {
+        HotView {
+            aggregates,
+            window_size_ms,
+            allowed_lateness_ms,
+            state: RwLock::new(ViewState {
+                watermark: watermark::NONE,
+                next_offsets: vec![0; partitions],
+                ..ViewState::default()
+            }),
+        }
+    }
+
+    /// Runs `f` under the read lock.
+    pub fn read<T>(&self, f: impl FnOnce(&ViewState) -> T) -> T {
+        f(&self.state.read())
+    }
+
+    /// Runs `f` under the write lock: the pipeline thread's apply.
+    pub fn write<T>(&self, f: impl FnOnce(&mut ViewState) -> T) -> T {
+        f(&mut self.state.write())
+    }
+}
+
+impl ViewState {
+    /// Sets the row of (window `start`, `key`).
+    pub fn upsert(&mut self, start: i64, key: &Arc<str>, row: Row) {
+        if row.closed {
+            self.last_closed_start = Some(self.last_closed_start.map_or(start, |s| s.max(start)));
+        }
+        self.windows
+            .entry(start)
+            .or_default()
+            .insert(Arc::clone(key), row);
+        self.keys.entry(Arc::clone(key)).or_default().insert(start);
+    }
+
+    /// Drops windows whose end + `retain_ms` is at or behind the watermark, then the
+    /// oldest closed windows beyond [`VIEW_WINDOWS_MAX`].
+    pub fn prune(&mut self, retain_ms: i64) {
+        let wm = self.watermark;
+        while let Some((&start, keys)) = self.windows.first_key_value() {
+            let end = keys.values().next().map_or(start, |r| r.end_ms);
+            let expired = wm != watermark::NONE && end.saturating_add(retain_ms) <= wm;
+            let over = self.windows.len() > VIEW_WINDOWS_MAX
+                && self.last_closed_start.is_some_and(|c| start <= c);
+            if !(expired || over) {
+                break;
+            }
+            let Some((_, keys)) = self.windows.pop_first() else {
+                break;
+            };
+            for key in keys.into_keys() {
+                if let Some(starts) = self.keys.get_mut(&key) {
+                    starts.remove(&start);
+                    if starts.is_empty() {
+                        self.keys.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Marks the rows of (start, key) final: a durable checkpoint holds their close.
+    pub fn mark_final(&mut self, rows: &[(i64, Arc<str>)]) {
+        for (start, key) in rows {
+            if let Some(row) = self.windows.get_mut(start).and_then(|k| k.get_mut(key)) {
+                row.is_final = true;
+            }
+        }
+    }
+
+    /// Windows held.
+    pub fn windows_held(&self) -> usize {
+        self.windows.len()
+    }
+
+    /// `key`'s window as `which` says, with its start.
+    pub fn key_window(&self, key: &str, which: Which) -> Option<(i64, &Row)> {
+        let starts = self.keys.get(key)?;
+        let row = |start: &i64| self.windows.get(start)?.get(key).map(|r| (*start, r));
+        match which {
+            Which::Latest => starts.last().and_then(row),
+            // Closed windows are older than open ones: a few steps back at most.
+            Which::LastClosed => starts.iter().rev().filter_map(row).find(|(_, r)| r.closed),
+            Which::Current => {
+                let wm = self.watermark;
+                if wm == watermark::NONE {
+                    return None;
+                }
+                starts
+                    .range(..=wm)
+                    .rev()
+                    .filter_map(row)
+                    .take_while(|(_, r)| r.end_ms > wm)
+                    .next()
+            }
+        }
+    }
+
+    /// `key`'s newest `n` windows, newest first.
+    pub fn key_newest(&self, key: &str, n: usize) -> Vec<(i64, &Row)> {
+        let Some(starts) = self.keys.get(key) else {
+            return Vec::new();
+        };
+        starts
+            .iter()
+            .rev()
+            .filter_map(|s| self.windows.get(s)?.get(key).map(|r| (*s, r)))
+            .take(n)
+            .collect()
+    }
+
+    /// `key`'s windows starting in `[from_ms, to_ms)`, newest first, at most `n`.
+    pub fn key_range(&self, key: &str, from_ms: i64, to_ms: i64, n: usize) -> Vec<(i64, &Row)> {
+        let Some(starts) = self.keys.get(key) else {
+            return Vec::new();
+        };
+        if from_ms >= to_ms {
+            return Vec::new();
+        }
+        starts
+            .range(from_ms..to_ms)
+            .rev()
+            .filter_map(|s| self.windows.get(s)?.get(key).map(|r| (*s, r)))
+            .take(n)
+            .collect()
+    }
+
+    /// The start of the pipeline's window as `which` says (`Latest` is the newest held).
+    pub fn pipeline_window(&self, which: Which) -> Option<i64> {
+        match which {
+            Which::Latest => self.windows.last_key_value().map(|(s, _)| *s),
+            Which::LastClosed => self.last_closed_start,
+            Which::Current => {
+                let wm = self.watermark;
+                if wm == watermark::NONE {
+                    return None;
+                }
+                self.windows
+                    .range(..=wm)
+                    .rev()
+                    .find(|(_, keys)| keys.values().next().is_some_and(|r| r.end_ms > wm))
+                    .map(|(s, _)| *s)
+            }
+        }
+    }
+
+    /// The `n` keys of window `start` with the largest value of aggregate `by`
+    /// (ties by key), largest first.
+    pub fn top(&self, start: i64, by: usize, n: usize) -> Vec<(&Arc<str>, &Row)> {
+        let Some(keys) = self.windows.get(&start) else {
+            return Vec::new();
+        };
+        let mut rows: Vec<(f64, &Arc<str>, &Row)> = keys
+            .iter()
+            .filter_map(|(k, r)| Some((r.values.get(by)?.sort_value()?, k, r)))
+            .collect();
+        let cmp = |a: &(f64, &Arc<str>, &Row), b: &(f64, &Arc<str>, &Row)| {
+            b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1))
+        };
+        if rows.len() > n && n > 0 {
+            rows.select_nth_unstable_by(n - 1, cmp);
+            rows.truncate(n);
+        }
+        rows.sort_unstable_by(cmp);
+        rows.truncate(n);
+        rows.into_iter().map(|(_, k, r)| (k, r)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(end_ms: i64, closed: bool, count: u64) -> Row {
+        Row {
+            end_ms,
+            closed,
+            is_final: false,
+            complete: true,
+            values: vec![AggState::Count(count)].into_boxed_slice(),
+        }
+    }
+
+    #[test]
+    fn latest_last_closed_and_current_of_a_key() {
+        let view = HotView::new(vec!["count".into()], 10, 0, 1);
+        let k: Arc<str> = "a".into();
+        view.write(|s| {
+            s.upsert(0, &k, row(10, true, 3));
+            s.upsert(10, &k, row(20, false, 1));
+            s.upsert(30, &k, row(40, false, 2));
+            s.watermark = 15;
+        });
+        view.read(|s| {
+            assert_eq!(s.key_window("a", Which::Latest).map(|w| w.0), Some(30));
+            assert_eq!(s.key_window("a", Which::LastClosed).map(|w| w.0), Some(0));
+            assert_eq!(s.key_window("a", Which::Current).map(|w| w.0), Some(10));
+            assert_eq!(s.key_window("b", Which::Latest), None);
+            assert_eq!(s.key_newest("a", 2).len(), 2);
+            assert_eq!(s.key_range("a", 0, 30, 10).len(), 2);
+            assert_eq!(s.pipeline_window(Which::LastClosed), Some(0));
+        });
+        view.write(|s| {
+            s.watermark = 25;
+            s.prune(5);
+        });
+        view.read(|s| {
+            assert_eq!(
+                s.key_window("a", Which::LastClosed),
+                None,
+                "window 0 expired"
+            );
+            assert_eq!(
+                s.key_window("a", Which::Current),
+                None,
+                "no window holds 25"
+            );
+        });
+    }
+
+    #[test]
+    fn top_orders_by_value_then_key() {
+        let view = HotView::new(vec!["count".into()], 10, 0, 1);
+        view.write(|s| {
+            for (k, c) in [("a", 1), ("b", 5), ("c", 5), ("d", 2)] {
+                s.upsert(0, &Arc::from(k), row(10, true, c));
+            }
+        });
+        let top: Vec<String> =
+            view.read(|s| s.top(0, 0, 3).iter().map(|(k, _)| k.to_string()).collect());
+        assert_eq!(top, ["b", "c", "d"]);
+    }
+}

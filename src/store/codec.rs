@@ -1,0 +1,325 @@
+//! The compact binary form of what checkpoints keep: aggregate states, watermarks and the
+//! engine head. Little-endian fixed-width integers, a tag byte per enum, lengths before
+//! bytes. Decoding checks every length: a corrupt value is an error, never a panic.
+
+use crate::pipeline::aggregate::{AggState, Num, Position};
+use crate::pipeline::engine::{Counters, EngineHead};
+use crate::pipeline::watermark::{PartitionMark, Watermarks};
+
+#[derive(Debug, thiserror::Error)]
+#[error("corrupt checkpoint value: {0}")]
+pub struct CodecError(pub &'static str);
+
+pub struct Writer<'a>(pub &'a mut Vec<u8>);
+
+impl Writer<'_> {
+    pub fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    pub fn i64(&mut self, v: i64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn opt_i64(&mut self, v: Option<i64>) {
+        match v {
+            Some(v) => {
+                self.u8(1);
+                self.i64(v);
+            }
+            None => self.u8(0),
+        }
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u64(b.len() as u64);
+        self.0.extend_from_slice(b);
+    }
+    fn num(&mut self, n: Option<Num>) {
+        match n {
+            None => self.u8(0),
+            Some(Num::Int(i)) => {
+                self.u8(1);
+                self.i64(i);
+            }
+            Some(Num::Float(f)) => {
+                self.u8(2);
+                self.u64(f.to_bits());
+            }
+        }
+    }
+    fn positioned(&mut self, v: Option<&(Position, Box<str>)>) {
+        match v {
+            None => self.u8(0),
+            Some((p, s)) => {
+                self.u8(1);
+                self.i64(p.ts_ms);
+                self.u64(u64::from(p.partition));
+                self.i64(p.offset);
+                self.bytes(s.as_bytes());
+            }
+        }
+    }
+
+    pub fn states(&mut self, states: &[AggState]) {
+        self.u64(states.len() as u64);
+        for s in states {
+            match s {
+                AggState::Count(c) => {
+                    self.u8(0);
+                    self.u64(*c);
+                }
+                AggState::Sum { exact, float, n } => {
+                    self.u8(1);
+                    match exact {
+                        Some(e) => {
+                            self.u8(1);
+                            self.0.extend_from_slice(&e.to_le_bytes());
+                        }
+                        None => self.u8(0),
+                    }
+                    self.u64(float.to_bits());
+                    self.u64(*n);
+                }
+                AggState::Min(m) => {
+                    self.u8(2);
+                    self.num(*m);
+                }
+                AggState::Max(m) => {
+                    self.u8(3);
+                    self.num(*m);
+                }
+                AggState::Avg { sum, n } => {
+                    self.u8(4);
+                    self.u64(sum.to_bits());
+                    self.u64(*n);
+                }
+                AggState::First(v) => {
+                    self.u8(5);
+                    self.positioned(v.as_ref());
+                }
+                AggState::Last(v) => {
+                    self.u8(6);
+                    self.positioned(v.as_ref());
+                }
+            }
+        }
+    }
+
+    pub fn head(&mut self, head: &EngineHead) {
+        let (marks, first, newest, combined) = head.marks.parts();
+        self.u64(marks.len() as u64);
+        for m in marks {
+            self.opt_i64(m.max_event_ms);
+            self.opt_i64(m.last_append_ms);
+        }
+        self.opt_i64(first);
+        self.i64(newest);
+        self.i64(combined);
+        self.opt_i64(head.next_close_ms);
+        let c = head.counters;
+        for v in [c.counted, c.filtered, c.late, c.no_key, c.skipped_values] {
+            self.u64(v);
+        }
+    }
+}
+
+pub struct Reader<'a>(pub &'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+        if self.0.len() < n {
+            return Err(CodecError("value too short"));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    pub fn u8(&mut self) -> Result<u8, CodecError> {
+        Ok(self.take(1)?[0])
+    }
+    pub fn i64(&mut self) -> Result<i64, CodecError> {
+        let b = self.take(8)?;
+        Ok(i64::from_le_bytes(
+            b.try_into().map_err(|_| CodecError("i64"))?,
+        ))
+    }
+    pub fn u64(&mut self) -> Result<u64, CodecError> {
+        let b = self.take(8)?;
+        Ok(u64::from_le_bytes(
+            b.try_into().map_err(|_| CodecError("u64"))?,
+        ))
+    }
+    fn len(&mut self) -> Result<usize, CodecError> {
+        let n = usize::try_from(self.u64()?).map_err(|_| CodecError("length"))?;
+        if n > self.0.len() {
+            return Err(CodecError("length past the end"));
+        }
+        Ok(n)
+    }
+    fn opt_i64(&mut self) -> Result<Option<i64>, CodecError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.i64()?)),
+            _ => Err(CodecError("option tag")),
+        }
+    }
+    fn num(&mut self) -> Result<Option<Num>, CodecError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(Num::Int(self.i64()?))),
+            2 => Ok(Some(Num::Float(f64::from_bits(self.u64()?)))),
+            _ => Err(CodecError("number tag")),
+        }
+    }
+    fn positioned(&mut self) -> Result<Option<(Position, Box<str>)>, CodecError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => {
+                let ts_ms = self.i64()?;
+                let partition = u32::try_from(self.u64()?).map_err(|_| CodecError("partition"))?;
+                let offset = self.i64()?;
+                let n = self.len()?;
+                let text = std::str::from_utf8(self.take(n)?).map_err(|_| CodecError("utf-8"))?;
+                Ok(Some((
+                    Position {
+                        ts_ms,
+                        partition,
+                        offset,
+                    },
+                    text.into(),
+                )))
+            }
+            _ => Err(CodecError("option tag")),
+        }
+    }
+
+    pub fn states(&mut self) -> Result<Vec<AggState>, CodecError> {
+        let n = self.len()?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(match self.u8()? {
+                0 => AggState::Count(self.u64()?),
+                1 => {
+                    let exact = match self.u8()? {
+                        0 => None,
+                        1 => Some(i128::from_le_bytes(
+                            self.take(16)?.try_into().map_err(|_| CodecError("i128"))?,
+                        )),
+                        _ => return Err(CodecError("option tag")),
+                    };
+                    AggState::Sum {
+                        exact,
+                        float: f64::from_bits(self.u64()?),
+                        n: self.u64()?,
+                    }
+                }
+                2 => AggState::Min(self.num()?),
+                3 => AggState::Max(self.num()?),
+                4 => AggState::Avg {
+                    sum: f64::from_bits(self.u64()?),
+                    n: self.u64()?,
+                },
+                5 => AggState::First(self.positioned()?),
+                6 => AggState::Last(self.positioned()?),
+                _ => return Err(CodecError("aggregate tag")),
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn head(
+        &mut self,
+        out_of_orderness_ms: i64,
+        idle_ms: i64,
+    ) -> Result<EngineHead, CodecError> {
+        let n = self.len()?;
+        let mut marks = Vec::with_capacity(n);
+        for _ in 0..n {
+            marks.push(PartitionMark {
+                max_event_ms: self.opt_i64()?,
+                last_append_ms: self.opt_i64()?,
+            });
+        }
+        let first = self.opt_i64()?;
+        let newest = self.i64()?;
+        let combined = self.i64()?;
+        let next_close_ms = self.opt_i64()?;
+        let counters = Counters {
+            counted: self.u64()?,
+            filtered: self.u64()?,
+            late: self.u64()?,
+            no_key: self.u64()?,
+            skipped_values: self.u64()?,
+        };
+        Ok(EngineHead {
+            marks: Watermarks::from_parts(
+                out_of_orderness_ms,
+                idle_ms,
+                marks,
+                first,
+                newest,
+                combined,
+            ),
+            next_close_ms,
+            counters,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_and_heads_round_trip() {
+        let pos = Position {
+            ts_ms: -5,
+            partition: 3,
+            offset: 9,
+        };
+        let states = vec![
+            AggState::Count(7),
+            AggState::Sum {
+                exact: Some(i128::from(i64::MAX) * 3),
+                float: 1.5,
+                n: 2,
+            },
+            AggState::Sum {
+                exact: None,
+                float: 2.25,
+                n: 1,
+            },
+            AggState::Min(Some(Num::Int(-3))),
+            AggState::Max(Some(Num::Float(9.5))),
+            AggState::Min(None),
+            AggState::Avg { sum: 3.0, n: 4 },
+            AggState::First(Some((pos, "\"é\"".into()))),
+            AggState::Last(None),
+        ];
+        let mut buf = Vec::new();
+        Writer(&mut buf).states(&states);
+        assert_eq!(Reader(&buf).states().unwrap(), states);
+        for cut in 0..buf.len() {
+            assert!(Reader(&buf[..cut]).states().is_err(), "cut at {cut}");
+        }
+        let mut marks = Watermarks::new(2, 5, 100);
+        marks.on_batch(1, 1000);
+        marks.on_event(1, 50);
+        marks.advance();
+        let head = EngineHead {
+            marks,
+            next_close_ms: Some(40),
+            counters: Counters {
+                counted: 1,
+                filtered: 2,
+                late: 3,
+                no_key: 4,
+                skipped_values: 5,
+            },
+        };
+        let mut buf = Vec::new();
+        Writer(&mut buf).head(&head);
+        assert_eq!(Reader(&buf).head(5, 100).unwrap(), head);
+    }
+}

@@ -1,0 +1,319 @@
+//! The result store: the only module that touches sled. One tree; every key of a pipeline
+//! starts with `p \0 <name> \0` and then a kind byte:
+//!
+//! - `m`: meta, the definition fingerprint (8 bytes LE);
+//! - `h`: head, the input offsets per partition (next to read) and the engine head
+//!   (watermarks, close position, counters);
+//! - `c` + pane start (8 bytes, order-preserving) + key: one pane cell's aggregate states;
+//! - `r` + window start (8 bytes, order-preserving) + key: a closed row (end, states).
+//!
+//! A checkpoint is one atomic `sled::Batch` of the head, the cells changed since the last
+//! one, the deletion of cells of dropped panes and of expired rows, and the rows closed
+//! since; it counts only once `flush` returned. Everything here is derived from the log: a
+//! pipeline whose fingerprint changed is cleared and rebuilt from the log.
+
+pub mod codec;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use codec::{CodecError, Reader, Writer};
+
+use crate::pipeline::aggregate::AggState;
+use crate::pipeline::engine::EngineHead;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("result store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("result store: {0}")]
+    Corrupt(#[from] CodecError),
+    #[error("starting a pipeline: {0}")]
+    Start(String),
+}
+
+/// The sled database of a data dir.
+pub struct Store {
+    db: sled::Db,
+}
+
+impl Store {
+    /// Opens (creating) the store in `dir` with `cache_bytes` of page cache.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::LowSpace)
+            .open()?;
+        Ok(Store { db })
+    }
+
+    pub fn pipeline(&self, name: &str) -> PipelineStore {
+        let mut prefix = b"p\0".to_vec();
+        prefix.extend_from_slice(name.as_bytes());
+        prefix.push(0);
+        PipelineStore {
+            tree: (*self.db).clone(),
+            prefix,
+        }
+    }
+
+    /// Flushes everything (checkpoints flush themselves; this is for a clean stop).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// An order-preserving encoding of an i64 (big-endian with the sign bit flipped).
+fn ordered(v: i64) -> [u8; 8] {
+    (v.cast_unsigned() ^ (1 << 63)).to_be_bytes()
+}
+
+fn from_ordered(b: &[u8]) -> Option<i64> {
+    let b: [u8; 8] = b.try_into().ok()?;
+    Some((u64::from_be_bytes(b) ^ (1 << 63)).cast_signed())
+}
+
+/// One pipeline's part of the store.
+pub struct PipelineStore {
+    tree: sled::Tree,
+    prefix: Vec<u8>,
+}
+
+/// What a start restores.
+pub struct Restored {
+    pub offsets: Vec<i64>,
+    pub head: EngineHead,
+    pub cells: Vec<(i64, Arc<str>, Vec<AggState>)>,
+}
+
+/// A closed row as stored.
+pub struct StoredRow {
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub key: Arc<str>,
+    pub values: Vec<AggState>,
+}
+
+/// What one checkpoint writes.
+#[derive(Default)]
+pub struct Checkpoint {
+    pub offsets: Vec<i64>,
+    pub head: Vec<u8>,
+    /// (pane, key, encoded states) of changed cells.
+    pub cells: Vec<(i64, Arc<str>, Vec<u8>)>,
+    /// Cells of panes before this are deleted (`None`: every cell).
+    pub oldest_pane: Option<i64>,
+    /// (start, key, end, encoded states) of rows closed since the last checkpoint.
+    pub rows: Vec<(i64, Arc<str>, i64, Vec<u8>)>,
+    /// Rows of windows starting before this are deleted.
+    pub rows_before: Option<i64>,
+}
+
+impl PipelineStore {
+    fn key(&self, kind: u8, at: Option<i64>, rest: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + 9 + rest.len());
+        k.extend_from_slice(&self.prefix);
+        k.push(kind);
+        if let Some(at) = at {
+            k.extend_from_slice(&ordered(at));
+        }
+        k.extend_from_slice(rest);
+        k
+    }
+
+    /// The checkpoint, if there is one for this `fingerprint`; otherwise clears what is
+    /// kept for the pipeline (a changed definition is rebuilt from the log).
+    pub fn restore(
+        &self,
+        fingerprint: u64,
+        out_of_orderness_ms: i64,
+        idle_ms: i64,
+    ) -> Result<Option<Restored>, StoreError> {
+        let meta = self.tree.get(self.key(b'm', None, &[]))?;
+        let head = self.tree.get(self.key(b'h', None, &[]))?;
+        let same = meta.as_deref() == Some(&fingerprint.to_le_bytes()[..]);
+        let (true, Some(head)) = (same, head) else {
+            self.clear()?;
+            self.tree
+                .insert(self.key(b'm', None, &[]), &fingerprint.to_le_bytes())?;
+            self.tree.flush()?;
+            return Ok(None);
+        };
+        let mut r = Reader(&head);
+        let n = usize::try_from(r.u64()?).map_err(|_| CodecError("offsets"))?;
+        let mut offsets = Vec::with_capacity(n.min(1 << 16));
+        for _ in 0..n {
+            offsets.push(r.i64()?);
+        }
+        let head = r.head(out_of_orderness_ms, idle_ms)?;
+        let mut cells = Vec::new();
+        let prefix = self.key(b'c', None, &[]);
+        for item in self.tree.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            let rest = &k[prefix.len()..];
+            let pane =
+                from_ordered(rest.get(..8).unwrap_or_default()).ok_or(CodecError("cell key"))?;
+            let key = std::str::from_utf8(&rest[8..]).map_err(|_| CodecError("cell key"))?;
+            cells.push((pane, Arc::from(key), Reader(&v).states()?));
+        }
+        Ok(Some(Restored {
+            offsets,
+            head,
+            cells,
+        }))
+    }
+
+    /// Closed rows, newest window first, of at most `windows_max` windows.
+    pub fn rows(&self, windows_max: usize) -> Result<Vec<StoredRow>, StoreError> {
+        let prefix = self.key(b'r', None, &[]);
+        let mut out: Vec<StoredRow> = Vec::new();
+        let mut windows = 0usize;
+        for item in self.tree.scan_prefix(&prefix).rev() {
+            let (k, v) = item?;
+            let rest = &k[prefix.len()..];
+            let start_ms =
+                from_ordered(rest.get(..8).unwrap_or_default()).ok_or(CodecError("row key"))?;
+            if out.last().is_none_or(|r| r.start_ms != start_ms) {
+                windows += 1;
+                if windows > windows_max {
+                    break;
+                }
+            }
+            let key = std::str::from_utf8(&rest[8..]).map_err(|_| CodecError("row key"))?;
+            let mut r = Reader(&v);
+            let end_ms = r.i64()?;
+            out.push(StoredRow {
+                start_ms,
+                end_ms,
+                key: Arc::from(key),
+                values: r.states()?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn clear(&self) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for k in self.tree.scan_prefix(&self.prefix).keys() {
+            batch.remove(k?);
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Writes `c` as one atomic batch and flushes it: once this returns, it counts.
+    pub fn commit(&self, c: &Checkpoint) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut head = Vec::with_capacity(16 + 8 * c.offsets.len() + c.head.len());
+        let mut w = Writer(&mut head);
+        w.u64(c.offsets.len() as u64);
+        for o in &c.offsets {
+            w.i64(*o);
+        }
+        head.extend_from_slice(&c.head);
+        batch.insert(self.key(b'h', None, &[]), head);
+        // Cells of dropped panes: everything before the oldest pane held.
+        let cells_from = self.key(b'c', None, &[]);
+        let cells_to = match c.oldest_pane {
+            Some(p) => self.key(b'c', Some(p), &[]),
+            None => self.key(b'd', None, &[]),
+        };
+        for k in self.tree.range(cells_from..cells_to).keys() {
+            batch.remove(k?);
+        }
+        for (pane, key, states) in &c.cells {
+            batch.insert(
+                self.key(b'c', Some(*pane), key.as_bytes()),
+                states.as_slice(),
+            );
+        }
+        if let Some(before) = c.rows_before {
+            let from = self.key(b'r', None, &[]);
+            let to = self.key(b'r', Some(before), &[]);
+            for k in self.tree.range(from..to).keys() {
+                batch.remove(k?);
+            }
+        }
+        for (start, key, end, states) in &c.rows {
+            let mut v = Vec::with_capacity(8 + states.len());
+            Writer(&mut v).i64(*end);
+            v.extend_from_slice(states);
+            batch.insert(self.key(b'r', Some(*start), key.as_bytes()), v);
+        }
+        self.tree.apply_batch(batch)?;
+        self.tree.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::engine::Counters;
+    use crate::pipeline::watermark::Watermarks;
+
+    #[test]
+    fn ordered_keys_sort_as_numbers() {
+        let mut v = [-5i64, 3, i64::MIN, 0, i64::MAX, -1];
+        let mut enc: Vec<[u8; 8]> = v.iter().map(|x| ordered(*x)).collect();
+        enc.sort_unstable();
+        v.sort_unstable();
+        let back: Vec<i64> = enc.iter().map(|b| from_ordered(b).unwrap()).collect();
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn a_checkpoint_restores_and_a_new_fingerprint_clears() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let p = store.pipeline("p");
+        assert!(p.restore(1, 0, 0).unwrap().is_none());
+        let head = EngineHead {
+            marks: Watermarks::new(2, 0, 0),
+            next_close_ms: Some(10),
+            counters: Counters::default(),
+        };
+        let mut h = Vec::new();
+        Writer(&mut h).head(&head);
+        let states = |n| {
+            let mut b = Vec::new();
+            Writer(&mut b).states(&[AggState::Count(n)]);
+            b
+        };
+        let commit = |oldest, cells: Vec<(i64, &str, u64)>| {
+            p.commit(&Checkpoint {
+                offsets: vec![4, 7],
+                head: h.clone(),
+                cells: cells
+                    .into_iter()
+                    .map(|(pane, k, n)| (pane, Arc::from(k), states(n)))
+                    .collect(),
+                oldest_pane: oldest,
+                rows: vec![(0, Arc::from("a"), 10, states(9))],
+                rows_before: None,
+            })
+            .unwrap();
+        };
+        commit(Some(-10), vec![(-10, "a", 1), (10, "a", 2), (10, "b", 3)]);
+        commit(Some(10), vec![(20, "b", 4)]);
+        let r = p.restore(1, 0, 0).unwrap().unwrap();
+        assert_eq!(r.offsets, [4, 7]);
+        assert_eq!(r.head, head);
+        let cells: Vec<(i64, String)> = r
+            .cells
+            .iter()
+            .map(|(p, k, _)| (*p, k.to_string()))
+            .collect();
+        assert_eq!(
+            cells,
+            [(10, "a".into()), (10, "b".into()), (20, "b".into())]
+        );
+        let rows = p.rows(10).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].values, [AggState::Count(9)]);
+        assert!(p.restore(2, 0, 0).unwrap().is_none(), "a new definition");
+        assert!(p.rows(10).unwrap().is_empty());
+    }
+}

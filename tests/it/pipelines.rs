@@ -1,0 +1,433 @@
+//! Pipelines end to end: events in over HTTP, results out of the query API and the seed's
+//! routes. Small windows and explicit timestamps keep them fast and deterministic; answers
+//! are polled with a deadline, as the pipeline thread publishes a moment after an append.
+
+use std::time::{Duration, Instant};
+
+use crate::util::{Resp, Weir};
+
+/// The seed's setup (config.example.toml) with its 4 partitions and 1-minute windows.
+const SEED: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[topic]]
+name = "clickstream"
+partitions = 4
+fsync = "always"
+key_field = "/payload/user_id"
+wrap = true
+timestamp_field = "/timestamp"
+default_event_type = "page.click"
+max_event_age = "36500d"
+
+[[pipeline]]
+name = "page_views"
+source = "clickstream"
+filter = ["page.click"]
+group_by = ["/payload/page_id"]
+window = { kind = "tumbling", size = "1m" }
+time = "event"
+max_out_of_orderness = "5s"
+allowed_lateness = "1m"
+
+[[pipeline.aggregate]]
+name = "count"
+fn = "count"
+
+[[route]]
+method = "POST"
+path = "/click"
+topic = "clickstream"
+response = "seed"
+
+[[route]]
+method = "GET"
+path = "/page/{page_id}/count"
+pipeline = "page_views"
+key = "page_id"
+aggregate = "count"
+window = "last_closed"
+response = "seed"
+"#;
+
+/// One partition, 1-second windows, 1 second of lateness, a filter and two aggregates.
+const SMALL: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[topic]]
+name = "clicks"
+partitions = 1
+fsync = "always"
+max_event_age = "36500d"
+
+[[pipeline]]
+name = "pages"
+source = "clicks"
+filter = ["page.*"]
+group_by = ["/payload/page"]
+window = { kind = "tumbling", size = "1s" }
+max_out_of_orderness = "0s"
+allowed_lateness = "1s"
+
+[[pipeline.aggregate]]
+name = "count"
+fn = "count"
+
+[[pipeline.aggregate]]
+name = "spent"
+fn = "sum"
+field = "/payload/amount"
+"#;
+
+/// 2024-05-01T12:00:00Z in epoch ms.
+const T0: i64 = 1_714_564_800_000;
+
+/// Polls `path` until `pred` holds for its answer; panics with the last one at the deadline.
+fn poll(w: &Weir, path: &str, pred: impl Fn(&Resp) -> bool) -> Resp {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = w.get(path);
+        if pred(&r) {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path}: gave up at {} {}",
+            r.status,
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn event(event_type: &str, ms: i64, page: &str, amount: i64) -> String {
+    format!(
+        r#"{{"event_type":"{event_type}","timestamp":{ms},"payload":{{"page":"{page}","amount":{amount}}}}}"#
+    )
+}
+
+fn post_events(w: &Weir, events: &[String]) {
+    let r = w.post("/v1/topics/clicks/events", &events.join("\n"));
+    assert_eq!(r.status, 202, "{}", r.body);
+}
+
+#[test]
+fn seed_routes_count_the_first_minute_once_the_watermark_passed_it() {
+    let w = Weir::start(SEED);
+    for (user, page, time) in [
+        ("u1", "page-7", "2024-05-01 12:00:01"),
+        ("u2", "page-7", "2024-05-01 12:00:30"),
+        ("u3", "page-7", "2024-05-01 12:00:59.999"),
+        ("u4", "page-8", "2024-05-01 12:00:10"),
+    ] {
+        let body = format!(r#"{{"user_id":"{user}","page_id":"{page}","timestamp":"{time}"}}"#);
+        let r = w.post("/click", &body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json(), serde_json::json!({"status": "accepted"}));
+    }
+    // Before the watermark passes 12:01 + 1m of lateness the minute is not closed.
+    let r = w.get("/page/page-7/count");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"page_id": "page-7", "count": 0})
+    );
+    // Events two minutes later on every partition move the watermark past the close.
+    let later: Vec<String> = (0..20)
+        .map(|i| {
+            format!(r#"{{"user_id":"w{i}","page_id":"page-9","timestamp":"2024-05-01 12:02:10"}}"#)
+        })
+        .collect();
+    let r = w.post("/click", &later.join("\n"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = poll(&w, "/page/page-7/count", |r| r.json()["count"] != 0);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"page_id": "page-7", "count": 3})
+    );
+    assert_eq!(w.get("/page/page-8/count").json()["count"], 1);
+    let none = w.get("/page/nope/count");
+    assert_eq!(none.status, 200);
+    assert_eq!(
+        none.json(),
+        serde_json::json!({"page_id": "nope", "count": 0})
+    );
+
+    let list = w.get("/v1/pipelines").json();
+    let p = &list["pipelines"][0];
+    assert_eq!(p["name"], "page_views");
+    assert_eq!(p["source"], "clickstream");
+    assert_eq!(p["watermark"], "2024-05-01T12:02:05.000Z");
+    assert_eq!(p["lag"], 0);
+    assert_eq!(p["open_windows"], 1, "{p}");
+
+    let pipe = ["pipeline=\"page_views\""];
+    assert_eq!(
+        w.metric("weir_pipeline_records_in_total", &pipe),
+        Some(24.0)
+    );
+    assert_eq!(
+        w.metric("weir_pipeline_rows_closed_total", &pipe),
+        Some(2.0)
+    );
+    assert_eq!(w.metric("weir_pipeline_lag_records", &pipe), Some(0.0));
+    let ready = w.get("/readyz");
+    assert_eq!(ready.status, 200, "caught up: {}", ready.body);
+}
+
+#[test]
+fn key_queries_answer_latest_current_and_last_closed() {
+    let w = Weir::start(SMALL);
+    post_events(
+        &w,
+        &[
+            event("page.view", T0 + 100, "a", 5),
+            event("page.view", T0 + 900, "a", 7),
+            event("page.view", T0 + 200, "b", 1),
+        ],
+    );
+    // Open windows are visible while they fill.
+    let r = poll(&w, "/v1/pipelines/pages/keys/a", |r| r.status == 200);
+    let j = r.json();
+    assert_eq!(j["pipeline"], "pages");
+    assert_eq!(j["key"], "a");
+    assert_eq!(j["window"]["start"], "2024-05-01T12:00:00.000Z");
+    assert_eq!(j["window"]["end"], "2024-05-01T12:00:01.000Z");
+    assert_eq!(j["window"]["final"], false);
+    assert_eq!(j["window"]["complete"], true);
+    assert_eq!(
+        j["window"]["values"],
+        serde_json::json!({"count": 2, "spent": 12})
+    );
+    let r = w.get("/v1/pipelines/pages/keys/a?window=last_closed");
+    assert_eq!(
+        (r.status, r.code()),
+        (404, "no_window".to_string()),
+        "{}",
+        r.body
+    );
+    let r = w.get("/v1/pipelines/pages/keys/a?window=current");
+    assert_eq!(
+        r.status, 200,
+        "the watermark (0.9 s) is in the first window: {}",
+        r.body
+    );
+
+    // 2.5 s: window 0 closes (end 1 s + 1 s lateness), window 1 is current.
+    post_events(
+        &w,
+        &[
+            event("page.view", T0 + 1_500, "a", 1),
+            event("page.view", T0 + 2_500, "a", 1),
+        ],
+    );
+    let r = poll(&w, "/v1/pipelines/pages/keys/a?window=last_closed", |r| {
+        r.status == 200
+    });
+    assert_eq!(r.json()["window"]["start"], "2024-05-01T12:00:00.000Z");
+    assert_eq!(r.json()["window"]["values"]["count"], 2);
+    let r = w.get("/v1/pipelines/pages/keys/a?window=current");
+    assert_eq!(
+        r.json()["window"]["start"],
+        "2024-05-01T12:00:02.000Z",
+        "{}",
+        r.body
+    );
+    let r = w.get("/v1/pipelines/pages/keys/a");
+    assert_eq!(r.json()["window"]["start"], "2024-05-01T12:00:02.000Z");
+
+    let r = w.get("/v1/pipelines/pages/keys/a?windows=2");
+    let starts: Vec<_> = r.json()["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["start"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        starts,
+        ["2024-05-01T12:00:02.000Z", "2024-05-01T12:00:01.000Z"]
+    );
+    let r = w.get(&format!(
+        "/v1/pipelines/pages/keys/a?from={}&to=2024-05-01T12:00:02Z",
+        T0
+    ));
+    assert_eq!(
+        r.json()["windows"].as_array().unwrap().len(),
+        2,
+        "{}",
+        r.body
+    );
+
+    let r = w.get("/v1/pipelines/pages/keys/nope");
+    assert_eq!((r.status, r.code()), (404, "no_window".to_string()));
+    let r = w.get("/v1/pipelines/nope/keys/a");
+    assert_eq!((r.status, r.code()), (404, "unknown_pipeline".to_string()));
+    let r = w.get("/v1/pipelines/pages/keys/a?window=soon");
+    assert_eq!((r.status, r.code()), (400, "invalid_parameter".to_string()));
+    let r = w.get("/v1/pipelines/pages/keys/a?window=latest&windows=2");
+    assert_eq!(r.status, 400);
+}
+
+#[test]
+fn late_events_count_while_the_window_is_open_and_filters_apply() {
+    let w = Weir::start(SMALL);
+    post_events(
+        &w,
+        &[
+            event("page.view", T0 + 100, "a", 1),
+            event("order.paid", T0 + 150, "a", 100),
+            event("page.view", T0 + 1_600, "a", 1),
+        ],
+    );
+    // Watermark 1.6 s: window 0 ended but takes late events until 2 s.
+    post_events(&w, &[event("page.view", T0 + 500, "a", 1)]);
+    poll(&w, "/v1/pipelines/pages/keys/a?windows=2", |r| {
+        r.json()["windows"][1]["values"]["count"] == 2
+    });
+    // Watermark 3.2 s closes windows 0 and 1; an event for window 0 is dropped.
+    post_events(&w, &[event("page.view", T0 + 3_200, "a", 1)]);
+    poll(&w, "/v1/pipelines/pages/keys/a?window=last_closed", |r| {
+        r.json()["window"]["start"] == "2024-05-01T12:00:01.000Z"
+    });
+    post_events(&w, &[event("page.view", T0 + 700, "a", 1)]);
+    post_events(&w, &[event("page.view", T0 + 3_300, "a", 1)]);
+    let r = poll(&w, "/v1/pipelines/pages/keys/a", |r| {
+        r.json()["window"]["values"]["count"] == 2
+    });
+    assert_eq!(r.json()["window"]["start"], "2024-05-01T12:00:03.000Z");
+    let r = w.get(&format!(
+        "/v1/pipelines/pages/keys/a?from={T0}&to={}",
+        T0 + 1000
+    ));
+    let windows = r.json()["windows"].clone();
+    assert_eq!(
+        windows[0]["values"],
+        serde_json::json!({"count": 2, "spent": 2}),
+        "one late event counted, the order filtered out, the too-late one dropped"
+    );
+    assert_eq!(
+        w.metric("weir_pipeline_late_events_total", &["pipeline=\"pages\""]),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn top_ranks_the_keys_of_a_window() {
+    let w = Weir::start(SMALL);
+    let mut events = Vec::new();
+    for (page, n) in [("a", 1), ("b", 4), ("c", 3), ("d", 4)] {
+        for i in 0..n {
+            events.push(event("page.view", T0 + 100 + i, page, 10));
+        }
+    }
+    events.push(event("page.view", T0 + 2_100, "a", 50));
+    post_events(&w, &events);
+    let r = poll(&w, "/v1/pipelines/pages/top?n=3", |r| {
+        r.json()["keys"].as_array().is_some_and(|k| !k.is_empty())
+    });
+    let j = r.json();
+    assert_eq!(j["window"]["start"], "2024-05-01T12:00:00.000Z");
+    let keys: Vec<_> = j["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["key"].as_str().unwrap().to_string(),
+                k["window"]["values"]["count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(keys, [("b".into(), 4), ("d".into(), 4), ("c".into(), 3)]);
+    let r = w.get("/v1/pipelines/pages/top?window=current&by=spent");
+    assert_eq!(r.json()["keys"][0]["key"], "a", "{}", r.body);
+    let r = w.get("/v1/pipelines/pages/top?by=nope");
+    assert_eq!(r.status, 400);
+}
+
+/// Counts per (page, minute) of every closed window of `pages`, once all are final.
+fn final_counts(w: &Weir, pages: usize, minutes: usize) -> Vec<Vec<i64>> {
+    (0..pages)
+        .map(|p| {
+            let path = format!("/v1/pipelines/page_views/keys/p{p}?windows={minutes}");
+            let r = poll(w, &path, |r| {
+                r.status == 200
+                    && r.json()["windows"].as_array().is_some_and(|ws| {
+                        ws.len() == minutes && ws.iter().all(|x| x["final"] == true)
+                    })
+            });
+            let mut counts: Vec<i64> = r.json()["windows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x["values"]["count"].as_i64().unwrap())
+                .collect();
+            counts.reverse();
+            counts
+        })
+        .collect()
+}
+
+#[test]
+fn kill9_in_the_middle_of_20000_events_then_counts_are_exact_and_a_replay_agrees() {
+    let config = SEED.replace(
+        "allowed_lateness = \"1m\"",
+        "allowed_lateness = \"1m\"\ncheckpoint_interval = \"50ms\"",
+    );
+    let mut w = Weir::start(&config);
+    let (pages, minutes) = (10usize, 5usize);
+    let mut want = vec![vec![0i64; minutes]; pages];
+    let requests: Vec<String> = (0..40)
+        .map(|r| {
+            (0..500)
+                .map(|j| {
+                    let i = r * 500 + j;
+                    // In event-time order, 15 ms apart: five minutes.
+                    let ms = T0 + i as i64 * 15;
+                    let (page, minute) = (i % pages, ((ms - T0) / 60_000) as usize);
+                    want[page][minute] += 1;
+                    format!(
+                        r#"{{"user_id":"u{}","page_id":"p{page}","timestamp":{ms}}}"#,
+                        i % 37
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect();
+    for (i, body) in requests.iter().enumerate() {
+        let r = w.post("/click", body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        if i == 23 {
+            // Mid-way: the pipeline is behind and has checkpointed part of it.
+            w.kill9();
+            w.restart();
+            assert!(
+                w.log_text()
+                    .contains("pipeline restored from its checkpoint"),
+                "{}",
+                w.log_text()
+            );
+        }
+    }
+    let closing: Vec<String> = (0..20)
+        .map(|i| {
+            format!(r#"{{"user_id":"w{i}","page_id":"end","timestamp":"2024-05-01 12:10:00"}}"#)
+        })
+        .collect();
+    assert_eq!(w.post("/click", &closing.join("\n")).status, 200);
+    assert_eq!(final_counts(&w, pages, minutes), want);
+    assert_eq!(
+        w.get("/page/p3/count").json()["count"],
+        want[3][minutes - 1],
+        "the seed route answers the last closed minute"
+    );
+
+    // Without its store the pipeline replays the log and gets the same results.
+    w.stop();
+    std::fs::remove_dir_all(w.data_dir().join("store")).unwrap();
+    w.restart();
+    assert_eq!(final_counts(&w, pages, minutes), want);
+}
