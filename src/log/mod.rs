@@ -331,26 +331,34 @@ impl Log {
 }
 
 /// A log dropped without `close` (a simulated crash in tests) stops its retention thread
-/// and its flusher and abandons its partitions (queued fsync rounds do nothing), so it
-/// cannot write under a log opened next on the same directory. A round already running
-/// finishes: callers that reopen wait for those first.
+/// and its flusher, abandons its partitions (queued fsync rounds do nothing) and waits,
+/// boundedly, for rounds already running, so it cannot write under a log opened next on
+/// the same directory. In a real crash the threads die with the process.
 impl Drop for Log {
     fn drop(&mut self) {
         self.stop_retention();
         if let Some(sync) = self.sync.lock().take() {
             let offsets = std::iter::once(self.groups.partition());
-            for p in self
+            let partitions: Vec<&Arc<Partition>> = self
                 .topics
                 .values()
                 .flat_map(|t| t.partitions.iter())
                 .chain(offsets)
-            {
+                .collect();
+            for p in &partitions {
                 p.abandon();
             }
             sync.stop();
+            let deadline = Instant::now() + ABANDON_WAIT_MAX;
+            while partitions.iter().any(|p| p.sync_running()) && Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
         }
     }
 }
+
+/// Longest a dropped log waits for fsync rounds already running (see `Drop for Log`).
+const ABANDON_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Partitions or topics on disk that the config no longer names are kept but not served:
 /// say so, since their events are invisible until the config names them again.

@@ -555,6 +555,11 @@ impl Partition {
         inner.closed = true;
     }
 
+    /// Whether an fsync round is running on a worker thread.
+    pub fn sync_running(&self) -> bool {
+        self.sync.lock().running
+    }
+
     /// Flushes everything and writes the active segment's indexes, for a clean stop.
     /// Refuses further appends first, so nothing lands after the final fsync and index
     /// write (requests still running after the shutdown grace get 503).

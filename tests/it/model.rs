@@ -128,7 +128,8 @@ impl World {
     }
 
     fn reopen(&mut self) {
-        let (log, _) = Log::open(&self.config, self.clock.clone()).unwrap();
+        let (log, _) = Log::open(&self.config, self.clock.clone())
+            .unwrap_or_else(|e| panic!("reopening the log failed: {e:#}"));
         self.log = Some(log);
         self.check_all();
     }
