@@ -215,44 +215,63 @@ impl Engine {
             partition,
             offset: input.offset,
         };
-        let key = self.intern(pane, key);
-        let cell = self
+        // Most events land in a (pane, key) that already has state: find it by the key's
+        // text, and intern the key only for a new cell.
+        let aggregates = &self.spec.aggregates;
+        let mut flips = (false, false);
+        let found = match self
             .panes
-            .entry(pane)
-            .or_default()
-            .entry(Arc::clone(&key))
-            .or_insert_with(|| Cell {
-                states: self
-                    .spec
-                    .aggregates
-                    .iter()
-                    .map(|a| AggState::new(a.func))
-                    .collect(),
-                dirty: false,
-                unsaved: false,
-            });
-        if !cell.unsaved {
-            cell.unsaved = true;
-            self.unsaved.push((pane, Arc::clone(&key)));
+            .get_mut(&pane)
+            .and_then(|keys| keys.get_mut(key.as_str()))
+        {
+            Some(cell) => {
+                flips = (!cell.unsaved, !cell.dirty);
+                cell.unsaved = true;
+                cell.dirty = true;
+                self.counters.skipped_values +=
+                    update_states(aggregates, &mut cell.states, input.envelope, pos);
+                true
+            }
+            None => false,
+        };
+        if !found {
+            let key = self.intern(pane, key);
+            let aggregates = &self.spec.aggregates;
+            let mut states: Vec<AggState> =
+                aggregates.iter().map(|a| AggState::new(a.func)).collect();
+            self.counters.skipped_values +=
+                update_states(aggregates, &mut states, input.envelope, pos);
+            self.panes.entry(pane).or_default().insert(
+                Arc::clone(&key),
+                Cell {
+                    states,
+                    dirty: true,
+                    unsaved: true,
+                },
+            );
+            flips = (true, true);
         }
-        if !cell.dirty {
-            cell.dirty = true;
-            self.changed.push((pane, key));
-        }
-        for (agg, state) in self.spec.aggregates.iter().zip(cell.states.iter_mut()) {
-            let value = match &agg.field {
-                Some(ptr) => json::pointer_get(input.envelope, ptr).ok().flatten(),
-                None => None,
-            };
-            if !state.update(value, pos, agg.field.is_some()) {
-                self.counters.skipped_values += 1;
+        if flips.0 || flips.1 {
+            let shared = self
+                .panes
+                .get(&pane)
+                .and_then(|keys| keys.get_key_value(key.as_str()))
+                .map(|(k, _)| Arc::clone(k));
+            if let Some(shared) = shared {
+                if flips.0 {
+                    self.unsaved.push((pane, Arc::clone(&shared)));
+                }
+                if flips.1 {
+                    self.changed.push((pane, shared));
+                }
             }
         }
         self.counters.counted += 1;
         Taken::Counted(open)
     }
 
-    /// The shared key for `text`, recording that it has state in `pane`.
+    /// The shared key for `text`, recording that it has state in `pane`. Called only when
+    /// the (pane, key) cell is new.
     fn intern(&mut self, pane: i64, text: &str) -> Arc<str> {
         if let Some((key, _)) = self.key_panes.get_key_value(text) {
             let key = Arc::clone(key);
@@ -469,6 +488,26 @@ impl Engine {
         let pane = *self.key_panes.get(key)?.last()?;
         Some(self.spec.window.last_window_of_pane(pane))
     }
+}
+
+/// Feeds one event to a cell's states; returns how many aggregates skipped it.
+fn update_states(
+    aggregates: &[Aggregate],
+    states: &mut [AggState],
+    envelope: &str,
+    pos: Position,
+) -> u64 {
+    let mut skipped = 0;
+    for (agg, state) in aggregates.iter().zip(states.iter_mut()) {
+        let value = match &agg.field {
+            Some(ptr) => json::pointer_get(envelope, ptr).ok().flatten(),
+            None => None,
+        };
+        if !state.update(value, pos, agg.field.is_some()) {
+            skipped += 1;
+        }
+    }
+    skipped
 }
 
 #[cfg(test)]
