@@ -44,7 +44,7 @@ use crate::log::batches::BatchView;
 use crate::log::partition::{Partition, ReadError, Visible};
 use crate::metrics as m;
 use crate::store::codec::Writer;
-use crate::store::{Checkpoint, PipelineStore, Store};
+use crate::store::{Checkpoint, PipelineStore, RowWrite, Store};
 
 /// Bytes of whole batches read from one partition at a time.
 pub const READ_CHUNK_BYTES: usize = 1 << 20;
@@ -184,8 +184,16 @@ impl Pipelines {
                 partitions.len(),
             ));
             let (stop, stop_rx) = watch::channel(false);
+            let event_lead_ms = config
+                .topics
+                .iter()
+                .find(|t| t.name == pc.source)
+                .map_or(i64::MAX, |t| {
+                    i64::try_from(t.max_event_lead.as_millis()).unwrap_or(i64::MAX)
+                });
             let task = Task::new(
                 pc,
+                event_lead_ms,
                 spec,
                 store.pipeline(&pc.name),
                 Arc::clone(&view),
@@ -245,12 +253,17 @@ struct Source {
     head: Option<(i64, i64, usize)>,
     /// After a read error: no read before this.
     retry_at: Option<Instant>,
+    /// Records retention removed before they were read, not yet told to the engine.
+    lost: u64,
+    /// A loss was told to the engine without a bound on its times: the next batch's
+    /// gives one.
+    unbounded: bool,
 }
 
 impl Source {
     /// Reads more when the buffer is used up and more is visible. Returns whether a batch
     /// is at the head.
-    fn fill(&mut self, pipeline: &str, missed: &mut u64) -> bool {
+    fn fill(&mut self, pipeline: &str) -> bool {
         if self.head.is_some() {
             return true;
         }
@@ -288,7 +301,7 @@ impl Source {
                         to = start,
                         "retention removed records the pipeline had not read"
                     );
-                    *missed += u64::try_from(lost).unwrap_or(0);
+                    self.lost += u64::try_from(lost).unwrap_or(0);
                     self.next = start;
                 }
                 Err(e) => {
@@ -333,6 +346,7 @@ struct PipelineMetrics {
     records_in: metrics::Counter,
     rows_out: metrics::Counter,
     late: metrics::Counter,
+    lost: metrics::Counter,
     watermark: metrics::Gauge,
     open_windows: metrics::Gauge,
     lag: Vec<metrics::Gauge>,
@@ -347,6 +361,7 @@ impl PipelineMetrics {
             records_in: metrics::counter!(m::PIPELINE_RECORDS_IN, &l()),
             rows_out: metrics::counter!(m::PIPELINE_ROWS_OUT, &l()),
             late: metrics::counter!(m::PIPELINE_LATE, &l()),
+            lost: metrics::counter!(m::PIPELINE_RECORDS_LOST, &l()),
             watermark: metrics::gauge!(m::PIPELINE_WATERMARK, &l()),
             open_windows: metrics::gauge!(m::PIPELINE_OPEN_WINDOWS, &l()),
             lag: (0..partitions)
@@ -371,12 +386,13 @@ struct Task {
     stop: watch::Receiver<bool>,
     runtime: Handle,
     retain_ms: i64,
-    /// Records retention removed before they were read.
-    missed: u64,
+    /// How far past its append time an event time of the source can be (the topic's
+    /// `max_event_lead`): bounds the times of records lost to retention.
+    event_lead_ms: i64,
     store: PipelineStore,
     checkpoint_interval: Duration,
     /// Rows closed since the last checkpoint: written by the next, then final.
-    pending_rows: Vec<(i64, Arc<str>, i64, Vec<u8>)>,
+    pending_rows: Vec<RowWrite>,
     /// Anything taken since the last checkpoint.
     unsaved: bool,
 }
@@ -385,6 +401,7 @@ impl Task {
     #[allow(clippy::too_many_arguments, reason = "one call site, all distinct")]
     fn new(
         config: &PipelineConfig,
+        event_lead_ms: i64,
         spec: Spec,
         store: PipelineStore,
         view: Arc<HotView>,
@@ -392,7 +409,11 @@ impl Task {
         stop: watch::Receiver<bool>,
         runtime: Handle,
     ) -> Result<Task, crate::store::StoreError> {
-        let mut starts: Vec<i64> = partitions.iter().map(|p| p.start_offset()).collect();
+        // A pipeline reads from offset 0 (or its checkpoint), not from the start offset:
+        // records retention removed before it read them are found by the first read and
+        // counted as lost, so a pipeline defined after retention ran does not claim
+        // complete windows it could not see.
+        let mut starts: Vec<i64> = vec![0; partitions.len()];
         let restored =
             store.restore(fingerprint(config), spec.out_of_orderness_ms, spec.idle_ms)?;
         let restored = restored.filter(|r| {
@@ -408,9 +429,7 @@ impl Task {
         let engine = match restored {
             Some(r) => {
                 tracing::info!(pipeline = %config.name, cells = r.cells.len(), "pipeline restored from its checkpoint");
-                for (s, o) in starts.iter_mut().zip(&r.offsets) {
-                    *s = (*s).max(*o);
-                }
+                starts.clone_from(&r.offsets);
                 let rows = store.rows(super::view::VIEW_WINDOWS_MAX)?;
                 view.write(|v| {
                     for row in rows {
@@ -421,7 +440,7 @@ impl Task {
                                 end_ms: row.end_ms,
                                 closed: true,
                                 is_final: true,
-                                complete: true,
+                                complete: row.complete,
                                 values: row.values.into_boxed_slice(),
                             },
                         );
@@ -442,6 +461,8 @@ impl Task {
                 pos: 0,
                 head: None,
                 retry_at: None,
+                lost: 0,
+                unbounded: false,
             })
             .collect();
         Ok(Task {
@@ -453,7 +474,7 @@ impl Task {
             stop,
             runtime,
             retain_ms: i64::try_from(config.retain_results.as_millis()).unwrap_or(i64::MAX),
-            missed: 0,
+            event_lead_ms,
             store,
             checkpoint_interval: config.checkpoint_interval,
             pending_rows: Vec::new(),
@@ -498,7 +519,9 @@ impl Task {
     fn step(&mut self) -> bool {
         let mut best: Option<(i64, usize, i64)> = None;
         for (i, s) in self.sources.iter_mut().enumerate() {
-            if !s.fill(&self.name, &mut self.missed) {
+            let filled = s.fill(&self.name);
+            Self::tell_loss(&mut self.engine, s, self.event_lead_ms);
+            if !filled {
                 continue;
             }
             if let Some((append_ms, base, _)) = s.head
@@ -530,29 +553,61 @@ impl Task {
         true
     }
 
+    /// Tells the engine of records `s` lost to retention, at this point of the input so
+    /// a replay of the same log marks the same windows. The bound on their times: they
+    /// were appended before the batch now at the head of `s` (append times of a
+    /// partition do not go back), and an event time is at most the topic's
+    /// `max_event_lead` past its ingest (ingest time: the append time itself). With no
+    /// batch after the loss yet, the taint stays open-ended until one arrives.
+    fn tell_loss(engine: &mut Engine, s: &mut Source, event_lead_ms: i64) {
+        let bound = s.head.map(|(append_ms, _, _)| match engine.spec().time {
+            TimeMode::Event => append_ms.saturating_add(event_lead_ms),
+            TimeMode::Ingest => append_ms,
+        });
+        let partition = s.partition.id;
+        if s.lost > 0 {
+            engine.note_loss(partition, std::mem::take(&mut s.lost), bound);
+            s.unbounded = bound.is_none();
+        } else if s.unbounded
+            && let Some(b) = bound
+        {
+            engine.bound_loss(partition, b);
+            s.unbounded = false;
+        }
+    }
+
     /// Hands what changed to the view: values gathered first, then one write lock.
     fn publish(&mut self, prune: bool) {
         let size = self.engine.spec().window.size_ms();
         let mut rows: Vec<(i64, Arc<str>, Row)> = Vec::new();
+        let mut changed: Vec<(i64, Arc<str>, Vec<super::aggregate::AggState>)> = Vec::new();
         self.engine.take_changed(|start, key, values| {
+            changed.push((start, Arc::clone(key), values));
+        });
+        for (start, key, values) in changed {
             rows.push((
                 start,
-                Arc::clone(key),
+                key,
                 Row {
                     end_ms: start + size,
                     closed: false,
                     is_final: false,
-                    complete: true,
+                    complete: self.engine.is_complete(start),
                     values: values.into_boxed_slice(),
                 },
             ));
-        });
+        }
         for c in self.engine.take_closed() {
             self.metrics.rows_closed += 1;
             let mut states = Vec::new();
             Writer(&mut states).states(&c.values);
-            self.pending_rows
-                .push((c.start_ms, Arc::clone(&c.key), c.end_ms, states));
+            self.pending_rows.push(RowWrite {
+                start_ms: c.start_ms,
+                key: Arc::clone(&c.key),
+                end_ms: c.end_ms,
+                complete: c.complete,
+                states,
+            });
             rows.push((
                 c.start_ms,
                 c.key,
@@ -560,7 +615,7 @@ impl Task {
                     end_ms: c.end_ms,
                     closed: true,
                     is_final: false,
-                    complete: true,
+                    complete: c.complete,
                     values: c.values.into_boxed_slice(),
                 },
             ));
@@ -572,9 +627,10 @@ impl Task {
             * self.engine.spec().aggregates.len()
             + 64;
         let next_offsets: Vec<i64> = self.sources.iter().map(|s| s.next).collect();
-        let (retain_ms, missed) = (self.retain_ms, self.missed);
+        let retain_ms = self.retain_ms;
         let c = self.engine.counters();
         let pm = &self.metrics;
+        pm.lost.absolute(c.lost);
         pm.records_in
             .absolute(c.counted + c.filtered + c.late + c.no_key);
         pm.late.absolute(c.late);
@@ -597,7 +653,7 @@ impl Task {
             v.open_windows = open_windows;
             v.state_bytes = (cells * per_cell) as u64;
             v.next_offsets = next_offsets;
-            v.missed_records = missed;
+            v.missed_records = c.lost;
             v.published = true;
             if prune {
                 v.prune(retain_ms);
@@ -645,7 +701,7 @@ impl Task {
                 let done: Vec<(i64, Arc<str>)> = checkpoint
                     .rows
                     .into_iter()
-                    .map(|(start, key, _, _)| (start, key))
+                    .map(|r| (r.start_ms, r.key))
                     .collect();
                 self.view.write(|v| v.mark_final(&done));
                 self.unsaved = false;

@@ -5,7 +5,8 @@
 //! - `h`: head, the input offsets per partition (next to read) and the engine head
 //!   (watermarks, close position, counters);
 //! - `c` + pane start (8 bytes, order-preserving) + key: one pane cell's aggregate states;
-//! - `r` + window start (8 bytes, order-preserving) + key: a closed row (end, states).
+//! - `r` + window start (8 bytes, order-preserving) + key: a closed row (end, states,
+//!   then a byte 1 complete / 0 incomplete; a value without it is complete).
 //!
 //! A checkpoint is one atomic `sled::Batch` of the head, the cells changed since the last
 //! one, the deletion of cells of dropped panes and of expired rows, and the rows closed
@@ -94,6 +95,18 @@ pub struct StoredRow {
     pub end_ms: i64,
     pub key: Arc<str>,
     pub values: Vec<AggState>,
+    /// False when retention may have removed events of the window unread.
+    pub complete: bool,
+}
+
+/// A closed row as a checkpoint writes it.
+pub struct RowWrite {
+    pub start_ms: i64,
+    pub key: Arc<str>,
+    pub end_ms: i64,
+    pub complete: bool,
+    /// The encoded states.
+    pub states: Vec<u8>,
 }
 
 /// What one checkpoint writes.
@@ -105,8 +118,8 @@ pub struct Checkpoint {
     pub cells: Vec<(i64, Arc<str>, Vec<u8>)>,
     /// Cells of panes before this are deleted (`None`: every cell).
     pub oldest_pane: Option<i64>,
-    /// (start, key, end, encoded states) of rows closed since the last checkpoint.
-    pub rows: Vec<(i64, Arc<str>, i64, Vec<u8>)>,
+    /// Rows closed since the last checkpoint.
+    pub rows: Vec<RowWrite>,
     /// Rows of windows starting before this are deleted.
     pub rows_before: Option<i64>,
 }
@@ -184,11 +197,14 @@ impl PipelineStore {
             let key = std::str::from_utf8(&rest[8..]).map_err(|_| CodecError("row key"))?;
             let mut r = Reader(&v);
             let end_ms = r.i64()?;
+            let values = r.states()?;
+            let complete = r.0.first().is_none_or(|b| *b == 1);
             out.push(StoredRow {
                 start_ms,
                 end_ms,
                 key: Arc::from(key),
-                values: r.states()?,
+                values,
+                complete,
             });
         }
         Ok(out)
@@ -236,11 +252,12 @@ impl PipelineStore {
                 batch.remove(k?);
             }
         }
-        for (start, key, end, states) in &c.rows {
-            let mut v = Vec::with_capacity(8 + states.len());
-            Writer(&mut v).i64(*end);
-            v.extend_from_slice(states);
-            batch.insert(self.key(b'r', Some(*start), key.as_bytes()), v);
+        for row in &c.rows {
+            let mut v = Vec::with_capacity(9 + row.states.len());
+            Writer(&mut v).i64(row.end_ms);
+            v.extend_from_slice(&row.states);
+            v.push(u8::from(row.complete));
+            batch.insert(self.key(b'r', Some(row.start_ms), row.key.as_bytes()), v);
         }
         self.tree.apply_batch(batch)?;
         self.tree.flush()?;
@@ -274,6 +291,7 @@ mod tests {
             marks: Watermarks::new(2, 0, 0),
             next_close_ms: Some(10),
             counters: Counters::default(),
+            taints: Vec::new(),
         };
         let mut h = Vec::new();
         Writer(&mut h).head(&head);
@@ -291,7 +309,13 @@ mod tests {
                     .map(|(pane, k, n)| (pane, Arc::from(k), states(n)))
                     .collect(),
                 oldest_pane: oldest,
-                rows: vec![(0, Arc::from("a"), 10, states(9))],
+                rows: vec![RowWrite {
+                    start_ms: 0,
+                    key: Arc::from("a"),
+                    end_ms: 10,
+                    complete: false,
+                    states: states(9),
+                }],
                 rows_before: None,
             })
             .unwrap();
@@ -313,6 +337,7 @@ mod tests {
         let rows = p.rows(10).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].values, [AggState::Count(9)]);
+        assert!(!rows[0].complete, "the mark is kept");
         assert!(p.restore(2, 0, 0).unwrap().is_none(), "a new definition");
         assert!(p.rows(10).unwrap().is_empty());
     }
