@@ -18,11 +18,14 @@
 //! partition that receives nothing).
 //!
 //! Checkpoints (exactly once): every `checkpoint_interval`, and at a stop, the thread
-//! makes its input offsets durable (under `always` they are; otherwise it asks for an
-//! fsync round and waits for it), then commits one atomic sled batch holding the offsets,
-//! the engine head, the pane cells changed since the last checkpoint and the rows closed
-//! since, flushed before it counts; then those rows turn `final`. A start restores the
-//! engine and offsets from it and reads on from there, so every record counts once. A
+//! encodes a checkpoint (its input offsets, the engine head, the pane cells changed since
+//! the last one and the rows closed since) and hands it to the pipeline's checkpoint
+//! thread (`checkpointer`), which makes the offsets durable (under `always` they are;
+//! otherwise it asks for an fsync round and waits for it), commits it as one atomic sled
+//! batch, flushes it, and only then turns those rows `final`. The pipeline thread goes on
+//! reading meanwhile; one checkpoint is in flight at most, and one due meanwhile waits for
+//! it. At a stop the final checkpoint is flushed before the thread ends. A start restores
+//! the engine and offsets from it and reads on from there, so every record counts once. A
 //! pipeline whose definition changed (its fingerprint) is rebuilt from the log.
 
 use std::sync::Arc;
@@ -34,11 +37,12 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 
 use super::aggregate::Aggregate;
+use super::checkpointer::{Checkpointer, Job, Outcome};
 use super::engine::{Engine, Input, Spec, TimeMode};
 use super::key::{Filter, GroupBy};
 use super::view::{HotView, Row};
 use super::window::WindowKind;
-use crate::config::{Config, FsyncMode, PipelineConfig, PipelineTime, WindowConfig};
+use crate::config::{Config, PipelineConfig, PipelineTime, WindowConfig};
 use crate::log::Log;
 use crate::log::batches::BatchView;
 use crate::log::partition::{Partition, ReadError, Visible};
@@ -57,10 +61,6 @@ pub const IDLE_WAIT: Duration = Duration::from_millis(200);
 pub const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 /// How often the view drops expired windows.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
-/// Longest a checkpoint waits for its source offsets to become durable (`interval` and
-/// `never` topics); past it the checkpoint is skipped and tried again next interval.
-pub const DURABLE_WAIT_MAX: Duration = Duration::from_secs(10);
-
 /// The fingerprint of what a pipeline computes: a checkpoint of another definition is
 /// not restored. `Debug` text is stable within a build, and a new build may rebuild.
 pub fn fingerprint(c: &PipelineConfig) -> u64 {
@@ -109,6 +109,37 @@ pub fn spec_of(config: &PipelineConfig, partitions: usize) -> Spec {
             })
             .collect(),
         partitions,
+    }
+}
+
+/// Encodes what a checkpoint of `engine` writes: the head, the cells changed since the
+/// last one (taken from the engine), the closed `rows` and the retention bounds. Pure, on
+/// the pipeline thread; the checkpoint thread only commits the result.
+pub fn encode_checkpoint(
+    engine: &mut Engine,
+    offsets: Vec<i64>,
+    rows: Vec<RowWrite>,
+    retain_ms: i64,
+) -> Checkpoint {
+    let mut head = Vec::new();
+    Writer(&mut head).head(&engine.head());
+    let mut cells = Vec::new();
+    engine.take_unsaved(|pane, key, states| {
+        let mut b = Vec::new();
+        Writer(&mut b).states(states);
+        cells.push((pane, Arc::clone(key), b));
+    });
+    let wm = engine.watermark();
+    let size = engine.spec().window.size_ms();
+    let rows_before =
+        (wm != super::watermark::NONE).then(|| wm.saturating_sub(retain_ms).saturating_sub(size));
+    Checkpoint {
+        offsets,
+        head,
+        cells,
+        oldest_pane: engine.oldest_pane(),
+        rows,
+        rows_before,
     }
 }
 
@@ -322,25 +353,6 @@ impl Source {
     }
 }
 
-/// Makes `partition` durable through offset `end` (exclusive): under `always` the
-/// visible end already is; otherwise an fsync round is asked for and waited on, bounded
-/// by [`DURABLE_WAIT_MAX`]. False if it did not happen.
-fn make_durable(partition: &Arc<Partition>, end: i64) -> bool {
-    if partition.fsync_mode() == FsyncMode::Always || partition.durable_end() >= end {
-        return true;
-    }
-    partition.request_sync();
-    let deadline = Instant::now() + DURABLE_WAIT_MAX;
-    // fsync rounds publish no signal for buffered topics: poll at a short, bounded step.
-    while partition.durable_end() < end {
-        if partition.is_fenced() || Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    true
-}
-
 /// Metric handles of one pipeline, resolved once.
 struct PipelineMetrics {
     records_in: metrics::Counter,
@@ -389,7 +401,8 @@ struct Task {
     /// How far past its append time an event time of the source can be (the topic's
     /// `max_event_lead`): bounds the times of records lost to retention.
     event_lead_ms: i64,
-    store: PipelineStore,
+    /// The checkpoint thread; `None` once finished at the stop.
+    checkpointer: Option<Checkpointer>,
     checkpoint_interval: Duration,
     /// Rows closed since the last checkpoint: written by the next, then final.
     pending_rows: Vec<RowWrite>,
@@ -465,8 +478,17 @@ impl Task {
                 unbounded: false,
             })
             .collect();
+        let metrics = PipelineMetrics::new(&config.name, partitions.len());
+        let checkpointer = Checkpointer::start(
+            &config.name,
+            store,
+            Arc::clone(&view),
+            partitions.to_vec(),
+            metrics.checkpoint_seconds.clone(),
+        )
+        .map_err(|e| crate::store::StoreError::Start(e.to_string()))?;
         Ok(Task {
-            metrics: PipelineMetrics::new(&config.name, partitions.len()),
+            metrics,
             name: config.name.clone(),
             engine,
             view,
@@ -475,7 +497,7 @@ impl Task {
             runtime,
             retain_ms: i64::try_from(config.retain_results.as_millis()).unwrap_or(i64::MAX),
             event_lead_ms,
-            store,
+            checkpointer: Some(checkpointer),
             checkpoint_interval: config.checkpoint_interval,
             pending_rows: Vec::new(),
             unsaved: true,
@@ -489,6 +511,7 @@ impl Task {
         // A restored engine's open windows, and the watermark, for the view at once.
         self.publish(false);
         while !*self.stop.borrow() {
+            self.collect(false);
             let started = Instant::now();
             let mut taken = 0usize;
             while started.elapsed() < PUBLISH_INTERVAL && self.step() {
@@ -502,8 +525,8 @@ impl Task {
                     last_prune = Instant::now();
                 }
             }
-            if last_checkpoint.elapsed() >= self.checkpoint_interval {
-                self.checkpoint();
+            // One in flight: this one is due again as soon as that one is reported.
+            if last_checkpoint.elapsed() >= self.checkpoint_interval && self.checkpoint() {
                 last_checkpoint = Instant::now();
             }
             if taken == 0 {
@@ -511,7 +534,13 @@ impl Task {
             }
         }
         self.publish(false);
+        // The final checkpoint is flushed before the thread ends, so before `Log::close`.
+        self.collect(true);
         self.checkpoint();
+        self.collect(true);
+        if let Some(c) = self.checkpointer.take() {
+            c.finish();
+        }
         tracing::info!(pipeline = %self.name, "pipeline stopped");
     }
 
@@ -661,61 +690,53 @@ impl Task {
         });
     }
 
-    /// Commits a checkpoint if anything was taken since the last one; then the rows it
-    /// holds turn final. A failure is logged and retried at the next interval: the
-    /// previous checkpoint still stands.
-    fn checkpoint(&mut self) {
+    /// Encodes a checkpoint if anything was taken since the last one and hands it to the
+    /// checkpoint thread, which makes the offsets durable, commits and flushes it, then
+    /// turns its rows final. Returns false (nothing done) while one is still in flight.
+    fn checkpoint(&mut self) -> bool {
+        let Some(checkpointer) = &mut self.checkpointer else {
+            return true;
+        };
+        if checkpointer.in_flight() {
+            return false;
+        }
         if !self.unsaved {
-            return;
+            return true;
         }
         let started = Instant::now();
         let offsets: Vec<i64> = self.sources.iter().map(|s| s.next).collect();
-        for s in &self.sources {
-            if !make_durable(&s.partition, s.next) {
-                tracing::warn!(pipeline = %self.name, partition = s.partition.id, "source offsets not durable; checkpoint skipped");
-                return;
-            }
-        }
-        let mut head = Vec::new();
-        Writer(&mut head).head(&self.engine.head());
-        let mut cells = Vec::new();
-        self.engine.take_unsaved(|pane, key, states| {
-            let mut b = Vec::new();
-            Writer(&mut b).states(states);
-            cells.push((pane, Arc::clone(key), b));
-        });
-        let wm = self.engine.watermark();
-        let size = self.engine.spec().window.size_ms();
-        let rows_before = (wm != super::watermark::NONE)
-            .then(|| wm.saturating_sub(self.retain_ms).saturating_sub(size));
-        let checkpoint = Checkpoint {
+        let checkpoint = encode_checkpoint(
+            &mut self.engine,
             offsets,
-            head,
-            cells,
-            oldest_pane: self.engine.oldest_pane(),
-            rows: std::mem::take(&mut self.pending_rows),
-            rows_before,
-        };
-        match self.store.commit(&checkpoint) {
-            Ok(()) => {
-                let done: Vec<(i64, Arc<str>)> = checkpoint
-                    .rows
-                    .into_iter()
-                    .map(|r| (r.start_ms, r.key))
-                    .collect();
-                self.view.write(|v| v.mark_final(&done));
-                self.unsaved = false;
-                self.metrics
-                    .checkpoint_seconds
-                    .record(started.elapsed().as_secs_f64());
-                tracing::debug!(pipeline = %self.name, seconds = started.elapsed().as_secs_f64(), "checkpoint");
-            }
-            Err(e) => {
-                tracing::error!(pipeline = %self.name, error = %e, "checkpoint failed; retrying next interval");
-                // Cells already taken must be written by the next one: write them all.
-                self.pending_rows = checkpoint.rows;
+            std::mem::take(&mut self.pending_rows),
+            self.retain_ms,
+        );
+        match checkpointer.submit(Job {
+            checkpoint,
+            started,
+        }) {
+            None => self.unsaved = false,
+            Some(job) => {
+                // Not handed over (the thread is gone): keep everything for the next.
+                self.pending_rows = job.checkpoint.rows;
                 self.engine.mark_all_unsaved();
             }
+        }
+        true
+    }
+
+    /// Takes the outcome of the checkpoint in flight (`wait`: waits for it). A failure
+    /// leaves the previous checkpoint standing; the next one writes its rows again and
+    /// every cell.
+    fn collect(&mut self, wait: bool) {
+        let Some(checkpointer) = &mut self.checkpointer else {
+            return;
+        };
+        if let Some(Outcome::Failed { mut rows }) = checkpointer.outcome(wait) {
+            rows.append(&mut self.pending_rows);
+            self.pending_rows = rows;
+            self.engine.mark_all_unsaved();
+            self.unsaved = true;
         }
     }
 
