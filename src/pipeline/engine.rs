@@ -511,6 +511,16 @@ impl Engine {
         self.unsaved = unsaved;
     }
 
+    /// Calls `visit(key, states)` for every cell of `pane`, in no particular order: a
+    /// checkpoint rewrites whole groups of a pane's cells.
+    pub fn pane_cells(&self, pane: i64, mut visit: impl FnMut(&Arc<str>, &[AggState])) {
+        if let Some(keys) = self.panes.get(&pane) {
+            for (key, cell) in keys {
+                visit(key, &cell.states);
+            }
+        }
+    }
+
     /// Lists every cell as unsaved: after a failed checkpoint, the next writes them all.
     pub fn mark_all_unsaved(&mut self) {
         self.unsaved.clear();

@@ -48,7 +48,7 @@ use crate::log::batches::BatchView;
 use crate::log::partition::{Partition, ReadError, Visible};
 use crate::metrics as m;
 use crate::store::codec::Writer;
-use crate::store::{Checkpoint, PipelineStore, RowWrite, Store};
+use crate::store::{CELL_BUCKETS, Checkpoint, PipelineStore, RowWrite, Store, cell_bucket};
 
 /// Bytes of whole batches read from one partition at a time.
 pub const READ_CHUNK_BYTES: usize = 1 << 20;
@@ -123,12 +123,32 @@ pub fn encode_checkpoint(
 ) -> Checkpoint {
     let mut head = Vec::new();
     Writer(&mut head).head(&engine.head());
-    let mut cells = Vec::new();
-    engine.take_unsaved(|pane, key, states| {
-        let mut b = Vec::new();
-        Writer(&mut b).states(states);
-        cells.push((pane, Arc::clone(key), b));
+    // The buckets with a changed cell, per pane; then each such bucket whole, from one
+    // walk over its pane's cells (see `store`: cells are stored a bucket per value).
+    let mut dirty: std::collections::BTreeMap<i64, Vec<bool>> = std::collections::BTreeMap::new();
+    engine.take_unsaved(|pane, key, _| {
+        dirty
+            .entry(pane)
+            .or_insert_with(|| vec![false; usize::from(CELL_BUCKETS)])
+            [usize::from(cell_bucket(key))] = true;
     });
+    let mut cells = Vec::new();
+    let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); usize::from(CELL_BUCKETS)];
+    for (pane, buckets) in dirty {
+        engine.pane_cells(pane, |key, states| {
+            let b = usize::from(cell_bucket(key));
+            if buckets[b] {
+                let mut w = Writer(&mut bufs[b]);
+                w.bytes(key.as_bytes());
+                w.states(states);
+            }
+        });
+        for (bucket, buf) in (0u16..).zip(bufs.iter_mut()) {
+            if !buf.is_empty() {
+                cells.push((pane, bucket, std::mem::take(buf)));
+            }
+        }
+    }
     let wm = engine.watermark();
     let size = engine.spec().window.size_ms();
     let rows_before =

@@ -31,7 +31,7 @@ impl Writer<'_> {
             None => self.u8(0),
         }
     }
-    fn bytes(&mut self, b: &[u8]) {
+    pub fn bytes(&mut self, b: &[u8]) {
         self.u64(b.len() as u64);
         self.0.extend_from_slice(b);
     }
@@ -158,6 +158,11 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(
             b.try_into().map_err(|_| CodecError("u64"))?,
         ))
+    }
+    /// A string written by `Writer::bytes`.
+    pub fn str(&mut self) -> Result<&'a str, CodecError> {
+        let n = self.len()?;
+        std::str::from_utf8(self.take(n)?).map_err(|_| CodecError("utf-8"))
     }
     fn len(&mut self) -> Result<usize, CodecError> {
         let n = usize::try_from(self.u64()?).map_err(|_| CodecError("length"))?;
