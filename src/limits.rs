@@ -76,3 +76,8 @@ pub const QUERY_WINDOWS_MAX: usize = 1000;
 
 /// Most keys a `top` query answers, for the same reason.
 pub const QUERY_TOP_MAX: usize = 1000;
+
+/// Checkpoints of one pipeline queued for its checkpoint thread. One: the pipeline thread
+/// hands a checkpoint over only when the previous one has been reported, so a queue of one
+/// never blocks it, and a pipeline holds at most one encoded checkpoint besides its state.
+pub const CHECKPOINT_QUEUE: usize = 1;

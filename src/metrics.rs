@@ -34,6 +34,7 @@ pub const RETENTION_UNCONSUMED: &str = "weir_retention_unconsumed_records_total"
 pub const PIPELINE_RECORDS_IN: &str = "weir_pipeline_records_in_total";
 pub const PIPELINE_ROWS_OUT: &str = "weir_pipeline_rows_closed_total";
 pub const PIPELINE_LATE: &str = "weir_pipeline_late_events_total";
+pub const PIPELINE_RECORDS_LOST: &str = "weir_pipeline_records_lost_total";
 pub const PIPELINE_WATERMARK: &str = "weir_pipeline_watermark_seconds";
 pub const PIPELINE_LAG: &str = "weir_pipeline_lag_records";
 pub const PIPELINE_OPEN_WINDOWS: &str = "weir_pipeline_open_windows";
@@ -82,6 +83,11 @@ fn describe() {
         PIPELINE_LATE,
         Unit::Count,
         "Events no open window of a pipeline took: dropped"
+    );
+    describe_counter!(
+        PIPELINE_RECORDS_LOST,
+        Unit::Count,
+        "Records retention removed before a pipeline read them; their windows answer complete: false"
     );
     describe_gauge!(
         PIPELINE_WATERMARK,

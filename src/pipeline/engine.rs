@@ -72,7 +72,29 @@ pub struct ClosedRow {
     pub key: Arc<str>,
     /// One per aggregate, in spec order.
     pub values: Vec<AggState>,
+    /// False when events of the window may have been removed by retention unread.
+    pub complete: bool,
 }
+
+/// Windows that records removed by retention before the pipeline read them could have
+/// counted in: every window whose `end > min_end_ms` and `start <= max_start_ms`.
+///
+/// The lost records' times are unknown, so this over-approximates on purpose: a window
+/// is never called complete if it could have lost events, and some that lost none are
+/// called incomplete. `min_end_ms` is the watermark at the loss minus the allowed
+/// lateness (every window still open then, whatever its time; `i64::MIN` before any
+/// watermark); `max_start_ms` is a bound on the lost records' times that the driver
+/// knows from the log (see `runner`), `i64::MAX` until it knows one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taint {
+    pub partition: u32,
+    pub min_end_ms: i64,
+    pub max_start_ms: i64,
+}
+
+/// Most taints an engine keeps apart; beyond it the two oldest merge into their hull
+/// (a wider range: still sound). Losses are rare and taints expire with their windows.
+pub const TAINTS_MAX: usize = 64;
 
 /// The state of one (pane, key).
 #[derive(Debug, Clone)]
@@ -91,6 +113,8 @@ pub struct EngineHead {
     pub marks: Watermarks,
     pub next_close_ms: Option<i64>,
     pub counters: Counters,
+    /// Ranges of windows that may miss records lost to retention.
+    pub taints: Vec<Taint>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -101,6 +125,8 @@ pub struct Counters {
     pub no_key: u64,
     /// Aggregate inputs skipped (field absent, null or not a number).
     pub skipped_values: u64,
+    /// Records retention removed before the pipeline read them.
+    pub lost: u64,
 }
 
 pub struct Engine {
@@ -122,6 +148,8 @@ pub struct Engine {
     /// Rows of windows closed since the last `take_closed`.
     closed: Vec<ClosedRow>,
     counters: Counters,
+    /// Windows that may miss records lost to retention; oldest first.
+    taints: Vec<Taint>,
     key_buf: String,
 }
 
@@ -138,6 +166,7 @@ impl Engine {
             next_close_ms: None,
             closed: Vec::new(),
             counters: Counters::default(),
+            taints: Vec::new(),
             key_buf: String::new(),
         }
     }
@@ -170,6 +199,78 @@ impl Engine {
         }
         let wm = self.marks.advance();
         self.close_through(wm);
+        self.expire_taints(wm);
+    }
+
+    /// Records `lost` records of `partition`, removed by retention before they were read,
+    /// at this point of the input: every window still open, and every later one starting
+    /// at or before `max_start_ms` (`None`: unknown yet, see [`bound_loss`]), turns
+    /// incomplete. The open windows are listed as changed, so the view learns it.
+    ///
+    /// [`bound_loss`]: Self::bound_loss
+    pub fn note_loss(&mut self, partition: u32, lost: u64, max_start_ms: Option<i64>) {
+        self.counters.lost += lost;
+        let wm = self.marks.current();
+        let min_end_ms = if wm == watermark::NONE {
+            i64::MIN
+        } else {
+            wm.saturating_sub(self.spec.allowed_lateness_ms)
+        };
+        self.taints.push(Taint {
+            partition,
+            min_end_ms,
+            max_start_ms: max_start_ms.unwrap_or(i64::MAX),
+        });
+        if self.taints.len() > TAINTS_MAX {
+            let (a, b) = (self.taints.remove(0), self.taints.remove(0));
+            self.taints.insert(
+                0,
+                Taint {
+                    partition: a.partition,
+                    min_end_ms: a.min_end_ms.min(b.min_end_ms),
+                    max_start_ms: a.max_start_ms.max(b.max_start_ms),
+                },
+            );
+        }
+        for (pane, keys) in &mut self.panes {
+            for (key, cell) in keys.iter_mut() {
+                if !cell.dirty {
+                    cell.dirty = true;
+                    self.changed.push((*pane, Arc::clone(key)));
+                }
+            }
+        }
+    }
+
+    /// Bounds the open-ended taints of `partition` (a loss noted without a bound) by
+    /// `max_start_ms`, once the driver knows one.
+    pub fn bound_loss(&mut self, partition: u32, max_start_ms: i64) {
+        for t in &mut self.taints {
+            if t.partition == partition && t.max_start_ms == i64::MAX {
+                t.max_start_ms = max_start_ms;
+            }
+        }
+    }
+
+    /// Whether the window starting at `start_ms` holds every record it should: no loss
+    /// to retention could have touched it.
+    pub fn is_complete(&self, start_ms: i64) -> bool {
+        let end_ms = start_ms.saturating_add(self.spec.window.size_ms());
+        !self
+            .taints
+            .iter()
+            .any(|t| end_ms > t.min_end_ms && start_ms <= t.max_start_ms)
+    }
+
+    /// Drops taints no window can match any more: every window starting at or before
+    /// their bound is closed for good.
+    fn expire_taints(&mut self, wm: i64) {
+        if wm == watermark::NONE || self.taints.is_empty() {
+            return;
+        }
+        let reach = self.spec.window.size_ms() + self.spec.allowed_lateness_ms;
+        self.taints
+            .retain(|t| t.max_start_ms.saturating_add(reach) > wm);
     }
 
     fn take(&mut self, partition: u32, ts_ms: i64, input: &Input<'_>) -> Taken {
@@ -311,12 +412,14 @@ impl Engine {
                     }
                 }
             }
+            let complete = self.is_complete(start);
             self.closed
                 .extend(rows.into_iter().map(|(key, values)| ClosedRow {
                     start_ms: start,
                     end_ms: end,
                     key,
                     values,
+                    complete,
                 }));
             // The next window with state: the next one, or the first holding a later pane.
             let next = start + pane_ms;
@@ -427,6 +530,16 @@ impl Engine {
         self.unsaved = unsaved;
     }
 
+    /// Calls `visit(key, states)` for every cell of `pane`, in no particular order: a
+    /// checkpoint rewrites whole groups of a pane's cells.
+    pub fn pane_cells(&self, pane: i64, mut visit: impl FnMut(&Arc<str>, &[AggState])) {
+        if let Some(keys) = self.panes.get(&pane) {
+            for (key, cell) in keys {
+                visit(key, &cell.states);
+            }
+        }
+    }
+
     /// Lists every cell as unsaved: after a failed checkpoint, the next writes them all.
     pub fn mark_all_unsaved(&mut self) {
         self.unsaved.clear();
@@ -449,6 +562,7 @@ impl Engine {
             marks: self.marks.clone(),
             next_close_ms: self.next_close_ms,
             counters: self.counters,
+            taints: self.taints.clone(),
         }
     }
 
@@ -463,6 +577,7 @@ impl Engine {
         e.marks = head.marks;
         e.next_close_ms = head.next_close_ms;
         e.counters = head.counters;
+        e.taints = head.taints;
         for (pane, key, states) in cells {
             let key = e.intern(pane, &key);
             e.changed.push((pane, Arc::clone(&key)));

@@ -3,9 +3,11 @@
 //! The core (`window`, `aggregate`, `watermark`, `key`, `engine`) is pure: no IO, no clock,
 //! a function of the records it is given, so replaying the log recomputes the same results.
 //! `view` is the in-memory hot view of results HTTP answers from (no IO either); `runner`
-//! is the thread per pipeline that reads the log and drives an engine.
+//! is the thread per pipeline that reads the log and drives an engine; `checkpointer` the
+//! thread per pipeline that writes its checkpoints.
 
 pub mod aggregate;
+pub mod checkpointer;
 pub mod engine;
 pub mod key;
 pub mod runner;

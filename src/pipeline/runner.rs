@@ -18,11 +18,14 @@
 //! partition that receives nothing).
 //!
 //! Checkpoints (exactly once): every `checkpoint_interval`, and at a stop, the thread
-//! makes its input offsets durable (under `always` they are; otherwise it asks for an
-//! fsync round and waits for it), then commits one atomic sled batch holding the offsets,
-//! the engine head, the pane cells changed since the last checkpoint and the rows closed
-//! since, flushed before it counts; then those rows turn `final`. A start restores the
-//! engine and offsets from it and reads on from there, so every record counts once. A
+//! encodes a checkpoint (its input offsets, the engine head, the pane cells changed since
+//! the last one and the rows closed since) and hands it to the pipeline's checkpoint
+//! thread (`checkpointer`), which makes the offsets durable (under `always` they are;
+//! otherwise it asks for an fsync round and waits for it), commits it as one atomic sled
+//! batch, flushes it, and only then turns those rows `final`. The pipeline thread goes on
+//! reading meanwhile; one checkpoint is in flight at most, and one due meanwhile waits for
+//! it. At a stop the final checkpoint is flushed before the thread ends. A start restores
+//! the engine and offsets from it and reads on from there, so every record counts once. A
 //! pipeline whose definition changed (its fingerprint) is rebuilt from the log.
 
 use std::sync::Arc;
@@ -34,17 +37,18 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 
 use super::aggregate::Aggregate;
+use super::checkpointer::{Checkpointer, Job, Outcome};
 use super::engine::{Engine, Input, Spec, TimeMode};
 use super::key::{Filter, GroupBy};
 use super::view::{HotView, Row};
 use super::window::WindowKind;
-use crate::config::{Config, FsyncMode, PipelineConfig, PipelineTime, WindowConfig};
+use crate::config::{Config, PipelineConfig, PipelineTime, WindowConfig};
 use crate::log::Log;
 use crate::log::batches::BatchView;
 use crate::log::partition::{Partition, ReadError, Visible};
 use crate::metrics as m;
 use crate::store::codec::Writer;
-use crate::store::{Checkpoint, PipelineStore, Store};
+use crate::store::{CELL_BUCKETS, Checkpoint, PipelineStore, RowWrite, Store, cell_bucket};
 
 /// Bytes of whole batches read from one partition at a time.
 pub const READ_CHUNK_BYTES: usize = 1 << 20;
@@ -57,10 +61,6 @@ pub const IDLE_WAIT: Duration = Duration::from_millis(200);
 pub const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 /// How often the view drops expired windows.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
-/// Longest a checkpoint waits for its source offsets to become durable (`interval` and
-/// `never` topics); past it the checkpoint is skipped and tried again next interval.
-pub const DURABLE_WAIT_MAX: Duration = Duration::from_secs(10);
-
 /// The fingerprint of what a pipeline computes: a checkpoint of another definition is
 /// not restored. `Debug` text is stable within a build, and a new build may rebuild.
 pub fn fingerprint(c: &PipelineConfig) -> u64 {
@@ -109,6 +109,57 @@ pub fn spec_of(config: &PipelineConfig, partitions: usize) -> Spec {
             })
             .collect(),
         partitions,
+    }
+}
+
+/// Encodes what a checkpoint of `engine` writes: the head, the cells changed since the
+/// last one (taken from the engine), the closed `rows` and the retention bounds. Pure, on
+/// the pipeline thread; the checkpoint thread only commits the result.
+pub fn encode_checkpoint(
+    engine: &mut Engine,
+    offsets: Vec<i64>,
+    rows: Vec<RowWrite>,
+    retain_ms: i64,
+) -> Checkpoint {
+    let mut head = Vec::new();
+    Writer(&mut head).head(&engine.head());
+    // The buckets with a changed cell, per pane; then each such bucket whole, from one
+    // walk over its pane's cells (see `store`: cells are stored a bucket per value).
+    let mut dirty: std::collections::BTreeMap<i64, Vec<bool>> = std::collections::BTreeMap::new();
+    engine.take_unsaved(|pane, key, _| {
+        dirty
+            .entry(pane)
+            .or_insert_with(|| vec![false; usize::from(CELL_BUCKETS)])
+            [usize::from(cell_bucket(key))] = true;
+    });
+    let mut cells = Vec::new();
+    let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); usize::from(CELL_BUCKETS)];
+    for (pane, buckets) in dirty {
+        engine.pane_cells(pane, |key, states| {
+            let b = usize::from(cell_bucket(key));
+            if buckets[b] {
+                let mut w = Writer(&mut bufs[b]);
+                w.bytes(key.as_bytes());
+                w.states(states);
+            }
+        });
+        for (bucket, buf) in (0u16..).zip(bufs.iter_mut()) {
+            if !buf.is_empty() {
+                cells.push((pane, bucket, std::mem::take(buf)));
+            }
+        }
+    }
+    let wm = engine.watermark();
+    let size = engine.spec().window.size_ms();
+    let rows_before =
+        (wm != super::watermark::NONE).then(|| wm.saturating_sub(retain_ms).saturating_sub(size));
+    Checkpoint {
+        offsets,
+        head,
+        cells,
+        oldest_pane: engine.oldest_pane(),
+        rows,
+        rows_before,
     }
 }
 
@@ -184,8 +235,16 @@ impl Pipelines {
                 partitions.len(),
             ));
             let (stop, stop_rx) = watch::channel(false);
+            let event_lead_ms = config
+                .topics
+                .iter()
+                .find(|t| t.name == pc.source)
+                .map_or(i64::MAX, |t| {
+                    i64::try_from(t.max_event_lead.as_millis()).unwrap_or(i64::MAX)
+                });
             let task = Task::new(
                 pc,
+                event_lead_ms,
                 spec,
                 store.pipeline(&pc.name),
                 Arc::clone(&view),
@@ -245,12 +304,17 @@ struct Source {
     head: Option<(i64, i64, usize)>,
     /// After a read error: no read before this.
     retry_at: Option<Instant>,
+    /// Records retention removed before they were read, not yet told to the engine.
+    lost: u64,
+    /// A loss was told to the engine without a bound on its times: the next batch's
+    /// gives one.
+    unbounded: bool,
 }
 
 impl Source {
     /// Reads more when the buffer is used up and more is visible. Returns whether a batch
     /// is at the head.
-    fn fill(&mut self, pipeline: &str, missed: &mut u64) -> bool {
+    fn fill(&mut self, pipeline: &str) -> bool {
         if self.head.is_some() {
             return true;
         }
@@ -288,7 +352,7 @@ impl Source {
                         to = start,
                         "retention removed records the pipeline had not read"
                     );
-                    *missed += u64::try_from(lost).unwrap_or(0);
+                    self.lost += u64::try_from(lost).unwrap_or(0);
                     self.next = start;
                 }
                 Err(e) => {
@@ -309,30 +373,12 @@ impl Source {
     }
 }
 
-/// Makes `partition` durable through offset `end` (exclusive): under `always` the
-/// visible end already is; otherwise an fsync round is asked for and waited on, bounded
-/// by [`DURABLE_WAIT_MAX`]. False if it did not happen.
-fn make_durable(partition: &Arc<Partition>, end: i64) -> bool {
-    if partition.fsync_mode() == FsyncMode::Always || partition.durable_end() >= end {
-        return true;
-    }
-    partition.request_sync();
-    let deadline = Instant::now() + DURABLE_WAIT_MAX;
-    // fsync rounds publish no signal for buffered topics: poll at a short, bounded step.
-    while partition.durable_end() < end {
-        if partition.is_fenced() || Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    true
-}
-
 /// Metric handles of one pipeline, resolved once.
 struct PipelineMetrics {
     records_in: metrics::Counter,
     rows_out: metrics::Counter,
     late: metrics::Counter,
+    lost: metrics::Counter,
     watermark: metrics::Gauge,
     open_windows: metrics::Gauge,
     lag: Vec<metrics::Gauge>,
@@ -347,6 +393,7 @@ impl PipelineMetrics {
             records_in: metrics::counter!(m::PIPELINE_RECORDS_IN, &l()),
             rows_out: metrics::counter!(m::PIPELINE_ROWS_OUT, &l()),
             late: metrics::counter!(m::PIPELINE_LATE, &l()),
+            lost: metrics::counter!(m::PIPELINE_RECORDS_LOST, &l()),
             watermark: metrics::gauge!(m::PIPELINE_WATERMARK, &l()),
             open_windows: metrics::gauge!(m::PIPELINE_OPEN_WINDOWS, &l()),
             lag: (0..partitions)
@@ -371,12 +418,14 @@ struct Task {
     stop: watch::Receiver<bool>,
     runtime: Handle,
     retain_ms: i64,
-    /// Records retention removed before they were read.
-    missed: u64,
-    store: PipelineStore,
+    /// How far past its append time an event time of the source can be (the topic's
+    /// `max_event_lead`): bounds the times of records lost to retention.
+    event_lead_ms: i64,
+    /// The checkpoint thread; `None` once finished at the stop.
+    checkpointer: Option<Checkpointer>,
     checkpoint_interval: Duration,
     /// Rows closed since the last checkpoint: written by the next, then final.
-    pending_rows: Vec<(i64, Arc<str>, i64, Vec<u8>)>,
+    pending_rows: Vec<RowWrite>,
     /// Anything taken since the last checkpoint.
     unsaved: bool,
 }
@@ -385,6 +434,7 @@ impl Task {
     #[allow(clippy::too_many_arguments, reason = "one call site, all distinct")]
     fn new(
         config: &PipelineConfig,
+        event_lead_ms: i64,
         spec: Spec,
         store: PipelineStore,
         view: Arc<HotView>,
@@ -392,7 +442,11 @@ impl Task {
         stop: watch::Receiver<bool>,
         runtime: Handle,
     ) -> Result<Task, crate::store::StoreError> {
-        let mut starts: Vec<i64> = partitions.iter().map(|p| p.start_offset()).collect();
+        // A pipeline reads from offset 0 (or its checkpoint), not from the start offset:
+        // records retention removed before it read them are found by the first read and
+        // counted as lost, so a pipeline defined after retention ran does not claim
+        // complete windows it could not see.
+        let mut starts: Vec<i64> = vec![0; partitions.len()];
         let restored =
             store.restore(fingerprint(config), spec.out_of_orderness_ms, spec.idle_ms)?;
         let restored = restored.filter(|r| {
@@ -408,9 +462,7 @@ impl Task {
         let engine = match restored {
             Some(r) => {
                 tracing::info!(pipeline = %config.name, cells = r.cells.len(), "pipeline restored from its checkpoint");
-                for (s, o) in starts.iter_mut().zip(&r.offsets) {
-                    *s = (*s).max(*o);
-                }
+                starts.clone_from(&r.offsets);
                 let rows = store.rows(super::view::VIEW_WINDOWS_MAX)?;
                 view.write(|v| {
                     for row in rows {
@@ -421,7 +473,7 @@ impl Task {
                                 end_ms: row.end_ms,
                                 closed: true,
                                 is_final: true,
-                                complete: true,
+                                complete: row.complete,
                                 values: row.values.into_boxed_slice(),
                             },
                         );
@@ -442,10 +494,21 @@ impl Task {
                 pos: 0,
                 head: None,
                 retry_at: None,
+                lost: 0,
+                unbounded: false,
             })
             .collect();
+        let metrics = PipelineMetrics::new(&config.name, partitions.len());
+        let checkpointer = Checkpointer::start(
+            &config.name,
+            store,
+            Arc::clone(&view),
+            partitions.to_vec(),
+            metrics.checkpoint_seconds.clone(),
+        )
+        .map_err(|e| crate::store::StoreError::Start(e.to_string()))?;
         Ok(Task {
-            metrics: PipelineMetrics::new(&config.name, partitions.len()),
+            metrics,
             name: config.name.clone(),
             engine,
             view,
@@ -453,8 +516,8 @@ impl Task {
             stop,
             runtime,
             retain_ms: i64::try_from(config.retain_results.as_millis()).unwrap_or(i64::MAX),
-            missed: 0,
-            store,
+            event_lead_ms,
+            checkpointer: Some(checkpointer),
             checkpoint_interval: config.checkpoint_interval,
             pending_rows: Vec::new(),
             unsaved: true,
@@ -468,6 +531,7 @@ impl Task {
         // A restored engine's open windows, and the watermark, for the view at once.
         self.publish(false);
         while !*self.stop.borrow() {
+            self.collect(false);
             let started = Instant::now();
             let mut taken = 0usize;
             while started.elapsed() < PUBLISH_INTERVAL && self.step() {
@@ -481,8 +545,8 @@ impl Task {
                     last_prune = Instant::now();
                 }
             }
-            if last_checkpoint.elapsed() >= self.checkpoint_interval {
-                self.checkpoint();
+            // One in flight: this one is due again as soon as that one is reported.
+            if last_checkpoint.elapsed() >= self.checkpoint_interval && self.checkpoint() {
                 last_checkpoint = Instant::now();
             }
             if taken == 0 {
@@ -490,7 +554,13 @@ impl Task {
             }
         }
         self.publish(false);
+        // The final checkpoint is flushed before the thread ends, so before `Log::close`.
+        self.collect(true);
         self.checkpoint();
+        self.collect(true);
+        if let Some(c) = self.checkpointer.take() {
+            c.finish();
+        }
         tracing::info!(pipeline = %self.name, "pipeline stopped");
     }
 
@@ -498,7 +568,9 @@ impl Task {
     fn step(&mut self) -> bool {
         let mut best: Option<(i64, usize, i64)> = None;
         for (i, s) in self.sources.iter_mut().enumerate() {
-            if !s.fill(&self.name, &mut self.missed) {
+            let filled = s.fill(&self.name);
+            Self::tell_loss(&mut self.engine, s, self.event_lead_ms);
+            if !filled {
                 continue;
             }
             if let Some((append_ms, base, _)) = s.head
@@ -530,29 +602,61 @@ impl Task {
         true
     }
 
+    /// Tells the engine of records `s` lost to retention, at this point of the input so
+    /// a replay of the same log marks the same windows. The bound on their times: they
+    /// were appended before the batch now at the head of `s` (append times of a
+    /// partition do not go back), and an event time is at most the topic's
+    /// `max_event_lead` past its ingest (ingest time: the append time itself). With no
+    /// batch after the loss yet, the taint stays open-ended until one arrives.
+    fn tell_loss(engine: &mut Engine, s: &mut Source, event_lead_ms: i64) {
+        let bound = s.head.map(|(append_ms, _, _)| match engine.spec().time {
+            TimeMode::Event => append_ms.saturating_add(event_lead_ms),
+            TimeMode::Ingest => append_ms,
+        });
+        let partition = s.partition.id;
+        if s.lost > 0 {
+            engine.note_loss(partition, std::mem::take(&mut s.lost), bound);
+            s.unbounded = bound.is_none();
+        } else if s.unbounded
+            && let Some(b) = bound
+        {
+            engine.bound_loss(partition, b);
+            s.unbounded = false;
+        }
+    }
+
     /// Hands what changed to the view: values gathered first, then one write lock.
     fn publish(&mut self, prune: bool) {
         let size = self.engine.spec().window.size_ms();
         let mut rows: Vec<(i64, Arc<str>, Row)> = Vec::new();
+        let mut changed: Vec<(i64, Arc<str>, Vec<super::aggregate::AggState>)> = Vec::new();
         self.engine.take_changed(|start, key, values| {
+            changed.push((start, Arc::clone(key), values));
+        });
+        for (start, key, values) in changed {
             rows.push((
                 start,
-                Arc::clone(key),
+                key,
                 Row {
                     end_ms: start + size,
                     closed: false,
                     is_final: false,
-                    complete: true,
+                    complete: self.engine.is_complete(start),
                     values: values.into_boxed_slice(),
                 },
             ));
-        });
+        }
         for c in self.engine.take_closed() {
             self.metrics.rows_closed += 1;
             let mut states = Vec::new();
             Writer(&mut states).states(&c.values);
-            self.pending_rows
-                .push((c.start_ms, Arc::clone(&c.key), c.end_ms, states));
+            self.pending_rows.push(RowWrite {
+                start_ms: c.start_ms,
+                key: Arc::clone(&c.key),
+                end_ms: c.end_ms,
+                complete: c.complete,
+                states,
+            });
             rows.push((
                 c.start_ms,
                 c.key,
@@ -560,7 +664,7 @@ impl Task {
                     end_ms: c.end_ms,
                     closed: true,
                     is_final: false,
-                    complete: true,
+                    complete: c.complete,
                     values: c.values.into_boxed_slice(),
                 },
             ));
@@ -572,9 +676,10 @@ impl Task {
             * self.engine.spec().aggregates.len()
             + 64;
         let next_offsets: Vec<i64> = self.sources.iter().map(|s| s.next).collect();
-        let (retain_ms, missed) = (self.retain_ms, self.missed);
+        let retain_ms = self.retain_ms;
         let c = self.engine.counters();
         let pm = &self.metrics;
+        pm.lost.absolute(c.lost);
         pm.records_in
             .absolute(c.counted + c.filtered + c.late + c.no_key);
         pm.late.absolute(c.late);
@@ -597,7 +702,7 @@ impl Task {
             v.open_windows = open_windows;
             v.state_bytes = (cells * per_cell) as u64;
             v.next_offsets = next_offsets;
-            v.missed_records = missed;
+            v.missed_records = c.lost;
             v.published = true;
             if prune {
                 v.prune(retain_ms);
@@ -605,61 +710,53 @@ impl Task {
         });
     }
 
-    /// Commits a checkpoint if anything was taken since the last one; then the rows it
-    /// holds turn final. A failure is logged and retried at the next interval: the
-    /// previous checkpoint still stands.
-    fn checkpoint(&mut self) {
+    /// Encodes a checkpoint if anything was taken since the last one and hands it to the
+    /// checkpoint thread, which makes the offsets durable, commits and flushes it, then
+    /// turns its rows final. Returns false (nothing done) while one is still in flight.
+    fn checkpoint(&mut self) -> bool {
+        let Some(checkpointer) = &mut self.checkpointer else {
+            return true;
+        };
+        if checkpointer.in_flight() {
+            return false;
+        }
         if !self.unsaved {
-            return;
+            return true;
         }
         let started = Instant::now();
         let offsets: Vec<i64> = self.sources.iter().map(|s| s.next).collect();
-        for s in &self.sources {
-            if !make_durable(&s.partition, s.next) {
-                tracing::warn!(pipeline = %self.name, partition = s.partition.id, "source offsets not durable; checkpoint skipped");
-                return;
-            }
-        }
-        let mut head = Vec::new();
-        Writer(&mut head).head(&self.engine.head());
-        let mut cells = Vec::new();
-        self.engine.take_unsaved(|pane, key, states| {
-            let mut b = Vec::new();
-            Writer(&mut b).states(states);
-            cells.push((pane, Arc::clone(key), b));
-        });
-        let wm = self.engine.watermark();
-        let size = self.engine.spec().window.size_ms();
-        let rows_before = (wm != super::watermark::NONE)
-            .then(|| wm.saturating_sub(self.retain_ms).saturating_sub(size));
-        let checkpoint = Checkpoint {
+        let checkpoint = encode_checkpoint(
+            &mut self.engine,
             offsets,
-            head,
-            cells,
-            oldest_pane: self.engine.oldest_pane(),
-            rows: std::mem::take(&mut self.pending_rows),
-            rows_before,
-        };
-        match self.store.commit(&checkpoint) {
-            Ok(()) => {
-                let done: Vec<(i64, Arc<str>)> = checkpoint
-                    .rows
-                    .into_iter()
-                    .map(|(start, key, _, _)| (start, key))
-                    .collect();
-                self.view.write(|v| v.mark_final(&done));
-                self.unsaved = false;
-                self.metrics
-                    .checkpoint_seconds
-                    .record(started.elapsed().as_secs_f64());
-                tracing::debug!(pipeline = %self.name, seconds = started.elapsed().as_secs_f64(), "checkpoint");
-            }
-            Err(e) => {
-                tracing::error!(pipeline = %self.name, error = %e, "checkpoint failed; retrying next interval");
-                // Cells already taken must be written by the next one: write them all.
-                self.pending_rows = checkpoint.rows;
+            std::mem::take(&mut self.pending_rows),
+            self.retain_ms,
+        );
+        match checkpointer.submit(Job {
+            checkpoint,
+            started,
+        }) {
+            None => self.unsaved = false,
+            Some(job) => {
+                // Not handed over (the thread is gone): keep everything for the next.
+                self.pending_rows = job.checkpoint.rows;
                 self.engine.mark_all_unsaved();
             }
+        }
+        true
+    }
+
+    /// Takes the outcome of the checkpoint in flight (`wait`: waits for it). A failure
+    /// leaves the previous checkpoint standing; the next one writes its rows again and
+    /// every cell.
+    fn collect(&mut self, wait: bool) {
+        let Some(checkpointer) = &mut self.checkpointer else {
+            return;
+        };
+        if let Some(Outcome::Failed { mut rows }) = checkpointer.outcome(wait) {
+            rows.append(&mut self.pending_rows);
+            self.pending_rows = rows;
+            self.engine.mark_all_unsaved();
+            self.unsaved = true;
         }
     }
 

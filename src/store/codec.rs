@@ -3,7 +3,7 @@
 //! bytes. Decoding checks every length: a corrupt value is an error, never a panic.
 
 use crate::pipeline::aggregate::{AggState, Num, Position};
-use crate::pipeline::engine::{Counters, EngineHead};
+use crate::pipeline::engine::{Counters, EngineHead, Taint};
 use crate::pipeline::watermark::{PartitionMark, Watermarks};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +31,7 @@ impl Writer<'_> {
             None => self.u8(0),
         }
     }
-    fn bytes(&mut self, b: &[u8]) {
+    pub fn bytes(&mut self, b: &[u8]) {
         self.u64(b.len() as u64);
         self.0.extend_from_slice(b);
     }
@@ -121,6 +121,15 @@ impl Writer<'_> {
         for v in [c.counted, c.filtered, c.late, c.no_key, c.skipped_values] {
             self.u64(v);
         }
+        // Added after the first release of the format: a reader of an older head finds
+        // the value ending here and takes no loss.
+        self.u64(c.lost);
+        self.u64(head.taints.len() as u64);
+        for t in &head.taints {
+            self.u64(u64::from(t.partition));
+            self.i64(t.min_end_ms);
+            self.i64(t.max_start_ms);
+        }
     }
 }
 
@@ -149,6 +158,11 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(
             b.try_into().map_err(|_| CodecError("u64"))?,
         ))
+    }
+    /// A string written by `Writer::bytes`.
+    pub fn str(&mut self) -> Result<&'a str, CodecError> {
+        let n = self.len()?;
+        std::str::from_utf8(self.take(n)?).map_err(|_| CodecError("utf-8"))
     }
     fn len(&mut self) -> Result<usize, CodecError> {
         let n = usize::try_from(self.u64()?).map_err(|_| CodecError("length"))?;
@@ -245,13 +259,26 @@ impl<'a> Reader<'a> {
         let newest = self.i64()?;
         let combined = self.i64()?;
         let next_close_ms = self.opt_i64()?;
-        let counters = Counters {
+        let mut counters = Counters {
             counted: self.u64()?,
             filtered: self.u64()?,
             late: self.u64()?,
             no_key: self.u64()?,
             skipped_values: self.u64()?,
+            lost: 0,
         };
+        let mut taints = Vec::new();
+        if !self.0.is_empty() {
+            counters.lost = self.u64()?;
+            let n = self.len()?;
+            for _ in 0..n {
+                taints.push(Taint {
+                    partition: u32::try_from(self.u64()?).map_err(|_| CodecError("taint"))?,
+                    min_end_ms: self.i64()?,
+                    max_start_ms: self.i64()?,
+                });
+            }
+        }
         Ok(EngineHead {
             marks: Watermarks::from_parts(
                 out_of_orderness_ms,
@@ -263,6 +290,7 @@ impl<'a> Reader<'a> {
             ),
             next_close_ms,
             counters,
+            taints,
         })
     }
 }
@@ -316,10 +344,20 @@ mod tests {
                 late: 3,
                 no_key: 4,
                 skipped_values: 5,
+                lost: 6,
             },
+            taints: vec![Taint {
+                partition: 1,
+                min_end_ms: i64::MIN,
+                max_start_ms: 70,
+            }],
         };
         let mut buf = Vec::new();
         Writer(&mut buf).head(&head);
         assert_eq!(Reader(&buf).head(5, 100).unwrap(), head);
+        // A head written before losses were kept: no loss, no taint.
+        let old = &buf[..buf.len() - 8 - 8 - 24];
+        let read = Reader(old).head(5, 100).unwrap();
+        assert_eq!((read.counters.lost, read.taints.len()), (0, 0));
     }
 }

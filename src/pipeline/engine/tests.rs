@@ -380,3 +380,61 @@ fn a_restored_engine_goes_on_as_the_original() {
     }
     assert!(!closed_a.is_empty() || a.watermark() > 0);
 }
+
+/// A loss to retention marks every window open at the loss and every later one up to
+/// the bound incomplete, in the view's changed rows and in closed rows; windows closed
+/// before it, and past the bound, stay complete. The mark survives a restore.
+#[test]
+fn a_loss_marks_open_windows_and_windows_up_to_its_bound_incomplete() {
+    let s = spec(
+        WindowKind::Tumbling { size_ms: 10 },
+        TimeMode::Event,
+        0,
+        1000,
+        0,
+        1,
+    );
+    let mut e = Engine::new(s.clone());
+    let env = r#"{"payload":{"k":"a","v":1}}"#;
+    let feed = |e: &mut Engine, append: i64, ts: i64| {
+        let input = Input {
+            offset: append,
+            event_ms: ts,
+            event_type: "a.x",
+            envelope: env,
+        };
+        e.process_batch(0, append, [input], |_, _| {});
+    };
+    feed(&mut e, 1, 5);
+    feed(&mut e, 2, 12);
+    // [0,10) closed before the loss; [10,20) is open at it; the bound is 35.
+    e.take_changed(|_, _, _| {});
+    e.note_loss(0, 7, Some(35));
+    assert_eq!(e.counters().lost, 7);
+    let mut changed = Vec::new();
+    e.take_changed(|start, _, _| changed.push(start));
+    assert_eq!(changed, [10], "the open window is listed again");
+    assert!(!e.is_complete(10));
+    assert!(!e.is_complete(30), "starts at or before the bound");
+    assert!(e.is_complete(40), "starts past the bound");
+    let mut cells = Vec::new();
+    e.take_unsaved(|p, k, st| cells.push((p, Arc::clone(k), st.to_vec())));
+    let mut r = Engine::restore(s, e.head(), cells);
+    for e in [&mut e, &mut r] {
+        feed(e, 3, 45);
+        let closed: Vec<(i64, bool)> = e
+            .take_closed()
+            .iter()
+            .map(|c| (c.start_ms, c.complete))
+            .collect();
+        // The original also closed [0,10) before the loss: complete.
+        assert!(
+            closed == [(10, false)] || closed == [(0, true), (10, false)],
+            "{closed:?}"
+        );
+        feed(e, 4, 55);
+        assert!(e.is_complete(40), "{:?}", e.head().taints);
+        feed(e, 5, 100);
+        assert!(e.head().taints.is_empty(), "expired with its windows");
+    }
+}

@@ -1,0 +1,280 @@
+//! The checkpoint thread of one pipeline: makes the source offsets durable, commits the
+//! checkpoint's sled batch and flushes it, off the pipeline thread, so the pipeline goes on
+//! reading while a checkpoint is written.
+//!
+//! The pipeline thread encodes a checkpoint (an owned [`Checkpoint`]) and hands it over
+//! through a queue of [`CHECKPOINT_QUEUE`]; it hands over the next only after the previous
+//! one was reported, so at most one checkpoint is in flight and the hand-over never
+//! blocks. A checkpoint due while one is in flight waits: the engine keeps listing what
+//! changed, and the next checkpoint writes it all. Steps of one checkpoint, in order:
+//!
+//! 1. each source partition is made durable through the offset checkpointed;
+//! 2. one atomic sled batch (`PipelineStore::commit`), then `flush`;
+//! 3. the rows it closed turn `final` in the hot view;
+//! 4. the outcome is reported back; a failure returns the rows, so the next checkpoint
+//!    writes them (and every cell, as the pipeline thread marks all unsaved).
+//!
+//! Owns no state of the engine; touches sled only through `store`.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::view::HotView;
+use crate::config::FsyncMode;
+use crate::limits::CHECKPOINT_QUEUE;
+use crate::log::partition::Partition;
+use crate::store::{Checkpoint, PipelineStore, RowWrite};
+
+/// Longest a checkpoint waits for its source offsets to become durable (`interval` and
+/// `never` topics); past it the checkpoint fails and is tried again next interval.
+pub const DURABLE_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// One checkpoint to write.
+pub struct Job {
+    pub checkpoint: Checkpoint,
+    /// When the pipeline thread began it: the duration metric covers encode to flush.
+    pub started: Instant,
+}
+
+/// What became of a job.
+pub enum Outcome {
+    Committed,
+    /// Not written; the rows it held go into the next one.
+    Failed {
+        rows: Vec<RowWrite>,
+    },
+}
+
+/// The pipeline thread's side of its checkpoint thread.
+pub struct Checkpointer {
+    jobs: Option<SyncSender<Job>>,
+    outcomes: Receiver<Outcome>,
+    thread: Option<JoinHandle<()>>,
+    /// A job handed over and not reported yet.
+    in_flight: bool,
+}
+
+impl Checkpointer {
+    /// Starts the checkpoint thread of pipeline `name`.
+    pub fn start(
+        name: &str,
+        store: PipelineStore,
+        view: Arc<HotView>,
+        partitions: Vec<Arc<Partition>>,
+        seconds: metrics::Histogram,
+    ) -> std::io::Result<Checkpointer> {
+        let (jobs, jobs_rx) = sync_channel::<Job>(CHECKPOINT_QUEUE);
+        // One outcome per job and one job at a time: never full.
+        let (outcomes_tx, outcomes) = sync_channel::<Outcome>(CHECKPOINT_QUEUE);
+        let pipeline = name.to_string();
+        let thread = std::thread::Builder::new()
+            .name(format!("weir-ckpt-{name}"))
+            .spawn(move || {
+                for job in jobs_rx {
+                    let outcome = write(&pipeline, &store, &view, &partitions, job, &seconds);
+                    if outcomes_tx.send(outcome).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Checkpointer {
+            jobs: Some(jobs),
+            outcomes,
+            thread: Some(thread),
+            in_flight: false,
+        })
+    }
+
+    /// Whether a checkpoint is being written.
+    pub fn in_flight(&self) -> bool {
+        self.in_flight
+    }
+
+    /// Hands `job` over; gives it back (`Some`) if one is still in flight or the
+    /// thread is gone.
+    pub fn submit(&mut self, job: Job) -> Option<Job> {
+        if self.in_flight {
+            return Some(job);
+        }
+        let Some(jobs) = &self.jobs else {
+            return Some(job);
+        };
+        match jobs.try_send(job) {
+            Ok(()) => {
+                self.in_flight = true;
+                None
+            }
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => Some(job),
+        }
+    }
+
+    /// The outcome of the job in flight if it is done (`wait`: blocks until it is).
+    pub fn outcome(&mut self, wait: bool) -> Option<Outcome> {
+        if !self.in_flight {
+            return None;
+        }
+        let got = if wait {
+            self.outcomes.recv().ok()
+        } else {
+            match self.outcomes.try_recv() {
+                Ok(o) => Some(o),
+                Err(TryRecvError::Empty) => return None,
+                Err(TryRecvError::Disconnected) => None,
+            }
+        };
+        self.in_flight = false;
+        // A thread that died reported nothing: treat as failed, rows lost to the view's
+        // finality only (they are re-derived from the log at the next start).
+        Some(got.unwrap_or(Outcome::Failed { rows: Vec::new() }))
+    }
+
+    /// Ends the thread after the job in flight; the caller has taken its outcome.
+    pub fn finish(mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("checkpoint thread panicked");
+        }
+    }
+}
+
+/// Steps 1 to 3 of one checkpoint.
+fn write(
+    pipeline: &str,
+    store: &PipelineStore,
+    view: &HotView,
+    partitions: &[Arc<Partition>],
+    job: Job,
+    seconds: &metrics::Histogram,
+) -> Outcome {
+    let Job {
+        checkpoint,
+        started,
+    } = job;
+    for (p, end) in partitions.iter().zip(&checkpoint.offsets) {
+        if !make_durable(p, *end) {
+            tracing::warn!(
+                pipeline,
+                partition = p.id,
+                "source offsets not durable; checkpoint skipped"
+            );
+            return Outcome::Failed {
+                rows: checkpoint.rows,
+            };
+        }
+    }
+    match store.commit(&checkpoint) {
+        Ok(()) => {
+            let done: Vec<(i64, Arc<str>)> = checkpoint
+                .rows
+                .into_iter()
+                .map(|r| (r.start_ms, r.key))
+                .collect();
+            view.write(|v| v.mark_final(&done));
+            seconds.record(started.elapsed().as_secs_f64());
+            tracing::debug!(
+                pipeline,
+                seconds = started.elapsed().as_secs_f64(),
+                "checkpoint"
+            );
+            Outcome::Committed
+        }
+        Err(e) => {
+            tracing::error!(pipeline, error = %e, "checkpoint failed; retrying next interval");
+            Outcome::Failed {
+                rows: checkpoint.rows,
+            }
+        }
+    }
+}
+
+/// Makes `partition` durable through offset `end` (exclusive): under `always` the
+/// visible end already is; otherwise an fsync round is asked for and waited on, bounded
+/// by [`DURABLE_WAIT_MAX`]. False if it did not happen.
+fn make_durable(partition: &Arc<Partition>, end: i64) -> bool {
+    if partition.fsync_mode() == FsyncMode::Always || partition.durable_end() >= end {
+        return true;
+    }
+    partition.request_sync();
+    let deadline = Instant::now() + DURABLE_WAIT_MAX;
+    // fsync rounds publish no signal for buffered topics: poll at a short, bounded step.
+    while partition.durable_end() < end {
+        if partition.is_fenced() || Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::aggregate::AggState;
+    use crate::pipeline::view::Row;
+    use crate::store::Store;
+
+    /// One checkpoint in flight at a time; its rows turn final once it is flushed, and
+    /// the stored rows are there.
+    #[test]
+    fn one_checkpoint_in_flight_and_rows_final_after_the_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let view = Arc::new(HotView::new(vec!["count".into()], 10, 0, 0));
+        let key: Arc<str> = "a".into();
+        view.write(|v| {
+            v.upsert(
+                0,
+                &key,
+                Row {
+                    end_ms: 10,
+                    closed: true,
+                    is_final: false,
+                    complete: true,
+                    values: vec![AggState::Count(1)].into_boxed_slice(),
+                },
+            );
+        });
+        let mut c = Checkpointer::start(
+            "p",
+            store.pipeline("p"),
+            Arc::clone(&view),
+            Vec::new(),
+            metrics::Histogram::noop(),
+        )
+        .unwrap();
+        let job = |rows: Vec<RowWrite>| Job {
+            checkpoint: Checkpoint {
+                rows,
+                ..Checkpoint::default()
+            },
+            started: Instant::now(),
+        };
+        let mut states = Vec::new();
+        crate::store::codec::Writer(&mut states).states(&[AggState::Count(1)]);
+        let row = RowWrite {
+            start_ms: 0,
+            key: Arc::clone(&key),
+            end_ms: 10,
+            complete: true,
+            states,
+        };
+        assert!(c.submit(job(vec![row])).is_none());
+        assert!(c.in_flight());
+        assert!(c.submit(job(Vec::new())).is_some(), "one in flight at most");
+        assert!(matches!(c.outcome(true), Some(Outcome::Committed)));
+        assert!(!c.in_flight());
+        let is_final = view.read(|v| {
+            v.key_window("a", crate::pipeline::view::Which::Latest)
+                .map(|(_, r)| r.is_final)
+        });
+        assert_eq!(is_final, Some(true));
+        assert!(c.submit(job(Vec::new())).is_none());
+        assert!(c.outcome(true).is_some());
+        c.finish();
+        assert_eq!(store.pipeline("p").rows(10).unwrap().len(), 1);
+    }
+}
