@@ -702,7 +702,6 @@ impl Task {
             v.open_windows = open_windows;
             v.state_bytes = (cells * per_cell) as u64;
             v.next_offsets = next_offsets;
-            v.missed_records = c.lost;
             v.published = true;
             if prune {
                 v.prune(retain_ms);

@@ -65,8 +65,6 @@ pub struct ViewState {
     pub next_offsets: Vec<i64>,
     pub open_windows: usize,
     pub state_bytes: u64,
-    /// Records that retention removed before the pipeline read them.
-    pub missed_records: u64,
     /// The pipeline thread has published at least once since start.
     pub published: bool,
     /// Window start -> key -> row.
