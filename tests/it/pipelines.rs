@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::util::{Resp, Weir};
+use crate::util::{Resp, Weir, now_ms};
 
 /// The seed's setup (config.example.toml) with its 4 partitions and 1-minute windows.
 const SEED: &str = r#"
@@ -464,13 +464,6 @@ checkpoint_interval = "100ms"
 name = "count"
 fn = "count"
 "#;
-
-fn now_ms() -> i64 {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    i64::try_from(since.as_millis()).unwrap()
-}
 
 #[test]
 fn records_retention_removed_before_a_pipeline_read_them_are_counted_and_mark_windows() {

@@ -1,6 +1,6 @@
 //! Reading back what was written: topic listings and pulls of one partition.
 
-use crate::util::{Weir, config};
+use crate::util::{Weir, config, now_ms};
 
 #[test]
 fn topics_and_pull_show_what_was_written() {
@@ -82,13 +82,6 @@ fn bad_reads_are_named() {
     assert_eq!((r.status, r.code().as_str()), (404, "unknown_topic"));
     let r = w.get("/v1/nothing/here");
     assert_eq!((r.status, r.code().as_str()), (404, "not_found"));
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 /// The first offset whose event time is at or after `t`, by brute force; `len` if none.

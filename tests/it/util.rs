@@ -312,13 +312,10 @@ pub fn request(
     parse_response(&raw)
 }
 
-fn parse_response(raw: &[u8]) -> Resp {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("bad response {text:?}"));
+/// The status and headers of a response head (the text before the blank line).
+fn parse_head(head: &str) -> (u16, Vec<(String, String)>) {
     let mut lines = head.lines();
-    let status: u16 = lines
+    let status = lines
         .next()
         .unwrap()
         .split(' ')
@@ -326,10 +323,27 @@ fn parse_response(raw: &[u8]) -> Resp {
         .unwrap()
         .parse()
         .unwrap();
-    let headers: Vec<(String, String)> = lines
+    let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
+    (status, headers)
+}
+
+/// Wall-clock time in epoch milliseconds, for event times near now.
+pub fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since.as_millis()).unwrap()
+}
+
+fn parse_response(raw: &[u8]) -> Resp {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("bad response {text:?}"));
+    let (status, headers) = parse_head(head);
     let chunked = headers
         .iter()
         .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
@@ -424,19 +438,7 @@ impl Weir {
         };
         let head = String::from_utf8_lossy(&raw[..end]).to_string();
         let rest = raw[end + 4..].to_vec();
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .unwrap()
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-            .collect();
+        let (status, headers) = parse_head(&head);
         Sse {
             stream: s,
             status,
