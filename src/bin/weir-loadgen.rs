@@ -14,56 +14,40 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+/// Command line (clap): every flag has the default the benchmarks use.
+#[derive(clap::Parser)]
+#[command(
+    name = "weir-loadgen",
+    about = "Closed-loop HTTP ingest load for weir's benchmarks"
+)]
 struct Args {
+    #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
+    #[arg(long, default_value = "/v1/topics/clickstream/events")]
     path: String,
+    #[arg(long, default_value_t = 64)]
     connections: usize,
+    /// Envelopes per request (NDJSON when more than one).
+    #[arg(long, default_value_t = 1)]
     events: usize,
+    /// Seconds measured.
+    #[arg(long, default_value = "10", value_parser = seconds)]
     duration: Duration,
+    /// Seconds sent before measuring.
+    #[arg(long, default_value = "2", value_parser = seconds)]
     warmup: Duration,
+    /// Bare objects instead of envelopes.
+    #[arg(long)]
     bare: bool,
     /// Requests per second over all connections; 0 sends back to back.
+    #[arg(long, default_value_t = 0.0)]
     rate: f64,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        addr: "127.0.0.1:8080".into(),
-        path: "/v1/topics/clickstream/events".into(),
-        connections: 64,
-        events: 1,
-        duration: Duration::from_secs(10),
-        warmup: Duration::from_secs(2),
-        bare: false,
-        rate: 0.0,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--addr" => a.addr = value()?,
-            "--path" => a.path = value()?,
-            "--connections" => a.connections = value()?.parse().map_err(|e| format!("{e}"))?,
-            "--events" => a.events = value()?.parse().map_err(|e| format!("{e}"))?,
-            "--duration" => {
-                a.duration = Duration::from_secs(value()?.parse().map_err(|e| format!("{e}"))?)
-            }
-            "--warmup" => {
-                a.warmup = Duration::from_secs(value()?.parse().map_err(|e| format!("{e}"))?)
-            }
-            "--bare" => a.bare = true,
-            "--rate" => a.rate = value()?.parse().map_err(|e| format!("{e}"))?,
-            "--help" | "-h" => {
-                return Err(
-                    "weir-loadgen [--addr 127.0.0.1:8080] [--path /v1/topics/clickstream/events] \
-                     [--connections 64] [--events 1] [--duration 10] [--warmup 2] [--bare] [--rate 0]"
-                        .into(),
-                );
-            }
-            other => return Err(format!("unknown flag {other}")),
-        }
-    }
-    Ok(a)
+fn seconds(text: &str) -> Result<Duration, String> {
+    text.parse()
+        .map(Duration::from_secs)
+        .map_err(|e| format!("{e}"))
 }
 
 /// Width of the request sequence number patched into every event_id.
@@ -187,13 +171,7 @@ async fn connection(
 }
 
 fn main() {
-    let args = match parse_args() {
-        Ok(a) => std::sync::Arc::new(a),
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
-    };
+    let args = std::sync::Arc::new(<Args as clap::Parser>::parse());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

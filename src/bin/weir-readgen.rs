@@ -21,50 +21,30 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+/// Command line (clap): every flag has the default the benchmarks use.
+#[derive(clap::Parser)]
+#[command(name = "weir-readgen", about = "Read-side load for weir's benchmarks")]
 struct Args {
+    #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
+    #[arg(long, default_value = "clickstream")]
     topic: String,
+    #[arg(long, default_value = "pull", value_parser = ["pull", "sse"])]
     mode: String,
+    #[arg(long, default_value_t = 1)]
     streams: usize,
+    /// Seconds.
+    #[arg(long, default_value = "10", value_parser = seconds)]
     duration: Duration,
+    /// Where streams start: `earliest`, `latest` or an event time.
+    #[arg(long, default_value = "earliest")]
     from: String,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        addr: "127.0.0.1:8080".into(),
-        topic: "clickstream".into(),
-        mode: "pull".into(),
-        streams: 1,
-        duration: Duration::from_secs(10),
-        from: "earliest".into(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--addr" => a.addr = value()?,
-            "--topic" => a.topic = value()?,
-            "--mode" => a.mode = value()?,
-            "--streams" => a.streams = value()?.parse().map_err(|e| format!("{e}"))?,
-            "--duration" => {
-                a.duration = Duration::from_secs(value()?.parse().map_err(|e| format!("{e}"))?)
-            }
-            "--from" => a.from = value()?,
-            "--help" | "-h" => {
-                return Err(
-                    "weir-readgen [--addr 127.0.0.1:8080] [--topic clickstream] \
-                     [--mode pull|sse] [--streams 1] [--duration 10] [--from earliest]"
-                        .into(),
-                );
-            }
-            other => return Err(format!("unknown flag {other}")),
-        }
-    }
-    if a.mode != "pull" && a.mode != "sse" {
-        return Err(format!("--mode is pull or sse, not {}", a.mode));
-    }
-    Ok(a)
+fn seconds(text: &str) -> Result<Duration, String> {
+    text.parse()
+        .map(Duration::from_secs)
+        .map_err(|e| format!("{e}"))
 }
 
 async fn connect(addr: &str) -> Result<SendRequest<Empty<Bytes>>, String> {
@@ -278,13 +258,7 @@ async fn sse(args: Arc<Args>) -> Result<String, String> {
 }
 
 fn main() {
-    let args = match parse_args() {
-        Ok(a) => Arc::new(a),
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
-    };
+    let args = Arc::new(<Args as clap::Parser>::parse());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
