@@ -255,7 +255,7 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         "application/x-ndjson",
         "application/x-www-form-urlencoded",
     ];
-    if essence == "application/json" || READABLE.iter().any(|t| t.eq_ignore_ascii_case(essence)) {
+    if READABLE.iter().any(|t| t.eq_ignore_ascii_case(essence)) {
         return Ok(());
     }
     Err(ApiError::new(

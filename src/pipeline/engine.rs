@@ -300,15 +300,12 @@ impl Engine {
         let lateness = self.spec.allowed_lateness_ms;
         let is_open =
             |start: i64| wm == watermark::NONE || wm < start + window.size_ms() + lateness;
-        let open = window.window_starts(ts_ms).filter(|s| is_open(*s)).count();
-        if open == 0 {
+        let mut open_starts = window.window_starts(ts_ms).filter(|s| is_open(*s));
+        let Some(first_open) = open_starts.next() else {
             self.counters.late += 1;
             return Taken::Late;
-        }
-        let first_open = window
-            .window_starts(ts_ms)
-            .find(|s| is_open(*s))
-            .unwrap_or(ts_ms);
+        };
+        let open = 1 + open_starts.count();
         self.next_close_ms = Some(self.next_close_ms.map_or(first_open, |n| n.min(first_open)));
         let pane = window.pane_of(ts_ms);
         let pos = Position {
