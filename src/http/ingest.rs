@@ -114,22 +114,21 @@ pub async fn handle(
     state.disk.charge(outcome.bytes);
     // Written by hand: this answer is on the hottest path and has a fixed shape.
     let mut body = Vec::with_capacity(64 + 48 * outcome.offsets.len());
-    let mut num = itoa::Buffer::new();
     body.extend_from_slice(b"{\"accepted\":");
-    body.extend_from_slice(num.format(outcome.accepted).as_bytes());
+    super::write_num(outcome.accepted, &mut body);
     body.extend_from_slice(b",\"duplicates\":");
-    body.extend_from_slice(num.format(outcome.duplicates).as_bytes());
+    super::write_num(outcome.duplicates, &mut body);
     body.extend_from_slice(b",\"offsets\":[");
     for (i, r) in outcome.offsets.iter().enumerate() {
         if i > 0 {
             body.push(b',');
         }
         body.extend_from_slice(b"{\"partition\":");
-        body.extend_from_slice(num.format(r.partition).as_bytes());
+        super::write_num(r.partition, &mut body);
         body.extend_from_slice(b",\"first\":");
-        body.extend_from_slice(num.format(r.first).as_bytes());
+        super::write_num(r.first, &mut body);
         body.extend_from_slice(b",\"last\":");
-        body.extend_from_slice(num.format(r.last).as_bytes());
+        super::write_num(r.last, &mut body);
         body.push(b'}');
     }
     body.extend_from_slice(b"]}");

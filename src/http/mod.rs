@@ -366,6 +366,11 @@ async fn refuse_connection(mut stream: tokio::net::TcpStream) {
     let _ = stream.shutdown().await;
 }
 
+/// Appends an integer as JSON text: answers written by hand on hot paths use it.
+pub(crate) fn write_num(n: impl itoa::Integer, out: &mut Vec<u8>) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
 /// A JSON answer from pre-serialised bytes.
 pub(crate) fn json_bytes(status: axum::http::StatusCode, body: Vec<u8>) -> Response {
     // Built directly rather than through `IntoResponse` parts: every ingest answer

@@ -12,8 +12,8 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::SharedState;
 use super::errors::{ApiError, ErrorCode};
+use super::{SharedState, write_num};
 use crate::config::{QueryWindow, RouteConfig, RouteResponse, RouteTarget};
 use crate::event::{format_rfc3339_ms, parse_timestamp};
 use crate::json::write_str_into;
@@ -50,10 +50,6 @@ fn write_time(ms: i64, out: &mut Vec<u8>) {
         format_rfc3339_ms(ms, out);
         out.push(b'"');
     }
-}
-
-fn write_num(n: impl itoa::Integer, out: &mut Vec<u8>) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// `{"start","end","final","complete","values":{...}}`.

@@ -328,9 +328,9 @@ pub(crate) fn write_event(
 ) {
     // By hand, not `write!`: this runs for every event a read returns.
     out.extend_from_slice(b"{\"partition\":");
-    out.extend_from_slice(itoa::Buffer::new().format(partition).as_bytes());
+    super::write_num(partition, out);
     out.extend_from_slice(b",\"offset\":");
-    out.extend_from_slice(itoa::Buffer::new().format(offset).as_bytes());
+    super::write_num(offset, out);
     out.extend_from_slice(b",\"key\":");
     match key {
         Some(k) => crate::json::write_str_into(&String::from_utf8_lossy(k), out),
