@@ -3,10 +3,13 @@
 # in the same run on the same cores with the same load generator (weir-loadgen), plus wrk
 # for the single-event POST as ../shared/bench/http_ceiling.sh measures it.
 #   RUNS=3 DUR=10 benches/ingest.sh [single] [ndjson] [sustained]
+# PIPELINE=1 runs weir with the seed's `page_views` pipeline consuming the topic (the
+# ceiling and the peers are unchanged). Events carry the current time (--live-time).
 # Prints medians; raw outputs in $RESULTS_DIR/weir (default /tmp/weir-bench-results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${RUNS:-3}; DUR=${DUR:-10}; PARTS=${*:-single ndjson}
+RUNS=${RUNS:-3}; DUR=${DUR:-10}; PARTS=${*:-single ndjson}; PIPELINE=${PIPELINE:-0}
+SUFFIX=""; [ "$PIPELINE" = 1 ] && SUFFIX="_pipeline"
 SHARED=${SHARED:-$(cd .. && pwd)/shared/bench}
 OUT=${RESULTS_DIR:-/tmp/weir-bench-results}/weir; mkdir -p "$OUT"
 SCRATCH=${SCRATCH_DIR:-/var/tmp}/weir-bench; mkdir -p "$SCRATCH"
@@ -38,6 +41,21 @@ partitions = 4
 fsync = "$1"
 key_field = "/payload/user_id"
 TOML
+  if [ "$PIPELINE" = 1 ]; then cat >> "$SCRATCH/weir.toml" <<'TOML'
+[[pipeline]]
+name = "page_views"
+source = "clickstream"
+filter = ["page.click"]
+group_by = ["/payload/page_id"]
+window = { kind = "tumbling", size = "1m" }
+time = "event"
+max_out_of_orderness = "5s"
+allowed_lateness = "1m"
+[[pipeline.aggregate]]
+name = "count"
+fn = "count"
+TOML
+  fi
   "$WEIR" run --config "$SCRATCH/weir.toml" 2> "$OUT/weir-$1.log" & SPID=$!
   for _ in $(seq 100); do curl -sf localhost:8091/readyz >/dev/null && return; sleep 0.1; done
   echo "weir did not start"; cat "$OUT/weir-$1.log"; exit 1
@@ -50,7 +68,7 @@ loadgen() { # tag addr path conns events
   local tag=$1 addr=$2 path=$3 c=$4 e=$5
   for i in $(seq 1 "$RUNS"); do
     flock "$LOCK" "$LOADGEN" --addr "$addr" --path "$path" --connections "$c" --events "$e" \
-      --duration "$DUR" --warmup 2 > "$OUT/$tag.$i.json" 2>/dev/null
+      --duration "$DUR" --warmup 2 --live-time > "$OUT/$tag.$i.json" 2>/dev/null
   done
   median "$tag" eps
 }
@@ -79,8 +97,8 @@ if has single; then
   wrkrun ceiling_post_wrk http://127.0.0.1:8092/ingest "$SHARED/lua/post_ingest.lua"
   for mode in interval always; do
     start_weir "$mode"
-    loadgen "weir_${mode}_post_c64" 127.0.0.1:8091 /v1/topics/clickstream/events 64 1
-    wrkrun "weir_${mode}_post_wrk" http://127.0.0.1:8091/v1/topics/clickstream/events benches/lua/post_event.lua
+    loadgen "weir_${mode}_post_c64$SUFFIX" 127.0.0.1:8091 /v1/topics/clickstream/events 64 1
+    wrkrun "weir_${mode}_post_wrk$SUFFIX" http://127.0.0.1:8091/v1/topics/clickstream/events benches/lua/post_event.lua
   done
 fi
 if has ndjson; then
@@ -91,7 +109,7 @@ if has ndjson; then
     # `always` answers after the group's fsync, so it needs more requests in flight to
     # fill a round: 16 connections (4 reach about 0.71 of fio's bandwidth, 8 about 0.77).
     conns=4; [ "$mode" = always ] && conns=16
-    tag="weir_${mode}_ndjson1000_c$conns"
+    tag="weir_${mode}_ndjson1000_c$conns$SUFFIX"
     for r in $(seq 1 "$RUNS"); do   # not i: loadgen's loop sets i
       start_weir "$mode"; sync
       RUNS=1 loadgen "$tag.run$r" 127.0.0.1:8091 /v1/topics/clickstream/events "$conns" 1000 >/dev/null

@@ -42,6 +42,10 @@ struct Args {
     /// Requests per second over all connections; 0 sends back to back.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
+    /// Stamp every request's events with the current wall time instead of a fixed one,
+    /// so a pipeline's windows and watermark follow the clock (benches/freshness.sh).
+    #[arg(long)]
+    live_time: bool,
 }
 
 fn seconds(text: &str) -> Result<Duration, String> {
@@ -53,35 +57,60 @@ fn seconds(text: &str) -> Result<Duration, String> {
 /// Width of the request sequence number patched into every event_id.
 const SEQ_DIGITS: usize = 12;
 
-/// A request body template and where each event's sequence digits sit.
+/// The fixed event time of the templates: 24 bytes, the width of every RFC 3339
+/// millisecond UTC time of years 0000-9999, so `--live-time` patches it in place.
+const FIXED_TIME: &str = "2026-11-27T10:00:00.000Z";
+
+/// A request body template and where each event's sequence digits and time sit.
 struct Template {
     body: Vec<u8>,
     seq_at: Vec<usize>,
+    time_at: Vec<usize>,
 }
 
 fn template(conn: usize, events: usize, bare: bool) -> Template {
     let mut body = Vec::new();
     let mut seq_at = Vec::new();
+    let mut time_at = Vec::new();
     for i in 0..events {
         let user = (conn * 7919 + i * 104_729) % 10_000;
         let page = (conn * 31 + i * 17) % 1000;
         if bare {
             body.extend_from_slice(format!(
-                "{{\"user_id\":\"u-{user}\",\"page_id\":\"page-{page}\",\"timestamp\":\"2026-11-27T10:00:00.000Z\",\"session\":\"s-{user:06}\",\"referrer\":\"/home/landing\"}}"
+                "{{\"user_id\":\"u-{user}\",\"page_id\":\"page-{page}\",\"timestamp\":\"{FIXED_TIME}\",\"session\":\"s-{user:06}\",\"referrer\":\"/home/landing\"}}"
             ).as_bytes());
         } else {
             body.extend_from_slice(format!("{{\"event_id\":\"L{conn:04}-").as_bytes());
             seq_at.push(body.len());
             body.extend_from_slice(format!(
-                "{:0SEQ_DIGITS$}-{i:05}\",\"event_type\":\"page.click\",\"timestamp\":\"2026-11-27T10:00:00.000Z\",\"payload\":{{\"user_id\":\"u-{user}\",\"page_id\":\"page-{page}\",\"session\":\"s-{user:06}\",\"referrer\":\"/home/landing\",\"ua\":\"Mozilla/5.0\"}}}}",
+                "{:0SEQ_DIGITS$}-{i:05}\",\"event_type\":\"page.click\",\"timestamp\":\"{FIXED_TIME}\",\"payload\":{{\"user_id\":\"u-{user}\",\"page_id\":\"page-{page}\",\"session\":\"s-{user:06}\",\"referrer\":\"/home/landing\",\"ua\":\"Mozilla/5.0\"}}}}",
                 0
             ).as_bytes());
+        }
+        if let Some(at) = memchr::memmem::rfind(&body, FIXED_TIME.as_bytes()) {
+            time_at.push(at);
         }
         if events > 1 {
             body.push(b'\n');
         }
     }
-    Template { body, seq_at }
+    Template {
+        body,
+        seq_at,
+        time_at,
+    }
+}
+
+/// Writes the current wall time over every event's time.
+fn patch_time(t: &mut Template) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let mut text = Vec::with_capacity(FIXED_TIME.len());
+    weir::event::format_rfc3339_ms(now_ms, &mut text);
+    for &at in &t.time_at {
+        t.body[at..at + FIXED_TIME.len()].copy_from_slice(&text);
+    }
 }
 
 fn patch(t: &mut Template, seq: u64) {
@@ -142,6 +171,9 @@ async fn connection(
             break;
         }
         patch(&mut t, seq);
+        if args.live_time {
+            patch_time(&mut t);
+        }
         seq += 1;
         let req = Request::post(&args.path)
             .header("host", &args.addr)

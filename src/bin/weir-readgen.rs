@@ -7,6 +7,11 @@
 //! - `--mode sse`: `--streams` concurrent SSE streams (`?from=` `--from`) for `--duration`;
 //!   reports events/s in total and of the slowest stream, and at the end each stream's lag
 //!   (records between its last id and the topic's end offsets at that moment).
+//! - `--mode freshness`: every `--probe-every` ms posts one event under a key of its own
+//!   (`page_id` `probe-<n>`, the current time) and polls
+//!   `GET /v1/pipelines/{--pipeline}/keys/probe-<n>` every millisecond until it answers;
+//!   reports the time from sending the event to the first answer holding it (p50, p99,
+//!   max) and that of the 202 alone. Run it beside `weir-loadgen --live-time --rate ..`.
 //!
 //! Prints one human line and one JSON line.
 
@@ -15,7 +20,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::Request;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -29,7 +34,7 @@ struct Args {
     addr: String,
     #[arg(long, default_value = "clickstream")]
     topic: String,
-    #[arg(long, default_value = "pull", value_parser = ["pull", "sse"])]
+    #[arg(long, default_value = "pull", value_parser = ["pull", "sse", "freshness"])]
     mode: String,
     #[arg(long, default_value_t = 1)]
     streams: usize,
@@ -39,6 +44,12 @@ struct Args {
     /// Where streams start: `earliest`, `latest` or an event time.
     #[arg(long, default_value = "earliest")]
     from: String,
+    /// Freshness: the pipeline asked for the probes' keys.
+    #[arg(long, default_value = "page_views")]
+    pipeline: String,
+    /// Freshness: milliseconds between probes.
+    #[arg(long, default_value_t = 20)]
+    probe_every: u64,
 }
 
 fn seconds(text: &str) -> Result<Duration, String> {
@@ -47,7 +58,12 @@ fn seconds(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{e}"))
 }
 
-async fn connect(addr: &str) -> Result<SendRequest<Empty<Bytes>>, String> {
+async fn connect<B>(addr: &str) -> Result<SendRequest<B>, String>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -99,7 +115,7 @@ fn cursor_sum(cursor: &[u8]) -> i64 {
 }
 
 async fn pull(args: &Args) -> Result<String, String> {
-    let mut sender = connect(&args.addr).await?;
+    let mut sender: SendRequest<Empty<Bytes>> = connect(&args.addr).await?;
     let mut cursor = "earliest".to_string();
     let (mut events, mut body_bytes) = (0u64, 0u64);
     let started = Instant::now();
@@ -142,7 +158,7 @@ struct StreamTally {
 }
 
 async fn one_stream(args: Arc<Args>, tally: Arc<StreamTally>, end: Instant) -> Result<(), String> {
-    let mut sender = connect(&args.addr).await?;
+    let mut sender: SendRequest<Empty<Bytes>> = connect(&args.addr).await?;
     let path = format!("/v1/topics/{}/stream?from={}", args.topic, args.from);
     let req = Request::get(&path)
         .header("host", &args.addr)
@@ -204,7 +220,7 @@ async fn sse(args: Arc<Args>) -> Result<String, String> {
     // Lag is measured just before the end, while the streams still run.
     tokio::time::sleep_until((end - Duration::from_millis(500)).into()).await;
     // Connected now: weir closes connections idle for longer than header_timeout.
-    let mut admin = connect(&args.addr).await?;
+    let mut admin: SendRequest<Empty<Bytes>> = connect(&args.addr).await?;
     let topic = get(
         &mut admin,
         &args.addr,
@@ -257,6 +273,111 @@ async fn sse(args: Arc<Args>) -> Result<String, String> {
     ))
 }
 
+/// Status of a request and its whole body.
+async fn status_of<B: hyper::body::Body + Send + 'static>(
+    sender: &mut SendRequest<B>,
+    req: Request<B>,
+) -> Result<u16, String> {
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    resp.into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(status)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The `q` quantile of sorted microseconds, in milliseconds.
+fn quantile_ms(sorted_us: &[u64], q: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "an index into a sorted sample; milliseconds for humans"
+    )]
+    let v = sorted_us[((sorted_us.len() - 1) as f64 * q).round() as usize] as f64;
+    v / 1000.0
+}
+
+async fn freshness(args: &Args) -> Result<String, String> {
+    let mut post: SendRequest<Full<Bytes>> = connect(&args.addr).await?;
+    let mut poll: SendRequest<Empty<Bytes>> = connect(&args.addr).await?;
+    let run = format!("{:x}", now_ms());
+    let (mut seen_us, mut ack_us, mut after_us) = (Vec::new(), Vec::new(), Vec::new());
+    let mut missed = 0u32;
+    let started = Instant::now();
+    let mut next = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < args.duration {
+        tokio::time::sleep_until(next.into()).await;
+        next += Duration::from_millis(args.probe_every);
+        n += 1;
+        let key = format!("probe-{run}-{n}");
+        let mut time = Vec::new();
+        weir::event::format_rfc3339_ms(now_ms(), &mut time);
+        let body = format!(
+            "{{\"event_id\":\"{key}\",\"event_type\":\"page.click\",\"timestamp\":\"{}\",\"payload\":{{\"user_id\":\"probe\",\"page_id\":\"{key}\"}}}}",
+            String::from_utf8_lossy(&time)
+        );
+        let req = Request::post(format!("/v1/topics/{}/events", args.topic))
+            .header("host", &args.addr)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let sent = Instant::now();
+        let status = status_of(&mut post, req).await?;
+        if status != 202 {
+            return Err(format!("probe {key}: ingest answered {status}"));
+        }
+        let acked = Instant::now();
+        ack_us.push(u64::try_from((acked - sent).as_micros()).unwrap_or(u64::MAX));
+        let path = format!("/v1/pipelines/{}/keys/{key}?window=latest", args.pipeline);
+        let deadline = sent + Duration::from_secs(5);
+        loop {
+            let req = Request::get(&path)
+                .header("host", &args.addr)
+                .body(Empty::new())
+                .map_err(|e| e.to_string())?;
+            if status_of(&mut poll, req).await? == 200 {
+                seen_us.push(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX));
+                after_us.push(u64::try_from(acked.elapsed().as_micros()).unwrap_or(u64::MAX));
+                break;
+            }
+            if Instant::now() >= deadline {
+                missed += 1;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    seen_us.sort_unstable();
+    ack_us.sort_unstable();
+    after_us.sort_unstable();
+    let (after50, after99) = (quantile_ms(&after_us, 0.5), quantile_ms(&after_us, 0.99));
+    let (p50, p99, max) = (
+        quantile_ms(&seen_us, 0.5),
+        quantile_ms(&seen_us, 0.99),
+        quantile_ms(&seen_us, 1.0),
+    );
+    let (ack50, ack99) = (quantile_ms(&ack_us, 0.5), quantile_ms(&ack_us, 0.99));
+    eprintln!(
+        "freshness: {n} probes, {missed} not seen within 5 s; sent -> in the answer p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms; the 202 alone p50 {ack50:.2} ms, p99 {ack99:.2} ms; from the 202 to the answer p50 {after50:.2} ms, p99 {after99:.2} ms"
+    );
+    Ok(format!(
+        "{{\"mode\":\"freshness\",\"probes\":{n},\"missed\":{missed},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"max_ms\":{max:.3},\"ack_p50_ms\":{ack50:.3},\"ack_p99_ms\":{ack99:.3},\"after_ack_p50_ms\":{after50:.3},\"after_ack_p99_ms\":{after99:.3}}}"
+    ))
+}
+
 fn main() {
     let args = Arc::new(<Args as clap::Parser>::parse());
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -264,10 +385,10 @@ fn main() {
         .build()
         .expect("runtime");
     let result = runtime.block_on(async {
-        if args.mode == "pull" {
-            pull(&args).await
-        } else {
-            sse(Arc::clone(&args)).await
+        match args.mode.as_str() {
+            "pull" => pull(&args).await,
+            "freshness" => freshness(&args).await,
+            _ => sse(Arc::clone(&args)).await,
         }
     });
     match result {
