@@ -74,6 +74,10 @@ pub const OFFSETS_SNAPSHOT_BATCH_RECORDS: usize = 1000;
 /// memory under the view's read lock.
 pub const QUERY_WINDOWS_MAX: usize = 1000;
 
+/// Most windows a key's `?from=&to=` query looks up in the result store (one point
+/// read each): a week of one-minute windows.
+pub const QUERY_STORED_WINDOWS_MAX: i64 = 10_080;
+
 /// Most keys a `top` query answers, for the same reason.
 pub const QUERY_TOP_MAX: usize = 1000;
 

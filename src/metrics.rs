@@ -38,6 +38,7 @@ pub const PIPELINE_RECORDS_LOST: &str = "weir_pipeline_records_lost_total";
 pub const PIPELINE_WATERMARK: &str = "weir_pipeline_watermark_seconds";
 pub const PIPELINE_LAG: &str = "weir_pipeline_lag_records";
 pub const PIPELINE_OPEN_WINDOWS: &str = "weir_pipeline_open_windows";
+pub const PIPELINE_VIEW_ROWS: &str = "weir_pipeline_view_rows";
 pub const PIPELINE_CHECKPOINT_SECONDS: &str = "weir_pipeline_checkpoint_duration_seconds";
 pub const GROUP_COMMITS: &str = "weir_group_commits_total";
 pub const GROUP_LAG: &str = "weir_group_lag_records";
@@ -103,6 +104,11 @@ fn describe() {
         PIPELINE_OPEN_WINDOWS,
         Unit::Count,
         "Windows of a pipeline holding state and not closed yet"
+    );
+    describe_gauge!(
+        PIPELINE_VIEW_ROWS,
+        Unit::Count,
+        "Result rows (window, key) a pipeline holds in memory for queries (max_view_rows)"
     );
     describe_histogram!(
         PIPELINE_CHECKPOINT_SECONDS,

@@ -50,6 +50,9 @@ pub struct PipelineConfig {
     pub max_open_windows: usize,
     /// Results are kept this long after their window's end (measured in watermark).
     pub retain_results: Duration,
+    /// Most result rows (window, key) the hot view holds in memory; older closed windows
+    /// are answered from the result store.
+    pub max_view_rows: usize,
     /// `/readyz` waits once after start until the pipeline is this many records behind.
     pub ready_lag: u64,
     /// Where late events are appended, if anywhere.
@@ -71,6 +74,16 @@ pub enum WindowConfig {
         size: Duration,
         slide: Duration,
     },
+}
+
+impl WindowConfig {
+    /// The time between two window starts (starts are its multiples since the epoch).
+    pub fn stride(self) -> Duration {
+        match self {
+            WindowConfig::Tumbling { size } => size,
+            WindowConfig::Hopping { slide, .. } => slide,
+        }
+    }
 }
 
 /// Which time assigns windows.
@@ -157,6 +170,7 @@ impl PipelineConfig {
             checkpoint_interval: Duration::from_secs(1),
             max_open_windows: 1_000_000,
             retain_results: Duration::from_secs(7 * 24 * 60 * 60),
+            max_view_rows: 200_000,
             ready_lag: 10_000,
             late_topic: None,
             output_topic: None,
@@ -273,6 +287,12 @@ impl Checker<'_> {
             d.retain_results,
             true,
         );
+        let max_view_rows = self.count(
+            &key("max_view_rows"),
+            &raw.max_view_rows,
+            d.max_view_rows,
+            1..=MAX_OPEN_WINDOWS_MAX,
+        );
         let ready_lag = self.count(&key("ready_lag"), &raw.ready_lag, d.ready_lag, 0..=u64::MAX);
         let late_topic = self.topic_ref(&key("late_topic"), raw.late_topic.as_ref(), topics);
         let output_topic = self.topic_ref(&key("output_topic"), raw.output_topic.as_ref(), topics);
@@ -314,6 +334,7 @@ impl Checker<'_> {
             checkpoint_interval,
             max_open_windows,
             retain_results,
+            max_view_rows,
             ready_lag,
             late_topic,
             output_topic,

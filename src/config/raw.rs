@@ -113,6 +113,7 @@ pub struct RawPipeline {
     pub checkpoint_interval: Option<Spanned<Quantity>>,
     pub max_open_windows: Option<Spanned<i64>>,
     pub retain_results: Option<Spanned<Quantity>>,
+    pub max_view_rows: Option<Spanned<i64>>,
     pub ready_lag: Option<Spanned<i64>>,
     pub late_topic: Option<Spanned<String>>,
     pub output_topic: Option<Spanned<String>>,

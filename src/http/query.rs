@@ -17,9 +17,9 @@ use super::{SharedState, write_num};
 use crate::config::{QueryWindow, RouteConfig, RouteResponse, RouteTarget};
 use crate::event::{format_rfc3339_ms, parse_timestamp};
 use crate::json::write_str_into;
-use crate::limits::{QUERY_TOP_MAX, QUERY_WINDOWS_MAX};
+use crate::limits::{QUERY_STORED_WINDOWS_MAX, QUERY_TOP_MAX, QUERY_WINDOWS_MAX};
 use crate::pipeline::runner::PipelineHandle;
-use crate::pipeline::view::{HotView, Row, Which};
+use crate::pipeline::view::{HotView, Row, ViewState, Which};
 use crate::pipeline::watermark;
 
 type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
@@ -207,26 +207,33 @@ fn no_window(key: &str) -> ApiError {
     )
 }
 
-/// The v1 answer for `key` of `p`.
-fn key_answer(p: &PipelineHandle, key: &str, ask: &KeyAsk) -> Result<Vec<u8>, ApiError> {
+/// The v1 answer for `key` of `p`, from the hot view alone. For a range reaching
+/// windows the view no longer holds, also the range of those to read from the store.
+fn key_answer(
+    p: &PipelineHandle,
+    key: &str,
+    ask: &KeyAsk,
+) -> Result<(Vec<u8>, Option<StoredRange>), ApiError> {
     let view = &p.view;
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"{\"pipeline\":");
     write_str_into(&p.config.name, &mut out);
     out.extend_from_slice(b",\"key\":");
     write_str_into(key, &mut out);
-    view.read(|s| {
-        let rows = match ask {
+    let stored = view.read(|s| {
+        let (rows, stored) = match ask {
             KeyAsk::One(which) => {
                 let (start, row) = s.key_window(key, *which).ok_or_else(|| no_window(key))?;
                 out.extend_from_slice(b",\"window\":");
                 write_window(view, start, row, &mut out);
                 out.push(b'}');
-                return Ok::<(), ApiError>(());
+                return Ok::<_, ApiError>(None);
             }
-            KeyAsk::Newest(n) => s.key_newest(key, *n),
+            KeyAsk::Newest(n) => (s.key_newest(key, *n), None),
             KeyAsk::Range { from_ms, to_ms } => {
-                s.key_range(key, *from_ms, *to_ms, QUERY_WINDOWS_MAX)
+                let rows = s.key_range(key, *from_ms, *to_ms, QUERY_WINDOWS_MAX);
+                let stored = stored_range(p, s, *from_ms, *to_ms, QUERY_WINDOWS_MAX - rows.len())?;
+                (rows, stored)
             }
         };
         out.extend_from_slice(b",\"windows\":[");
@@ -236,9 +243,106 @@ fn key_answer(p: &PipelineHandle, key: &str, ask: &KeyAsk) -> Result<Vec<u8>, Ap
             }
             write_window(view, start, row, &mut out);
         }
-        out.extend_from_slice(b"]}");
-        Ok(())
+        if stored.is_none() {
+            out.extend_from_slice(b"]}");
+        }
+        Ok(stored)
     })?;
+    Ok((out, stored))
+}
+
+/// Windows of a range query older than the hot view holds: starts, newest first, and
+/// how many rows may still be answered.
+struct StoredRange {
+    newest: i64,
+    oldest: i64,
+    step: i64,
+    n: usize,
+}
+
+/// The part of `[from_ms, to_ms)` the view let go of (`evicted_through`), down to the
+/// oldest window retention keeps, if any and if the answer has room left.
+fn stored_range(
+    p: &PipelineHandle,
+    s: &ViewState,
+    from_ms: i64,
+    to_ms: i64,
+    n: usize,
+) -> Result<Option<StoredRange>, ApiError> {
+    let Some(evicted) = s.evicted_through else {
+        return Ok(None);
+    };
+    let step = i64::try_from(p.config.window.stride().as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    let size = p.view.window_size_ms;
+    let retain = i64::try_from(p.config.retain_results.as_millis()).unwrap_or(i64::MAX);
+    let kept_from = if s.watermark == watermark::NONE {
+        i64::MIN
+    } else {
+        s.watermark.saturating_sub(retain).saturating_sub(size)
+    };
+    let newest = evicted.min(to_ms.saturating_sub(1));
+    let oldest = from_ms.max(kept_from);
+    if n == 0 || newest < oldest {
+        return Ok(None);
+    }
+    // Starts are multiples of the pane width.
+    let newest = newest.div_euclid(step).saturating_mul(step);
+    let windows = newest
+        .checked_sub(oldest)
+        .map_or(i64::MAX, |d| d / step + 1);
+    if windows > QUERY_STORED_WINDOWS_MAX {
+        return Err(ApiError::new(
+            ErrorCode::InvalidParameter,
+            format!(
+                "from/to reach {windows} windows older than the ones held in memory; at most {QUERY_STORED_WINDOWS_MAX} per query: narrow the range"
+            ),
+        ));
+    }
+    Ok(Some(StoredRange {
+        newest,
+        oldest,
+        step,
+        n,
+    }))
+}
+
+/// Appends `key`'s rows of `range` from the result store (blocking IO, off the runtime)
+/// and closes the answer `key_answer` began.
+async fn answer_stored(
+    p: &PipelineHandle,
+    key: &str,
+    range: StoredRange,
+    mut out: Vec<u8>,
+) -> Result<Vec<u8>, ApiError> {
+    let store = p.store.clone();
+    let key_owned = key.to_string();
+    let rows = tokio::task::spawn_blocking(move || {
+        let starts = std::iter::successors(Some(range.newest), |s| {
+            s.checked_sub(range.step).filter(|s| *s >= range.oldest)
+        });
+        store.key_rows(&key_owned, starts, range.n)
+    })
+    .await
+    .map_err(|e| ApiError::new(ErrorCode::InternalError, e.to_string()))?
+    .map_err(|e| ApiError::new(ErrorCode::StorageError, e.to_string()))?;
+    let mut first = out.last() == Some(&b'[');
+    for r in rows {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        let row = Row {
+            end_ms: r.end_ms,
+            closed: true,
+            is_final: true,
+            complete: r.complete,
+            values: r.values.into_boxed_slice(),
+        };
+        write_window(&p.view, r.start_ms, &row, &mut out);
+    }
+    out.extend_from_slice(b"]}");
     Ok(out)
 }
 
@@ -250,7 +354,10 @@ pub async fn key(
 ) -> Result<Response, ApiError> {
     let p = lookup(&state, &name)?;
     let ask = params(query)?.ask()?;
-    key_answer(p, &key, &ask).map(ok)
+    match key_answer(p, &key, &ask)? {
+        (out, None) => Ok(ok(out)),
+        (out, Some(range)) => answer_stored(p, &key, range, out).await.map(ok),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -379,7 +486,7 @@ pub async fn route_query(
         QueryWindow::Current => Which::Current,
     };
     if route.response == RouteResponse::V1 {
-        return key_answer(p, key_value, &KeyAsk::One(which)).map(ok);
+        return key_answer(p, key_value, &KeyAsk::One(which)).map(|(out, _)| ok(out));
     }
     // The seed's shape: {"<key>": "...", "<aggregate>": value}, 0 without a window.
     let view = &p.view;

@@ -223,7 +223,7 @@ mod tests {
     fn one_checkpoint_in_flight_and_rows_final_after_the_flush() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1 << 20).unwrap();
-        let view = Arc::new(HotView::new(vec!["count".into()], 10, 0, 0));
+        let view = Arc::new(HotView::new(vec!["count".into()], 10, 0, 0, 1000));
         let key: Arc<str> = "a".into();
         view.write(|v| {
             v.upsert(
@@ -275,6 +275,6 @@ mod tests {
         assert!(c.submit(job(Vec::new())).is_none());
         assert!(c.outcome(true).is_some());
         c.finish();
-        assert_eq!(store.pipeline("p").rows(10).unwrap().len(), 1);
+        assert_eq!(store.pipeline("p").rows(10).unwrap().0.len(), 1);
     }
 }

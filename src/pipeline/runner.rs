@@ -167,6 +167,8 @@ pub fn encode_checkpoint(
 pub struct PipelineHandle {
     pub config: PipelineConfig,
     pub view: Arc<HotView>,
+    /// The result store, for windows older than the view holds (`evicted_through`).
+    pub store: PipelineStore,
     /// The source topic's partitions, for lag.
     pub partitions: Vec<Arc<Partition>>,
     stop: watch::Sender<bool>,
@@ -233,6 +235,7 @@ impl Pipelines {
                 spec.window.size_ms(),
                 spec.allowed_lateness_ms,
                 partitions.len(),
+                pc.max_view_rows,
             ));
             let (stop, stop_rx) = watch::channel(false);
             let event_lead_ms = config
@@ -259,6 +262,7 @@ impl Pipelines {
             list.push(Arc::new(PipelineHandle {
                 config: pc.clone(),
                 view,
+                store: store.pipeline(&pc.name),
                 partitions,
                 stop,
                 thread: Mutex::new(Some(thread)),
@@ -381,6 +385,7 @@ struct PipelineMetrics {
     lost: metrics::Counter,
     watermark: metrics::Gauge,
     open_windows: metrics::Gauge,
+    view_rows: metrics::Gauge,
     lag: Vec<metrics::Gauge>,
     checkpoint_seconds: metrics::Histogram,
     rows_closed: u64,
@@ -396,6 +401,7 @@ impl PipelineMetrics {
             lost: metrics::counter!(m::PIPELINE_RECORDS_LOST, &l()),
             watermark: metrics::gauge!(m::PIPELINE_WATERMARK, &l()),
             open_windows: metrics::gauge!(m::PIPELINE_OPEN_WINDOWS, &l()),
+            view_rows: metrics::gauge!(m::PIPELINE_VIEW_ROWS, &l()),
             lag: (0..partitions)
                 .map(|p| {
                     let labels = [("pipeline", name.to_string()), ("partition", p.to_string())];
@@ -463,8 +469,9 @@ impl Task {
             Some(r) => {
                 tracing::info!(pipeline = %config.name, cells = r.cells.len(), "pipeline restored from its checkpoint");
                 starts.clone_from(&r.offsets);
-                let rows = store.rows(super::view::VIEW_WINDOWS_MAX)?;
+                let (rows, left_out) = store.rows(view.max_rows)?;
                 view.write(|v| {
+                    v.evicted_through = left_out;
                     for row in rows {
                         v.upsert(
                             row.start_ms,
@@ -677,6 +684,7 @@ impl Task {
             + 64;
         let next_offsets: Vec<i64> = self.sources.iter().map(|s| s.next).collect();
         let retain_ms = self.retain_ms;
+        let max_rows = self.view.max_rows;
         let c = self.engine.counters();
         let pm = &self.metrics;
         pm.lost.absolute(c.lost);
@@ -694,7 +702,7 @@ impl Task {
             #[allow(clippy::cast_precision_loss, reason = "a gauge")]
             g.set((s.partition.visible().end_offset - s.next).max(0) as f64);
         }
-        self.view.write(|v| {
+        let view_rows = self.view.write(|v| {
             for (start, key, row) in rows {
                 v.upsert(start, &key, row);
             }
@@ -703,10 +711,13 @@ impl Task {
             v.state_bytes = (cells * per_cell) as u64;
             v.next_offsets = next_offsets;
             v.published = true;
-            if prune {
-                v.prune(retain_ms);
+            if prune || v.rows() > max_rows {
+                v.prune(retain_ms, max_rows);
             }
+            v.rows()
         });
+        #[allow(clippy::cast_precision_loss, reason = "a gauge")]
+        pm.view_rows.set(view_rows as f64);
     }
 
     /// Encodes a checkpoint if anything was taken since the last one and hands it to the

@@ -8,8 +8,10 @@
 //!
 //! Rows live in `windows` (window start -> key -> row); `keys` indexes the starts of
 //! each key's windows, so a key's newest window is a B-tree lookup, never a scan. Bounds:
-//! a window leaves once its end + `retain_results` is behind the watermark, and at most
-//! [`VIEW_WINDOWS_MAX`] windows are held (the oldest closed ones leave first).
+//! a window leaves once its end + `retain_results` is behind the watermark, and beyond
+//! `max_view_rows` rows the oldest windows whose rows are all final leave (whole windows,
+//! oldest first): the result store holds them, and `evicted_through` tells readers which
+//! windows to ask it for.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -18,10 +20,6 @@ use parking_lot::RwLock;
 
 use super::aggregate::AggState;
 use super::watermark;
-
-/// Most windows (each with rows for all its keys) a view holds: a day of one-minute
-/// windows. Older ones are dropped, closed ones first.
-pub const VIEW_WINDOWS_MAX: usize = 1440;
 
 /// One (window, key) result.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +52,8 @@ pub struct HotView {
     pub aggregates: Vec<String>,
     pub window_size_ms: i64,
     pub allowed_lateness_ms: i64,
+    /// Most rows held before the oldest final windows leave for the store alone.
+    pub max_rows: usize,
     state: RwLock<ViewState>,
 }
 
@@ -73,6 +73,11 @@ pub struct ViewState {
     keys: HashMap<Arc<str>, BTreeSet<i64>>,
     /// Start of the newest window with a closed row.
     last_closed_start: Option<i64>,
+    /// Rows held in `windows`.
+    rows: usize,
+    /// Start of the newest window that left for the row bound (or was not loaded at
+    /// start): windows starting at or before it are answered from the result store.
+    pub evicted_through: Option<i64>,
 }
 
 impl HotView {
@@ -81,11 +86,13 @@ impl HotView {
         window_size_ms: i64,
         allowed_lateness_ms: i64,
         partitions: usize,
+        max_rows: usize,
     ) -> HotView {
         HotView {
             aggregates,
             window_size_ms,
             allowed_lateness_ms,
+            max_rows,
             state: RwLock::new(ViewState {
                 watermark: watermark::NONE,
                 next_offsets: vec![0; partitions],
@@ -111,28 +118,46 @@ impl ViewState {
         if row.closed {
             self.last_closed_start = Some(self.last_closed_start.map_or(start, |s| s.max(start)));
         }
-        self.windows
+        let new = self
+            .windows
             .entry(start)
             .or_default()
-            .insert(Arc::clone(key), row);
-        self.keys.entry(Arc::clone(key)).or_default().insert(start);
+            .insert(Arc::clone(key), row)
+            .is_none();
+        if new {
+            self.rows += 1;
+            self.keys.entry(Arc::clone(key)).or_default().insert(start);
+        }
     }
 
-    /// Drops windows whose end + `retain_ms` is at or behind the watermark, then the
-    /// oldest closed windows beyond [`VIEW_WINDOWS_MAX`].
-    pub fn prune(&mut self, retain_ms: i64) {
+    /// Rows held.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Drops windows whose end + `retain_ms` is at or behind the watermark, then, while
+    /// more than `max_rows` rows are held, the oldest windows whose rows are all final
+    /// (closed and durable in the result store: nothing is lost to readers).
+    pub fn prune(&mut self, retain_ms: i64, max_rows: usize) {
         let wm = self.watermark;
         while let Some((&start, keys)) = self.windows.first_key_value() {
             let end = keys.values().next().map_or(start, |r| r.end_ms);
             let expired = wm != watermark::NONE && end.saturating_add(retain_ms) <= wm;
-            let over = self.windows.len() > VIEW_WINDOWS_MAX
-                && self.last_closed_start.is_some_and(|c| start <= c);
+            // The newest closed window stays: `last_closed` and `top` answer from it.
+            let over = !expired
+                && self.rows > max_rows
+                && self.last_closed_start.is_some_and(|c| start < c)
+                && keys.values().all(|r| r.is_final);
             if !(expired || over) {
                 break;
+            }
+            if over {
+                self.evicted_through = Some(self.evicted_through.map_or(start, |e| e.max(start)));
             }
             let Some((_, keys)) = self.windows.pop_first() else {
                 break;
             };
+            self.rows -= keys.len();
             for key in keys.into_keys() {
                 if let Some(starts) = self.keys.get_mut(&key) {
                     starts.remove(&start);
@@ -268,7 +293,7 @@ mod tests {
 
     #[test]
     fn latest_last_closed_and_current_of_a_key() {
-        let view = HotView::new(vec!["count".into()], 10, 0, 1);
+        let view = HotView::new(vec!["count".into()], 10, 0, 1, 1000);
         let k: Arc<str> = "a".into();
         view.write(|s| {
             s.upsert(0, &k, row(10, true, 3));
@@ -287,7 +312,7 @@ mod tests {
         });
         view.write(|s| {
             s.watermark = 25;
-            s.prune(5);
+            s.prune(5, 1000);
         });
         view.read(|s| {
             assert_eq!(
@@ -303,9 +328,43 @@ mod tests {
         });
     }
 
+    /// Beyond `max_rows` the oldest final windows leave whole, never an open one, one
+    /// not yet final, or the newest closed one, and `evicted_through` says which left.
+    #[test]
+    fn the_row_bound_evicts_whole_final_windows_oldest_first() {
+        let view = HotView::new(vec!["count".into()], 10, 0, 1, 3);
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let fin = |end, count| Row {
+            is_final: true,
+            ..row(end, true, count)
+        };
+        view.write(|s| {
+            s.upsert(0, &a, fin(10, 1));
+            s.upsert(0, &b, fin(10, 1));
+            s.upsert(10, &a, row(20, true, 1));
+            s.upsert(20, &a, fin(30, 1));
+            s.upsert(30, &a, row(40, false, 1));
+            s.upsert(30, &a, row(40, false, 2));
+            assert_eq!(s.rows(), 5, "an update is not a new row");
+            s.prune(1000, 3);
+            assert_eq!((s.rows(), s.evicted_through), (3, Some(0)));
+            s.prune(1000, 1);
+            assert_eq!(s.rows(), 3, "window 10 is not final yet: it stays");
+            s.mark_final(&[(10, Arc::clone(&a))]);
+            s.prune(1000, 1);
+            assert_eq!((s.rows(), s.evicted_through), (2, Some(10)));
+            assert_eq!(
+                s.key_newest("a", 10).len(),
+                2,
+                "the newest closed and the open stay"
+            );
+            assert_eq!(s.key_window("b", Which::Latest), None);
+        });
+    }
+
     #[test]
     fn top_orders_by_value_then_key() {
-        let view = HotView::new(vec!["count".into()], 10, 0, 1);
+        let view = HotView::new(vec!["count".into()], 10, 0, 1, 1000);
         view.write(|s| {
             for (k, c) in [("a", 1), ("b", 5), ("c", 5), ("d", 2)] {
                 s.upsert(0, &Arc::from(k), row(10, true, c));

@@ -101,7 +101,8 @@ fn from_ordered(b: &[u8]) -> Option<i64> {
     Some((u64::from_be_bytes(b) ^ (1 << 63)).cast_signed())
 }
 
-/// One pipeline's part of the store.
+/// One pipeline's part of the store (a handle: clones share the tree).
+#[derive(Clone)]
 pub struct PipelineStore {
     tree: sled::Tree,
     prefix: Vec<u8>,
@@ -207,36 +208,69 @@ impl PipelineStore {
         }))
     }
 
-    /// Closed rows, newest window first, of at most `windows_max` windows.
-    pub fn rows(&self, windows_max: usize) -> Result<Vec<StoredRow>, StoreError> {
+    /// Closed rows of the newest windows, newest window first: whole windows, at most
+    /// `rows_max` rows. The second value is the start of the newest window left out
+    /// (older rows exist), if any.
+    pub fn rows(&self, rows_max: usize) -> Result<(Vec<StoredRow>, Option<i64>), StoreError> {
         let prefix = self.key(b'r', None, &[]);
         let mut out: Vec<StoredRow> = Vec::new();
-        let mut windows = 0usize;
+        // Rows of the window being read, added to `out` once it is whole and fits.
+        let mut window: Vec<StoredRow> = Vec::new();
         for item in self.tree.scan_prefix(&prefix).rev() {
             let (k, v) = item?;
-            let rest = &k[prefix.len()..];
-            let start_ms =
-                from_ordered(rest.get(..8).unwrap_or_default()).ok_or(CodecError("row key"))?;
-            if out.last().is_none_or(|r| r.start_ms != start_ms) {
-                windows += 1;
-                if windows > windows_max {
-                    break;
+            let row = Self::decode_row(&k[prefix.len()..], &v)?;
+            if window.first().is_some_and(|r| r.start_ms != row.start_ms) {
+                if out.len() + window.len() > rows_max {
+                    return Ok((out, window.first().map(|r| r.start_ms)));
                 }
+                out.append(&mut window);
             }
-            let key = std::str::from_utf8(&rest[8..]).map_err(|_| CodecError("row key"))?;
-            let mut r = Reader(&v);
-            let end_ms = r.i64()?;
-            let values = r.states()?;
-            let complete = r.0.first().is_none_or(|b| *b == 1);
-            out.push(StoredRow {
-                start_ms,
-                end_ms,
-                key: Arc::from(key),
-                values,
-                complete,
-            });
+            window.push(row);
+        }
+        if out.len() + window.len() > rows_max {
+            return Ok((out, window.first().map(|r| r.start_ms)));
+        }
+        out.append(&mut window);
+        Ok((out, None))
+    }
+
+    /// `key`'s closed rows of the windows starting at `starts`, in that order, at most `n`.
+    pub fn key_rows(
+        &self,
+        key: &str,
+        starts: impl Iterator<Item = i64>,
+        n: usize,
+    ) -> Result<Vec<StoredRow>, StoreError> {
+        let mut out = Vec::new();
+        for start in starts {
+            if out.len() >= n {
+                break;
+            }
+            let k = self.key(b'r', Some(start), key.as_bytes());
+            if let Some(v) = self.tree.get(&k)? {
+                let prefix_len = self.prefix.len() + 1;
+                out.push(Self::decode_row(&k[prefix_len..], &v)?);
+            }
         }
         Ok(out)
+    }
+
+    /// A row from its key (after the `r` kind byte) and value.
+    fn decode_row(rest: &[u8], v: &[u8]) -> Result<StoredRow, StoreError> {
+        let start_ms =
+            from_ordered(rest.get(..8).unwrap_or_default()).ok_or(CodecError("row key"))?;
+        let key = std::str::from_utf8(&rest[8..]).map_err(|_| CodecError("row key"))?;
+        let mut r = Reader(v);
+        let end_ms = r.i64()?;
+        let values = r.states()?;
+        let complete = r.0.first().is_none_or(|b| *b == 1);
+        Ok(StoredRow {
+            start_ms,
+            end_ms,
+            key: Arc::from(key),
+            values,
+            complete,
+        })
     }
 
     fn clear(&self) -> Result<(), StoreError> {
@@ -370,12 +404,71 @@ mod tests {
             cells,
             [(10, "a".into()), (10, "b".into()), (20, "b".into())]
         );
-        let rows = p.rows(10).unwrap();
-        assert_eq!(rows.len(), 1);
+        let (rows, left_out) = p.rows(10).unwrap();
+        assert_eq!((rows.len(), left_out), (1, None));
         assert_eq!(rows[0].values, [AggState::Count(9)]);
         assert!(!rows[0].complete, "the mark is kept");
         assert!(p.restore(2, 0, 0).unwrap().is_none(), "a new definition");
-        assert!(p.rows(10).unwrap().is_empty());
+        assert!(p.rows(10).unwrap().0.is_empty());
+    }
+
+    /// `rows` loads whole windows, newest first, within its bound and says where it
+    /// stopped; `key_rows` finds one key's rows by window start.
+    #[test]
+    fn rows_are_bounded_by_whole_windows_and_found_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let p = store.pipeline("p");
+        let row = |start_ms: i64, key: &str, n: u64| {
+            let mut states = Vec::new();
+            Writer(&mut states).states(&[AggState::Count(n)]);
+            RowWrite {
+                start_ms,
+                key: Arc::from(key),
+                end_ms: start_ms + 10,
+                complete: true,
+                states,
+            }
+        };
+        p.commit(&Checkpoint {
+            offsets: vec![1],
+            head: Vec::new(),
+            rows: vec![
+                row(0, "a", 1),
+                row(0, "b", 2),
+                row(10, "a", 3),
+                row(20, "a", 4),
+                row(20, "b", 5),
+            ],
+            ..Checkpoint::default()
+        })
+        .unwrap();
+        let starts = |rows: &[StoredRow]| rows.iter().map(|r| r.start_ms).collect::<Vec<_>>();
+        let (rows, left_out) = p.rows(3).unwrap();
+        assert_eq!((starts(&rows), left_out), (vec![20, 20, 10], Some(0)));
+        let (rows, left_out) = p.rows(4).unwrap();
+        assert_eq!(
+            (starts(&rows), left_out),
+            (vec![20, 20, 10], Some(0)),
+            "window 0 does not fit whole"
+        );
+        assert_eq!(p.rows(5).unwrap().1, None);
+        let a = p.key_rows("a", [20, 10, 0].into_iter(), 10).unwrap();
+        assert_eq!(starts(&a), [20, 10, 0]);
+        assert_eq!(a[1].values, [AggState::Count(3)]);
+        assert_eq!(
+            starts(&p.key_rows("b", [20, 10, 0].into_iter(), 10).unwrap()),
+            [20, 0]
+        );
+        assert_eq!(
+            p.key_rows("a", [20, 10, 0].into_iter(), 2).unwrap().len(),
+            2
+        );
+        assert!(
+            p.key_rows("c", [20, 10, 0].into_iter(), 10)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     /// A checkpoint of the previous layout (meta of a fingerprint alone, a key per cell)

@@ -347,6 +347,83 @@ fn top_ranks_the_keys_of_a_window() {
     assert_eq!(r.status, 400);
 }
 
+/// Beyond `max_view_rows` the oldest final windows leave memory; a from/to query still
+/// answers them, from the result store, also after a restart that loads only the newest.
+#[test]
+fn windows_beyond_max_view_rows_are_answered_from_the_store() {
+    let config = SMALL.replace(
+        "allowed_lateness = \"1s\"",
+        "allowed_lateness = \"1s\"\nmax_view_rows = 3\ncheckpoint_interval = \"50ms\"",
+    );
+    let mut w = Weir::start(&config);
+    // Key a in windows 0..6 (count i + 1 in window i), key b in window 0; the watermark
+    // (8 s) closes windows 0..6.
+    let mut events = vec![event("page.view", T0 + 10, "b", 1)];
+    for i in 0..7i64 {
+        for _ in 0..=i {
+            events.push(event("page.view", T0 + i * 1000 + 10, "a", 1));
+        }
+    }
+    events.push(event("page.view", T0 + 8_000, "c", 1));
+    post_events(&w, &events);
+    let pipe = ["pipeline=\"pages\""];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.metric("weir_pipeline_view_rows", &pipe) != Some(3.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the view did not shrink to its bound"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let range = format!("/v1/pipelines/pages/keys/a?from={T0}&to={}", T0 + 10_000);
+    let counts = |w: &Weir| -> Vec<(i64, bool)> {
+        let r = w.get(&range);
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["windows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| (x["values"]["count"].as_i64().unwrap(), x["final"] == true))
+            .collect()
+    };
+    let all: Vec<(i64, bool)> = (1..=7).rev().map(|c| (c, true)).collect();
+    assert_eq!(counts(&w), all, "newest first, the old ones from the store");
+    let r = w.get("/v1/pipelines/pages/keys/b?window=latest");
+    assert_eq!(r.status, 404, "b's only window left memory: {}", r.body);
+    let r = w.get(&format!("/v1/pipelines/pages/keys/b?from={T0}"));
+    assert_eq!(r.json()["windows"][0]["values"]["count"], 1, "{}", r.body);
+    let r = w.get(&format!(
+        "/v1/pipelines/pages/keys/a?from={}&to={}",
+        T0 + 2_000,
+        T0 + 4_000
+    ));
+    let starts: Vec<_> = r.json()["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["start"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        starts,
+        ["2024-05-01T12:00:03.000Z", "2024-05-01T12:00:02.000Z"]
+    );
+
+    w.stop();
+    w.restart();
+    poll(&w, "/v1/pipelines/pages/keys/c", |r| r.status == 200);
+    assert_eq!(counts(&w), all, "after a restart");
+    assert!(w.metric("weir_pipeline_view_rows", &pipe).unwrap() <= 3.0);
+    // A range reaching too many stored windows is refused with a reason, not cut short.
+    let r = w.get("/v1/pipelines/pages/keys/a?from=2024-04-01T00:00:00Z");
+    assert_eq!(
+        (r.status, r.code()),
+        (400, "invalid_parameter".to_string()),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("narrow the range"), "{}", r.body);
+}
+
 /// Counts per (page, minute) of every closed window of `pages`, once all are final.
 fn final_counts(w: &Weir, pages: usize, minutes: usize) -> Vec<Vec<i64>> {
     (0..pages)
