@@ -10,8 +10,8 @@ use serde_json::json;
 use super::SharedState;
 
 pub async fn metrics(State(state): State<SharedState>) -> Response {
-    // Lag moves with every append: computed when asked, from in-memory ends.
-    state.log.update_group_lag();
+    // End offsets, dedup entries and lag move with every append: computed when asked.
+    state.log.update_scrape_gauges();
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -107,6 +107,13 @@ impl Dedup {
         }
     }
 
+    /// Sets `weir_dedup_entries` (at scrape time: the request path does not).
+    pub fn update_gauge(&self) {
+        let len = self.len();
+        #[allow(clippy::cast_precision_loss, reason = "a gauge")]
+        self.entries_gauge.set(len as f64);
+    }
+
     pub fn enabled(&self) -> bool {
         self.window_ms > 0 && self.entries_max > 0
     }
@@ -308,7 +315,6 @@ impl Ticket {
         if evicted > 0 {
             dedup.evictions.increment(evicted);
         }
-        dedup.entries_gauge.set(inner.seen.len() as f64);
         if inner.waiting > 0 {
             dedup.settled.notify_waiters();
         }

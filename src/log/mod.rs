@@ -263,9 +263,17 @@ impl Log {
         self.retention.run_once()
     }
 
-    /// Sets `weir_group_lag_records` for every committed offset: the visible end minus
-    /// the committed offset. No IO.
-    pub fn update_group_lag(&self) {
+    /// Sets the gauges that move with every append, when metrics are scraped: end
+    /// offsets, dedup entries, and `weir_group_lag_records` for every committed offset
+    /// (the visible end minus the committed offset). No IO.
+    pub fn update_scrape_gauges(&self) {
+        for topic in self.topics.values() {
+            topic.dedup.update_gauge();
+            for p in &topic.partitions {
+                p.update_gauges();
+            }
+        }
+        self.groups.partition().update_gauges();
         for (group, topic, partition, offset) in self.groups.all() {
             let Some(p) = self
                 .topics

@@ -234,6 +234,15 @@ impl Partition {
         *self.visible.borrow()
     }
 
+    /// Sets the gauges that follow every append (`weir_log_end_offset`): at scrape time,
+    /// so the append path touches no shared metric state.
+    pub fn update_gauges(&self) {
+        #[allow(clippy::cast_precision_loss, reason = "a gauge")]
+        self.metrics
+            .end_offset
+            .set(self.visible().end_offset as f64);
+    }
+
     /// A receiver that wakes on every change of the visible end.
     pub fn subscribe(&self) -> watch::Receiver<Visible> {
         self.visible.subscribe()
@@ -313,7 +322,6 @@ impl Partition {
                 *v = written;
                 self.visible.receiver_count() > 0
             });
-            self.metrics.end_offset.set(written.end_offset as f64);
         }
         let must_sync =
             self.settings.fsync == FsyncMode::Always || !inner.unsynced_seals.is_empty();
@@ -509,7 +517,6 @@ impl Partition {
                             false
                         }
                     });
-                    self.metrics.end_offset.set(plan.target.end_offset as f64);
                 }
             }
             Err(e) => {

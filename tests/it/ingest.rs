@@ -400,6 +400,20 @@ fn the_rebuilt_dedup_table_keeps_the_newest_ids_within_its_bound() {
         1,
         "the oldest was beyond max_dedup_entries"
     );
+    // The gauges that follow appends are set when scraped.
+    assert_eq!(
+        w.metric("weir_dedup_entries", &["topic=\"events\""]),
+        Some(2.0)
+    );
+    let ends: f64 = (0..4)
+        .map(|p| {
+            let partition = format!("partition=\"{p}\"");
+            let labels = ["topic=\"events\"", partition.as_str()];
+            w.metric("weir_partition_end_offset", &labels)
+                .unwrap_or(0.0)
+        })
+        .sum();
+    assert_eq!(ends, 4.0, "a, b, c, then a again");
 }
 
 #[test]
