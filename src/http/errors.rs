@@ -144,7 +144,6 @@ impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> ApiError {
         match e {
             IngestError::Append(a) => a.into(),
-            IngestError::Task(t) => ApiError::new(ErrorCode::InternalError, t),
         }
     }
 }

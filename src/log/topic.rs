@@ -49,8 +49,6 @@ pub struct IngestOutcome {
 pub enum IngestError {
     #[error(transparent)]
     Append(#[from] AppendError),
-    #[error("ingest task failed: {0}")]
-    Task(String),
 }
 
 impl Topic {
@@ -145,7 +143,7 @@ impl Topic {
             };
             builder.push(key, &scratch, event.timestamp_ms, headers);
         }
-        let mut batches: Vec<(u32, Vec<u8>, Vec<u128>)> = builders
+        let mut batches: Batches = builders
             .into_iter()
             .zip(0u32..)
             .filter_map(|(b, p)| b.map(|(b, ids)| (p, b.finish(), ids)))
@@ -153,18 +151,18 @@ impl Topic {
         let duplicates = admission.duplicates;
         let ticket = admission.ticket;
         // The appends are synchronous: nothing between them and the dedup bookkeeping can
-        // be cancelled. Under `always` the wait for fsync is an await, so it runs in its
-        // own task: an append that happened must enter the dedup table even if the client
-        // hangs up.
+        // be cancelled. Under `always` the wait for fsync is an await: if the request is
+        // dropped during it (the client hung up), `DurableWait`'s drop finishes it in a
+        // task of its own, so an append that happened still enters the dedup table.
         let appended = self.append_batches(&mut batches, now_ms);
         let bytes = appended.bytes;
         let offsets = if self.config.fsync == FsyncMode::Always {
-            let topic = Arc::clone(self);
-            tokio::spawn(
-                async move { topic.await_durable(appended, batches, ticket, now_ms).await },
-            )
-            .await
-            .map_err(|e| IngestError::Task(e.to_string()))??
+            DurableWait {
+                topic: Arc::clone(self),
+                pending: Some((appended, batches, ticket, now_ms)),
+            }
+            .wait()
+            .await?
         } else {
             let durable = vec![true; appended.offsets.len()];
             self.finish(appended, &batches, &durable, ticket, now_ms)?
@@ -214,7 +212,7 @@ impl Topic {
     async fn await_durable(
         &self,
         mut appended: Appended,
-        batches: Vec<(u32, Vec<u8>, Vec<u128>)>,
+        batches: Batches,
         ticket: Ticket,
         now_ms: i64,
     ) -> Result<Vec<PartitionRange>, IngestError> {
@@ -262,6 +260,57 @@ impl Topic {
         self.events_in.increment(u64::try_from(events).unwrap_or(0));
         self.bytes_in.increment(appended.bytes);
         Ok(appended.offsets)
+    }
+}
+
+/// A request's batches: (partition, encoded batch, the client ids it carries).
+type Batches = Vec<(u32, Vec<u8>, Vec<u128>)>;
+
+/// A request's wait for its batches' fsync under `always`. Dropped before it finished,
+/// it goes on in a task of its own: only the rare abandoned request pays for a spawn.
+struct DurableWait {
+    topic: Arc<Topic>,
+    pending: Option<(Appended, Batches, Ticket, i64)>,
+}
+
+impl DurableWait {
+    async fn wait(mut self) -> Result<Vec<PartitionRange>, IngestError> {
+        let ends: Vec<(u32, i64)> = self
+            .pending
+            .as_ref()
+            .map(|(a, ..)| a.offsets.iter().map(|r| (r.partition, r.last)).collect())
+            .unwrap_or_default();
+        // Waiting first (a failure is seen again by `await_durable`, at once).
+        for (p, last) in ends {
+            let _ = self.topic.partitions[p as usize].wait_visible(last).await;
+        }
+        match self.pending.take() {
+            Some((appended, batches, ticket, now_ms)) => {
+                self.topic
+                    .await_durable(appended, batches, ticket, now_ms)
+                    .await
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+impl Drop for DurableWait {
+    fn drop(&mut self) {
+        let Some((appended, batches, ticket, now_ms)) = self.pending.take() else {
+            return;
+        };
+        let topic = Arc::clone(&self.topic);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let _ = topic.await_durable(appended, batches, ticket, now_ms).await;
+                });
+            }
+            // No runtime (it is shutting down): the ticket drops unsettled, which counts
+            // as failure, so a retry of these ids is appended rather than refused.
+            Err(_) => drop((appended, batches, ticket)),
+        }
     }
 }
 

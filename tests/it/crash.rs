@@ -220,3 +220,36 @@ fn an_fsync_error_is_never_acknowledged_and_fences_the_partition() {
     );
     assert_eq!(w.get("/readyz").status, 200);
 }
+
+#[cfg(feature = "fail")]
+#[test]
+fn a_request_abandoned_while_its_fsync_runs_still_enters_the_dedup_table() {
+    use std::io::Write;
+    let cfg = config("default_event_type = \"x\"");
+    // Every fsync round takes a second: time to hang up while one runs.
+    let w = Weir::start_with_env(&cfg, &[("FAILPOINTS", "log::fsync=sleep(1000)")]);
+    let body = r#"{"event_id":"abandoned","payload":1}"#;
+    let mut s = std::net::TcpStream::connect(&w.addr).unwrap();
+    write!(
+        s,
+        "POST /v1/topics/events/events?key=k HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(s);
+    // The retry waits for the abandoned append to settle, then is a duplicate of it.
+    let r = w.post("/v1/topics/events/events?key=k", body);
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(
+        (
+            r.json()["accepted"].as_i64(),
+            r.json()["duplicates"].as_i64()
+        ),
+        (Some(0), Some(1)),
+        "{}",
+        r.body
+    );
+    let p = weir::log::partitioner::partition_for_key(b"k", 4);
+    assert_eq!(w.read_all("events", p).len(), 1);
+}
