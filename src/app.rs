@@ -86,19 +86,33 @@ pub async fn run(
         .context("starting the retention thread")?;
     let store_dir = data_dir.join("store");
     let cache = config.storage.sled_cache;
-    let store = tokio::task::spawn_blocking(move || Store::open(&store_dir, cache))
+    let store = tokio::task::spawn_blocking(move || Store::open_or_rebuild(&store_dir, cache))
         .await
         .context("result store thread")?
         .context("opening the result store")?;
-    let store = Arc::new(store);
-    let pipelines = {
-        let (config, log, store) = (config.clone(), Arc::clone(&log), Arc::clone(&store));
+    let (store, pipelines) = {
+        let (config, log) = (config.clone(), Arc::clone(&log));
         let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || Pipelines::start(&config, &log, &store, &runtime))
-            .await
-            .context("pipeline start thread")?
-            .context("starting the pipelines")?
+        let store_dir = data_dir.join("store");
+        tokio::task::spawn_blocking(move || {
+            match Pipelines::start(&config, &log, &store, &runtime) {
+                // sled found damage a pipeline could not rebuild around (in its own keys):
+                // the whole store is derived from the log, so it starts over once.
+                Err(e) if e.is_corruption() => {
+                    drop(store);
+                    Store::move_aside(&store_dir, &e)?;
+                    let store = Store::open(&store_dir, cache)?;
+                    let pipelines = Pipelines::start(&config, &log, &store, &runtime)?;
+                    Ok((store, pipelines))
+                }
+                result => result.map(|p| (store, p)),
+            }
+        })
+        .await
+        .context("pipeline start thread")?
+        .context("starting the pipelines")?
     };
+    let store = Arc::new(store);
     let pipelines = Arc::new(pipelines);
     let state = Arc::new(AppState::new(
         Arc::clone(&log),

@@ -219,7 +219,25 @@ impl Pipelines {
         store: &Store,
         runtime: &Handle,
     ) -> Result<Pipelines, crate::store::StoreError> {
-        let mut list = Vec::new();
+        let mut started = Pipelines::default();
+        match Self::start_each(config, log, store, runtime, &mut started.list) {
+            Ok(()) => Ok(started),
+            Err(e) => {
+                // Those already running stop (their final checkpoints flushed) before
+                // the error is reported, so a retry finds the store closed.
+                started.stop();
+                Err(e)
+            }
+        }
+    }
+
+    fn start_each(
+        config: &Config,
+        log: &Log,
+        store: &Store,
+        runtime: &Handle,
+        list: &mut Vec<Arc<PipelineHandle>>,
+    ) -> Result<(), crate::store::StoreError> {
         for pc in &config.pipelines {
             let Some(topic) = log.topic(&pc.source) else {
                 // The config check makes every source a topic.
@@ -269,7 +287,7 @@ impl Pipelines {
                 caught_up: std::sync::atomic::AtomicBool::new(false),
             }));
         }
-        Ok(Pipelines { list })
+        Ok(())
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<PipelineHandle>> {
@@ -453,23 +471,50 @@ impl Task {
         // counted as lost, so a pipeline defined after retention ran does not claim
         // complete windows it could not see.
         let mut starts: Vec<i64> = vec![0; partitions.len()];
-        let restored =
-            store.restore(fingerprint(config), spec.out_of_orderness_ms, spec.idle_ms)?;
-        let restored = restored.filter(|r| {
-            // Offsets past a visible end mean the log lost what the checkpoint read
-            // (it never should: offsets are made durable first): rebuild.
-            let fits = r.offsets.len() == partitions.len()
-                && r.offsets.iter().zip(partitions).all(|(o, p)| *o <= p.visible().end_offset);
-            if !fits {
-                tracing::warn!(pipeline = %config.name, "checkpoint does not fit the log; rebuilding from the log");
+        let fp = fingerprint(config);
+        // The store is derived from the log: whatever of it cannot be used is rebuilt.
+        let rebuild = |why: &str, error: Option<&dyn std::fmt::Display>| {
+            match error {
+                Some(e) => {
+                    tracing::error!(pipeline = %config.name, error = %e, "{why}; rebuilding from the log")
+                }
+                None => tracing::warn!(pipeline = %config.name, "{why}; rebuilding from the log"),
             }
-            fits
-        });
+            store.reset(fp)
+        };
+        let restored = match store.restore(fp, spec.out_of_orderness_ms, spec.idle_ms) {
+            // Offsets past a visible end mean the log lost what the checkpoint read (it
+            // never should: offsets are made durable first).
+            Ok(Some(r))
+                if r.offsets.len() != partitions.len()
+                    || r.offsets
+                        .iter()
+                        .zip(partitions)
+                        .any(|(o, p)| *o > p.visible().end_offset) =>
+            {
+                rebuild("the checkpoint does not fit the log", None)?;
+                None
+            }
+            Ok(r) => r,
+            Err(e) if e.is_corruption() => {
+                rebuild("the checkpoint cannot be read", Some(&e))?;
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let restored = match restored.map(|r| (store.rows(view.max_rows), r)) {
+            Some((Ok(rows), r)) => Some((r, rows)),
+            Some((Err(e), _)) if e.is_corruption() => {
+                rebuild("the closed rows cannot be read", Some(&e))?;
+                None
+            }
+            Some((Err(e), _)) => return Err(e),
+            None => None,
+        };
         let engine = match restored {
-            Some(r) => {
+            Some((r, (rows, left_out))) => {
                 tracing::info!(pipeline = %config.name, cells = r.cells.len(), "pipeline restored from its checkpoint");
                 starts.clone_from(&r.offsets);
-                let (rows, left_out) = store.rows(view.max_rows)?;
                 view.write(|v| {
                     v.evicted_through = left_out;
                     for row in rows {

@@ -38,12 +38,51 @@ pub enum StoreError {
     Start(String),
 }
 
+impl StoreError {
+    /// The store's bytes are unreadable (sled's checksums or our decoding say so): what
+    /// is derived from the log is then rebuilt rather than refused.
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Corrupt(_) | StoreError::Sled(sled::Error::Corruption { .. })
+        )
+    }
+}
+
 /// The sled database of a data dir.
 pub struct Store {
     db: sled::Db,
 }
 
 impl Store {
+    /// Opens the store in `dir`; if sled cannot read it, moves it aside to
+    /// `<dir>.unreadable` (replacing an older one) and starts an empty store: every
+    /// pipeline is then rebuilt from the log, which the store is derived from.
+    pub fn open_or_rebuild(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        match Store::open(dir, cache_bytes) {
+            Ok(store) => Ok(store),
+            Err(e) => {
+                Store::move_aside(dir, &e)?;
+                Store::open(dir, cache_bytes)
+            }
+        }
+    }
+
+    /// Moves the unreadable store in `dir` to `<dir>.unreadable` (replacing an older one),
+    /// for a look later; the caller opens an empty one in its place.
+    pub fn move_aside(dir: &Path, e: &StoreError) -> Result<(), StoreError> {
+        let mut aside = dir.as_os_str().to_owned();
+        aside.push(".unreadable");
+        let aside = std::path::PathBuf::from(aside);
+        tracing::error!(error = %e, dir = %dir.display(), aside = %aside.display(),
+            "the result store cannot be read; moving it aside and rebuilding every pipeline from the log");
+        let io = |e: std::io::Error| StoreError::Start(format!("moving the store aside: {e}"));
+        if aside.exists() {
+            std::fs::remove_dir_all(&aside).map_err(io)?;
+        }
+        std::fs::rename(dir, &aside).map_err(io)
+    }
+
     /// Opens (creating) the store in `dir` with `cache_bytes` of page cache.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
         let db = sled::Config::new()
@@ -175,10 +214,7 @@ impl PipelineStore {
         let head = self.tree.get(self.key(b'h', None, &[]))?;
         let same = meta.as_deref() == Some(&self::meta(fingerprint)[..]);
         let (true, Some(head)) = (same, head) else {
-            self.clear()?;
-            self.tree
-                .insert(self.key(b'm', None, &[]), &self::meta(fingerprint))?;
-            self.tree.flush()?;
+            self.reset(fingerprint)?;
             return Ok(None);
         };
         let mut r = Reader(&head);
@@ -271,6 +307,16 @@ impl PipelineStore {
             values,
             complete,
         })
+    }
+
+    /// Clears what is kept for the pipeline and records `fingerprint`: it is rebuilt
+    /// from the log.
+    pub fn reset(&self, fingerprint: u64) -> Result<(), StoreError> {
+        self.clear()?;
+        self.tree
+            .insert(self.key(b'm', None, &[]), &self::meta(fingerprint))?;
+        self.tree.flush()?;
+        Ok(())
     }
 
     fn clear(&self) -> Result<(), StoreError> {
@@ -410,6 +456,26 @@ mod tests {
         assert!(!rows[0].complete, "the mark is kept");
         assert!(p.restore(2, 0, 0).unwrap().is_none(), "a new definition");
         assert!(p.rows(10).unwrap().0.is_empty());
+    }
+
+    /// Damage sled does not see (a value we cannot decode) is corruption: the runner
+    /// rebuilds the pipeline from the log rather than refusing to start.
+    #[test]
+    fn an_undecodable_checkpoint_is_corruption_and_reset_clears_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let p = store.pipeline("p");
+        assert!(p.restore(7, 0, 0).unwrap().is_none(), "new: meta written");
+        p.tree
+            .insert(p.key(b'h', None, &[]), &[0xFFu8; 3][..])
+            .unwrap();
+        let e = p.restore(7, 0, 0).err().expect("garbage head");
+        assert!(e.is_corruption(), "{e}");
+        p.reset(7).unwrap();
+        assert!(
+            p.restore(7, 0, 0).unwrap().is_none(),
+            "cleared, rebuilt from the log"
+        );
     }
 
     /// `rows` loads whole windows, newest first, within its bound and says where it

@@ -424,6 +424,85 @@ fn windows_beyond_max_view_rows_are_answered_from_the_store() {
     assert!(r.body.contains("narrow the range"), "{}", r.body);
 }
 
+/// The result store is derived from the log: deleted or damaged while weir is stopped, it
+/// is rebuilt on start, with the same results.
+#[test]
+fn a_deleted_or_damaged_result_store_is_rebuilt_from_the_log() {
+    let config = SMALL.replace(
+        "allowed_lateness = \"1s\"",
+        "allowed_lateness = \"1s\"\ncheckpoint_interval = \"50ms\"",
+    );
+    let mut w = Weir::start(&config);
+    let mut events = Vec::new();
+    for i in 0..400i64 {
+        let page = ["a", "b", "c"][(i % 3) as usize];
+        events.push(event("page.view", T0 + (i % 4) * 1000 + i, page, i));
+    }
+    events.push(event("page.view", T0 + 9_000, "z", 1));
+    post_events(&w, &events);
+    // Windows 0..3 closed and final for every page, plus the open window of z.
+    let answers = |w: &Weir| -> Vec<serde_json::Value> {
+        ["a", "b", "c"]
+            .iter()
+            .map(|page| {
+                let path = format!(
+                    "/v1/pipelines/pages/keys/{page}?from={T0}&to={}",
+                    T0 + 4_000
+                );
+                poll(w, &path, |r| {
+                    r.status == 200
+                        && r.json()["windows"].as_array().is_some_and(|ws| {
+                            ws.len() == 4 && ws.iter().all(|x| x["final"] == true)
+                        })
+                })
+                .json()
+            })
+            .collect()
+    };
+    let before = answers(&w);
+    let total: i64 = before
+        .iter()
+        .flat_map(|a| a["windows"].as_array().unwrap().clone())
+        .map(|x| x["values"]["count"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total, 400);
+    let store = w.data_dir().join("store");
+
+    w.stop();
+    std::fs::remove_dir_all(&store).unwrap();
+    w.restart();
+    assert_eq!(answers(&w), before, "rebuilt after the store was deleted");
+
+    w.stop();
+    // Damage every file of the store: the same length of garbage.
+    for entry in walk(&store) {
+        let len = std::fs::metadata(&entry).unwrap().len() as usize;
+        std::fs::write(&entry, vec![0xA5u8; len]).unwrap();
+    }
+    w.restart();
+    assert_eq!(answers(&w), before, "rebuilt after the store was damaged");
+    assert!(
+        w.data_dir().join("store.unreadable").is_dir(),
+        "the damaged store is kept aside for a look"
+    );
+    let r = w.get("/readyz");
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
 /// Counts per (page, minute) of every closed window of `pages`, once all are final.
 fn final_counts(w: &Weir, pages: usize, minutes: usize) -> Vec<Vec<i64>> {
     (0..pages)
