@@ -93,11 +93,14 @@ pub async fn run(
     let store = Arc::new(store);
     let pipelines = {
         let (config, log, store) = (config.clone(), Arc::clone(&log), Arc::clone(&store));
+        let disk = Arc::clone(&disk);
         let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || Pipelines::start(&config, &log, &store, &runtime))
-            .await
-            .context("pipeline start thread")?
-            .context("starting the pipelines")?
+        tokio::task::spawn_blocking(move || {
+            Pipelines::start(&config, &log, &store, &disk, &runtime)
+        })
+        .await
+        .context("pipeline start thread")?
+        .context("starting the pipelines")?
     };
     let pipelines = Arc::new(pipelines);
     let state = Arc::new(AppState::new(

@@ -281,22 +281,35 @@ impl Checker<'_> {
             ("output_topic", &output_topic, &raw.output_topic),
         ] {
             let Some(text) = raw_topic else { continue };
-            if let (Some(t), Some(s)) = (topic, &source)
-                && t == s
-            {
+            let Some(t) = topic else { continue };
+            if source.as_ref() == Some(t) {
                 self.at(
                     &key(k),
                     text,
-                    format!("is the pipeline's own source {s:?}; its rows would feed it again"),
+                    format!(
+                        "is the pipeline's own source {t:?}; what it appends would feed it again"
+                    ),
                 );
-            } else if topic.is_some() {
+            } else if k == "output_topic" {
                 // Accepting it and appending nothing would be a silent loss.
                 self.at(
                     &key(k),
                     text,
-                    "is not supported by this version yet (late events are counted in \
-                     weir_pipeline_late_events_total; results are served over HTTP)"
-                        .into(),
+                    "is not supported by this version yet (results are served over HTTP)".into(),
+                );
+            } else if let Some(tc) = topics.iter().find(|tc| &tc.name == t)
+                && (tc.dedup_window.is_zero() || tc.max_dedup_entries == 0)
+            {
+                // Replays after a crash append the same late events again; only the
+                // topic's dedup absorbs them.
+                self.at(
+                    &key(k),
+                    text,
+                    format!(
+                        "names topic {t:?}, whose dedup is off (dedup_window or \
+                         max_dedup_entries is 0); late events replayed after a crash \
+                         would be appended twice"
+                    ),
                 );
             }
         }

@@ -183,6 +183,86 @@ impl Topic {
         })
     }
 
+    /// Appends records forwarded from another topic as they were stored there (a
+    /// pipeline's late events): their key, value, timestamp, event type and id hash,
+    /// partitioned by key with this topic's partitioner (keyless: one round-robin
+    /// partition per call), one batch per partition, stamped with append time `now_ms`.
+    /// The envelope rules of the topic are not applied: the source checked the events.
+    ///
+    /// Ids go through the dedup table like an ingest's, so a record forwarded again
+    /// (a replay) is a duplicate. Returns once the batches are written, without waiting
+    /// for fsync under any mode: the ids count as appended from then on, and the caller
+    /// makes the partitions durable through [`Forwarded::ends`] before it relies on them
+    /// (a crash before that loses the dedup table with the records, so nothing is
+    /// taken for a duplicate that is not in the log).
+    pub async fn append_forwarded(
+        self: &Arc<Self>,
+        records: &[ForwardRecord<'_>],
+        now_ms: i64,
+    ) -> Forwarded {
+        let ids: Vec<Option<u128>> = records.iter().map(|r| r.id).collect();
+        let admission = self.dedup.admit(&ids, now_ms).await;
+        let n = self.partition_count();
+        let keyless = self.next_keyless.fetch_add(1, Ordering::Relaxed) % n;
+        let mut builders: Vec<Option<(BatchBuilder, Vec<u128>)>> = (0..n).map(|_| None).collect();
+        let append_bytes = now_ms.to_be_bytes();
+        // The partition of each record, `None` for a duplicate.
+        let mut partition_of: Vec<Option<u32>> = Vec::with_capacity(records.len());
+        for (r, keep) in records.iter().zip(&admission.append) {
+            if !*keep {
+                partition_of.push(None);
+                continue;
+            }
+            let p = r.key.map_or(keyless, |k| partition_for_key(k, n));
+            partition_of.push(Some(p));
+            let (builder, ids) =
+                builders[p as usize].get_or_insert_with(|| (BatchBuilder::new(), Vec::new()));
+            let id_bytes;
+            let headers: &[(&str, &[u8])] = match r.id {
+                Some(h) => {
+                    ids.push(h);
+                    id_bytes = h.to_be_bytes();
+                    &[
+                        (HEADER_TYPE, r.event_type),
+                        (HEADER_ID, &id_bytes),
+                        (HEADER_APPEND, &append_bytes),
+                    ]
+                }
+                None => &[(HEADER_TYPE, r.event_type), (HEADER_APPEND, &append_bytes)],
+            };
+            builder.push(r.key, r.value, r.timestamp_ms, headers);
+        }
+        let mut batches: Vec<(u32, Vec<u8>, Vec<u128>)> = builders
+            .into_iter()
+            .zip(0u32..)
+            .filter_map(|(b, p)| b.map(|(b, ids)| (p, b.finish(), ids)))
+            .collect();
+        let appended = self.append_batches(&mut batches, now_ms);
+        let written: Vec<u32> = appended.offsets.iter().map(|r| r.partition).collect();
+        let ends = appended
+            .offsets
+            .iter()
+            .map(|r| (r.partition, r.last + 1))
+            .collect();
+        let bytes = appended.bytes;
+        self.duplicates.increment(admission.duplicates as u64);
+        let durable = vec![true; appended.offsets.len()];
+        let failure = self
+            .finish(appended, &batches, &durable, admission.ticket, now_ms)
+            .err();
+        let landed = partition_of
+            .iter()
+            .map(|p| p.is_none_or(|p| written.contains(&p)))
+            .collect();
+        Forwarded {
+            landed,
+            ends,
+            duplicates: admission.duplicates,
+            bytes,
+            failure,
+        }
+    }
+
     /// Appends each partition's batch in turn, stopping at the first failure.
     fn append_batches(&self, batches: &mut [(u32, Vec<u8>, Vec<u128>)], now_ms: i64) -> Appended {
         let mut out = Appended {
@@ -228,7 +308,7 @@ impl Topic {
                 appended.failure.get_or_insert(e);
             }
         }
-        self.finish(appended, &batches, &durable, ticket, now_ms)
+        Ok(self.finish(appended, &batches, &durable, ticket, now_ms)?)
     }
 
     /// Settles the request's ids (those of durable batches are now in the log) and counts.
@@ -239,7 +319,7 @@ impl Topic {
         durable: &[bool],
         ticket: Ticket,
         now_ms: i64,
-    ) -> Result<Vec<PartitionRange>, IngestError> {
+    ) -> Result<Vec<PartitionRange>, AppendError> {
         if ticket.is_empty() {
             drop(ticket);
         } else if durable.len() == batches.len() && durable.iter().all(|ok| *ok) {
@@ -256,13 +336,41 @@ impl Topic {
             ticket.settle(&|id| landed.contains(&id), now_ms, now_ms);
         }
         if let Some(e) = appended.failure {
-            return Err(IngestError::Append(e));
+            return Err(e);
         }
         let events: i64 = appended.offsets.iter().map(|r| r.last - r.first + 1).sum();
         self.events_in.increment(u64::try_from(events).unwrap_or(0));
         self.bytes_in.increment(appended.bytes);
         Ok(appended.offsets)
     }
+}
+
+/// One record for [`Topic::append_forwarded`], borrowed from where it was read.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardRecord<'a> {
+    pub key: Option<&'a [u8]>,
+    /// The stored envelope.
+    pub value: &'a [u8],
+    /// The record timestamp (event time).
+    pub timestamp_ms: i64,
+    /// `weir.type`.
+    pub event_type: &'a [u8],
+    /// `weir.id`: the xxh3-128 of the event_id.
+    pub id: Option<u128>,
+}
+
+/// What [`Topic::append_forwarded`] did.
+#[derive(Debug)]
+pub struct Forwarded {
+    /// Per record: in the topic now (written, or a duplicate of one already there).
+    pub landed: Vec<bool>,
+    /// Per partition written: one past the last offset written.
+    pub ends: Vec<(u32, i64)>,
+    pub duplicates: usize,
+    /// Record batch bytes written.
+    pub bytes: u64,
+    /// The first partition that refused its batch (later ones were not tried).
+    pub failure: Option<AppendError>,
 }
 
 /// The outcome of appending one request's batches.
