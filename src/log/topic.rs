@@ -379,3 +379,99 @@ struct Appended {
     failure: Option<AppendError>,
     bytes: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::Config;
+    use crate::log::Log;
+    use crate::log::batches::batches;
+
+    const NOW_MS: i64 = 1_000_000;
+
+    fn open(dir: &Path) -> Log {
+        let text = format!(
+            "[storage]\ndata_dir = {:?}\n[[topic]]\nname = \"late\"\npartitions = 2\nfsync = \"never\"\n",
+            dir.display().to_string()
+        );
+        let config = Config::parse(&text, Path::new("test.toml")).unwrap();
+        Log::open(&config, Arc::new(ManualClock::new(NOW_MS)))
+            .unwrap()
+            .0
+    }
+
+    /// (timestamp, key, value, weir.type, weir.id, weir.append) of every record of `p`.
+    type Stored = (i64, Option<Vec<u8>>, Vec<u8>, Vec<u8>, Option<u128>, i64);
+
+    fn stored(p: &Partition) -> Vec<Stored> {
+        let mut buf = Vec::new();
+        p.read_batches(0, 1 << 20, &mut buf).unwrap();
+        batches(&buf)
+            .flat_map(|b| b.stored_records_from(0).collect::<Vec<_>>())
+            .map(|(_, ts, r)| {
+                let append = r.header(HEADER_APPEND).unwrap().try_into().unwrap();
+                (
+                    ts,
+                    r.key.map(<[u8]>::to_vec),
+                    r.value.unwrap().to_vec(),
+                    r.header(HEADER_TYPE).unwrap().to_vec(),
+                    r.header(HEADER_ID)
+                        .map(|h| u128::from_be_bytes(h.try_into().unwrap())),
+                    i64::from_be_bytes(append),
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn forwarded_records_are_stored_as_given_and_a_repeat_is_a_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path());
+        let topic = Arc::clone(log.topic("late").unwrap());
+        let record = |key: Option<&'static [u8]>, value: &'static [u8], id| ForwardRecord {
+            key,
+            value,
+            timestamp_ms: 5,
+            event_type: b"page.view",
+            id,
+        };
+        let records = [
+            record(Some(b"k1"), b"{\"a\":1}", Some(7)),
+            record(Some(b"k2"), b"{\"a\":2}", Some(8)),
+            record(None, b"{\"a\":3}", None),
+        ];
+        let out = topic.append_forwarded(&records, NOW_MS).await;
+        assert!(out.failure.is_none());
+        assert_eq!((out.landed.as_slice(), out.duplicates), (&[true; 3][..], 0));
+        let mut total = 0;
+        for (p, end) in &out.ends {
+            assert_eq!(topic.partitions[*p as usize].visible().end_offset, *end);
+            total += end;
+        }
+        assert_eq!(total, 3, "{:?}", out.ends);
+        let p1 = partition_for_key(b"k1", 2) as usize;
+        let k1 = stored(&topic.partitions[p1]);
+        let want = (
+            5,
+            Some(b"k1".to_vec()),
+            b"{\"a\":1}".to_vec(),
+            b"page.view".to_vec(),
+            Some(7),
+            NOW_MS,
+        );
+        assert!(k1.contains(&want), "{k1:?}");
+
+        // A replay: the ids are duplicates, nothing is written; the keyless one (no id)
+        // would be appended again, which is why pipelines give every record an id.
+        let again = topic.append_forwarded(&records[..2], NOW_MS + 1).await;
+        assert!(again.failure.is_none());
+        assert_eq!(again.landed, [true, true]);
+        assert_eq!(again.duplicates, 2);
+        assert!(again.ends.is_empty());
+        let all: usize = topic.partitions.iter().map(|p| stored(p).len()).sum();
+        assert_eq!(all, 3);
+    }
+}

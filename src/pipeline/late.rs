@@ -299,7 +299,99 @@ fn generated_id_hash(envelope: &[u8]) -> Option<u128> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::Config;
+    use crate::log::Log;
+    use crate::log::batch::{self, BatchBuilder};
+    use crate::log::partitioner::partition_for_key;
+
+    /// A key of each partition of a topic of two.
+    fn keys() -> [&'static [u8]; 2] {
+        let of = |k: &[u8]| partition_for_key(k, 2);
+        let pick = |p| {
+            [&b"a"[..], b"b", b"c", b"d", b"e"]
+                .into_iter()
+                .find(|k| of(k) == p)
+                .unwrap()
+        };
+        [pick(0), pick(1)]
+    }
+
+    #[test]
+    fn what_a_refusing_partition_did_not_take_stays_held_and_blocks_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[storage]\ndata_dir = {:?}\n[[topic]]\nname = \"late\"\npartitions = 2\nfsync = \"never\"\n",
+            dir.path().display().to_string()
+        );
+        let config = Config::parse(&text, Path::new("test.toml")).unwrap();
+        let (log, _) = Log::open(&config, Arc::new(ManualClock::new(1_000_000))).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let topic = Arc::clone(log.topic("late").unwrap());
+        let disk = Arc::new(DiskSpace::new(dir.path(), 0).unwrap());
+        let mut sink = LateSink::new(
+            "p",
+            Arc::clone(&topic),
+            disk,
+            Arc::clone(log.clock()),
+            runtime.handle().clone(),
+        );
+        // A source batch at offsets 10..14; 11, 12 and 13 are late. 13 has a generated
+        // event_id: no weir.id header.
+        let [k0, k1] = keys();
+        let mut b = BatchBuilder::new();
+        for (i, key) in [k0, k0, k1, k0].into_iter().enumerate() {
+            let value = format!("{{\"event_id\":\"e{i}\",\"payload\":{i}}}");
+            let id = xxhash_rust::xxh3::xxh3_128(format!("e{i}").as_bytes()).to_be_bytes();
+            let headers: &[(&str, &[u8])] = if i == 3 {
+                &[(HEADER_TYPE, b"t")]
+            } else {
+                &[(HEADER_TYPE, b"t"), (HEADER_ID, &id)]
+            };
+            b.push(Some(key), value.as_bytes(), 100 + i as i64, headers);
+        }
+        let mut bytes = b.finish();
+        batch::set_base_offset(&mut bytes, 10);
+        let (view, _) = BatchView::parse(&bytes).unwrap();
+        for offset in [11, 12, 13] {
+            sink.note(offset);
+        }
+        sink.take(&view);
+        assert!(sink.holding() && !sink.blocked());
+
+        topic.partitions[1].close().unwrap();
+        assert!(!sink.flush(false), "partition 1 refuses");
+        assert!(sink.blocked(), "no input until the held event is appended");
+        assert_eq!(sink.held.len(), 1);
+        assert_eq!(
+            &sink.arena[sink.held[0].value.clone()],
+            br#"{"event_id":"e2","payload":2}"#
+        );
+        assert_eq!(sink.held[0].timestamp_ms, 102);
+        let ends: Vec<(u32, i64)> = sink.ends().iter().map(|(p, e)| (p.id, *e)).collect();
+        assert_eq!(ends, [(0, 2)]);
+        assert!(!sink.flush(false), "not retried before the backoff");
+        assert!(!sink.flush(true), "still refused at a stop");
+        assert_eq!(sink.held.len(), 1);
+
+        // Partition 0 holds e1 and e3, both with their id (e3's hashed from its envelope).
+        let mut buf = Vec::new();
+        topic.partitions[0]
+            .read_batches(0, 1 << 20, &mut buf)
+            .unwrap();
+        let ids: Vec<Option<&[u8]>> = crate::log::batches::batches(&buf)
+            .flat_map(|b| b.stored_records_from(0).collect::<Vec<_>>())
+            .map(|(_, _, r)| r.header(HEADER_ID))
+            .collect();
+        let hash = |id: &str| xxhash_rust::xxh3::xxh3_128(id.as_bytes()).to_be_bytes();
+        assert_eq!(ids, [Some(&hash("e1")[..]), Some(&hash("e3")[..])]);
+    }
 
     #[test]
     fn a_generated_id_hashes_like_a_client_one() {
