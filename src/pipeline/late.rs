@@ -346,7 +346,7 @@ mod tests {
         // event_id: no weir.id header.
         let [k0, k1] = keys();
         let mut b = BatchBuilder::new();
-        for (i, key) in [k0, k0, k1, k0].into_iter().enumerate() {
+        for (i, key) in (0i64..).zip([k0, k0, k1, k0]) {
             let value = format!("{{\"event_id\":\"e{i}\",\"payload\":{i}}}");
             let id = xxhash_rust::xxh3::xxh3_128(format!("e{i}").as_bytes()).to_be_bytes();
             let headers: &[(&str, &[u8])] = if i == 3 {
@@ -354,7 +354,7 @@ mod tests {
             } else {
                 &[(HEADER_TYPE, b"t"), (HEADER_ID, &id)]
             };
-            b.push(Some(key), value.as_bytes(), 100 + i as i64, headers);
+            b.push(Some(key), value.as_bytes(), 100 + i, headers);
         }
         let mut bytes = b.finish();
         batch::set_base_offset(&mut bytes, 10);
