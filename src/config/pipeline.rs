@@ -9,6 +9,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::raw::{Quantity, RawAggregate, RawPipeline, RawRoute, RawWindow, Table};
+use super::units::format_duration;
 use super::{Checker, TopicConfig, one_of};
 use crate::json::JsonPointer;
 use crate::log::topic_name::validate_topic_name;
@@ -297,20 +298,32 @@ impl Checker<'_> {
                     text,
                     "is not supported by this version yet (results are served over HTTP)".into(),
                 );
-            } else if let Some(tc) = topics.iter().find(|tc| &tc.name == t)
-                && (tc.dedup_window.is_zero() || tc.max_dedup_entries == 0)
-            {
-                // Replays after a crash append the same late events again; only the
-                // topic's dedup absorbs them.
-                self.at(
-                    &key(k),
-                    text,
-                    format!(
-                        "names topic {t:?}, whose dedup is off (dedup_window or \
-                         max_dedup_entries is 0); late events replayed after a crash \
-                         would be appended twice"
-                    ),
-                );
+            } else if let Some(tc) = topics.iter().find(|tc| &tc.name == t) {
+                // Replays after a crash append the late events since the last checkpoint
+                // again; only the topic's dedup absorbs them, and only within its window.
+                if tc.dedup_window.is_zero() || tc.max_dedup_entries == 0 {
+                    self.at(
+                        &key(k),
+                        text,
+                        format!(
+                            "names topic {t:?}, whose dedup is off (dedup_window or \
+                             max_dedup_entries is 0); late events replayed after a crash \
+                             would be appended twice"
+                        ),
+                    );
+                } else if tc.dedup_window <= checkpoint_interval {
+                    self.at(
+                        &key(k),
+                        text,
+                        format!(
+                            "names topic {t:?}, whose dedup_window {} is not longer than \
+                             this pipeline's checkpoint_interval {}; late events replayed \
+                             after a crash could be appended twice",
+                            format_duration(tc.dedup_window),
+                            format_duration(checkpoint_interval)
+                        ),
+                    );
+                }
             }
         }
         let aggregates = self.aggregates(at, &header, raw.aggregate.unwrap_or_default());

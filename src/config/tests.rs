@@ -964,6 +964,9 @@ dedup_window = "0s"
 [[topic]]
 name = "late2"
 max_dedup_entries = 0
+[[topic]]
+name = "late3"
+dedup_window = "1m"
 [[pipeline]]
 name = "p"
 source = "clicks"
@@ -982,12 +985,27 @@ late_topic = "late2"
 [[pipeline.aggregate]]
 name = "count"
 fn = "count"
+[[pipeline]]
+name = "r"
+source = "clicks"
+group_by = ["/k"]
+window = { kind = "tumbling", size = "1m" }
+checkpoint_interval = "1m"
+late_topic = "late3"
+[[pipeline.aggregate]]
+name = "count"
+fn = "count"
 "#;
     assert_problems(
         text,
         &[
-            ("pipeline[0].late_topic", 14, "whose dedup is off"),
-            ("pipeline[1].late_topic", 23, "whose dedup is off"),
+            ("pipeline[0].late_topic", 17, "whose dedup is off"),
+            ("pipeline[1].late_topic", 26, "whose dedup is off"),
+            (
+                "pipeline[2].late_topic",
+                36,
+                "dedup_window 1m is not longer than this pipeline's checkpoint_interval 1m",
+            ),
         ],
     );
 }

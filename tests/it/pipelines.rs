@@ -703,7 +703,11 @@ fn late_events_are_appended_to_the_late_topic_as_stored() {
 fn kill9_after_the_late_append_and_before_the_checkpoint_appends_nothing_twice() {
     // No checkpoint but the one at a stop: a kill lands between the late appends and
     // the checkpoint that would pass them.
-    let mut w = Weir::start(&with_late("checkpoint_interval = \"1h\""));
+    let config = with_late("checkpoint_interval = \"1h\"").replace(
+        "fsync = \"interval\"",
+        "fsync = \"interval\"\ndedup_window = \"2h\"",
+    );
+    let mut w = Weir::start(&config);
     close_the_first_windows(&w);
     w.stop();
     w.restart();
@@ -817,7 +821,7 @@ fn a_late_topic_that_refuses_stalls_the_pipeline_and_nothing_is_lost() {
     post_events(&w, &[keyed_event("after", "k", T0 + 3_300, "a")]);
     w.stop();
     w.edit_config(|c| format!("{c}\n{pipeline}"));
-    w.restart_with_env(&[("FAILPOINTS", "disk::free=4*return(0)->off")]);
+    w.restart_with_env(&[("FAILPOINTS", "disk::free=6*return(0)->off")]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while w
         .metric(
