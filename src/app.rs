@@ -91,18 +91,18 @@ pub async fn run(
         .context("result store thread")?
         .context("opening the result store")?;
     let (store, pipelines) = {
-        let (config, log) = (config.clone(), Arc::clone(&log));
+        let (config, log, disk) = (config.clone(), Arc::clone(&log), Arc::clone(&disk));
         let runtime = tokio::runtime::Handle::current();
         let store_dir = data_dir.join("store");
         tokio::task::spawn_blocking(move || {
-            match Pipelines::start(&config, &log, &store, &runtime) {
+            match Pipelines::start(&config, &log, &store, &disk, &runtime) {
                 // sled found damage a pipeline could not rebuild around (in its own keys):
                 // the whole store is derived from the log, so it starts over once.
                 Err(e) if e.is_corruption() => {
                     drop(store);
                     Store::move_aside(&store_dir, &e)?;
                     let store = Store::open(&store_dir, cache)?;
-                    let pipelines = Pipelines::start(&config, &log, &store, &runtime)?;
+                    let pipelines = Pipelines::start(&config, &log, &store, &disk, &runtime)?;
                     Ok((store, pipelines))
                 }
                 result => result.map(|p| (store, p)),

@@ -85,3 +85,13 @@ pub const QUERY_TOP_MAX: usize = 1000;
 /// hands a checkpoint over only when the previous one has been reported, so a queue of one
 /// never blocks it, and a pipeline holds at most one encoded checkpoint besides its state.
 pub const CHECKPOINT_QUEUE: usize = 1;
+
+/// Bytes of late events a pipeline holds for its `late_topic` before it stops taking
+/// input until they are appended: they are appended every `PUBLISH_INTERVAL` anyway, so
+/// this is reached only when the topic refuses them (the pipeline then stalls) or late
+/// events come faster than 400 MB/s. One source batch more may be held past it.
+pub const LATE_BUFFER_BYTES_MAX: usize = 4 << 20;
+
+/// While a pipeline's `late_topic` refuses appends (retried every second), a warning at
+/// most this often: the failure counter has every attempt.
+pub const LATE_FAILURE_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);

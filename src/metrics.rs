@@ -40,6 +40,9 @@ pub const PIPELINE_LAG: &str = "weir_pipeline_lag_records";
 pub const PIPELINE_OPEN_WINDOWS: &str = "weir_pipeline_open_windows";
 pub const PIPELINE_VIEW_ROWS: &str = "weir_pipeline_view_rows";
 pub const PIPELINE_CHECKPOINT_SECONDS: &str = "weir_pipeline_checkpoint_duration_seconds";
+pub const PIPELINE_LATE_APPENDED: &str = "weir_pipeline_late_appended_total";
+pub const PIPELINE_LATE_APPEND_FAILURES: &str = "weir_pipeline_late_append_failures_total";
+pub const PIPELINE_LATE_PENDING: &str = "weir_pipeline_late_pending_events";
 pub const GROUP_COMMITS: &str = "weir_group_commits_total";
 pub const GROUP_LAG: &str = "weir_group_lag_records";
 
@@ -83,7 +86,22 @@ fn describe() {
     describe_counter!(
         PIPELINE_LATE,
         Unit::Count,
-        "Events no open window of a pipeline took: dropped"
+        "Events no open window of a pipeline took: dropped (and appended to its late_topic if set)"
+    );
+    describe_counter!(
+        PIPELINE_LATE_APPENDED,
+        Unit::Count,
+        "Late events a pipeline appended to its late_topic (replays its dedup absorbed not counted)"
+    );
+    describe_counter!(
+        PIPELINE_LATE_APPEND_FAILURES,
+        Unit::Count,
+        "Appends to a pipeline's late_topic that were refused (free-space reserve, fenced partition); each retry counts"
+    );
+    describe_gauge!(
+        PIPELINE_LATE_PENDING,
+        Unit::Count,
+        "Late events a pipeline holds for its late_topic, not appended yet; above 0 for long: the pipeline is stalled on a refusing late_topic"
     );
     describe_counter!(
         PIPELINE_RECORDS_LOST,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::raw::{Quantity, RawAggregate, RawPipeline, RawRoute, RawWindow, Table};
+use super::units::format_duration;
 use super::{Checker, TopicConfig, one_of};
 use crate::json::JsonPointer;
 use crate::log::topic_name::validate_topic_name;
@@ -301,23 +302,48 @@ impl Checker<'_> {
             ("output_topic", &output_topic, &raw.output_topic),
         ] {
             let Some(text) = raw_topic else { continue };
-            if let (Some(t), Some(s)) = (topic, &source)
-                && t == s
-            {
+            let Some(t) = topic else { continue };
+            if source.as_ref() == Some(t) {
                 self.at(
                     &key(k),
                     text,
-                    format!("is the pipeline's own source {s:?}; its rows would feed it again"),
+                    format!(
+                        "is the pipeline's own source {t:?}; what it appends would feed it again"
+                    ),
                 );
-            } else if topic.is_some() {
+            } else if k == "output_topic" {
                 // Accepting it and appending nothing would be a silent loss.
                 self.at(
                     &key(k),
                     text,
-                    "is not supported by this version yet (late events are counted in \
-                     weir_pipeline_late_events_total; results are served over HTTP)"
-                        .into(),
+                    "is not supported by this version yet (results are served over HTTP)".into(),
                 );
+            } else if let Some(tc) = topics.iter().find(|tc| &tc.name == t) {
+                // Replays after a crash append the late events since the last checkpoint
+                // again; only the topic's dedup absorbs them, and only within its window.
+                if tc.dedup_window.is_zero() || tc.max_dedup_entries == 0 {
+                    self.at(
+                        &key(k),
+                        text,
+                        format!(
+                            "names topic {t:?}, whose dedup is off (dedup_window or \
+                             max_dedup_entries is 0); late events replayed after a crash \
+                             would be appended twice"
+                        ),
+                    );
+                } else if tc.dedup_window <= checkpoint_interval {
+                    self.at(
+                        &key(k),
+                        text,
+                        format!(
+                            "names topic {t:?}, whose dedup_window {} is not longer than \
+                             this pipeline's checkpoint_interval {}; late events replayed \
+                             after a crash could be appended twice",
+                            format_duration(tc.dedup_window),
+                            format_duration(checkpoint_interval)
+                        ),
+                    );
+                }
             }
         }
         let aggregates = self.aggregates(at, &header, raw.aggregate.unwrap_or_default());

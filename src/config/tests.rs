@@ -831,7 +831,7 @@ filter = ["", "a*b"]
 group_by = ["payload"]
 window = { kind = "hopping", size = "10m", slide = "3m" }
 time = "wall"
-late_topic = "clicks"
+late_topic = "nolate"
 [[pipeline.aggregate]]
 name = "n"
 fn = "median"
@@ -860,7 +860,7 @@ name = "q"
             (
                 "pipeline[0].late_topic",
                 12,
-                "not supported by this version yet",
+                "no [[topic]] is named \"nolate\"",
             ),
             (
                 "pipeline[0].aggregate[0].fn",
@@ -911,6 +911,101 @@ fn = "count"
         &[
             ("pipeline[0].late_topic", 10, "the pipeline's own source"),
             ("pipeline[0].output_topic", 11, "the pipeline's own source"),
+        ],
+    );
+}
+
+#[test]
+fn a_late_topic_is_taken_and_output_topic_is_refused() {
+    let config = parse(&format!(
+        "{PIPELINE_TOPICS}{}",
+        r#"[[pipeline]]
+name = "p"
+source = "clicks"
+group_by = ["/k"]
+window = { kind = "tumbling", size = "1m" }
+late_topic = "late"
+[[pipeline.aggregate]]
+name = "count"
+fn = "count"
+"#
+    ));
+    assert_eq!(config.pipelines[0].late_topic.as_deref(), Some("late"));
+    let text = format!(
+        "{PIPELINE_TOPICS}{}",
+        r#"[[pipeline]]
+name = "p"
+source = "clicks"
+group_by = ["/k"]
+window = { kind = "tumbling", size = "1m" }
+output_topic = "late"
+[[pipeline.aggregate]]
+name = "count"
+fn = "count"
+"#
+    );
+    assert_problems(
+        &text,
+        &[(
+            "pipeline[0].output_topic",
+            10,
+            "not supported by this version yet",
+        )],
+    );
+}
+
+#[test]
+fn a_late_topic_needs_its_dedup() {
+    let text = r#"[[topic]]
+name = "clicks"
+[[topic]]
+name = "late"
+dedup_window = "0s"
+[[topic]]
+name = "late2"
+max_dedup_entries = 0
+[[topic]]
+name = "late3"
+dedup_window = "1m"
+[[pipeline]]
+name = "p"
+source = "clicks"
+group_by = ["/k"]
+window = { kind = "tumbling", size = "1m" }
+late_topic = "late"
+[[pipeline.aggregate]]
+name = "count"
+fn = "count"
+[[pipeline]]
+name = "q"
+source = "clicks"
+group_by = ["/k"]
+window = { kind = "tumbling", size = "1m" }
+late_topic = "late2"
+[[pipeline.aggregate]]
+name = "count"
+fn = "count"
+[[pipeline]]
+name = "r"
+source = "clicks"
+group_by = ["/k"]
+window = { kind = "tumbling", size = "1m" }
+checkpoint_interval = "1m"
+late_topic = "late3"
+[[pipeline.aggregate]]
+name = "count"
+fn = "count"
+"#;
+    assert_problems(
+        text,
+        &[
+            ("pipeline[0].late_topic", 17, "whose dedup is off"),
+            ("pipeline[1].late_topic", 26, "whose dedup is off"),
+            (
+                "pipeline[2].late_topic",
+                36,
+                "dedup_window 1m is not longer than this pipeline's checkpoint_interval 1m",
+            ),
         ],
     );
 }

@@ -59,6 +59,26 @@ impl<'a> BatchView<'a> {
             from,
         }
     }
+
+    /// Its records at or after offset `from`, whole: (offset, timestamp, record with
+    /// key and headers). For the rare path that copies records elsewhere (a pipeline's
+    /// late events); `records_from` is the one for every record.
+    pub fn stored_records_from(
+        &self,
+        from: i64,
+    ) -> impl Iterator<Item = (i64, i64, batch::Record<'a>)> + use<'a> {
+        let (base_offset, base_timestamp) = (self.base_offset, self.header.base_timestamp);
+        batch::records(self.bytes)
+            .ok()
+            .into_iter()
+            .flatten()
+            .map_while(Result::ok)
+            .map(move |r| {
+                let offset = base_offset + i64::from(r.offset_delta);
+                (offset, base_timestamp.wrapping_add(r.timestamp_delta), r)
+            })
+            .filter(move |(offset, _, _)| *offset >= from)
+    }
 }
 
 /// Iterator of [`BatchView::records_from`].

@@ -181,6 +181,86 @@ impl Topic {
         })
     }
 
+    /// Appends records forwarded from another topic as they were stored there (a
+    /// pipeline's late events): their key, value, timestamp, event type and id hash,
+    /// partitioned by key with this topic's partitioner (keyless: one round-robin
+    /// partition per call), one batch per partition, stamped with append time `now_ms`.
+    /// The envelope rules of the topic are not applied: the source checked the events.
+    ///
+    /// Ids go through the dedup table like an ingest's, so a record forwarded again
+    /// (a replay) is a duplicate. Returns once the batches are written, without waiting
+    /// for fsync under any mode: the ids count as appended from then on, and the caller
+    /// makes the partitions durable through [`Forwarded::ends`] before it relies on them
+    /// (a crash before that loses the dedup table with the records, so nothing is
+    /// taken for a duplicate that is not in the log).
+    pub async fn append_forwarded(
+        self: &Arc<Self>,
+        records: &[ForwardRecord<'_>],
+        now_ms: i64,
+    ) -> Forwarded {
+        let ids: Vec<Option<u128>> = records.iter().map(|r| r.id).collect();
+        let admission = self.dedup.admit(&ids, now_ms).await;
+        let n = self.partition_count();
+        let keyless = self.next_keyless.fetch_add(1, Ordering::Relaxed) % n;
+        let mut builders: Vec<Option<(BatchBuilder, Vec<u128>)>> = (0..n).map(|_| None).collect();
+        let append_bytes = now_ms.to_be_bytes();
+        // The partition of each record, `None` for a duplicate.
+        let mut partition_of: Vec<Option<u32>> = Vec::with_capacity(records.len());
+        for (r, keep) in records.iter().zip(&admission.append) {
+            if !*keep {
+                partition_of.push(None);
+                continue;
+            }
+            let p = r.key.map_or(keyless, |k| partition_for_key(k, n));
+            partition_of.push(Some(p));
+            let (builder, ids) =
+                builders[p as usize].get_or_insert_with(|| (BatchBuilder::new(), Vec::new()));
+            let id_bytes;
+            let headers: &[(&str, &[u8])] = match r.id {
+                Some(h) => {
+                    ids.push(h);
+                    id_bytes = h.to_be_bytes();
+                    &[
+                        (HEADER_TYPE, r.event_type),
+                        (HEADER_ID, &id_bytes),
+                        (HEADER_APPEND, &append_bytes),
+                    ]
+                }
+                None => &[(HEADER_TYPE, r.event_type), (HEADER_APPEND, &append_bytes)],
+            };
+            builder.push(r.key, r.value, r.timestamp_ms, headers);
+        }
+        let mut batches: Vec<(u32, Vec<u8>, Vec<u128>)> = builders
+            .into_iter()
+            .zip(0u32..)
+            .filter_map(|(b, p)| b.map(|(b, ids)| (p, b.finish(), ids)))
+            .collect();
+        let appended = self.append_batches(&mut batches, now_ms);
+        let written: Vec<u32> = appended.offsets.iter().map(|r| r.partition).collect();
+        let ends = appended
+            .offsets
+            .iter()
+            .map(|r| (r.partition, r.last + 1))
+            .collect();
+        let bytes = appended.bytes;
+        self.duplicates.increment(admission.duplicates as u64);
+        let durable = vec![true; appended.offsets.len()];
+        let failure = self
+            .finish(appended, &batches, &durable, admission.ticket, now_ms)
+            .err();
+        let landed = partition_of
+            .iter()
+            .map(|p| p.is_none_or(|p| written.contains(&p)))
+            .collect();
+        Forwarded {
+            landed,
+            ends,
+            duplicates: admission.duplicates,
+            bytes,
+            failure,
+        }
+    }
+
     /// Appends each partition's batch in turn, stopping at the first failure.
     fn append_batches(&self, batches: &mut [(u32, Vec<u8>, Vec<u128>)], now_ms: i64) -> Appended {
         let mut out = Appended {
@@ -226,7 +306,7 @@ impl Topic {
                 appended.failure.get_or_insert(e);
             }
         }
-        self.finish(appended, &batches, &durable, ticket, now_ms)
+        Ok(self.finish(appended, &batches, &durable, ticket, now_ms)?)
     }
 
     /// Settles the request's ids (those of durable batches are now in the log) and counts.
@@ -237,7 +317,7 @@ impl Topic {
         durable: &[bool],
         ticket: Ticket,
         now_ms: i64,
-    ) -> Result<Vec<PartitionRange>, IngestError> {
+    ) -> Result<Vec<PartitionRange>, AppendError> {
         if ticket.is_empty() {
             drop(ticket);
         } else if durable.len() == batches.len() && durable.iter().all(|ok| *ok) {
@@ -254,7 +334,7 @@ impl Topic {
             ticket.settle(&|id| landed.contains(&id), now_ms, now_ms);
         }
         if let Some(e) = appended.failure {
-            return Err(IngestError::Append(e));
+            return Err(e);
         }
         let events: i64 = appended.offsets.iter().map(|r| r.last - r.first + 1).sum();
         self.events_in.increment(u64::try_from(events).unwrap_or(0));
@@ -314,9 +394,133 @@ impl Drop for DurableWait {
     }
 }
 
+/// One record for [`Topic::append_forwarded`], borrowed from where it was read.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardRecord<'a> {
+    pub key: Option<&'a [u8]>,
+    /// The stored envelope.
+    pub value: &'a [u8],
+    /// The record timestamp (event time).
+    pub timestamp_ms: i64,
+    /// `weir.type`.
+    pub event_type: &'a [u8],
+    /// `weir.id`: the xxh3-128 of the event_id.
+    pub id: Option<u128>,
+}
+
+/// What [`Topic::append_forwarded`] did.
+#[derive(Debug)]
+pub struct Forwarded {
+    /// Per record: in the topic now (written, or a duplicate of one already there).
+    pub landed: Vec<bool>,
+    /// Per partition written: one past the last offset written.
+    pub ends: Vec<(u32, i64)>,
+    pub duplicates: usize,
+    /// Record batch bytes written.
+    pub bytes: u64,
+    /// The first partition that refused its batch (later ones were not tried).
+    pub failure: Option<AppendError>,
+}
+
 /// The outcome of appending one request's batches.
 struct Appended {
     offsets: Vec<PartitionRange>,
     failure: Option<AppendError>,
     bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::Config;
+    use crate::log::Log;
+    use crate::log::batches::batches;
+
+    const NOW_MS: i64 = 1_000_000;
+
+    fn open(dir: &Path) -> Log {
+        let text = format!(
+            "[storage]\ndata_dir = {:?}\n[[topic]]\nname = \"late\"\npartitions = 2\nfsync = \"never\"\n",
+            dir.display().to_string()
+        );
+        let config = Config::parse(&text, Path::new("test.toml")).unwrap();
+        Log::open(&config, Arc::new(ManualClock::new(NOW_MS)))
+            .unwrap()
+            .0
+    }
+
+    /// (timestamp, key, value, weir.type, weir.id, weir.append) of every record of `p`.
+    type Stored = (i64, Option<Vec<u8>>, Vec<u8>, Vec<u8>, Option<u128>, i64);
+
+    fn stored(p: &Partition) -> Vec<Stored> {
+        let mut buf = Vec::new();
+        p.read_batches(0, 1 << 20, &mut buf).unwrap();
+        batches(&buf)
+            .flat_map(|b| b.stored_records_from(0).collect::<Vec<_>>())
+            .map(|(_, ts, r)| {
+                let append = r.header(HEADER_APPEND).unwrap().try_into().unwrap();
+                (
+                    ts,
+                    r.key.map(<[u8]>::to_vec),
+                    r.value.unwrap().to_vec(),
+                    r.header(HEADER_TYPE).unwrap().to_vec(),
+                    r.header(HEADER_ID)
+                        .map(|h| u128::from_be_bytes(h.try_into().unwrap())),
+                    i64::from_be_bytes(append),
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn forwarded_records_are_stored_as_given_and_a_repeat_is_a_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path());
+        let topic = Arc::clone(log.topic("late").unwrap());
+        let record = |key: Option<&'static [u8]>, value: &'static [u8], id| ForwardRecord {
+            key,
+            value,
+            timestamp_ms: 5,
+            event_type: b"page.view",
+            id,
+        };
+        let records = [
+            record(Some(b"k1"), b"{\"a\":1}", Some(7)),
+            record(Some(b"k2"), b"{\"a\":2}", Some(8)),
+            record(None, b"{\"a\":3}", None),
+        ];
+        let out = topic.append_forwarded(&records, NOW_MS).await;
+        assert!(out.failure.is_none());
+        assert_eq!((out.landed.as_slice(), out.duplicates), (&[true; 3][..], 0));
+        let mut total = 0;
+        for (p, end) in &out.ends {
+            assert_eq!(topic.partitions[*p as usize].visible().end_offset, *end);
+            total += end;
+        }
+        assert_eq!(total, 3, "{:?}", out.ends);
+        let p1 = partition_for_key(b"k1", 2) as usize;
+        let k1 = stored(&topic.partitions[p1]);
+        let want = (
+            5,
+            Some(b"k1".to_vec()),
+            b"{\"a\":1}".to_vec(),
+            b"page.view".to_vec(),
+            Some(7),
+            NOW_MS,
+        );
+        assert!(k1.contains(&want), "{k1:?}");
+
+        // A replay: the ids are duplicates, nothing is written; the keyless one (no id)
+        // would be appended again, which is why pipelines give every record an id.
+        let again = topic.append_forwarded(&records[..2], NOW_MS + 1).await;
+        assert!(again.failure.is_none());
+        assert_eq!(again.landed, [true, true]);
+        assert_eq!(again.duplicates, 2);
+        assert!(again.ends.is_empty());
+        let all: usize = topic.partitions.iter().map(|p| stored(p).len()).sum();
+        assert_eq!(all, 3);
+    }
 }

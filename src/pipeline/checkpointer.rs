@@ -8,7 +8,9 @@
 //! blocks. A checkpoint due while one is in flight waits: the engine keeps listing what
 //! changed, and the next checkpoint writes it all. Steps of one checkpoint, in order:
 //!
-//! 1. each source partition is made durable through the offset checkpointed;
+//! 1. each source partition is made durable through the offset checkpointed, and each
+//!    `late_topic` partition through what the pipeline appended to it before (so late
+//!    events the checkpoint passes are in the log);
 //! 2. one atomic sled batch (`PipelineStore::commit`), then `flush`;
 //! 3. the rows it closed turn `final` in the hot view;
 //! 4. the outcome is reported back; a failure returns the rows, so the next checkpoint
@@ -22,7 +24,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::view::HotView;
-use crate::config::FsyncMode;
 use crate::limits::CHECKPOINT_QUEUE;
 use crate::log::partition::Partition;
 use crate::store::{Checkpoint, PipelineStore, RowWrite};
@@ -36,6 +37,9 @@ pub struct Job {
     pub checkpoint: Checkpoint,
     /// When the pipeline thread began it: the duration metric covers encode to flush.
     pub started: Instant,
+    /// The `late_topic` partitions the pipeline appended to, each with the offset
+    /// (exclusive) it had appended through when it encoded the checkpoint.
+    pub late: Vec<(Arc<Partition>, i64)>,
 }
 
 /// What became of a job.
@@ -153,13 +157,20 @@ fn write(
     let Job {
         checkpoint,
         started,
+        late,
     } = job;
-    for (p, end) in partitions.iter().zip(&checkpoint.offsets) {
-        if !make_durable(p, *end) {
+    let late = late.iter().map(|(p, end)| (p, *end, "late events"));
+    let sources = partitions
+        .iter()
+        .zip(checkpoint.offsets.iter().copied())
+        .map(|(p, end)| (p, end, "source offsets"));
+    for (p, end, what) in sources.chain(late) {
+        if !make_durable(p, end) {
             tracing::warn!(
                 pipeline,
+                topic = %p.topic,
                 partition = p.id,
-                "source offsets not durable; checkpoint skipped"
+                "{what} not durable; checkpoint skipped"
             );
             return Outcome::Failed {
                 rows: checkpoint.rows,
@@ -191,11 +202,13 @@ fn write(
     }
 }
 
-/// Makes `partition` durable through offset `end` (exclusive): under `always` the
-/// visible end already is; otherwise an fsync round is asked for and waited on, bounded
-/// by [`DURABLE_WAIT_MAX`]. False if it did not happen.
+/// Makes `partition` durable through offset `end` (exclusive): a source read under
+/// `always` already is (it is read up to the visible end, which is durable); otherwise,
+/// and for late events just written, an fsync round is asked for (under `always` the
+/// append queued one) and waited on, bounded by [`DURABLE_WAIT_MAX`]. False if it did
+/// not happen.
 fn make_durable(partition: &Arc<Partition>, end: i64) -> bool {
-    if partition.fsync_mode() == FsyncMode::Always || partition.durable_end() >= end {
+    if partition.durable_end() >= end {
         return true;
     }
     partition.request_sync();
@@ -252,6 +265,7 @@ mod tests {
                 ..Checkpoint::default()
             },
             started: Instant::now(),
+            late: Vec::new(),
         };
         let mut states = Vec::new();
         crate::store::codec::Writer(&mut states).states(&[AggState::Count(1)]);

@@ -4,12 +4,14 @@
 //! a function of the records it is given, so replaying the log recomputes the same results.
 //! `view` is the in-memory hot view of results HTTP answers from (no IO either); `runner`
 //! is the thread per pipeline that reads the log and drives an engine; `checkpointer` the
-//! thread per pipeline that writes its checkpoints.
+//! thread per pipeline that writes its checkpoints; `late` what a pipeline holds for its
+//! `late_topic` and how it appends it.
 
 pub mod aggregate;
 pub mod checkpointer;
 pub mod engine;
 pub mod key;
+pub mod late;
 pub mod runner;
 pub mod view;
 pub mod watermark;

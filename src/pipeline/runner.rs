@@ -27,6 +27,10 @@
 //! it. At a stop the final checkpoint is flushed before the thread ends. A start restores
 //! the engine and offsets from it and reads on from there, so every record counts once. A
 //! pipeline whose definition changed (its fingerprint) is rebuilt from the log.
+//!
+//! Late events go to the `late_topic`, if set, through a [`LateSink`] (see `late`):
+//! noted while a batch is processed, appended once per publish round, made durable by
+//! the checkpoint that passes them; a checkpoint is not encoded while some are held.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -38,11 +42,13 @@ use tokio::sync::watch;
 
 use super::aggregate::Aggregate;
 use super::checkpointer::{Checkpointer, Job, Outcome};
-use super::engine::{Engine, Input, Spec, TimeMode};
+use super::engine::{Engine, Input, Spec, Taken, TimeMode};
 use super::key::{Filter, GroupBy};
+use super::late::LateSink;
 use super::view::{HotView, Row};
 use super::window::WindowKind;
 use crate::config::{Config, PipelineConfig, PipelineTime, WindowConfig};
+use crate::disk::DiskSpace;
 use crate::log::Log;
 use crate::log::batches::BatchView;
 use crate::log::partition::{Partition, ReadError, Visible};
@@ -212,15 +218,17 @@ pub struct Pipelines {
 
 impl Pipelines {
     /// Starts a thread per configured pipeline, each restored from its checkpoint in
-    /// `store`. `runtime` is used to wait on appends.
+    /// `store`. `runtime` is used to wait on appends; `disk` is the free-space reserve
+    /// late events are appended under.
     pub fn start(
         config: &Config,
         log: &Log,
         store: &Store,
+        disk: &Arc<DiskSpace>,
         runtime: &Handle,
     ) -> Result<Pipelines, crate::store::StoreError> {
         let mut started = Pipelines::default();
-        match Self::start_each(config, log, store, runtime, &mut started.list) {
+        match Self::start_each(config, log, store, disk, runtime, &mut started.list) {
             Ok(()) => Ok(started),
             Err(e) => {
                 // Those already running stop (their final checkpoints flushed) before
@@ -235,6 +243,7 @@ impl Pipelines {
         config: &Config,
         log: &Log,
         store: &Store,
+        disk: &Arc<DiskSpace>,
         runtime: &Handle,
         list: &mut Vec<Arc<PipelineHandle>>,
     ) -> Result<(), crate::store::StoreError> {
@@ -263,8 +272,28 @@ impl Pipelines {
                 .map_or(i64::MAX, |t| {
                     i64::try_from(t.max_event_lead.as_millis()).unwrap_or(i64::MAX)
                 });
+            let late = match &pc.late_topic {
+                None => None,
+                Some(name) => {
+                    let Some(topic) = log.topic(name) else {
+                        // The config check makes every late_topic a topic.
+                        return Err(crate::store::StoreError::Start(format!(
+                            "pipeline {:?}: no late_topic {name:?}",
+                            pc.name
+                        )));
+                    };
+                    Some(LateSink::new(
+                        &pc.name,
+                        Arc::clone(topic),
+                        Arc::clone(disk),
+                        Arc::clone(log.clock()),
+                        runtime.clone(),
+                    ))
+                }
+            };
             let task = Task::new(
                 pc,
+                late,
                 event_lead_ms,
                 spec,
                 store.pipeline(&pc.name),
@@ -452,12 +481,15 @@ struct Task {
     pending_rows: Vec<RowWrite>,
     /// Anything taken since the last checkpoint.
     unsaved: bool,
+    /// Where late events go, if the pipeline has a `late_topic`.
+    late: Option<LateSink>,
 }
 
 impl Task {
     #[allow(clippy::too_many_arguments, reason = "one call site, all distinct")]
     fn new(
         config: &PipelineConfig,
+        late: Option<LateSink>,
         event_lead_ms: i64,
         spec: Spec,
         store: PipelineStore,
@@ -573,6 +605,7 @@ impl Task {
             checkpoint_interval: config.checkpoint_interval,
             pending_rows: Vec::new(),
             unsaved: true,
+            late,
         })
     }
 
@@ -588,6 +621,9 @@ impl Task {
             let mut taken = 0usize;
             while started.elapsed() < PUBLISH_INTERVAL && self.step() {
                 taken += 1;
+            }
+            if let Some(late) = &mut self.late {
+                late.flush(false);
             }
             self.unsaved |= taken > 0;
             let prune = last_prune.elapsed() >= PRUNE_INTERVAL;
@@ -606,6 +642,11 @@ impl Task {
             }
         }
         self.publish(false);
+        if let Some(late) = &mut self.late
+            && !late.flush(true)
+        {
+            tracing::warn!(pipeline = %self.name, "late events not appended at the stop; the last checkpoint stands and the restart appends them");
+        }
         // The final checkpoint is flushed before the thread ends, so before `Log::close`.
         self.collect(true);
         self.checkpoint();
@@ -618,6 +659,9 @@ impl Task {
 
     /// Takes the next batch in read order. Returns false when none is visible.
     fn step(&mut self) -> bool {
+        if self.late.as_ref().is_some_and(LateSink::blocked) {
+            return false;
+        }
         let mut best: Option<(i64, usize, i64)> = None;
         for (i, s) in self.sources.iter_mut().enumerate() {
             let filled = s.fill(&self.name);
@@ -646,8 +690,16 @@ impl Task {
             event_type: std::str::from_utf8(r.event_type).unwrap_or(""),
             envelope: std::str::from_utf8(r.value).unwrap_or(""),
         });
+        let mut late = self.late.as_mut();
         self.engine
-            .process_batch(partition, view.append_ms, records, |_, _| {});
+            .process_batch(partition, view.append_ms, records, |input, taken| {
+                if let (Some(late), Taken::Late) = (&mut late, taken) {
+                    late.note(input.offset);
+                }
+            });
+        if let Some(late) = late {
+            late.take(&view);
+        }
         s.next = view.last_offset + 1;
         s.pos += len;
         s.set_head();
@@ -778,6 +830,10 @@ impl Task {
         if !self.unsaved {
             return true;
         }
+        // Its offsets would pass late events not in the late topic yet.
+        if self.late.as_ref().is_some_and(LateSink::holding) {
+            return false;
+        }
         let started = Instant::now();
         let offsets: Vec<i64> = self.sources.iter().map(|s| s.next).collect();
         let checkpoint = encode_checkpoint(
@@ -786,9 +842,11 @@ impl Task {
             std::mem::take(&mut self.pending_rows),
             self.retain_ms,
         );
+        let late = self.late.as_ref().map(LateSink::ends).unwrap_or_default();
         match checkpointer.submit(Job {
             checkpoint,
             started,
+            late,
         }) {
             None => self.unsaved = false,
             Some(job) => {
@@ -815,14 +873,16 @@ impl Task {
         }
     }
 
-    /// Sleeps until a source partition's visible end moves, a stop, or [`IDLE_WAIT`].
+    /// Sleeps until a source partition's visible end moves, a stop, or [`IDLE_WAIT`]
+    /// (stalled on the late topic: no input is taken, so appends do not wake it).
     fn wait(&mut self) {
+        let stalled = self.late.as_ref().is_some_and(LateSink::blocked);
         let Task { sources, stop, .. } = self;
         let mut stop = stop.clone();
         self.runtime.block_on(async move {
             let mut waits: Vec<_> = sources
                 .iter_mut()
-                .filter(|s| s.retry_at.is_none())
+                .filter(|s| s.retry_at.is_none() && !stalled)
                 .map(|s| Box::pin(s.rx.changed()))
                 .collect();
             let any = std::future::poll_fn(|cx| {

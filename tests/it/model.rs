@@ -16,8 +16,9 @@ use proptest::test_runner::{Config as RunnerConfig, TestRunner};
 use weir::clock::{Clock, ManualClock};
 use weir::config::Config;
 use weir::log::batch::BatchBuilder;
+use weir::log::datadir::DataDirError;
 use weir::log::partition::{Partition, ReadError};
-use weir::log::{HEADER_APPEND, Log};
+use weir::log::{HEADER_APPEND, Log, LogError};
 
 const PARTITIONS: usize = 2;
 const RETENTION_AGE_MS: i64 = 3 * 60 * 60 * 1000;
@@ -128,8 +129,22 @@ impl World {
     }
 
     fn reopen(&mut self) {
-        let (log, _) = Log::open(&self.config, self.clock.clone())
-            .unwrap_or_else(|e| panic!("reopening the log failed: {e:#}"));
+        // Other tests of this binary spawn weirs: a child forked while the dropped log's
+        // lock file was open shares its open file description, and so the flock, until
+        // its exec closes it. Only this process writes its pid there: wait that out.
+        let ours = std::process::id().to_string();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let log = loop {
+            match Log::open(&self.config, self.clock.clone()) {
+                Ok((log, _)) => break log,
+                Err(LogError::DataDir(DataDirError::Locked { holder, .. }))
+                    if holder == ours && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("reopening the log failed: {e:#}"),
+            }
+        };
         self.log = Some(log);
         self.check_all();
     }

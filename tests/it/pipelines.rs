@@ -693,3 +693,314 @@ fn records_retention_removed_before_a_pipeline_read_them_are_counted_and_mark_wi
         "the count is kept, not counted again"
     );
 }
+
+/// [`SMALL`]'s topic and pipeline with a `late_topic` of two partitions; `{extra}` goes
+/// into the pipeline (e.g. a checkpoint interval).
+fn with_late(extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[topic]]
+name = "clicks"
+partitions = 1
+fsync = "always"
+max_event_age = "36500d"
+
+[[topic]]
+name = "late"
+partitions = 2
+fsync = "interval"
+
+[[pipeline]]
+name = "pages"
+source = "clicks"
+filter = ["page.*"]
+group_by = ["/payload/page"]
+window = {{ kind = "tumbling", size = "1s" }}
+max_out_of_orderness = "0s"
+allowed_lateness = "1s"
+late_topic = "late"
+{extra}
+
+[[pipeline.aggregate]]
+name = "count"
+fn = "count"
+"#
+    )
+}
+
+/// An event with a client event_id and a key.
+fn keyed_event(id: &str, key: &str, ms: i64, page: &str) -> String {
+    format!(
+        r#"{{"event_id":"{id}","key":"{key}","event_type":"page.view","timestamp":{ms},"payload":{{"page":"{page}"}}}}"#
+    )
+}
+
+/// Every record of the `late` topic (both partitions), in partition then offset order.
+fn late_records(w: &Weir) -> Vec<serde_json::Value> {
+    (0..2).flat_map(|p| w.read_all("late", p)).collect()
+}
+
+/// Polls until the `late` topic holds `n` records, and returns them.
+fn poll_late(w: &Weir, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = late_records(w);
+        if got.len() >= n {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "late topic: {got:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The event_ids of late records, sorted.
+fn late_ids(records: &[serde_json::Value]) -> Vec<String> {
+    let mut ids: Vec<String> = records
+        .iter()
+        .map(|r| r["event"]["event_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Windows 0 and 1 of page `a` closed (watermark 3.2 s), window 0 having taken a late
+/// event while still open.
+fn close_the_first_windows(w: &Weir) {
+    post_events(
+        w,
+        &[
+            keyed_event("on-1", "k", T0 + 100, "a"),
+            keyed_event("on-2", "k", T0 + 1_600, "a"),
+        ],
+    );
+    // Late, but window 0 is open until the watermark reaches 2 s: it counts.
+    post_events(w, &[keyed_event("open-late", "k", T0 + 500, "a")]);
+    post_events(w, &[keyed_event("on-3", "k", T0 + 3_200, "a")]);
+    poll(w, "/v1/pipelines/pages/keys/a?window=last_closed", |r| {
+        r.json()["window"]["start"] == "2024-05-01T12:00:01.000Z"
+    });
+}
+
+#[test]
+fn late_events_are_appended_to_the_late_topic_as_stored() {
+    let w = Weir::start(&with_late(""));
+    close_the_first_windows(&w);
+    let generated = format!(
+        r#"{{"event_type":"page.view","timestamp":{},"payload":{{"page":"b","n":1}}}}"#,
+        T0 + 800
+    );
+    post_events(
+        &w,
+        &[
+            keyed_event("too-late", "k7", T0 + 700, "a"),
+            generated,
+            // Filtered out before windows are looked at: not late.
+            r#"{"event_id":"order","event_type":"order.paid","timestamp":1714564800100,"payload":{"page":"a"}}"#.into(),
+        ],
+    );
+    let got = poll_late(&w, 2);
+    assert_eq!(got.len(), 2, "{got:?}");
+    let client = got
+        .iter()
+        .find(|r| r["event"]["event_id"] == "too-late")
+        .unwrap_or_else(|| panic!("{got:?}"));
+    assert_eq!(client["key"], "k7");
+    assert_eq!(
+        client["partition"],
+        weir::log::partitioner::partition_for_key(b"k7", 2),
+        "the late topic's own partitioning by key"
+    );
+    assert_eq!(client["event"]["payload"], serde_json::json!({"page": "a"}));
+    assert_eq!(client["event"]["event_type"], "page.view");
+    assert_eq!(client["event"]["timestamp"], T0 + 700);
+    // The stored envelope of the source, byte for byte.
+    let source = w.read_all("clicks", 0);
+    let stored = source
+        .iter()
+        .find(|r| r["event"]["event_id"] == "too-late")
+        .unwrap();
+    assert_eq!(client["event"], stored["event"]);
+    let other = got.iter().find(|r| r != &client).unwrap();
+    assert_eq!(
+        other["event"]["payload"],
+        serde_json::json!({"page": "b", "n": 1})
+    );
+    let generated_id = source
+        .iter()
+        .find(|r| r["event"]["payload"]["page"] == "b")
+        .unwrap()["event"]["event_id"]
+        .clone();
+    assert_eq!(other["event"]["event_id"], generated_id);
+    assert_eq!(
+        w.metric("weir_pipeline_late_appended_total", &["pipeline=\"pages\""]),
+        Some(2.0)
+    );
+    assert_eq!(
+        w.metric("weir_pipeline_late_events_total", &["pipeline=\"pages\""]),
+        Some(2.0),
+        "the event that still counted in its open window is not late"
+    );
+    let r = w.get(&format!(
+        "/v1/pipelines/pages/keys/a?from={T0}&to={}",
+        T0 + 1000
+    ));
+    assert_eq!(
+        r.json()["windows"][0]["values"]["count"],
+        2,
+        "window 0 took the late event while open: {}",
+        r.body
+    );
+}
+
+#[test]
+fn kill9_after_the_late_append_and_before_the_checkpoint_appends_nothing_twice() {
+    // No checkpoint but the one at a stop: a kill lands between the late appends and
+    // the checkpoint that would pass them.
+    let config = with_late("checkpoint_interval = \"1h\"").replace(
+        "fsync = \"interval\"",
+        "fsync = \"interval\"\ndedup_window = \"2h\"",
+    );
+    let mut w = Weir::start(&config);
+    close_the_first_windows(&w);
+    w.stop();
+    w.restart();
+    assert!(
+        w.log_text()
+            .contains("pipeline restored from its checkpoint"),
+        "{}",
+        w.log_text()
+    );
+    post_events(&w, &[keyed_event("late-1", "k1", T0 + 700, "a")]);
+    post_events(
+        &w,
+        &[
+            keyed_event("late-2", "k2", T0 + 900, "b"),
+            format!(
+                r#"{{"event_type":"page.view","timestamp":{},"payload":{{"page":"c"}}}}"#,
+                T0 + 10
+            ),
+        ],
+    );
+    let before = poll_late(&w, 3);
+    w.kill9();
+    w.restart();
+    assert!(
+        w.log_text()
+            .contains("pipeline restored from its checkpoint"),
+        "{}",
+        w.log_text()
+    );
+    // The replay from the checkpoint appends the three again; the dedup absorbs them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.metric("weir_duplicate_events_total", &["topic=\"late\""]) != Some(3.0) {
+        assert!(
+            Instant::now() < deadline,
+            "replayed late events not absorbed: {:?}\n{}",
+            w.metric("weir_duplicate_events_total", &["topic=\"late\""]),
+            w.get("/metrics").body
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let after = late_records(&w);
+    assert_eq!(late_ids(&after), late_ids(&before));
+    assert_eq!(after.len(), 3, "{after:?}");
+    // And on it goes: a new late event is appended once.
+    post_events(&w, &[keyed_event("late-3", "k3", T0 + 950, "a")]);
+    let got = poll_late(&w, 4);
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert_eq!(
+        late_ids(&got)
+            .iter()
+            .filter(|id| id.starts_with("late-"))
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn check_config_refuses_a_late_topic_that_is_the_source_or_has_no_dedup() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    let text = with_late("")
+        .replace("late_topic = \"late\"", "late_topic = \"clicks\"")
+        .replace(
+            "fsync = \"interval\"",
+            "fsync = \"interval\"\ndedup_window = \"0s\"",
+        )
+        .replace(
+            "[[pipeline]]",
+            "[[pipeline]]\nname = \"other\"\nsource = \"clicks\"\ngroup_by = [\"/k\"]\n\
+             window = { kind = \"tumbling\", size = \"1s\" }\nlate_topic = \"late\"\n\
+             output_topic = \"late\"\n[[pipeline.aggregate]]\nname = \"n\"\nfn = \"count\"\n\
+             [[pipeline]]",
+        );
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(crate::util::BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "pipeline[0].late_topic",
+        "whose dedup is off",
+        "pipeline[0].output_topic",
+        "not supported by this version yet",
+        "pipeline[1].late_topic",
+        "the pipeline's own source \"clicks\"",
+    ] {
+        assert!(err.contains(needle), "{needle} missing from:\n{err}");
+    }
+}
+
+#[cfg(feature = "fail")]
+#[test]
+fn a_late_topic_that_refuses_stalls_the_pipeline_and_nothing_is_lost() {
+    // The events are in the log before the pipeline exists; it then starts while the
+    // disk is "full" (the first checks of free space say 0 bytes), so its late appends
+    // are refused until free space is read again for real.
+    let config = with_late("");
+    let (topics, pipeline) = config.split_at(config.find("[[pipeline]]").unwrap());
+    let mut w = Weir::start(topics);
+    post_events(
+        &w,
+        &[
+            keyed_event("on-1", "k", T0 + 100, "a"),
+            keyed_event("on-2", "k", T0 + 3_200, "a"),
+        ],
+    );
+    post_events(&w, &[keyed_event("late-1", "k1", T0 + 700, "a")]);
+    post_events(&w, &[keyed_event("after", "k", T0 + 3_300, "a")]);
+    w.stop();
+    w.edit_config(|c| format!("{c}\n{pipeline}"));
+    w.restart_with_env(&[("FAILPOINTS", "disk::free=6*return(0)->off")]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w
+        .metric(
+            "weir_pipeline_late_append_failures_total",
+            &["pipeline=\"pages\""],
+        )
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "{}", w.get("/metrics").body);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Once free space is read for real, the late event goes out and the pipeline takes
+    // the rest of its input.
+    let got = poll_late(&w, 1);
+    assert_eq!(late_ids(&got), ["late-1"]);
+    poll(&w, "/v1/pipelines/pages/keys/a", |r| {
+        r.json()["window"]["values"]["count"] == 2
+    });
+    assert!(
+        w.log_text().contains("late_topic refused late events"),
+        "{}",
+        w.log_text()
+    );
+    assert!(w.log_text().contains("late_topic accepts appends again"));
+}
