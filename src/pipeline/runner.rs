@@ -428,6 +428,9 @@ struct Task {
     pending_rows: Vec<RowWrite>,
     /// Anything taken since the last checkpoint.
     unsaved: bool,
+    /// When the thread started and the offsets it started from, until the first time
+    /// nothing is left to read: then it logs how long catching up took.
+    catching_up: Option<(Instant, Vec<i64>)>,
 }
 
 impl Task {
@@ -521,11 +524,16 @@ impl Task {
             checkpoint_interval: config.checkpoint_interval,
             pending_rows: Vec::new(),
             unsaved: true,
+            catching_up: None,
         })
     }
 
     fn run(mut self) {
         tracing::info!(pipeline = %self.name, "pipeline started");
+        self.catching_up = Some((
+            Instant::now(),
+            self.sources.iter().map(|s| s.next).collect(),
+        ));
         let mut last_prune = Instant::now();
         let mut last_checkpoint = Instant::now();
         // A restored engine's open windows, and the watermark, for the view at once.
@@ -580,6 +588,7 @@ impl Task {
             }
         }
         let Some((_, i, _)) = best else {
+            self.log_caught_up();
             return false;
         };
         let s = &mut self.sources[i];
@@ -600,6 +609,31 @@ impl Task {
         s.pos += len;
         s.set_head();
         true
+    }
+
+    /// The first time nothing is left to read since the start (lag 0, as far as the
+    /// thread can see): logs how many records that took and how long (after a rebuild,
+    /// how fast the pipeline reads the log).
+    fn log_caught_up(&mut self) {
+        let Some((started, starts)) = self.catching_up.take() else {
+            return;
+        };
+        let records: i64 = self
+            .sources
+            .iter()
+            .zip(&starts)
+            .map(|(s, start)| s.next - start)
+            .sum();
+        let seconds = started.elapsed().as_secs_f64();
+        #[allow(clippy::cast_precision_loss, reason = "a rate in a log line")]
+        let per_second = (records as f64 / seconds.max(1e-9)).round();
+        tracing::info!(
+            pipeline = %self.name,
+            records,
+            seconds,
+            per_second,
+            "pipeline caught up with its source"
+        );
     }
 
     /// Tells the engine of records `s` lost to retention, at this point of the input so
