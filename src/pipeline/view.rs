@@ -11,7 +11,9 @@
 //! a window leaves once its end + `retain_results` is behind the watermark, and at most
 //! [`VIEW_WINDOWS_MAX`] windows are held (the oldest closed ones leave first).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -110,6 +112,15 @@ impl ViewState {
     pub fn upsert(&mut self, start: i64, key: &Arc<str>, row: Row) {
         if row.closed {
             self.last_closed_start = Some(self.last_closed_start.map_or(start, |s| s.max(start)));
+        }
+        // Mostly an open row again, already indexed: replaced in place.
+        if let Some(old) = self
+            .windows
+            .get_mut(&start)
+            .and_then(|keys| keys.get_mut(key))
+        {
+            *old = row;
+            return;
         }
         self.windows
             .entry(start)
