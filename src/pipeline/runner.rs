@@ -50,9 +50,9 @@ use crate::metrics as m;
 use crate::store::codec::Writer;
 use crate::store::{CELL_BUCKETS, Checkpoint, PipelineStore, RowWrite, Store, cell_bucket};
 
-/// Bytes of whole batches read from one partition at a time: small enough that the
-/// buffers of a few partitions stay in a core's L2 cache between the read (a copy and a
-/// CRC pass) and the decoding.
+/// Bytes of whole batches read from one partition at a time. 256 KiB rebuilt about 3%
+/// faster than 1 MiB in an interleaved A/B (the partitions' buffers can stay in L2
+/// between the read's copy, its CRC pass and the decoding), despite 4x the reads.
 pub const READ_CHUNK_BYTES: usize = 256 << 10;
 /// Longest the thread processes before it publishes to the view: bounds how stale an
 /// answer is while input keeps coming.
