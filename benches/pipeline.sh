@@ -1,19 +1,34 @@
 #!/usr/bin/env bash
 # benches/pipeline.sh: one pipeline thread rebuilding the seed's Flink job from the log.
-#   RUNS=3 N=2000000 benches/pipeline.sh
-# Writes N events with ../shared/bench/flink/gen_events.py (the file PyFlink reads in
-# ../shared/bench/flink/run.sh), ingests them into `clickstream` with no pipeline
-# configured, then restarts weir with the seed's `page_views` pipeline (tumbling 1-minute
-# count per page, 5 s out of orderness, 1 m lateness) and times how long the pipeline
-# takes to reach the end of the log: events/s on one pipeline thread, log reads
-# included. Each run deletes the result store first, so it rebuilds from offset 0.
-# Prints medians; raw outputs in $RESULTS_DIR/pipeline (default /tmp/weir-bench-results).
+#   RUNS=3 N1=2000000 N2=8000000 benches/pipeline.sh
+#   FLINK=1 benches/pipeline.sh     # also the PyFlink job at parallelism 1, same files
+# Writes N1 and N2 events with ../shared/bench/flink/gen_events.py (the files PyFlink
+# reads in ../shared/bench/flink/run.sh), ingests each into `clickstream` of its own data
+# dir with no pipeline configured, then, per run, deletes the result store and starts
+# weir with the seed's `page_views` pipeline (tumbling 1-minute count per page, 5 s out
+# of orderness, 1 m lateness), which rebuilds from offset 0. The run ends when weir logs
+# "pipeline caught up with its source" (the pipeline thread's first lag 0, read from its
+# stderr as it is written: no polling).
+#
+# Figures, medians over RUNS (runs of N1 and N2 interleaved):
+#   wall:   process start -> caught up (start-up, recovery and store open included);
+#   thread: the pipeline thread's own start -> caught up, as weir logs it (log reads,
+#           CRC checks, engine, hot view and checkpoints included);
+#   marginal (N2-N1)/(t2-t1) of either: what PyFlink's run.sh reports, start-up cancelled.
+# Raw outputs in $RESULTS_DIR/pipeline (default /tmp/weir-bench-results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${RUNS:-3}; N=${N:-2000000}
-SHARED=${SHARED:-$(cd .. && pwd)/shared/bench}
+RUNS=${RUNS:-3}; N1=${N1:-2000000}; N2=${N2:-8000000}
+# ../shared/bench from the main checkout, ../../shared/bench from a worktree under wt/.
+if [ -z "${SHARED:-}" ]; then
+  for SHARED in "$(cd .. && pwd)/shared/bench" "$(cd ../.. && pwd)/shared/bench"; do
+    [ -d "$SHARED" ] && break
+  done
+fi
 OUT=${RESULTS_DIR:-/tmp/weir-bench-results}/pipeline; mkdir -p "$OUT"
 SCRATCH=${SCRATCH_DIR:-/var/tmp}/weir-bench-pipeline; mkdir -p "$SCRATCH"
+# The event files; kept when given (PyFlink's run.sh reads the same names under $DATA).
+EVENTS_DIR=${EVENTS_DIR:-$SCRATCH/events}; mkdir -p "$EVENTS_DIR"
 LOCK=/tmp/bench.lock
 ADDR=127.0.0.1:8094
 
@@ -25,14 +40,14 @@ stop_server() { if [ -n "$SPID" ]; then kill "$SPID" 2>/dev/null || true; wait "
 cleanup() { stop_server; rm -rf "$SCRATCH"; }
 trap cleanup EXIT
 
-EVENTS="$SCRATCH/events.jsonl"
-python3 "$SHARED/flink/gen_events.py" "$N" "$EVENTS"
-
-TOPIC=$(cat <<TOML
+config() { # data_dir with_pipeline
+  cat <<TOML
 [server]
 listen = "$ADDR"
 [storage]
-data_dir = "$SCRATCH/data"
+data_dir = "$1"
+[log]
+format = "json"
 [[topic]]
 name = "clickstream"
 partitions = 4
@@ -42,8 +57,7 @@ key_field = "/payload/user_id"
 max_event_age = "36500d"
 max_event_lead = "36500d"
 TOML
-)
-PIPELINE=$(cat <<'TOML'
+  [ "$2" = yes ] && cat <<'TOML'
 [[pipeline]]
 name = "page_views"
 source = "clickstream"
@@ -57,9 +71,8 @@ allowed_lateness = "1m"
 name = "count"
 fn = "count"
 TOML
-)
-echo "$TOPIC" > "$SCRATCH/ingest.toml"
-printf '%s\n%s\n' "$TOPIC" "$PIPELINE" > "$SCRATCH/pipeline.toml"
+  return 0
+}
 
 start() { # config
   stop_server
@@ -68,9 +81,14 @@ start() { # config
   echo "weir did not start"; tail "$OUT/weir.log"; exit 1
 }
 
-# Ingest the file as NDJSON requests of 1,000 lines over one keep-alive connection.
-start "$SCRATCH/ingest.toml"
-python3 - "$ADDR" "$EVENTS" <<'PY'
+# Ingest each file as NDJSON requests of 1,000 lines over one keep-alive connection.
+for n in "$N1" "$N2"; do
+  events="$EVENTS_DIR/events_$n.jsonl"
+  [ -s "$events" ] || python3 "$SHARED/flink/gen_events.py" "$n" "$events"
+  config "$SCRATCH/data-$n" no > "$SCRATCH/ingest-$n.toml"
+  config "$SCRATCH/data-$n" yes > "$SCRATCH/pipeline-$n.toml"
+  start "$SCRATCH/ingest-$n.toml"
+  python3 - "$ADDR" "$events" <<'PY'
 import http.client, sys
 host, port = sys.argv[1].split(":")
 conn = http.client.HTTPConnection(host, int(port))
@@ -89,41 +107,75 @@ with open(sys.argv[2]) as f:
 if chunk:
     send(chunk)
 PY
-stop_server
-echo "ingested $N events ($(du -sh "$SCRATCH/data" | cut -f1) on disk)"
+  stop_server
+  echo "ingested $n events ($(du -sh "$SCRATCH/data-$n" | cut -f1) on disk)"
+done
+sync
 
+rm -f "$OUT"/run.*.json
 for i in $(seq 1 "$RUNS"); do
-  rm -rf "$SCRATCH/data/store"
-  sync
-  flock "$LOCK" python3 - "$WEIR" "$SCRATCH/pipeline.toml" "$ADDR" "$N" "$OUT/run.$i.json" "$OUT/weir.log" <<'PY'
+  for n in "$N1" "$N2"; do
+    rm -rf "$SCRATCH/data-$n/store"
+    flock "$LOCK" python3 - "$WEIR" "$SCRATCH/pipeline-$n.toml" "$ADDR" "$n" "$OUT/run.$n.$i.json" "$OUT/weir.log" <<'PY'
 import json, subprocess, sys, time, urllib.request
 weir, config, addr, n, out, log = sys.argv[1:]
+log = open(log, "a")
 t0 = time.monotonic()
-p = subprocess.Popen([weir, "run", "--config", config], stderr=open(log, "a"))
+p = subprocess.Popen([weir, "run", "--config", config], stderr=subprocess.PIPE, text=True)
 try:
-    lag = None
-    while time.monotonic() - t0 < 600:
+    caught = None
+    for line in p.stderr:
+        log.write(line)
         try:
-            body = json.load(urllib.request.urlopen(f"http://{addr}/v1/pipelines", timeout=1))
-            lag = body["pipelines"][0]["lag"]
-            if lag == 0:
-                break
-        except OSError:
-            pass
-        time.sleep(0.02)
-    secs = time.monotonic() - t0
-    if lag != 0:
-        sys.exit(f"the pipeline did not catch up: lag {lag}")
+            fields = json.loads(line).get("fields", {})
+        except ValueError:
+            continue
+        if fields.get("message") == "pipeline caught up with its source":
+            wall = time.monotonic() - t0
+            caught = fields
+            break
+    if caught is None:
+        sys.exit("weir ended before the pipeline caught up")
+    if caught["records"] != int(n):
+        sys.exit(f"the pipeline caught up after {caught['records']} records, not {n}")
+    body = json.load(urllib.request.urlopen(f"http://{addr}/v1/pipelines"))
     top = json.load(urllib.request.urlopen(f"http://{addr}/v1/pipelines/page_views/top?n=1&window=last_closed"))
-    json.dump({"events": int(n), "seconds": secs, "eps": int(n) / secs, "top": top}, open(out, "w"))
+    json.dump({"events": int(n), "wall": wall, "thread": caught["seconds"],
+               "lag": body["pipelines"][0]["lag"], "top": top}, open(out, "w"))
 finally:
-    p.terminate(); p.wait()
+    p.terminate()
+    log.write(p.stderr.read())
+    p.wait()
 PY
+  done
 done
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" "$N1" "$N2" <<'PY'
 import glob, json, statistics, sys
-runs = [json.load(open(f)) for f in sorted(glob.glob(f"{sys.argv[1]}/run.[0-9]*.json"))]
-eps = [r["eps"] for r in runs]
-print(f"pipeline rebuild eps median {statistics.median(eps):.0f} runs {[round(x) for x in eps]} "
-      f"(seconds {[round(r['seconds'], 2) for r in runs]}, process start included)")
+out, n1, n2 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def runs(n): return [json.load(open(f)) for f in sorted(glob.glob(f"{out}/run.{n}.*.json"))]
+for col, what in (("wall", "process start -> caught up"), ("thread", "pipeline thread -> caught up")):
+    t1 = statistics.median(r[col] for r in runs(n1))
+    t2 = statistics.median(r[col] for r in runs(n2))
+    print(f"{col} ({what}): median t({n1})={t1:.3f}s t({n2})={t2:.3f}s "
+          f"runs {[round(r[col], 3) for r in runs(n1)]} {[round(r[col], 3) for r in runs(n2)]}")
+    print(f"  whole-run {n1/t1:,.0f} / {n2/t2:,.0f} ev/s  marginal (N2-N1)/(t2-t1) = {(n2-n1)/(t2-t1):,.0f} ev/s")
 PY
+
+if [ -n "${FLINK:-}" ]; then
+  # The baseline in the same run: the seed's PyFlink job at parallelism 1 over the same
+  # files (its summary prints the marginal rate of the same method).
+  PAR=1 SKIP_CHECK=${SKIP_CHECK:-1} RUNS="$RUNS" N1="$N1" N2="$N2" DATA="$EVENTS_DIR" \
+    RESULTS="$OUT/flink-p1.tsv" bash "$SHARED/flink/run.sh"
+fi
+if [ -n "${FLINK:-}" ]; then
+  python3 - "$OUT" "$N1" "$N2" <<'PY'
+import csv, glob, json, statistics, sys
+out, n1, n2 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def med(rows): return statistics.median(rows)
+w = {n: med(json.load(open(f))["wall"] for f in glob.glob(f"{out}/run.{n}.*.json")) for n in (n1, n2)}
+rows = list(csv.DictReader(open(f"{out}/flink-p1.tsv"), delimiter="\t"))
+f = {n: med(float(r["wall_s"]) for r in rows if int(r["n"]) == n) for n in (n1, n2)}
+weir, flink = (n2 - n1) / (w[n2] - w[n1]), (n2 - n1) / (f[n2] - f[n1])
+print(f"marginal wall rate: weir {weir:,.0f} ev/s, PyFlink p1 {flink:,.0f} ev/s, ratio {weir / flink:.1f}x")
+PY
+fi

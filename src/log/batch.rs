@@ -602,6 +602,7 @@ impl<'a> Cursor<'a> {
         self.buf.len() - self.pos
     }
 
+    #[inline]
     fn u8(&mut self) -> Result<u8, DecodeError> {
         let b = *self
             .buf
@@ -611,6 +612,7 @@ impl<'a> Cursor<'a> {
         Ok(b)
     }
 
+    #[inline]
     fn bytes(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
         if len > self.left() {
             return Err(corrupt("length past the record end", self.at()));
@@ -622,15 +624,28 @@ impl<'a> Cursor<'a> {
 
     /// Kafka's varint: zigzag over at most 5 bytes. As Kafka's ByteUtils.readVarint, bits
     /// of the fifth byte beyond 32 are dropped and a sixth byte is an error.
+    #[inline]
     fn varint(&mut self) -> Result<i32, DecodeError> {
-        // Most varints of a record (lengths, deltas, header counts) fit in one byte.
-        if let Some(&b) = self.buf.get(self.pos)
-            && b & 0x80 == 0
-        {
-            self.pos += 1;
-            let raw = u32::from(b);
-            return Ok((raw >> 1).cast_signed() ^ (raw & 1).cast_signed().wrapping_neg());
+        // Most varints of a record (lengths, deltas, header counts) fit in one or two
+        // bytes: those inline, the rest in the loop.
+        let zigzag = |raw: u32| (raw >> 1).cast_signed() ^ (raw & 1).cast_signed().wrapping_neg();
+        if let Some(&b0) = self.buf.get(self.pos) {
+            if b0 & 0x80 == 0 {
+                self.pos += 1;
+                return Ok(zigzag(u32::from(b0)));
+            }
+            if let Some(&b1) = self.buf.get(self.pos + 1)
+                && b1 & 0x80 == 0
+            {
+                self.pos += 2;
+                return Ok(zigzag(u32::from(b0 & 0x7f) | (u32::from(b1) << 7)));
+            }
         }
+        self.varint_long()
+    }
+
+    #[cold]
+    fn varint_long(&mut self) -> Result<i32, DecodeError> {
         let at = self.at();
         let mut raw = 0u32;
         for i in 0..5 {
@@ -644,7 +659,26 @@ impl<'a> Cursor<'a> {
     }
 
     /// Kafka's varlong: zigzag over at most 10 bytes.
+    #[inline]
     fn varlong(&mut self) -> Result<i64, DecodeError> {
+        let zigzag = |raw: u64| (raw >> 1).cast_signed() ^ (raw & 1).cast_signed().wrapping_neg();
+        if let Some(&b0) = self.buf.get(self.pos) {
+            if b0 & 0x80 == 0 {
+                self.pos += 1;
+                return Ok(zigzag(u64::from(b0)));
+            }
+            if let Some(&b1) = self.buf.get(self.pos + 1)
+                && b1 & 0x80 == 0
+            {
+                self.pos += 2;
+                return Ok(zigzag(u64::from(b0 & 0x7f) | (u64::from(b1) << 7)));
+            }
+        }
+        self.varlong_long()
+    }
+
+    #[cold]
+    fn varlong_long(&mut self) -> Result<i64, DecodeError> {
         let at = self.at();
         let mut raw = 0u64;
         for i in 0..10 {
@@ -658,6 +692,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A varint length then that many bytes; length -1 is null.
+    #[inline]
     fn nullable_bytes(&mut self) -> Result<Option<&'a [u8]>, DecodeError> {
         let at = self.at();
         match self.varint()? {
@@ -670,6 +705,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// One header: a key (never null in Kafka) and a nullable value.
+    #[inline]
     fn header(&mut self) -> Result<(&'a [u8], Option<&'a [u8]>), DecodeError> {
         let at = self.at();
         let Some(key) = self.nullable_bytes()? else {

@@ -1083,7 +1083,22 @@ impl Partition {
         bytes_max: usize,
         out: &mut Vec<u8>,
     ) -> Result<i64, ReadError> {
-        out.clear();
+        let read = self.read_batches_reusing(from, bytes_max, out);
+        if read.is_err() {
+            out.clear();
+        }
+        read
+    }
+
+    /// [`read_batches`](Self::read_batches) but for errors, with the bytes `out` holds
+    /// from the last read overwritten in place rather than zeroed again (`Vec::resize`
+    /// zero-fills only what grows): a megabyte of memset per read saved.
+    fn read_batches_reusing(
+        &self,
+        from: i64,
+        bytes_max: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<i64, ReadError> {
         let visible = self.visible();
         let start = self.start_offset();
         if from < start || from > visible.end_offset {
@@ -1093,9 +1108,11 @@ impl Partition {
             });
         }
         if from == visible.end_offset {
+            out.clear();
             return Ok(from);
         }
         let Some(seg) = self.segment_for(from, &visible)? else {
+            out.clear();
             return Ok(from);
         };
         let corrupt = |position: u64, e: batch::DecodeError| ReadError::Corrupt {
@@ -1123,6 +1140,7 @@ impl Partition {
         let avail = usize::try_from(seg.limit.saturating_sub(start_pos)).unwrap_or(0);
         if avail < batch::BATCH_HEADER_LEN {
             // Nothing of this segment at or after `from`: the rest start at its end.
+            out.clear();
             return Ok(if from < seg.end_offset {
                 seg.end_offset
             } else {

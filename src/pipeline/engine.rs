@@ -6,7 +6,9 @@
 //! closed right then, so what an event joins depends only on the batches before it. The
 //! engine is a pure function of that sequence: no IO, no clock.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use super::aggregate::{AggState, Aggregate, Position};
@@ -162,7 +164,7 @@ impl Engine {
             panes: BTreeMap::new(),
             changed: Vec::new(),
             unsaved: Vec::new(),
-            key_panes: HashMap::new(),
+            key_panes: HashMap::default(),
             next_close_ms: None,
             closed: Vec::new(),
             counters: Counters::default(),

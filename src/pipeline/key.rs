@@ -88,8 +88,14 @@ impl GroupBy {
 /// safe URL path segment and `,` only ever separates parts.
 pub fn percent_encode_into(text: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+    // Keys are mostly plain words: copied whole.
+    if text.bytes().all(unreserved) {
+        out.push_str(text);
+        return;
+    }
     for &b in text.as_bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+        if unreserved(b) {
             out.push(char::from(b));
         } else {
             out.push('%');

@@ -56,8 +56,10 @@ use crate::metrics as m;
 use crate::store::codec::Writer;
 use crate::store::{CELL_BUCKETS, Checkpoint, PipelineStore, RowWrite, Store, cell_bucket};
 
-/// Bytes of whole batches read from one partition at a time.
-pub const READ_CHUNK_BYTES: usize = 1 << 20;
+/// Bytes of whole batches read from one partition at a time. 256 KiB rebuilt about 3%
+/// faster than 1 MiB in an interleaved A/B (the partitions' buffers can stay in L2
+/// between the read's copy, its CRC pass and the decoding), despite 4x the reads.
+pub const READ_CHUNK_BYTES: usize = 256 << 10;
 /// Longest the thread processes before it publishes to the view: bounds how stale an
 /// answer is while input keeps coming.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(10);
@@ -483,6 +485,9 @@ struct Task {
     unsaved: bool,
     /// Where late events go, if the pipeline has a `late_topic`.
     late: Option<LateSink>,
+    /// When the thread started and the offsets it started from, until the first time
+    /// nothing is left to read: then it logs how long catching up took.
+    catching_up: Option<(Instant, Vec<i64>)>,
 }
 
 impl Task {
@@ -606,11 +611,16 @@ impl Task {
             pending_rows: Vec::new(),
             unsaved: true,
             late,
+            catching_up: None,
         })
     }
 
     fn run(mut self) {
         tracing::info!(pipeline = %self.name, "pipeline started");
+        self.catching_up = Some((
+            Instant::now(),
+            self.sources.iter().map(|s| s.next).collect(),
+        ));
         let mut last_prune = Instant::now();
         let mut last_checkpoint = Instant::now();
         // A restored engine's open windows, and the watermark, for the view at once.
@@ -676,6 +686,7 @@ impl Task {
             }
         }
         let Some((_, i, _)) = best else {
+            self.log_caught_up();
             return false;
         };
         let s = &mut self.sources[i];
@@ -687,8 +698,9 @@ impl Task {
         let records = view.records_from(s.next).map(|r| Input {
             offset: r.offset,
             event_ms: r.timestamp_ms,
-            event_type: std::str::from_utf8(r.event_type).unwrap_or(""),
-            envelope: std::str::from_utf8(r.value).unwrap_or(""),
+            // simdutf8: the envelope's check is most of a record's non-JSON work.
+            event_type: simdutf8::basic::from_utf8(r.event_type).unwrap_or(""),
+            envelope: simdutf8::basic::from_utf8(r.value).unwrap_or(""),
         });
         let mut late = self.late.as_mut();
         self.engine
@@ -704,6 +716,31 @@ impl Task {
         s.pos += len;
         s.set_head();
         true
+    }
+
+    /// The first time nothing is left to read since the start (lag 0, as far as the
+    /// thread can see): logs how many records that took and how long (after a rebuild,
+    /// how fast the pipeline reads the log).
+    fn log_caught_up(&mut self) {
+        let Some((started, starts)) = self.catching_up.take() else {
+            return;
+        };
+        let records: i64 = self
+            .sources
+            .iter()
+            .zip(&starts)
+            .map(|(s, start)| s.next - start)
+            .sum();
+        let seconds = started.elapsed().as_secs_f64();
+        #[allow(clippy::cast_precision_loss, reason = "a rate in a log line")]
+        let per_second = (records as f64 / seconds.max(1e-9)).round();
+        tracing::info!(
+            pipeline = %self.name,
+            records,
+            seconds,
+            per_second,
+            "pipeline caught up with its source"
+        );
     }
 
     /// Tells the engine of records `s` lost to retention, at this point of the input so

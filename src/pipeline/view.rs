@@ -13,7 +13,9 @@
 //! oldest first): the result store holds them, and `evicted_through` tells readers which
 //! windows to ask it for.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -118,16 +120,21 @@ impl ViewState {
         if row.closed {
             self.last_closed_start = Some(self.last_closed_start.map_or(start, |s| s.max(start)));
         }
-        let new = self
+        // Mostly an open row again, already indexed: replaced in place.
+        if let Some(old) = self
             .windows
+            .get_mut(&start)
+            .and_then(|keys| keys.get_mut(key))
+        {
+            *old = row;
+            return;
+        }
+        self.rows += 1;
+        self.keys.entry(Arc::clone(key)).or_default().insert(start);
+        self.windows
             .entry(start)
             .or_default()
-            .insert(Arc::clone(key), row)
-            .is_none();
-        if new {
-            self.rows += 1;
-            self.keys.entry(Arc::clone(key)).or_default().insert(start);
-        }
+            .insert(Arc::clone(key), row);
     }
 
     /// Rows held.
