@@ -45,6 +45,7 @@ fn spec() -> Spec {
             },
         ],
         partitions: 1,
+        max_cells: usize::MAX,
     }
 }
 

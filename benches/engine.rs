@@ -65,6 +65,7 @@ fn spec() -> Spec {
             field: None,
         }],
         partitions: PARTITIONS as usize,
+        max_cells: usize::MAX,
     }
 }
 

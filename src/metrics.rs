@@ -35,6 +35,7 @@ pub const PIPELINE_RECORDS_IN: &str = "weir_pipeline_records_in_total";
 pub const PIPELINE_ROWS_OUT: &str = "weir_pipeline_rows_closed_total";
 pub const PIPELINE_LATE: &str = "weir_pipeline_late_events_total";
 pub const PIPELINE_RECORDS_LOST: &str = "weir_pipeline_records_lost_total";
+pub const PIPELINE_REFUSED: &str = "weir_pipeline_refused_events_total";
 pub const PIPELINE_WATERMARK: &str = "weir_pipeline_watermark_seconds";
 pub const PIPELINE_LAG: &str = "weir_pipeline_lag_records";
 pub const PIPELINE_OPEN_WINDOWS: &str = "weir_pipeline_open_windows";
@@ -122,6 +123,11 @@ fn describe() {
         PIPELINE_OPEN_WINDOWS,
         Unit::Count,
         "Windows of a pipeline holding state and not closed yet"
+    );
+    describe_counter!(
+        PIPELINE_REFUSED,
+        Unit::Count,
+        "Events a pipeline refused because it held max_open_windows (window, key) states; their windows answer complete: false"
     );
     describe_gauge!(
         PIPELINE_VIEW_ROWS,

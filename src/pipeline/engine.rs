@@ -39,6 +39,9 @@ pub struct Spec {
     pub aggregates: Vec<Aggregate>,
     /// Partitions of the source topic.
     pub partitions: usize,
+    /// Most (pane, key) cells held (`max_open_windows`): an event that would need one
+    /// more is refused and the windows of its pane turn incomplete.
+    pub max_cells: usize,
 }
 
 /// One record of the source topic.
@@ -64,6 +67,9 @@ pub enum Taken {
     Late,
     /// No key: a `group_by` pointer had no value.
     NoKey(KeyError),
+    /// It needed a new (pane, key) cell beyond `max_cells`: not counted, and the windows
+    /// of its pane are marked incomplete.
+    Refused,
 }
 
 /// A (window, key) whose window the watermark closed, with its final values.
@@ -129,6 +135,8 @@ pub struct Counters {
     pub skipped_values: u64,
     /// Records retention removed before the pipeline read them.
     pub lost: u64,
+    /// Records refused for want of a cell within `max_cells`.
+    pub refused: u64,
 }
 
 pub struct Engine {
@@ -150,8 +158,11 @@ pub struct Engine {
     /// Rows of windows closed since the last `take_closed`.
     closed: Vec<ClosedRow>,
     counters: Counters,
-    /// Windows that may miss records lost to retention; oldest first.
+    /// Windows that may miss records lost to retention or refused over `max_cells`;
+    /// oldest first.
     taints: Vec<Taint>,
+    /// (pane, key) cells held.
+    cells: usize,
     key_buf: String,
 }
 
@@ -169,6 +180,7 @@ impl Engine {
             closed: Vec::new(),
             counters: Counters::default(),
             taints: Vec::new(),
+            cells: 0,
             key_buf: String::new(),
         }
     }
@@ -194,7 +206,8 @@ impl Engine {
                 TimeMode::Ingest => append_ms,
             };
             let outcome = self.take(partition, ts_ms, &input);
-            if matches!(outcome, Taken::Counted(_) | Taken::Late) {
+            // A refused event still moves the watermark: windows close and free cells.
+            if matches!(outcome, Taken::Counted(_) | Taken::Late | Taken::Refused) {
                 self.marks.on_event(p, ts_ms);
             }
             taken(&input, &outcome);
@@ -218,22 +231,11 @@ impl Engine {
         } else {
             wm.saturating_sub(self.spec.allowed_lateness_ms)
         };
-        self.taints.push(Taint {
+        self.push_taint(Taint {
             partition,
             min_end_ms,
             max_start_ms: max_start_ms.unwrap_or(i64::MAX),
         });
-        if self.taints.len() > TAINTS_MAX {
-            let (a, b) = (self.taints.remove(0), self.taints.remove(0));
-            self.taints.insert(
-                0,
-                Taint {
-                    partition: a.partition,
-                    min_end_ms: a.min_end_ms.min(b.min_end_ms),
-                    max_start_ms: a.max_start_ms.max(b.max_start_ms),
-                },
-            );
-        }
         for (pane, keys) in &mut self.panes {
             for (key, cell) in keys.iter_mut() {
                 if !cell.dirty {
@@ -335,6 +337,11 @@ impl Engine {
             None => false,
         };
         if !found {
+            if self.cells >= self.spec.max_cells {
+                self.refuse(partition, pane);
+                return Taken::Refused;
+            }
+            self.cells += 1;
             let key = self.intern(pane, key);
             let aggregates = &self.spec.aggregates;
             let mut states: Vec<AggState> =
@@ -368,6 +375,51 @@ impl Engine {
         }
         self.counters.counted += 1;
         Taken::Counted(open)
+    }
+
+    /// Marks every window holding `pane` incomplete (a taint over exactly them: ends past
+    /// the pane's start, starts at or before its last millisecond), once per pane.
+    fn refuse(&mut self, partition: u32, pane: i64) {
+        self.counters.refused += 1;
+        let taint = Taint {
+            partition,
+            min_end_ms: pane,
+            max_start_ms: pane + self.spec.window.pane_ms() - 1,
+        };
+        if self
+            .taints
+            .iter()
+            .any(|t| t.min_end_ms <= taint.min_end_ms && t.max_start_ms >= taint.max_start_ms)
+        {
+            return;
+        }
+        self.push_taint(taint);
+        // The pane's open rows turn incomplete: the view learns it.
+        if let Some(keys) = self.panes.get_mut(&pane) {
+            for (key, cell) in keys.iter_mut() {
+                if !cell.dirty {
+                    cell.dirty = true;
+                    self.changed.push((pane, Arc::clone(key)));
+                }
+            }
+        }
+    }
+
+    /// Adds a taint; beyond [`TAINTS_MAX`] the two oldest merge into their hull (wider:
+    /// still sound).
+    fn push_taint(&mut self, taint: Taint) {
+        self.taints.push(taint);
+        if self.taints.len() > TAINTS_MAX {
+            let (a, b) = (self.taints.remove(0), self.taints.remove(0));
+            self.taints.insert(
+                0,
+                Taint {
+                    partition: a.partition,
+                    min_end_ms: a.min_end_ms.min(b.min_end_ms),
+                    max_start_ms: a.max_start_ms.max(b.max_start_ms),
+                },
+            );
+        }
     }
 
     /// The shared key for `text`, recording that it has state in `pane`. Called only when
@@ -435,6 +487,7 @@ impl Engine {
             let Some((_, keys)) = self.panes.pop_first() else {
                 break;
             };
+            self.cells -= keys.len();
             for key in keys.into_keys() {
                 if let Some(panes) = self.key_panes.get_mut(&key) {
                     panes.remove(&pane);
@@ -580,21 +633,21 @@ impl Engine {
         for (pane, key, states) in cells {
             let key = e.intern(pane, &key);
             e.changed.push((pane, Arc::clone(&key)));
-            e.panes.entry(pane).or_default().insert(
-                key,
-                Cell {
-                    states,
-                    dirty: true,
-                    unsaved: false,
-                },
-            );
+            let cell = Cell {
+                states,
+                dirty: true,
+                unsaved: false,
+            };
+            if e.panes.entry(pane).or_default().insert(key, cell).is_none() {
+                e.cells += 1;
+            }
         }
         e
     }
 
     /// (pane, key) cells held: the size of the state.
     pub fn cells(&self) -> usize {
-        self.panes.values().map(HashMap::len).sum()
+        self.cells
     }
 
     /// Start of `key`'s newest window with state, if it is still open.

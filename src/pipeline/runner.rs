@@ -65,6 +65,9 @@ pub const READ_CHUNK_BYTES: usize = 256 << 10;
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(10);
 /// Longest an idle thread sleeps without a wake-up: bounds how late a stop is seen.
 pub const IDLE_WAIT: Duration = Duration::from_millis(200);
+/// Refusals over `max_open_windows` are logged at most this often.
+const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Longest the thread waits after a read error before retrying.
 pub const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 /// How often the view drops expired windows.
@@ -117,6 +120,7 @@ pub fn spec_of(config: &PipelineConfig, partitions: usize) -> Spec {
             })
             .collect(),
         partitions,
+        max_cells: config.max_open_windows,
     }
 }
 
@@ -432,6 +436,10 @@ struct PipelineMetrics {
     rows_out: metrics::Counter,
     late: metrics::Counter,
     lost: metrics::Counter,
+    refused: metrics::Counter,
+    /// Refusals already logged, and when: the error is logged at most every
+    /// [`REFUSED_LOG_INTERVAL`].
+    refused_logged: (u64, Option<Instant>),
     watermark: metrics::Gauge,
     open_windows: metrics::Gauge,
     view_rows: metrics::Gauge,
@@ -448,6 +456,8 @@ impl PipelineMetrics {
             rows_out: metrics::counter!(m::PIPELINE_ROWS_OUT, &l()),
             late: metrics::counter!(m::PIPELINE_LATE, &l()),
             lost: metrics::counter!(m::PIPELINE_RECORDS_LOST, &l()),
+            refused: metrics::counter!(m::PIPELINE_REFUSED, &l()),
+            refused_logged: (0, None),
             watermark: metrics::gauge!(m::PIPELINE_WATERMARK, &l()),
             open_windows: metrics::gauge!(m::PIPELINE_OPEN_WINDOWS, &l()),
             view_rows: metrics::gauge!(m::PIPELINE_VIEW_ROWS, &l()),
@@ -820,10 +830,18 @@ impl Task {
         let retain_ms = self.retain_ms;
         let max_rows = self.view.max_rows;
         let c = self.engine.counters();
-        let pm = &self.metrics;
+        let max_cells = self.engine.spec().max_cells;
+        let pm = &mut self.metrics;
         pm.lost.absolute(c.lost);
+        pm.refused.absolute(c.refused);
+        let (logged, at) = pm.refused_logged;
+        if c.refused > logged && at.is_none_or(|t| t.elapsed() >= REFUSED_LOG_INTERVAL) {
+            tracing::error!(pipeline = %self.name, refused = c.refused - logged, max_open_windows = max_cells,
+                "events refused: the pipeline holds max_open_windows (window, key) states; their windows answer complete: false");
+            pm.refused_logged = (c.refused, Some(Instant::now()));
+        }
         pm.records_in
-            .absolute(c.counted + c.filtered + c.late + c.no_key);
+            .absolute(c.counted + c.filtered + c.late + c.no_key + c.refused);
         pm.late.absolute(c.late);
         pm.rows_out.absolute(pm.rows_closed);
         if watermark != super::watermark::NONE {

@@ -130,6 +130,8 @@ impl Writer<'_> {
             self.i64(t.min_end_ms);
             self.i64(t.max_start_ms);
         }
+        // Added later still: an older head ends before it and refused none.
+        self.u64(c.refused);
     }
 }
 
@@ -266,6 +268,7 @@ impl<'a> Reader<'a> {
             no_key: self.u64()?,
             skipped_values: self.u64()?,
             lost: 0,
+            refused: 0,
         };
         let mut taints = Vec::new();
         if !self.0.is_empty() {
@@ -278,6 +281,9 @@ impl<'a> Reader<'a> {
                     max_start_ms: self.i64()?,
                 });
             }
+        }
+        if !self.0.is_empty() {
+            counters.refused = self.u64()?;
         }
         Ok(EngineHead {
             marks: Watermarks::from_parts(
@@ -345,6 +351,7 @@ mod tests {
                 no_key: 4,
                 skipped_values: 5,
                 lost: 6,
+                refused: 7,
             },
             taints: vec![Taint {
                 partition: 1,
@@ -355,8 +362,12 @@ mod tests {
         let mut buf = Vec::new();
         Writer(&mut buf).head(&head);
         assert_eq!(Reader(&buf).head(5, 100).unwrap(), head);
-        // A head written before losses were kept: no loss, no taint.
-        let old = &buf[..buf.len() - 8 - 8 - 24];
+        // A head written before refusals were kept: none refused.
+        let old = &buf[..buf.len() - 8];
+        let read = Reader(old).head(5, 100).unwrap();
+        assert_eq!((read.counters.refused, read.taints.len()), (0, 1));
+        // One written before losses were kept: no loss, no taint.
+        let old = &buf[..buf.len() - 8 - 8 - 8 - 24];
         let read = Reader(old).head(5, 100).unwrap();
         assert_eq!((read.counters.lost, read.taints.len()), (0, 0));
     }

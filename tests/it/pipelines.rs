@@ -424,6 +424,55 @@ fn windows_beyond_max_view_rows_are_answered_from_the_store() {
     assert!(r.body.contains("narrow the range"), "{}", r.body);
 }
 
+/// Beyond `max_open_windows` states an event is refused, counted and logged, and its
+/// windows answer `complete: false`: never a silent undercount.
+#[test]
+fn beyond_max_open_windows_windows_are_marked_incomplete_never_undercounted() {
+    let config = SMALL.replace(
+        "allowed_lateness = \"1s\"",
+        "allowed_lateness = \"1s\"\nmax_open_windows = 2",
+    );
+    let w = Weir::start(&config);
+    post_events(
+        &w,
+        &[
+            event("page.view", T0 + 1, "a", 1),
+            event("page.view", T0 + 2, "b", 1),
+            event("page.view", T0 + 3, "c", 1),
+            event("page.view", T0 + 4, "a", 1),
+        ],
+    );
+    let r = poll(&w, "/v1/pipelines/pages/keys/a", |r| {
+        r.json()["window"]["values"]["count"] == 2
+    });
+    assert_eq!(r.json()["window"]["complete"], false, "{}", r.body);
+    let pipe = ["pipeline=\"pages\""];
+    assert_eq!(
+        w.metric("weir_pipeline_refused_events_total", &pipe),
+        Some(1.0)
+    );
+    let r = w.get("/v1/pipelines/pages/keys/c");
+    assert_eq!(r.status, 404, "c has no state: {}", r.body);
+    // d (2.5 s) closes window 0, incomplete, but came before the close freed its state:
+    // refused too. e (5 s) finds room: its window is complete.
+    post_events(&w, &[event("page.view", T0 + 2_500, "d", 1)]);
+    let r = poll(&w, "/v1/pipelines/pages/keys/b?window=last_closed", |r| {
+        r.status == 200
+    });
+    assert_eq!(r.json()["window"]["complete"], false, "{}", r.body);
+    post_events(&w, &[event("page.view", T0 + 5_000, "e", 1)]);
+    let r = poll(&w, "/v1/pipelines/pages/keys/e", |r| r.status == 200);
+    assert_eq!(r.json()["window"]["complete"], true, "{}", r.body);
+    assert!(
+        w.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("ERROR") && l.contains("max_open_windows")),
+        "the refusal is logged"
+    );
+}
+
 /// The result store is derived from the log: deleted or damaged while weir is stopped, it
 /// is rebuilt on start, with the same results.
 #[test]

@@ -39,6 +39,7 @@ fn spec(
         group_by: GroupBy::new(vec![JsonPointer::parse("/payload/k").unwrap()]),
         aggregates: aggregates(),
         partitions: parts,
+        max_cells: usize::MAX,
     }
 }
 
@@ -437,4 +438,68 @@ fn a_loss_marks_open_windows_and_windows_up_to_its_bound_incomplete() {
         feed(e, 5, 100);
         assert!(e.head().taints.is_empty(), "expired with its windows");
     }
+}
+
+#[test]
+fn beyond_max_cells_an_event_is_refused_and_its_windows_turn_incomplete() {
+    let mut s = spec(
+        WindowKind::Tumbling { size_ms: 10 },
+        TimeMode::Event,
+        0,
+        1000,
+        0,
+        1,
+    );
+    s.max_cells = 2;
+    let mut e = Engine::new(s);
+    let mut outcomes = Vec::new();
+    let mut feed = |e: &mut Engine, offset: i64, ts: i64, key: &str| {
+        let env = format!(r#"{{"payload":{{"k":"{key}","v":1}}}}"#);
+        let input = Input {
+            offset,
+            event_ms: ts,
+            event_type: "a.x",
+            envelope: &env,
+        };
+        e.process_batch(0, offset, [input], |_, t| outcomes.push(t.clone()));
+    };
+    feed(&mut e, 1, 1, "a");
+    feed(&mut e, 2, 2, "b");
+    feed(&mut e, 3, 3, "a");
+    feed(&mut e, 4, 4, "c");
+    feed(&mut e, 5, 5, "d");
+    assert_eq!(e.counters().refused, 2);
+    assert_eq!(e.cells(), 2);
+    assert!(!e.is_complete(0), "window 0 lost c and d to the bound");
+    assert_eq!(e.head().taints.len(), 1, "one taint per pane");
+    // The event at 15 closes window 0 (its cells go), but came before the close: it is
+    // refused too, and window 1 is incomplete. Then window 1 and 2 take new keys again.
+    feed(&mut e, 6, 15, "c");
+    let closed: Vec<(i64, String, bool)> = e
+        .take_closed()
+        .iter()
+        .map(|c| (c.start_ms, c.key.to_string(), c.complete))
+        .collect();
+    assert_eq!(
+        closed,
+        [(0, "a".into(), false), (0, "b".into(), false)],
+        "never a silent undercount"
+    );
+    assert_eq!((e.cells(), e.counters().refused), (0, 3));
+    assert!(!e.is_complete(10));
+    feed(&mut e, 7, 16, "c");
+    feed(&mut e, 8, 25, "x");
+    assert_eq!(
+        (e.cells(), e.counters().refused),
+        (1, 3),
+        "window 1 closed at 25"
+    );
+    assert!(e.is_complete(20));
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|t| matches!(t, Taken::Refused))
+            .count(),
+        3
+    );
 }
