@@ -44,6 +44,9 @@ pub const PIPELINE_CHECKPOINT_SECONDS: &str = "weir_pipeline_checkpoint_duration
 pub const PIPELINE_LATE_APPENDED: &str = "weir_pipeline_late_appended_total";
 pub const PIPELINE_LATE_APPEND_FAILURES: &str = "weir_pipeline_late_append_failures_total";
 pub const PIPELINE_LATE_PENDING: &str = "weir_pipeline_late_pending_events";
+pub const PIPELINE_OUTPUT_ROWS: &str = "weir_pipeline_output_rows_total";
+pub const PIPELINE_OUTPUT_APPEND_FAILURES: &str = "weir_pipeline_output_append_failures_total";
+pub const PIPELINE_OUTPUT_PENDING: &str = "weir_pipeline_output_pending_rows";
 pub const GROUP_COMMITS: &str = "weir_group_commits_total";
 pub const GROUP_LAG: &str = "weir_group_lag_records";
 
@@ -103,6 +106,21 @@ fn describe() {
         PIPELINE_LATE_PENDING,
         Unit::Count,
         "Late events a pipeline holds for its late_topic, not appended yet; above 0 for long: the pipeline is stalled on a refusing late_topic"
+    );
+    describe_counter!(
+        PIPELINE_OUTPUT_ROWS,
+        Unit::Count,
+        "Result row versions a pipeline appended to its output_topic (replays its dedup absorbed not counted)"
+    );
+    describe_counter!(
+        PIPELINE_OUTPUT_APPEND_FAILURES,
+        Unit::Count,
+        "Appends of result rows to a pipeline's output_topic that were refused (free-space reserve, fenced partition) or not made durable; each retry counts"
+    );
+    describe_gauge!(
+        PIPELINE_OUTPUT_PENDING,
+        Unit::Count,
+        "Result rows a pipeline committed for its output_topic and not appended yet; above 0 for long: the pipeline is stalled on a refusing output_topic"
     );
     describe_counter!(
         PIPELINE_RECORDS_LOST,

@@ -180,6 +180,45 @@ impl PipelineConfig {
     }
 }
 
+/// The path by which pipeline `p`'s output topic reaches its own source through other
+/// pipelines (each reads a topic and writes its rows to its `output_topic`), as text:
+/// `"x" -> pipeline "b" -> "a"`; `None` without such a cycle. The direct self-loop is
+/// reported on its own. A breadth-first walk over topics: the shortest path is reported.
+fn output_cycle(pipelines: &[PipelineConfig], p: usize) -> Option<String> {
+    let me = &pipelines[p];
+    let start = me.output_topic.as_deref()?;
+    if start == me.source {
+        return None;
+    }
+    // Per topic reached: the pipeline that wrote to it on the way (None for the start).
+    let mut via: HashMap<&str, Option<usize>> = HashMap::from([(start, None)]);
+    let mut queue = std::collections::VecDeque::from([start]);
+    while let Some(topic) = queue.pop_front() {
+        for (q, other) in pipelines.iter().enumerate() {
+            let Some(next) = other.output_topic.as_deref() else {
+                continue;
+            };
+            if other.source != topic || via.contains_key(next) {
+                continue;
+            }
+            via.insert(next, Some(q));
+            if next == me.source {
+                let mut steps = vec![format!("{next:?}")];
+                let mut at = next;
+                while let Some(Some(q)) = via.get(at) {
+                    steps.push(format!("pipeline {:?}", pipelines[*q].name));
+                    at = pipelines[*q].source.as_str();
+                    steps.push(format!("{at:?}"));
+                }
+                steps.reverse();
+                return Some(steps.join(" -> "));
+            }
+            queue.push_back(next);
+        }
+    }
+    None
+}
+
 impl Checker<'_> {
     /// Every `[[pipeline]]`, checked against the topics already read.
     pub(super) fn pipelines(
@@ -189,6 +228,8 @@ impl Checker<'_> {
     ) -> Vec<PipelineConfig> {
         let mut out: Vec<PipelineConfig> = Vec::new();
         let mut seen: HashMap<String, usize> = HashMap::new();
+        // (index in the file, index in `out`, the raw output_topic) for the cycle check.
+        let mut outputs = Vec::new();
         for (i, raw) in raw.into_iter().enumerate() {
             let at = format!("pipeline[{i}]");
             let header = raw.span();
@@ -205,8 +246,24 @@ impl Checker<'_> {
                     ),
                 );
             }
+            let output = raw.output_topic.clone();
             if let Some(p) = self.pipeline(&at, header, raw, topics) {
+                if let Some(output) = output {
+                    outputs.push((i, out.len(), output));
+                }
                 out.push(p);
+            }
+        }
+        for (i, p, raw) in outputs {
+            if let Some(path) = output_cycle(&out, p) {
+                self.at(
+                    &format!("pipeline[{i}].output_topic"),
+                    &raw,
+                    format!(
+                        "feeds the pipeline's own source back through other pipelines ({path}); \
+                         its rows would change its input without end"
+                    ),
+                );
             }
         }
         out
@@ -311,23 +368,22 @@ impl Checker<'_> {
                         "is the pipeline's own source {t:?}; what it appends would feed it again"
                     ),
                 );
-            } else if k == "output_topic" {
-                // Accepting it and appending nothing would be a silent loss.
-                self.at(
-                    &key(k),
-                    text,
-                    "is not supported by this version yet (results are served over HTTP)".into(),
-                );
             } else if let Some(tc) = topics.iter().find(|tc| &tc.name == t) {
                 // Replays after a crash append the late events since the last checkpoint
-                // again; only the topic's dedup absorbs them, and only within its window.
+                // (the result rows of the last checkpoint) again; only the topic's dedup
+                // absorbs them, and only within its window.
+                let what = if k == "late_topic" {
+                    "late events"
+                } else {
+                    "result rows"
+                };
                 if tc.dedup_window.is_zero() || tc.max_dedup_entries == 0 {
                     self.at(
                         &key(k),
                         text,
                         format!(
                             "names topic {t:?}, whose dedup is off (dedup_window or \
-                             max_dedup_entries is 0); late events replayed after a crash \
+                             max_dedup_entries is 0); {what} replayed after a crash \
                              would be appended twice"
                         ),
                     );
@@ -337,7 +393,7 @@ impl Checker<'_> {
                         text,
                         format!(
                             "names topic {t:?}, whose dedup_window {} is not longer than \
-                             this pipeline's checkpoint_interval {}; late events replayed \
+                             this pipeline's checkpoint_interval {}; {what} replayed \
                              after a crash could be appended twice",
                             format_duration(tc.dedup_window),
                             format_duration(checkpoint_interval)

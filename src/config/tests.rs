@@ -916,7 +916,7 @@ fn = "count"
 }
 
 #[test]
-fn a_late_topic_is_taken_and_output_topic_is_refused() {
+fn a_late_topic_and_an_output_topic_are_taken() {
     let config = parse(&format!(
         "{PIPELINE_TOPICS}{}",
         r#"[[pipeline]]
@@ -925,31 +925,79 @@ source = "clicks"
 group_by = ["/k"]
 window = { kind = "tumbling", size = "1m" }
 late_topic = "late"
+output_topic = "late"
 [[pipeline.aggregate]]
 name = "count"
 fn = "count"
 "#
     ));
     assert_eq!(config.pipelines[0].late_topic.as_deref(), Some("late"));
+    assert_eq!(config.pipelines[0].output_topic.as_deref(), Some("late"));
+}
+
+/// A pipeline block over `source` writing to `output`, for the cycle tests.
+fn relay(name: &str, source: &str, output: &str) -> String {
+    format!(
+        "[[pipeline]]\nname = \"{name}\"\nsource = \"{source}\"\ngroup_by = [\"/k\"]\n\
+         window = {{ kind = \"tumbling\", size = \"1m\" }}\noutput_topic = \"{output}\"\n\
+         [[pipeline.aggregate]]\nname = \"count\"\nfn = \"count\"\n"
+    )
+}
+
+#[test]
+fn output_topics_may_chain_but_not_feed_a_source_back() {
+    let topics = "[[topic]]\nname = \"a\"\n[[topic]]\nname = \"b\"\n[[topic]]\nname = \"c\"\n\
+                  [[topic]]\nname = \"d\"\n";
+    // a -> b -> c: a two-stage chain is fine.
+    let config = parse(&format!(
+        "{topics}{}{}",
+        relay("p", "a", "b"),
+        relay("q", "b", "c")
+    ));
+    assert_eq!(config.pipelines.len(), 2);
+    // a -> b -> c -> a: each pipeline of the loop is reported, with the path; d -> b is
+    // upstream of the loop, not in it.
     let text = format!(
-        "{PIPELINE_TOPICS}{}",
-        r#"[[pipeline]]
-name = "p"
-source = "clicks"
-group_by = ["/k"]
-window = { kind = "tumbling", size = "1m" }
-output_topic = "late"
-[[pipeline.aggregate]]
-name = "count"
-fn = "count"
-"#
+        "{topics}{}{}{}{}",
+        relay("p", "a", "b"),
+        relay("q", "b", "c"),
+        relay("r", "c", "a"),
+        relay("s", "d", "b"),
+    );
+    assert_problems(
+        &text,
+        &[
+            (
+                "pipeline[0].output_topic",
+                14,
+                r#"through other pipelines ("b" -> pipeline "q" -> "c" -> pipeline "r" -> "a")"#,
+            ),
+            (
+                "pipeline[1].output_topic",
+                23,
+                r#"("c" -> pipeline "r" -> "a" -> pipeline "p" -> "b")"#,
+            ),
+            (
+                "pipeline[2].output_topic",
+                32,
+                r#"("a" -> pipeline "p" -> "b" -> pipeline "q" -> "c")"#,
+            ),
+        ],
+    );
+}
+
+#[test]
+fn an_output_topic_needs_its_dedup() {
+    let text = format!(
+        "[[topic]]\nname = \"a\"\n[[topic]]\nname = \"b\"\ndedup_window = \"0s\"\n{}",
+        relay("p", "a", "b")
     );
     assert_problems(
         &text,
         &[(
             "pipeline[0].output_topic",
-            10,
-            "not supported by this version yet",
+            11,
+            "whose dedup is off (dedup_window or max_dedup_entries is 0); result rows",
         )],
     );
 }

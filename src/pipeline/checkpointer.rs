@@ -23,6 +23,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_cha
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::output::{Outbox, OutputSink};
 use super::view::HotView;
 use crate::limits::CHECKPOINT_QUEUE;
 use crate::log::partition::Partition;
@@ -40,6 +41,9 @@ pub struct Job {
     /// The `late_topic` partitions the pipeline appended to, each with the offset
     /// (exclusive) it had appended through when it encoded the checkpoint.
     pub late: Vec<(Arc<Partition>, i64)>,
+    /// The result rows for the `output_topic`, if set: committed with the checkpoint,
+    /// appended after.
+    pub outbox: Option<Outbox>,
 }
 
 /// What became of a job.
@@ -68,6 +72,7 @@ impl Checkpointer {
         view: Arc<HotView>,
         partitions: Vec<Arc<Partition>>,
         seconds: metrics::Histogram,
+        mut output: Option<OutputSink>,
     ) -> std::io::Result<Checkpointer> {
         let (jobs, jobs_rx) = sync_channel::<Job>(CHECKPOINT_QUEUE);
         // One outcome per job and one job at a time: never full.
@@ -76,11 +81,26 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name(format!("weir-ckpt-{name}"))
             .spawn(move || {
+                // The outbox of the checkpoint restored (a crash left it), at once.
+                if let Some(o) = &mut output {
+                    o.append();
+                }
                 for job in jobs_rx {
-                    let outcome = write(&pipeline, &store, &view, &partitions, job, &seconds);
+                    let outcome = write(
+                        &pipeline,
+                        &store,
+                        &view,
+                        &partitions,
+                        output.as_mut(),
+                        job,
+                        &seconds,
+                    );
                     if outcomes_tx.send(outcome).is_err() {
-                        return;
+                        break;
                     }
+                }
+                if let Some(o) = output {
+                    o.finish(&store);
                 }
             })?;
         Ok(Checkpointer {
@@ -151,14 +171,26 @@ fn write(
     store: &PipelineStore,
     view: &HotView,
     partitions: &[Arc<Partition>],
+    mut output: Option<&mut OutputSink>,
     job: Job,
     seconds: &metrics::Histogram,
 ) -> Outcome {
     let Job {
-        checkpoint,
+        mut checkpoint,
         started,
         late,
+        outbox,
     } = job;
+    // The last checkpoint's result rows are in the output topic before this one's
+    // commit replaces them in sled.
+    if let Some(sink) = output.as_deref_mut()
+        && let Err(e) = sink.before_commit()
+    {
+        tracing::warn!(pipeline, error = %e, "checkpoint skipped");
+        return Outcome::Failed {
+            rows: checkpoint.rows,
+        };
+    }
     let late = late.iter().map(|(p, end)| (p, *end, "late events"));
     let sources = partitions
         .iter()
@@ -177,8 +209,13 @@ fn write(
             };
         }
     }
+    checkpoint.outbox = outbox.as_ref().map(Outbox::encode);
     match store.commit(&checkpoint) {
         Ok(()) => {
+            // Step 4: the rows it emits go out, now that they are in sled.
+            if let (Some(sink), Some(outbox)) = (output, outbox) {
+                sink.committed(outbox);
+            }
             let done: Vec<(i64, Arc<str>)> = checkpoint
                 .rows
                 .into_iter()
@@ -207,7 +244,7 @@ fn write(
 /// and for late events just written, an fsync round is asked for (under `always` the
 /// append queued one) and waited on, bounded by [`DURABLE_WAIT_MAX`]. False if it did
 /// not happen.
-fn make_durable(partition: &Arc<Partition>, end: i64) -> bool {
+pub(super) fn make_durable(partition: &Arc<Partition>, end: i64) -> bool {
     if partition.durable_end() >= end {
         return true;
     }
@@ -257,6 +294,7 @@ mod tests {
             Arc::clone(&view),
             Vec::new(),
             metrics::Histogram::noop(),
+            None,
         )
         .unwrap();
         let job = |rows: Vec<RowWrite>| Job {
@@ -266,6 +304,7 @@ mod tests {
             },
             started: Instant::now(),
             late: Vec::new(),
+            outbox: None,
         };
         let mut states = Vec::new();
         crate::store::codec::Writer(&mut states).states(&[AggState::Count(1)]);

@@ -5,13 +5,14 @@
 //! `view` is the in-memory hot view of results HTTP answers from (no IO either); `runner`
 //! is the thread per pipeline that reads the log and drives an engine; `checkpointer` the
 //! thread per pipeline that writes its checkpoints; `late` what a pipeline holds for its
-//! `late_topic` and how it appends it.
+//! `late_topic` and how it appends it; `output` the result rows for its `output_topic`.
 
 pub mod aggregate;
 pub mod checkpointer;
 pub mod engine;
 pub mod key;
 pub mod late;
+pub mod output;
 pub mod runner;
 pub mod view;
 pub mod watermark;

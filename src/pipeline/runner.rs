@@ -33,6 +33,7 @@
 //! the checkpoint that passes them; a checkpoint is not encoded while some are held.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,7 @@ use super::checkpointer::{Checkpointer, Job, Outcome};
 use super::engine::{Engine, Input, Spec, Taken, TimeMode};
 use super::key::{Filter, GroupBy};
 use super::late::LateSink;
+use super::output::{OutputRows, OutputTarget};
 use super::view::{HotView, Row};
 use super::window::WindowKind;
 use crate::config::{Config, PipelineConfig, PipelineTime, WindowConfig};
@@ -172,6 +174,7 @@ pub fn encode_checkpoint(
         oldest_pane: engine.oldest_pane(),
         rows,
         rows_before,
+        outbox: None,
     }
 }
 
@@ -297,9 +300,28 @@ impl Pipelines {
                     ))
                 }
             };
+            let output = match &pc.output_topic {
+                None => None,
+                Some(name) => {
+                    let Some(topic) = log.topic(name) else {
+                        // The config check makes every output_topic a topic.
+                        return Err(crate::store::StoreError::Start(format!(
+                            "pipeline {:?}: no output_topic {name:?}",
+                            pc.name
+                        )));
+                    };
+                    Some(OutputTarget {
+                        topic: Arc::clone(topic),
+                        disk: Arc::clone(disk),
+                        clock: Arc::clone(log.clock()),
+                        runtime: runtime.clone(),
+                    })
+                }
+            };
             let task = Task::new(
                 pc,
                 late,
+                output,
                 event_lead_ms,
                 spec,
                 store.pipeline(&pc.name),
@@ -498,6 +520,9 @@ struct Task {
     /// When the thread started and the offsets it started from, until the first time
     /// nothing is left to read: then it logs how long catching up took.
     catching_up: Option<(Instant, Vec<i64>)>,
+    /// The rows changed for the `output_topic`, if set, and the flag its checkpoint-thread
+    /// side sets while the topic refuses them (see `output`).
+    output: Option<(OutputRows, Arc<AtomicBool>)>,
 }
 
 impl Task {
@@ -505,6 +530,7 @@ impl Task {
     fn new(
         config: &PipelineConfig,
         late: Option<LateSink>,
+        output: Option<OutputTarget>,
         event_lead_ms: i64,
         spec: Spec,
         store: PipelineStore,
@@ -558,6 +584,7 @@ impl Task {
             Some((Err(e), _)) => return Err(e),
             None => None,
         };
+        let from_checkpoint = restored.is_some();
         let engine = match restored {
             Some((r, (rows, left_out))) => {
                 tracing::info!(pipeline = %config.name, cells = r.cells.len(), "pipeline restored from its checkpoint");
@@ -598,12 +625,21 @@ impl Task {
             })
             .collect();
         let metrics = PipelineMetrics::new(&config.name, partitions.len());
+        let aggregates = config.aggregates.iter().map(|a| a.name.clone()).collect();
+        let (output, sink) = match output {
+            Some(o) => {
+                let (rows, sink) = o.open(&config.name, fp, aggregates, &store, from_checkpoint);
+                (Some((rows, sink.stalled())), Some(sink))
+            }
+            None => (None, None),
+        };
         let checkpointer = Checkpointer::start(
             &config.name,
             store,
             Arc::clone(&view),
             partitions.to_vec(),
             metrics.checkpoint_seconds.clone(),
+            sink,
         )
         .map_err(|e| crate::store::StoreError::Start(e.to_string()))?;
         Ok(Task {
@@ -622,6 +658,7 @@ impl Task {
             unsaved: true,
             late,
             catching_up: None,
+            output,
         })
     }
 
@@ -679,7 +716,7 @@ impl Task {
 
     /// Takes the next batch in read order. Returns false when none is visible.
     fn step(&mut self) -> bool {
-        if self.late.as_ref().is_some_and(LateSink::blocked) {
+        if self.late.as_ref().is_some_and(LateSink::blocked) || self.output_stalled() {
             return false;
         }
         let mut best: Option<(i64, usize, i64)> = None;
@@ -784,6 +821,11 @@ impl Task {
         self.engine.take_changed(|start, key, values| {
             changed.push((start, Arc::clone(key), values));
         });
+        if let Some((out, _)) = &mut self.output {
+            for (start, key, _) in &changed {
+                out.open(*start, key);
+            }
+        }
         for (start, key, values) in changed {
             rows.push((
                 start,
@@ -799,6 +841,9 @@ impl Task {
         }
         for c in self.engine.take_closed() {
             self.metrics.rows_closed += 1;
+            if let Some((out, _)) = &mut self.output {
+                out.closed(c.start_ms, &c.key, c.end_ms, &c.values);
+            }
             let mut states = Vec::new();
             Writer(&mut states).states(&c.values);
             self.pending_rows.push(RowWrite {
@@ -876,13 +921,15 @@ impl Task {
     /// checkpoint thread, which makes the offsets durable, commits and flushes it, then
     /// turns its rows final. Returns false (nothing done) while one is still in flight.
     fn checkpoint(&mut self) -> bool {
+        let stalled = self.output_stalled();
         let Some(checkpointer) = &mut self.checkpointer else {
             return true;
         };
         if checkpointer.in_flight() {
             return false;
         }
-        if !self.unsaved {
+        // A stalled output_topic is retried through checkpoints (see `output`).
+        if !self.unsaved && !stalled {
             return true;
         }
         // Its offsets would pass late events not in the late topic yet.
@@ -898,16 +945,21 @@ impl Task {
             self.retain_ms,
         );
         let late = self.late.as_ref().map(LateSink::ends).unwrap_or_default();
+        let outbox = self.output.as_mut().map(|(o, _)| o.encode(&self.engine));
         match checkpointer.submit(Job {
             checkpoint,
             started,
             late,
+            outbox,
         }) {
             None => self.unsaved = false,
             Some(job) => {
                 // Not handed over (the thread is gone): keep everything for the next.
                 self.pending_rows = job.checkpoint.rows;
                 self.engine.mark_all_unsaved();
+                if let Some((o, _)) = &mut self.output {
+                    o.failed();
+                }
             }
         }
         true
@@ -920,18 +972,36 @@ impl Task {
         let Some(checkpointer) = &mut self.checkpointer else {
             return;
         };
-        if let Some(Outcome::Failed { mut rows }) = checkpointer.outcome(wait) {
-            rows.append(&mut self.pending_rows);
-            self.pending_rows = rows;
-            self.engine.mark_all_unsaved();
-            self.unsaved = true;
+        match checkpointer.outcome(wait) {
+            Some(Outcome::Failed { mut rows }) => {
+                rows.append(&mut self.pending_rows);
+                self.pending_rows = rows;
+                self.engine.mark_all_unsaved();
+                self.unsaved = true;
+                if let Some((o, _)) = &mut self.output {
+                    o.failed();
+                }
+            }
+            Some(Outcome::Committed) => {
+                if let Some((o, _)) = &mut self.output {
+                    o.committed();
+                }
+            }
+            None => {}
         }
+    }
+
+    /// Whether the output_topic refuses the rows of the last checkpoint: no input.
+    fn output_stalled(&self) -> bool {
+        self.output
+            .as_ref()
+            .is_some_and(|(_, stalled)| stalled.load(Ordering::Acquire))
     }
 
     /// Sleeps until a source partition's visible end moves, a stop, or [`IDLE_WAIT`]
     /// (stalled on the late topic: no input is taken, so appends do not wake it).
     fn wait(&mut self) {
-        let stalled = self.late.as_ref().is_some_and(LateSink::blocked);
+        let stalled = self.late.as_ref().is_some_and(LateSink::blocked) || self.output_stalled();
         let Task { sources, stop, .. } = self;
         let mut stop = stop.clone();
         self.runtime.block_on(async move {

@@ -161,6 +161,11 @@ impl<'a> Reader<'a> {
             b.try_into().map_err(|_| CodecError("u64"))?,
         ))
     }
+    /// Bytes written by `Writer::bytes`.
+    pub fn bytes(&mut self) -> Result<&'a [u8], CodecError> {
+        let n = self.len()?;
+        self.take(n)
+    }
     /// A string written by `Writer::bytes`.
     pub fn str(&mut self) -> Result<&'a str, CodecError> {
         let n = self.len()?;

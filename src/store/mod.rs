@@ -188,6 +188,9 @@ pub struct Checkpoint {
     pub rows: Vec<RowWrite>,
     /// Rows of windows starting before this are deleted.
     pub rows_before: Option<i64>,
+    /// The pipeline's `output_topic` outbox (see `pipeline::output`): the result rows
+    /// this checkpoint emits, appended after the commit; `None` without an output topic.
+    pub outbox: Option<Vec<u8>>,
 }
 
 impl PipelineStore {
@@ -368,7 +371,25 @@ impl PipelineStore {
             v.push(u8::from(row.complete));
             batch.insert(self.key(b'r', Some(row.start_ms), row.key.as_bytes()), v);
         }
+        if let Some(outbox) = &c.outbox {
+            batch.insert(self.key(b'o', None, &[]), outbox.as_slice());
+        }
         self.tree.apply_batch(batch)?;
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    /// The outbox the last checkpoint wrote (see `pipeline::output`), if any.
+    pub fn outbox(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .tree
+            .get(self.key(b'o', None, &[]))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Replaces the outbox (once its rows are durable in the output topic) and flushes.
+    pub fn set_outbox(&self, outbox: &[u8]) -> Result<(), StoreError> {
+        self.tree.insert(self.key(b'o', None, &[]), outbox)?;
         self.tree.flush()?;
         Ok(())
     }
@@ -432,6 +453,7 @@ mod tests {
                     states: states(9),
                 }],
                 rows_before: None,
+                outbox: None,
             })
             .unwrap();
         };

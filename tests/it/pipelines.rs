@@ -998,7 +998,7 @@ fn check_config_refuses_a_late_topic_that_is_the_source_or_has_no_dedup() {
         "pipeline[0].late_topic",
         "whose dedup is off",
         "pipeline[0].output_topic",
-        "not supported by this version yet",
+        "result rows replayed after a crash",
         "pipeline[1].late_topic",
         "the pipeline's own source \"clicks\"",
     ] {
@@ -1052,4 +1052,334 @@ fn a_late_topic_that_refuses_stalls_the_pipeline_and_nothing_is_lost() {
         w.log_text()
     );
     assert!(w.log_text().contains("late_topic accepts appends again"));
+}
+
+/// One source partition, 1-second windows and an `output_topic` of two partitions;
+/// `{extra}` goes at the end (e.g. a second stage).
+fn with_output(extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[topic]]
+name = "clicks"
+partitions = 1
+fsync = "always"
+max_event_age = "36500d"
+
+[[topic]]
+name = "counts"
+partitions = 2
+fsync = "interval"
+max_event_age = "36500d"
+dedup_window = "1h"
+
+[[pipeline]]
+name = "pages"
+source = "clicks"
+filter = ["page.*"]
+group_by = ["/payload/page"]
+window = {{ kind = "tumbling", size = "1s" }}
+max_out_of_orderness = "0s"
+allowed_lateness = "0s"
+checkpoint_interval = "50ms"
+output_topic = "counts"
+
+[[pipeline.aggregate]]
+name = "count"
+fn = "count"
+
+[[pipeline.aggregate]]
+name = "spent"
+fn = "sum"
+field = "/payload/amount"
+{extra}
+"#
+    )
+}
+
+/// Every record of the `counts` topic, in partition then offset order.
+fn output_records(w: &Weir) -> Vec<serde_json::Value> {
+    (0..2).flat_map(|p| w.read_all("counts", p)).collect()
+}
+
+/// Polls the `counts` topic until `pred` holds for its records.
+fn poll_output(w: &Weir, pred: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = output_records(w);
+        if pred(&got) {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "counts topic: {got:#?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The versions of row (start, key) in log order, with their payloads.
+fn row_versions(
+    records: &[serde_json::Value],
+    start: &str,
+    key: &str,
+) -> Vec<(u64, serde_json::Value)> {
+    records
+        .iter()
+        .filter(|r| r["event"]["payload"]["start"] == start && r["event"]["payload"]["key"] == key)
+        .map(|r| {
+            let p = &r["event"]["payload"];
+            (p["version"].as_u64().unwrap(), p.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn changed_rows_go_to_the_output_topic_with_versions_and_a_final_row_at_close() {
+    let w = Weir::start(&with_output(""));
+    post_events(&w, &[event("page.view", T0 + 100, "a", 2)]);
+    let w0 = "2024-05-01T12:00:00.000Z";
+    let got = poll_output(&w, |r| !row_versions(r, w0, "a").is_empty());
+    let first = &row_versions(&got, w0, "a")[0].1;
+    assert_eq!(first["final"], false);
+    assert_eq!(first["values"], serde_json::json!({"count": 1, "spent": 2}));
+    post_events(&w, &[event("page.view", T0 + 300, "a", 3)]);
+    poll_output(&w, |r| {
+        row_versions(r, w0, "a")
+            .iter()
+            .any(|(_, p)| p["values"]["count"] == 2)
+    });
+    // The watermark passes 1 s: window 0 closes, window 2 opens.
+    post_events(&w, &[event("page.view", T0 + 2_100, "b", 1)]);
+    let got = poll_output(&w, |r| {
+        row_versions(r, w0, "a")
+            .iter()
+            .any(|(_, p)| p["final"] == true)
+    });
+    let versions = row_versions(&got, w0, "a");
+    let numbers: Vec<u64> = versions.iter().map(|(v, _)| *v).collect();
+    assert!(
+        numbers.windows(2).all(|v| v[0] < v[1]),
+        "versions increase in log order: {versions:#?}"
+    );
+    let (last, finals): (&serde_json::Value, usize) = (
+        &versions.last().unwrap().1,
+        versions.iter().filter(|(_, p)| p["final"] == true).count(),
+    );
+    assert_eq!(finals, 1, "{versions:#?}");
+    assert_eq!(last["final"], true, "the final row is the last version");
+    assert_eq!(last["end"], "2024-05-01T12:00:01.000Z");
+    let answer = w.get(&format!(
+        "/v1/pipelines/pages/keys/a?from={T0}&to={}",
+        T0 + 999
+    ));
+    assert_eq!(
+        last["values"],
+        answer.json()["windows"][0]["values"],
+        "{}",
+        answer.body
+    );
+    assert_eq!(last["values"], serde_json::json!({"count": 2, "spent": 5}));
+
+    // The envelope: event_type, timestamp = window end, a key that keeps a row's
+    // versions in one partition, and the payload's members.
+    let record = got.iter().find(|r| r["event"]["payload"] == *last).unwrap();
+    let key = format!("{w0}/a");
+    assert_eq!(record["key"], key.as_str());
+    assert_eq!(
+        record["partition"],
+        weir::log::partitioner::partition_for_key(key.as_bytes(), 2)
+    );
+    assert_eq!(record["event"]["event_type"], "pages.result");
+    assert_eq!(record["event"]["timestamp"], "2024-05-01T12:00:01.000Z");
+    let members: Vec<&String> = record["event"]["payload"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(
+        members,
+        ["end", "final", "key", "start", "values", "version"],
+        "{record}"
+    );
+    let ids: std::collections::HashSet<&str> = got
+        .iter()
+        .map(|r| r["event"]["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), got.len(), "one event_id per row version");
+    assert!(
+        w.metric("weir_pipeline_output_rows_total", &["pipeline=\"pages\""])
+            .is_some_and(|n| n >= got.len() as f64),
+        "{}",
+        w.get("/metrics").body
+    );
+}
+
+/// A second stage over the output topic: per minute of window end, the sum of the
+/// counts of the final rows (the open rows group under "false").
+const STAGE2: &str = r#"
+[[pipeline]]
+name = "minutes"
+source = "counts"
+filter = ["pages.result"]
+group_by = ["/payload/final"]
+window = { kind = "tumbling", size = "1m" }
+max_out_of_orderness = "0s"
+allowed_lateness = "1m"
+checkpoint_interval = "50ms"
+
+[[pipeline.aggregate]]
+name = "count"
+fn = "sum"
+field = "/payload/values/count"
+"#;
+
+#[test]
+fn kill9_mid_stream_each_row_version_once_and_a_second_stage_stays_exact() {
+    let mut w = Weir::start(&with_output(STAGE2));
+    let pages = ["a", "b", "c"];
+    // Three minutes of events, 40 ms apart; per minute of window end, how many.
+    let n = 4_500usize;
+    let mut per_minute = [0i64; 4];
+    let events: Vec<String> = (0..n)
+        .map(|i| {
+            let ms = T0 + i as i64 * 40;
+            // A 1 s window [s, s+1) ends at s+1: its minute is that of the end.
+            let end = (ms - T0) / 1000 * 1000 + 1000;
+            per_minute[(end / 60_000) as usize] += 1;
+            event("page.view", ms, pages[i % 3], 1)
+        })
+        .collect();
+    for (i, chunk) in events.chunks(150).enumerate() {
+        post_events(&w, chunk);
+        if i == 10 || i == 21 {
+            // Past a checkpoint or two, then killed mid-stream.
+            std::thread::sleep(Duration::from_millis(200));
+            w.kill9();
+            w.restart();
+            assert!(
+                w.log_text()
+                    .contains("pipeline restored from its checkpoint"),
+                "{}",
+                w.log_text()
+            );
+        }
+    }
+    // Closes every window of the three minutes, and stage 2's minutes: the rows of these
+    // windows end 5 minutes on, and their keys spread over both output partitions (stage
+    // 2's watermark is the minimum over its partitions).
+    let closing: Vec<String> = (0..8)
+        .map(|i| event("page.view", T0 + 300_000, &format!("z{i}"), 1))
+        .collect();
+    post_events(&w, &closing);
+    let windows = (n as i64 * 40 + 999) / 1000;
+    let rows = windows as usize * 3;
+    let got = poll_output(&w, |r| {
+        r.iter()
+            .filter(|x| x["event"]["payload"]["final"] == true)
+            .count()
+            >= rows
+    });
+    // Each (window, key, version) once; versions increase in log order; one final row
+    // per (window, key), the last, equal to the query answer.
+    let mut seen = std::collections::HashSet::new();
+    let mut rows_by: std::collections::BTreeMap<(String, String), Vec<serde_json::Value>> =
+        std::collections::BTreeMap::new();
+    for r in &got {
+        let p = &r["event"]["payload"];
+        let id = (
+            p["start"].as_str().unwrap().to_string(),
+            p["key"].as_str().unwrap().to_string(),
+        );
+        assert!(
+            seen.insert((id.clone(), p["version"].as_u64().unwrap())),
+            "{id:?} version {} twice",
+            p["version"]
+        );
+        rows_by.entry(id).or_default().push(p.clone());
+    }
+    let mut final_rows = 0;
+    for ((start, key), versions) in &rows_by {
+        if key.starts_with('z') {
+            continue;
+        }
+        let v: Vec<u64> = versions
+            .iter()
+            .map(|p| p["version"].as_u64().unwrap())
+            .collect();
+        assert!(v.windows(2).all(|v| v[0] < v[1]), "{start} {key}: {v:?}");
+        let finals = versions.iter().filter(|p| p["final"] == true).count();
+        assert_eq!(finals, 1, "{start} {key}: {versions:#?}");
+        assert_eq!(versions.last().unwrap()["final"], true, "{start} {key}");
+        final_rows += 1;
+    }
+    assert_eq!(final_rows, rows);
+    // The query answers of a few rows, against their last version.
+    for ((start, key), versions) in rows_by
+        .iter()
+        .filter(|((_, k), _)| !k.starts_with('z'))
+        .step_by(37)
+    {
+        let last = versions.last().unwrap();
+        let end = last["end"].as_str().unwrap();
+        let r = w.get(&format!(
+            "/v1/pipelines/pages/keys/{key}?from={start}&to={end}"
+        ));
+        let windows = r.json()["windows"].as_array().cloned().unwrap_or_default();
+        let window = windows
+            .iter()
+            .find(|x| x["start"] == start.as_str())
+            .unwrap_or_else(|| panic!("{start} {key}: {}", r.body));
+        assert_eq!(window["final"], true, "{}", r.body);
+        assert_eq!(window["values"], last["values"], "{start} {key}");
+    }
+    // Stage 2: per minute, the sum of the final counts equals the events of the minute.
+    for (minute, want) in per_minute.iter().enumerate().filter(|(_, w)| **w > 0) {
+        let from = T0 + minute as i64 * 60_000;
+        let path = format!(
+            "/v1/pipelines/minutes/keys/true?from={from}&to={}",
+            from + 59_999
+        );
+        let r = poll(&w, &path, |r| {
+            r.status == 200 && r.json()["windows"][0]["final"] == true
+        });
+        assert_eq!(
+            r.json()["windows"][0]["values"]["count"],
+            *want,
+            "minute {minute}: {}",
+            r.body
+        );
+    }
+}
+
+#[test]
+fn check_config_refuses_an_output_topic_that_feeds_the_source_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    // pages: clicks -> counts; back: counts -> clicks.
+    let text = with_output(
+        "[[pipeline]]\nname = \"back\"\nsource = \"counts\"\ngroup_by = [\"/k\"]\n\
+         window = { kind = \"tumbling\", size = \"1s\" }\noutput_topic = \"clicks\"\n\
+         [[pipeline.aggregate]]\nname = \"n\"\nfn = \"count\"\n\
+         [[pipeline]]\nname = \"own\"\nsource = \"clicks\"\ngroup_by = [\"/k\"]\n\
+         window = { kind = \"tumbling\", size = \"1s\" }\noutput_topic = \"clicks\"\n\
+         [[pipeline.aggregate]]\nname = \"n\"\nfn = \"count\"\n",
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(crate::util::BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        r#"pipeline[0].output_topic"#,
+        r#"("counts" -> pipeline "back" -> "clicks")"#,
+        r#"pipeline[1].output_topic"#,
+        r#"("clicks" -> pipeline "pages" -> "counts")"#,
+        r#"pipeline[2].output_topic"#,
+        "the pipeline's own source \"clicks\"",
+    ] {
+        assert!(err.contains(needle), "{needle} missing from:\n{err}");
+    }
 }
