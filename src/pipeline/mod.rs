@@ -13,6 +13,7 @@ pub mod engine;
 pub mod key;
 pub mod late;
 pub mod runner;
+pub mod sketch;
 pub mod view;
 pub mod watermark;
 pub mod window;
