@@ -63,6 +63,7 @@ fn spec() -> Spec {
             name: "count".into(),
             func: AggFn::Count,
             field: None,
+            quantiles: Vec::new(),
         }],
         partitions: PARTITIONS as usize,
     }

@@ -28,6 +28,7 @@ const HLL_M: usize = 1 << HLL_P;
 /// the sparse form never takes more memory than the dense one.
 pub const HLL_SPARSE_MAX: usize = HLL_M / 4;
 /// Largest register value: a run of `64 - p` zero bits, plus one.
+#[allow(clippy::cast_possible_truncation, reason = "51")]
 const HLL_RHO_MAX: u8 = (64 - HLL_P + 1) as u8;
 const HLL_SPARSE_RHO_MAX: u32 = 64 - HLL_SPARSE_P + 1;
 
@@ -386,18 +387,18 @@ impl Bins {
         }
         let high = self.high();
         if k > high {
-            self.counts.resize((k - self.offset) as usize + 1, 0);
+            self.counts.resize(k.abs_diff(self.offset) as usize + 1, 0);
         } else if k < self.offset {
             #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
             let floor = high - DD_BINS_MAX as i32 + 1;
             let low = k.max(floor);
             if low < self.offset {
-                let grow = (self.offset - low) as usize;
+                let grow = self.offset.abs_diff(low) as usize;
                 self.counts.splice(0..0, std::iter::repeat_n(0, grow));
                 self.offset = low;
             }
         }
-        let at = (k.max(self.offset) - self.offset) as usize;
+        let at = k.max(self.offset).abs_diff(self.offset) as usize;
         self.counts[at] += n;
         if self.counts.len() > DD_BINS_MAX {
             let cut = self.counts.len() - DD_BINS_MAX;
@@ -463,17 +464,35 @@ impl Bins {
 }
 
 /// A DDSketch of finite numbers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DdSketch {
     positive: Bins,
     /// Bins of the magnitudes of negative values.
     negative: Bins,
     zeros: u64,
+    /// The exact extremes: quantiles are clamped to them, so one value comes back as it
+    /// went in. +inf and -inf while empty.
+    min: f64,
+    max: f64,
+}
+
+impl Default for DdSketch {
+    fn default() -> Self {
+        DdSketch {
+            positive: Bins::default(),
+            negative: Bins::default(),
+            zeros: 0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        }
+    }
 }
 
 impl DdSketch {
     /// Takes a finite value.
     pub fn insert(&mut self, v: f64) {
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
         if v > 0.0 {
             self.positive.add(dd_key(v), 1);
         } else if v < 0.0 {
@@ -487,6 +506,8 @@ impl DdSketch {
         self.positive.merge(&other.positive);
         self.negative.merge(&other.negative);
         self.zeros += other.zeros;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
     }
 
     pub fn count(&self) -> u64 {
@@ -496,6 +517,10 @@ impl DdSketch {
     /// The value at rank `floor(q * (count - 1))` of the sorted inputs (0-based), within
     /// alpha relative; `None` when empty.
     pub fn quantile(&self, q: f64) -> Option<f64> {
+        self.bin_quantile(q).map(|v| v.clamp(self.min, self.max))
+    }
+
+    fn bin_quantile(&self, q: f64) -> Option<f64> {
         let n = self.count();
         if n == 0 {
             return None;
@@ -536,14 +561,32 @@ impl DdSketch {
         put_uvar(out, self.zeros);
         self.positive.encode(out);
         self.negative.encode(out);
+        if self.count() > 0 {
+            out.extend_from_slice(&self.min.to_bits().to_le_bytes());
+            out.extend_from_slice(&self.max.to_bits().to_le_bytes());
+        }
     }
 
     pub fn decode(input: &mut &[u8]) -> Result<DdSketch, &'static str> {
-        Ok(DdSketch {
+        let mut d = DdSketch {
             zeros: get_uvar(input)?,
             positive: Bins::decode(input)?,
             negative: Bins::decode(input)?,
-        })
+            ..DdSketch::default()
+        };
+        if d.count() > 0 {
+            let mut f = || -> Result<f64, &'static str> {
+                let b = take(input, 8)?;
+                Ok(f64::from_bits(u64::from_le_bytes(
+                    b.try_into().map_err(|_| "ddsketch extreme")?,
+                )))
+            };
+            (d.min, d.max) = (f()?, f()?);
+            if !(d.min.is_finite() && d.max.is_finite() && d.min <= d.max) {
+                return Err("ddsketch extremes");
+            }
+        }
+        Ok(d)
     }
 }
 
