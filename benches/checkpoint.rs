@@ -37,11 +37,13 @@ fn spec() -> Spec {
                 name: "count".into(),
                 func: AggFn::Count,
                 field: None,
+                quantiles: Vec::new(),
             },
             Aggregate {
                 name: "spent".into(),
                 func: AggFn::Sum,
                 field: Some(JsonPointer::parse("/payload/amount").unwrap()),
+                quantiles: Vec::new(),
             },
         ],
         partitions: 1,

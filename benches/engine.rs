@@ -3,6 +3,12 @@
 //! ../shared/bench/flink/gen_events.py writes them (1,000 pages, 100,000 users, one hour,
 //! up to 2 s out of order), in batches of 1,000 records over 4 partitions. Measures the
 //! pure core (filter, key, panes, watermark, closing); reading the log is not included.
+//!
+//! The `*_8m_density` cases put the same events in 90 seconds instead of an hour: the
+//! density of the 8,000,000-event file of benches/pipeline.sh (about 133 events per page
+//! per minute), where count_distinct of users per page per minute keeps sketches of
+//! ~133 entries; count over the same events is their baseline. They print the state
+//! bytes per open window at the end of the input.
 
 use std::hint::black_box;
 
@@ -32,12 +38,12 @@ impl Rng {
     }
 }
 
-/// (event time, envelope) in log order.
-fn events() -> Vec<(i64, String)> {
+/// (event time, envelope) in log order, spread over `span_ms`.
+fn events(span_ms: i64) -> Vec<(i64, String)> {
     let mut rng = Rng(42);
     (0..EVENTS)
         .map(|i| {
-            let base = i64::try_from(i).unwrap_or(0) * SPAN_MS
+            let base = i64::try_from(i).unwrap_or(0) * span_ms
                 / i64::try_from(EVENTS).unwrap_or(1);
             let ms = T0 + (base - i64::try_from(rng.below(2001)).unwrap_or(0)).max(0);
             let (page, user) = (rng.below(1000), rng.below(100_000));
@@ -50,7 +56,7 @@ fn events() -> Vec<(i64, String)> {
         .collect()
 }
 
-fn spec() -> Spec {
+fn spec(aggregate: Aggregate) -> Spec {
     Spec {
         window: WindowKind::Tumbling { size_ms: 60_000 },
         time: TimeMode::Event,
@@ -59,39 +65,76 @@ fn spec() -> Spec {
         allowed_lateness_ms: 60_000,
         filter: Filter::new(&["page.click"]),
         group_by: GroupBy::new(vec![JsonPointer::parse("/payload/page_id").unwrap()]),
-        aggregates: vec![Aggregate {
-            name: "count".into(),
-            func: AggFn::Count,
-            field: None,
-        }],
+        aggregates: vec![aggregate],
         partitions: PARTITIONS as usize,
         max_cells: usize::MAX,
     }
 }
 
+fn count() -> Aggregate {
+    Aggregate {
+        name: "count".into(),
+        func: AggFn::Count,
+        field: None,
+        quantiles: Vec::new(),
+    }
+}
+
+fn distinct_users() -> Aggregate {
+    Aggregate {
+        name: "users".into(),
+        func: AggFn::CountDistinct,
+        field: Some(JsonPointer::parse("/payload/user_id").unwrap()),
+        quantiles: Vec::new(),
+    }
+}
+
+/// Feeds every event; returns the engine as the input left it.
+fn run(events: &[(i64, String)], aggregate: Aggregate) -> Engine {
+    let mut engine = Engine::new(spec(aggregate));
+    let mut counted = 0usize;
+    for (n, chunk) in events.chunks(BATCH).enumerate() {
+        let partition = u32::try_from(n).unwrap_or(0) % PARTITIONS;
+        let append_ms = chunk[0].0;
+        let records = chunk.iter().zip(0i64..).map(|((ms, env), offset)| Input {
+            offset,
+            event_ms: *ms,
+            event_type: "page.click",
+            envelope: env,
+        });
+        engine.process_batch(partition, append_ms, records, |_, _| counted += 1);
+        black_box(engine.take_closed());
+    }
+    black_box(counted);
+    engine
+}
+
 fn bench(c: &mut Criterion) {
-    let events = events();
+    let hour = events(SPAN_MS);
+    let dense = events(90_000);
+    for (name, aggregate) in [("count", count()), ("count_distinct", distinct_users())] {
+        let e = run(&dense, aggregate);
+        let open = e.open_windows().max(1);
+        eprintln!(
+            "{name} at the 8M density: {} state bytes, {} open windows, {} cells: \
+             {} bytes per open window",
+            e.state_bytes(),
+            e.open_windows(),
+            e.cells(),
+            e.state_bytes() / open as u64
+        );
+    }
     let mut group = c.benchmark_group("engine");
     group.throughput(Throughput::Elements(EVENTS as u64));
     group.sample_size(20);
     group.bench_function("tumbling_1m_count_by_page", |b| {
-        b.iter(|| {
-            let mut engine = Engine::new(spec());
-            let mut counted = 0usize;
-            for (n, chunk) in events.chunks(BATCH).enumerate() {
-                let partition = u32::try_from(n).unwrap_or(0) % PARTITIONS;
-                let append_ms = chunk[0].0;
-                let records = chunk.iter().zip(0i64..).map(|((ms, env), offset)| Input {
-                    offset,
-                    event_ms: *ms,
-                    event_type: "page.click",
-                    envelope: env,
-                });
-                engine.process_batch(partition, append_ms, records, |_, _| counted += 1);
-                black_box(engine.take_closed());
-            }
-            black_box(counted)
-        });
+        b.iter(|| run(&hour, count()));
+    });
+    group.bench_function("tumbling_1m_count_by_page_8m_density", |b| {
+        b.iter(|| run(&dense, count()));
+    });
+    group.bench_function("tumbling_1m_count_distinct_users_by_page_8m_density", |b| {
+        b.iter(|| run(&dense, distinct_users()));
     });
     group.finish();
 }

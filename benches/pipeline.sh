@@ -2,11 +2,13 @@
 # benches/pipeline.sh: one pipeline thread rebuilding the seed's Flink job from the log.
 #   RUNS=3 N1=2000000 N2=8000000 benches/pipeline.sh
 #   FLINK=1 benches/pipeline.sh     # also the PyFlink job at parallelism 1, same files
+#   AGG=count_distinct benches/pipeline.sh  # distinct users per page per minute instead
 # Writes N1 and N2 events with ../shared/bench/flink/gen_events.py (the files PyFlink
 # reads in ../shared/bench/flink/run.sh), ingests each into `clickstream` of its own data
 # dir with no pipeline configured, then, per run, deletes the result store and starts
 # weir with the seed's `page_views` pipeline (tumbling 1-minute count per page, 5 s out
-# of orderness, 1 m lateness), which rebuilds from offset 0. The run ends when weir logs
+# of orderness, 1 m lateness; AGG=count_distinct: count_distinct of /payload/user_id
+# instead), which rebuilds from offset 0. The run ends when weir logs
 # "pipeline caught up with its source" (the pipeline thread's first lag 0, read from its
 # stderr as it is written: no polling).
 #
@@ -18,7 +20,8 @@
 # Raw outputs in $RESULTS_DIR/pipeline (default /tmp/weir-bench-results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${RUNS:-3}; N1=${N1:-2000000}; N2=${N2:-8000000}
+RUNS=${RUNS:-3}; N1=${N1:-2000000}; N2=${N2:-8000000}; AGG=${AGG:-count}
+case "$AGG" in count|count_distinct) ;; *) echo "AGG is count or count_distinct"; exit 2;; esac
 # ../shared/bench from the main checkout, ../../shared/bench from a worktree under wt/.
 if [ -z "${SHARED:-}" ]; then
   for SHARED in "$(cd .. && pwd)/shared/bench" "$(cd ../.. && pwd)/shared/bench"; do
@@ -67,10 +70,19 @@ window = { kind = "tumbling", size = "1m" }
 time = "event"
 max_out_of_orderness = "5s"
 allowed_lateness = "1m"
+TOML
+  [ "$2" = yes ] && if [ "$AGG" = count_distinct ]; then cat <<'TOML'
+[[pipeline.aggregate]]
+name = "users"
+fn = "count_distinct"
+field = "/payload/user_id"
+TOML
+  else cat <<'TOML'
 [[pipeline.aggregate]]
 name = "count"
 fn = "count"
 TOML
+  fi
   return 0
 }
 
@@ -140,8 +152,10 @@ try:
         sys.exit(f"the pipeline caught up after {caught['records']} records, not {n}")
     body = json.load(urllib.request.urlopen(f"http://{addr}/v1/pipelines"))
     top = json.load(urllib.request.urlopen(f"http://{addr}/v1/pipelines/page_views/top?n=1&window=last_closed"))
+    p0 = body["pipelines"][0]
     json.dump({"events": int(n), "wall": wall, "thread": caught["seconds"],
-               "lag": body["pipelines"][0]["lag"], "top": top}, open(out, "w"))
+               "lag": p0["lag"], "state_bytes": p0["state_bytes"],
+               "open_windows": p0["open_windows"], "top": top}, open(out, "w"))
 finally:
     p.terminate()
     log.write(p.stderr.read())
@@ -159,6 +173,11 @@ for col, what in (("wall", "process start -> caught up"), ("thread", "pipeline t
     print(f"{col} ({what}): median t({n1})={t1:.3f}s t({n2})={t2:.3f}s "
           f"runs {[round(r[col], 3) for r in runs(n1)]} {[round(r[col], 3) for r in runs(n2)]}")
     print(f"  whole-run {n1/t1:,.0f} / {n2/t2:,.0f} ev/s  marginal (N2-N1)/(t2-t1) = {(n2-n1)/(t2-t1):,.0f} ev/s")
+for n in (n1, n2):
+    r = runs(n)[-1]
+    per = r["state_bytes"] // max(r["open_windows"], 1)
+    print(f"state at caught-up ({n}): {r['state_bytes']:,} bytes, {r['open_windows']} open windows, "
+          f"{per:,} bytes per open window")
 PY
 
 if [ -n "${FLINK:-}" ]; then

@@ -21,6 +21,8 @@ pub const MAX_OPEN_WINDOWS_MAX: usize = 100_000_000;
 pub const GROUP_BY_MAX: usize = 16;
 /// Most aggregates per pipeline: each is state in every (window, key).
 pub const AGGREGATES_MAX: usize = 64;
+/// Most quantiles of one `quantiles` aggregate: each is computed for every row shown.
+pub const QUANTILES_MAX: usize = 16;
 
 /// Paths weir answers itself; a route may not shadow them.
 const RESERVED_PATHS: &[&str] = &["/metrics", "/healthz", "/readyz"];
@@ -103,6 +105,8 @@ pub struct AggregateConfig {
     pub func: AggFn,
     /// Required unless `func` is count.
     pub field: Option<JsonPointer>,
+    /// For `fn = "quantiles"`: each in (0, 1), ascending; empty for other functions.
+    pub quantiles: Vec<f64>,
 }
 
 /// One `[[route]]`: a path of the seed's services served by weir.
@@ -687,27 +691,19 @@ impl Checker<'_> {
                 }
                 Some(n) => Some(n.get_ref().clone()),
             };
+            let names: Vec<&str> = AggFn::NAMES.iter().map(|(n, _)| *n).collect();
             let func = match &a.func {
                 None => {
                     self.problem(
                         at.clone(),
                         Some(span.clone()),
-                        "has no fn; one of count, sum, min, max, avg, first, last".into(),
+                        format!("has no fn; one of {}", names.join(", ")),
                     );
                     None
                 }
                 Some(f) => match AggFn::parse(f.get_ref()) {
                     Some(func) => Some(func),
-                    None if matches!(f.get_ref().as_str(), "count_distinct" | "quantiles") => {
-                        self.at(
-                            &key("fn"),
-                            f,
-                            format!("{:?} is not supported by this version yet", f.get_ref()),
-                        );
-                        None
-                    }
                     None => {
-                        let names: Vec<&str> = AggFn::NAMES.iter().map(|(n, _)| *n).collect();
                         self.at(&key("fn"), f, one_of(f.get_ref(), &names));
                         None
                     }
@@ -731,21 +727,80 @@ impl Checker<'_> {
                 );
                 ok = false;
             }
-            if let Some(q) = &a.quantiles {
-                self.at(
-                    &key("quantiles"),
-                    q,
-                    "only applies to fn = \"quantiles\"".into(),
-                );
+            let quantiles = match (&a.quantiles, func) {
+                (Some(q), Some(AggFn::Quantiles)) => self.quantiles(&key("quantiles"), q),
+                (None, Some(AggFn::Quantiles)) => {
+                    self.problem(
+                        at.clone(),
+                        Some(span.clone()),
+                        "fn = \"quantiles\" needs quantiles, such as [0.5, 0.9, 0.99]".into(),
+                    );
+                    None
+                }
+                (Some(q), Some(_)) => {
+                    self.at(
+                        &key("quantiles"),
+                        q,
+                        "only applies to fn = \"quantiles\"".into(),
+                    );
+                    None
+                }
+                (_, _) => Some(Vec::new()),
+            };
+            if quantiles.is_none() {
                 ok = false;
             }
             if a.field.is_some() && field.is_none() {
                 ok = false;
             }
             match (name, func) {
-                (Some(name), Some(func)) => out.push(AggregateConfig { name, func, field }),
+                (Some(name), Some(func)) => out.push(AggregateConfig {
+                    name,
+                    func,
+                    field,
+                    quantiles: quantiles.unwrap_or_default(),
+                }),
                 _ => ok = false,
             }
+        }
+        ok.then_some(out)
+    }
+
+    /// The `quantiles` of a `quantiles` aggregate: 1 to [`QUANTILES_MAX`] numbers, each
+    /// in (0, 1), ascending without repeats.
+    fn quantiles(&mut self, at: &str, raw: &Spanned<Vec<Spanned<f64>>>) -> Option<Vec<f64>> {
+        let list = raw.get_ref();
+        if list.is_empty() || list.len() > QUANTILES_MAX {
+            self.at(
+                at,
+                raw,
+                format!("needs 1 to {QUANTILES_MAX} quantiles, not {}", list.len()),
+            );
+            return None;
+        }
+        let mut out: Vec<f64> = Vec::with_capacity(list.len());
+        let mut ok = true;
+        for (i, q) in list.iter().enumerate() {
+            let v = *q.get_ref();
+            let at = format!("{at}[{i}]");
+            if !(v > 0.0 && v < 1.0) {
+                self.at(
+                    &at,
+                    q,
+                    format!("{v} is not a quantile between 0 and 1 (both excluded)"),
+                );
+                ok = false;
+            } else if let Some(prev) = out.last()
+                && v <= *prev
+            {
+                self.at(
+                    &at,
+                    q,
+                    format!("{v} does not follow {prev}: quantiles go ascending, each once"),
+                );
+                ok = false;
+            }
+            out.push(v);
         }
         ok.then_some(out)
     }

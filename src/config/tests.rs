@@ -2,6 +2,7 @@
 //! and line. They go through [`problems`] and [`parse`] so an API change touches one place.
 
 use super::*;
+use crate::pipeline::aggregate::AggFn;
 
 fn parse(text: &str) -> Config {
     match Config::parse(text, Path::new("weir.toml")) {
@@ -549,7 +550,8 @@ fn example_keys() -> Vec<String> {
 }
 
 /// Keys whose example value names something the example does not define (a second
-/// topic) or needs a feature this version lacks: they stay commented out when the
+/// topic), needs a feature this version lacks or applies to another `fn` than the
+/// example's (`quantiles`): they stay commented out when the
 /// example is parsed with every other key made active.
 const EXAMPLE_ONLY_KEYS: &[&str] = &["late_topic", "output_topic", "quantiles"];
 
@@ -817,6 +819,108 @@ field = "/payload/amount"
     assert_eq!(
         p.aggregates[0].field.as_ref().map(JsonPointer::as_str),
         Some("/payload/amount")
+    );
+}
+
+#[test]
+fn count_distinct_and_quantiles_take_a_field_and_quantiles_their_list() {
+    let config = parse(&format!(
+        "{PIPELINE_TOPICS}{}",
+        r#"[[pipeline]]
+name = "p"
+source = "clicks"
+group_by = ["/payload/page_id"]
+window = { kind = "hopping", size = "10m", slide = "1m" }
+[[pipeline.aggregate]]
+name = "users"
+fn = "count_distinct"
+field = "/payload/user_id"
+[[pipeline.aggregate]]
+name = "latency"
+fn = "quantiles"
+field = "/payload/latency_ms"
+quantiles = [0.5, 0.9, 0.99, 0.999]
+"#
+    ));
+    let a = &config.pipelines[0].aggregates;
+    assert_eq!((a[0].func, a[0].quantiles.len()), (AggFn::CountDistinct, 0));
+    assert_eq!(a[1].func, AggFn::Quantiles);
+    assert_eq!(a[1].quantiles, [0.5, 0.9, 0.99, 0.999]);
+    let text = format!(
+        "{PIPELINE_TOPICS}{}",
+        r#"[[pipeline]]
+name = "p"
+source = "clicks"
+group_by = ["/k"]
+window = { kind = "tumbling", size = "1m" }
+[[pipeline.aggregate]]
+name = "a"
+fn = "count_distinct"
+[[pipeline.aggregate]]
+name = "b"
+fn = "quantiles"
+field = "/v"
+[[pipeline.aggregate]]
+name = "c"
+fn = "quantiles"
+field = "/v"
+quantiles = [0.5, 1.0, 0.9, 0.9, 0]
+[[pipeline.aggregate]]
+name = "d"
+fn = "count_distinct"
+field = "/v"
+quantiles = [0.5]
+[[pipeline.aggregate]]
+name = "e"
+fn = "quantiles"
+field = "/v"
+quantiles = []
+"#
+    );
+    assert_problems(
+        &text,
+        &[
+            (
+                "pipeline[0].aggregate[0]",
+                10,
+                "fn = \"count_distinct\" needs a field",
+            ),
+            (
+                "pipeline[0].aggregate[1]",
+                13,
+                "fn = \"quantiles\" needs quantiles",
+            ),
+            (
+                "pipeline[0].aggregate[2].quantiles[1]",
+                21,
+                "1 is not a quantile between 0 and 1",
+            ),
+            (
+                "pipeline[0].aggregate[2].quantiles[2]",
+                21,
+                "0.9 does not follow 1: quantiles go ascending, each once",
+            ),
+            (
+                "pipeline[0].aggregate[2].quantiles[3]",
+                21,
+                "0.9 does not follow 0.9",
+            ),
+            (
+                "pipeline[0].aggregate[2].quantiles[4]",
+                21,
+                "0 is not a quantile",
+            ),
+            (
+                "pipeline[0].aggregate[3].quantiles",
+                26,
+                "only applies to fn = \"quantiles\"",
+            ),
+            (
+                "pipeline[0].aggregate[4].quantiles",
+                31,
+                "needs 1 to 16 quantiles, not 0",
+            ),
+        ],
     );
 }
 

@@ -52,6 +52,11 @@ fn write_time(ms: i64, out: &mut Vec<u8>) {
     }
 }
 
+/// The quantiles aggregate `i` of `view` outputs, if it is a `quantiles` one.
+fn quantiles_of(view: &HotView, i: usize) -> &[f64] {
+    view.quantiles.get(i).map_or(&[], Vec::as_slice)
+}
+
 /// `{"start","end","final","complete","values":{...}}`.
 fn write_window(view: &HotView, start: i64, row: &Row, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"start\":");
@@ -76,7 +81,7 @@ fn write_window(view: &HotView, start: i64, row: &Row, out: &mut Vec<u8>) {
         write_str_into(name, out);
         out.push(b':');
         text.clear();
-        value.write_json(&mut text);
+        value.write_json(quantiles_of(view, i), &mut text);
         out.extend_from_slice(text.as_bytes());
     }
     out.extend_from_slice(b"}}");
@@ -507,7 +512,7 @@ pub async fn route_query(
             out.push(b':');
             text.clear();
             match row.and_then(|(_, r)| r.values.get(i)) {
-                Some(v) => v.write_json(&mut text),
+                Some(v) => v.write_json(quantiles_of(view, i), &mut text),
                 None => text.push('0'),
             }
             out.extend_from_slice(text.as_bytes());

@@ -4,10 +4,13 @@
 //! Integer inputs are summed exactly (in i128) so counts and sums of amounts in cents stay
 //! exact; a float anywhere turns the sum into a float. `first` and `last` order events by
 //! event time, ties by partition then offset, so they do not depend on the read order.
+//! `count_distinct` and `quantiles` keep the sketches of [`super::sketch`]; their states
+//! too depend only on the values taken, so panes merge into exactly one pass's state.
 //! No IO.
 
 use std::cmp::Ordering;
 
+use super::sketch::{DdSketch, Hll, hash_value};
 use crate::json::JsonPointer;
 
 /// The `fn` of an aggregate.
@@ -20,6 +23,10 @@ pub enum AggFn {
     Avg,
     First,
     Last,
+    /// Distinct values of the field (HyperLogLog++).
+    CountDistinct,
+    /// Quantiles of the field's numbers (DDSketch).
+    Quantiles,
 }
 
 impl AggFn {
@@ -31,6 +38,8 @@ impl AggFn {
         ("avg", AggFn::Avg),
         ("first", AggFn::First),
         ("last", AggFn::Last),
+        ("count_distinct", AggFn::CountDistinct),
+        ("quantiles", AggFn::Quantiles),
     ];
 
     pub fn parse(name: &str) -> Option<AggFn> {
@@ -54,6 +63,30 @@ pub struct Aggregate {
     pub func: AggFn,
     /// A JSON pointer into the envelope; required unless `func` is count.
     pub field: Option<JsonPointer>,
+    /// For `quantiles`: which, each in (0, 1), ascending; empty for other functions.
+    pub quantiles: Vec<f64>,
+}
+
+/// The result key of quantile `q`: `p` and 100·q in shortest decimal form, from `q`'s
+/// own digits so no rounding shows (0.5 -> `p50`, 0.999 -> `p99.9`, 0.001 -> `p0.1`).
+pub fn quantile_label(q: f64) -> String {
+    let text = q.to_string();
+    let Some(digits) = text.strip_prefix("0.") else {
+        // Outside (0, 1): the config refuses it; still a distinct label.
+        return format!("p{text}");
+    };
+    let (int, frac) = if digits.len() <= 2 {
+        (format!("{digits:0<2}"), "")
+    } else {
+        (digits[..2].to_string(), &digits[2..])
+    };
+    let int = int.trim_start_matches('0');
+    let int = if int.is_empty() { "0" } else { int };
+    if frac.is_empty() {
+        format!("p{int}")
+    } else {
+        format!("p{int}.{frac}")
+    }
 }
 
 /// Where an event sits: orders `first` and `last`.
@@ -165,6 +198,8 @@ pub enum AggState {
     },
     First(Option<(Position, Box<str>)>),
     Last(Option<(Position, Box<str>)>),
+    CountDistinct(Hll),
+    Quantiles(Box<DdSketch>),
 }
 
 impl AggState {
@@ -181,6 +216,8 @@ impl AggState {
             AggFn::Avg => AggState::Avg { sum: 0.0, n: 0 },
             AggFn::First => AggState::First(None),
             AggFn::Last => AggState::Last(None),
+            AggFn::CountDistinct => AggState::CountDistinct(Hll::default()),
+            AggFn::Quantiles => AggState::Quantiles(Box::default()),
         }
     }
 
@@ -218,6 +255,18 @@ impl AggState {
             }
             AggState::First(slot) => return keep_ordered(slot, value, pos, Ordering::Less),
             AggState::Last(slot) => return keep_ordered(slot, value, pos, Ordering::Greater),
+            AggState::CountDistinct(hll) => {
+                let Some(v) = value else {
+                    return false;
+                };
+                hll.insert(hash_value(v));
+            }
+            AggState::Quantiles(sketch) => {
+                let Some(num) = value.and_then(Num::parse) else {
+                    return false;
+                };
+                sketch.insert(num.as_f64());
+            }
         }
         true
     }
@@ -273,6 +322,8 @@ impl AggState {
                     *a = Some((*pb, vb.clone()));
                 }
             }
+            (AggState::CountDistinct(a), AggState::CountDistinct(b)) => a.merge(b),
+            (AggState::Quantiles(a), AggState::Quantiles(b)) => a.merge(b),
             (a, b) => debug_assert!(false, "merging {a:?} with {b:?}"),
         }
     }
@@ -292,11 +343,25 @@ impl AggState {
                 .as_ref()
                 .and_then(|(_, raw)| Num::parse(raw))
                 .map(Num::as_f64),
+            AggState::CountDistinct(hll) => Some(hll.estimate().round()),
+            // Ranked by the median, whichever quantiles are configured.
+            AggState::Quantiles(sketch) => sketch.quantile(0.5),
         }
     }
 
-    /// The value as JSON text; `null` when no event had a usable value.
-    pub fn write_json(&self, out: &mut String) {
+    /// Bytes held on the heap besides the state itself: the sketches' real size.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            AggState::CountDistinct(hll) => hll.heap_bytes(),
+            AggState::Quantiles(sketch) => std::mem::size_of::<DdSketch>() + sketch.heap_bytes(),
+            AggState::First(Some((_, v))) | AggState::Last(Some((_, v))) => v.len(),
+            _ => 0,
+        }
+    }
+
+    /// The value as JSON text; `null` when no event had a usable value. `quantiles` are
+    /// the aggregate's (keys of a `quantiles` object, ignored by other functions).
+    pub fn write_json(&self, quantiles: &[f64], out: &mut String) {
         match self {
             AggState::Count(c) => out.push_str(itoa::Buffer::new().format(*c)),
             AggState::Sum { n: 0, .. }
@@ -311,6 +376,32 @@ impl AggState {
             #[allow(clippy::cast_precision_loss, reason = "an average is a float")]
             AggState::Avg { sum, n } => write_f64(sum / *n as f64, out),
             AggState::First(Some((_, v))) | AggState::Last(Some((_, v))) => out.push_str(v),
+            AggState::CountDistinct(hll) => {
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    reason = "an estimate of at most 2^64"
+                )]
+                let n = hll.estimate().round() as u64;
+                out.push_str(itoa::Buffer::new().format(n));
+            }
+            AggState::Quantiles(sketch) if sketch.count() == 0 => out.push_str("null"),
+            AggState::Quantiles(sketch) => {
+                out.push('{');
+                for (i, q) in quantiles.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push('"');
+                    out.push_str(&quantile_label(*q));
+                    out.push_str("\":");
+                    match sketch.quantile(*q) {
+                        Some(v) => write_f64(v, out),
+                        None => out.push_str("null"),
+                    }
+                }
+                out.push('}');
+            }
         }
     }
 }
@@ -333,7 +424,7 @@ mod tests {
             s.update(*v, pos(0, 0, i), func.needs_field());
         }
         let mut out = String::new();
-        s.write_json(&mut out);
+        s.write_json(&[0.5, 0.9], &mut out);
         out
     }
 
@@ -358,6 +449,15 @@ mod tests {
         assert_eq!(run(AggFn::Avg, &ints), "2.3333333333333335");
         assert_eq!(run(AggFn::First, &ints), "3");
         assert_eq!(run(AggFn::Last, &ints), "5");
+        assert_eq!(run(AggFn::CountDistinct, &ints), "4");
+        let q: serde_json::Value = serde_json::from_str(&run(AggFn::Quantiles, &ints)).unwrap();
+        let (p50, p90) = (q["p50"].as_f64().unwrap(), q["p90"].as_f64().unwrap());
+        assert!(
+            (p50 - 3.0).abs() <= 0.03 && (p90 - 3.0).abs() <= 0.03,
+            "{q}"
+        );
+        assert_eq!(run(AggFn::Quantiles, &[None, Some("\"x\"")]), "null");
+        assert_eq!(run(AggFn::CountDistinct, &[None]), "0");
         assert_eq!(run(AggFn::Sum, &[Some("1"), Some("2.5")]), "3.5");
         assert_eq!(run(AggFn::Max, &[Some("1"), Some("2.5"), Some("2")]), "2.5");
         assert_eq!(run(AggFn::Sum, &[None]), "null");
@@ -368,6 +468,22 @@ mod tests {
             (2 * i128::from(i64::MAX)).to_string(),
             "integer sums are exact beyond i64"
         );
+    }
+
+    #[test]
+    fn quantile_labels_come_from_the_configured_digits() {
+        for (q, label) in [
+            (0.5, "p50"),
+            (0.9, "p90"),
+            (0.99, "p99"),
+            (0.999, "p99.9"),
+            (0.05, "p5"),
+            (0.001, "p0.1"),
+            (0.125, "p12.5"),
+            (0.9999, "p99.99"),
+        ] {
+            assert_eq!(quantile_label(q), label);
+        }
     }
 
     #[test]
@@ -393,8 +509,8 @@ mod tests {
             last.update(Some(v), p, true);
         }
         let (mut a, mut b) = (String::new(), String::new());
-        first.write_json(&mut a);
-        last.write_json(&mut b);
+        first.write_json(&[], &mut a);
+        last.write_json(&[], &mut b);
         assert_eq!((a.as_str(), b.as_str()), ("\"a\"", "\"zz\""));
     }
 

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use foldhash::HashMap;
 use std::sync::Arc;
 
-use super::aggregate::{AggState, Aggregate, Position};
+use super::aggregate::{AggFn, AggState, Aggregate, Position};
 use super::key::{Filter, GroupBy, KeyError};
 use super::watermark::{self, Watermarks};
 use super::window::WindowKind;
@@ -164,11 +164,19 @@ pub struct Engine {
     /// (pane, key) cells held.
     cells: usize,
     key_buf: String,
+    /// Whether an aggregate keeps a sketch, whose size `heap_bytes` follows.
+    sketches: bool,
+    /// Heap bytes the cells' states hold (sketches, first/last texts) when `sketches`.
+    heap_bytes: usize,
 }
 
 impl Engine {
     pub fn new(spec: Spec) -> Engine {
         let marks = Watermarks::new(spec.partitions, spec.out_of_orderness_ms, spec.idle_ms);
+        let sketches = spec
+            .aggregates
+            .iter()
+            .any(|a| matches!(a.func, AggFn::CountDistinct | AggFn::Quantiles));
         Engine {
             spec,
             marks,
@@ -182,6 +190,8 @@ impl Engine {
             taints: Vec::new(),
             cells: 0,
             key_buf: String::new(),
+            sketches,
+            heap_bytes: 0,
         }
     }
 
@@ -330,8 +340,16 @@ impl Engine {
                 flips = (!cell.unsaved, !cell.dirty);
                 cell.unsaved = true;
                 cell.dirty = true;
+                let before = if self.sketches {
+                    heap_of(&cell.states)
+                } else {
+                    0
+                };
                 self.counters.skipped_values +=
                     update_states(aggregates, &mut cell.states, input.envelope, pos);
+                if self.sketches {
+                    self.heap_bytes = self.heap_bytes + heap_of(&cell.states) - before;
+                }
                 true
             }
             None => false,
@@ -348,6 +366,9 @@ impl Engine {
                 aggregates.iter().map(|a| AggState::new(a.func)).collect();
             self.counters.skipped_values +=
                 update_states(aggregates, &mut states, input.envelope, pos);
+            if self.sketches {
+                self.heap_bytes += heap_of(&states);
+            }
             self.panes.entry(pane).or_default().insert(
                 Arc::clone(&key),
                 Cell {
@@ -488,6 +509,10 @@ impl Engine {
                 break;
             };
             self.cells -= keys.len();
+            if self.sketches {
+                let dropped: usize = keys.values().map(|c| heap_of(&c.states)).sum();
+                self.heap_bytes -= dropped;
+            }
             for key in keys.into_keys() {
                 if let Some(panes) = self.key_panes.get_mut(&key) {
                     panes.remove(&pane);
@@ -631,6 +656,9 @@ impl Engine {
         e.counters = head.counters;
         e.taints = head.taints;
         for (pane, key, states) in cells {
+            if e.sketches {
+                e.heap_bytes += heap_of(&states);
+            }
             let key = e.intern(pane, &key);
             e.changed.push((pane, Arc::clone(&key)));
             let cell = Cell {
@@ -650,11 +678,22 @@ impl Engine {
         self.cells
     }
 
+    /// An estimate of the memory the state takes: per cell its states, key and map entry,
+    /// plus what sketches hold on the heap (their real size).
+    pub fn state_bytes(&self) -> u64 {
+        let per_cell = std::mem::size_of::<AggState>() * self.spec.aggregates.len() + 64;
+        (self.cells() * per_cell + self.heap_bytes) as u64
+    }
+
     /// Start of `key`'s newest window with state, if it is still open.
     pub fn latest_window(&self, key: &str) -> Option<i64> {
         let pane = *self.key_panes.get(key)?.last()?;
         Some(self.spec.window.last_window_of_pane(pane))
     }
+}
+
+fn heap_of(states: &[AggState]) -> usize {
+    states.iter().map(AggState::heap_bytes).sum()
 }
 
 /// Feeds one event to a cell's states; returns how many aggregates skipped it.

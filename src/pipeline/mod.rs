@@ -14,6 +14,7 @@ pub mod key;
 pub mod late;
 pub mod output;
 pub mod runner;
+pub mod sketch;
 pub mod view;
 pub mod watermark;
 pub mod window;

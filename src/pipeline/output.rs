@@ -138,7 +138,8 @@ impl Outbox {
 pub struct OutputRows {
     pipeline: String,
     fingerprint: u64,
-    aggregates: Vec<String>,
+    /// Per aggregate: its name and the quantiles it outputs (empty for others).
+    aggregates: Vec<(String, Vec<f64>)>,
     changed: HashMap<RowId, Change>,
     /// The rows of the checkpoint in flight: back into `changed` if it fails.
     in_flight: HashMap<RowId, Change>,
@@ -148,7 +149,12 @@ pub struct OutputRows {
 
 impl OutputRows {
     /// `seq`: the last committed checkpoint's (0 for a pipeline starting afresh).
-    pub fn new(pipeline: &str, fingerprint: u64, aggregates: Vec<String>, seq: u64) -> Self {
+    pub fn new(
+        pipeline: &str,
+        fingerprint: u64,
+        aggregates: Vec<(String, Vec<f64>)>,
+        seq: u64,
+    ) -> Self {
         OutputRows {
             pipeline: pipeline.to_string(),
             fingerprint,
@@ -284,17 +290,17 @@ impl OutputRows {
 }
 
 /// `{"name": value, ...}` as the query API writes a row's values.
-fn write_values(aggregates: &[String], values: &[AggState], out: &mut Vec<u8>) {
+fn write_values(aggregates: &[(String, Vec<f64>)], values: &[AggState], out: &mut Vec<u8>) {
     out.push(b'{');
     let mut text = String::new();
-    for (i, (name, value)) in aggregates.iter().zip(values).enumerate() {
+    for (i, ((name, quantiles), value)) in aggregates.iter().zip(values).enumerate() {
         if i > 0 {
             out.push(b',');
         }
         write_str_into(name, out);
         out.push(b':');
         text.clear();
-        value.write_json(&mut text);
+        value.write_json(quantiles, &mut text);
         out.extend_from_slice(text.as_bytes());
     }
     out.push(b'}');
@@ -530,7 +536,7 @@ impl OutputTarget {
         self,
         name: &str,
         fingerprint: u64,
-        aggregates: Vec<String>,
+        aggregates: Vec<(String, Vec<f64>)>,
         store: &PipelineStore,
         restored: bool,
     ) -> (OutputRows, OutputSink) {
@@ -602,7 +608,7 @@ mod tests {
 
     #[test]
     fn rows_of_a_failed_checkpoint_go_into_the_next_with_its_sequence() {
-        let mut rows = OutputRows::new("p", 1, vec!["count".into()], 4);
+        let mut rows = OutputRows::new("p", 1, vec![("count".into(), Vec::new())], 4);
         let key: Arc<str> = "a".into();
         rows.closed(0, &key, 10, &[AggState::Count(3)]);
         let engine = Engine::new(crate::pipeline::runner::spec_of(

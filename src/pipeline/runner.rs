@@ -119,6 +119,7 @@ pub fn spec_of(config: &PipelineConfig, partitions: usize) -> Spec {
                 name: a.name.clone(),
                 func: a.func,
                 field: a.field.clone(),
+                quantiles: a.quantiles.clone(),
             })
             .collect(),
         partitions,
@@ -266,13 +267,19 @@ impl Pipelines {
             };
             let partitions = topic.partitions.clone();
             let spec = spec_of(pc, partitions.len());
-            let view = Arc::new(HotView::new(
+            let mut view = HotView::new(
                 spec.aggregates.iter().map(|a| a.name.clone()).collect(),
                 spec.window.size_ms(),
                 spec.allowed_lateness_ms,
                 partitions.len(),
                 pc.max_view_rows,
-            ));
+            );
+            view.quantiles = spec
+                .aggregates
+                .iter()
+                .map(|a| a.quantiles.clone())
+                .collect();
+            let view = Arc::new(view);
             let (stop, stop_rx) = watch::channel(false);
             let event_lead_ms = config
                 .topics
@@ -625,7 +632,11 @@ impl Task {
             })
             .collect();
         let metrics = PipelineMetrics::new(&config.name, partitions.len());
-        let aggregates = config.aggregates.iter().map(|a| a.name.clone()).collect();
+        let aggregates = config
+            .aggregates
+            .iter()
+            .map(|a| (a.name.clone(), a.quantiles.clone()))
+            .collect();
         let (output, sink) = match output {
             Some(o) => {
                 let (rows, sink) = o.open(&config.name, fp, aggregates, &store, from_checkpoint);
@@ -867,10 +878,7 @@ impl Task {
         }
         let watermark = self.engine.watermark();
         let open_windows = self.engine.open_windows();
-        let cells = self.engine.cells();
-        let per_cell = std::mem::size_of::<super::aggregate::AggState>()
-            * self.engine.spec().aggregates.len()
-            + 64;
+        let state_bytes = self.engine.state_bytes();
         let next_offsets: Vec<i64> = self.sources.iter().map(|s| s.next).collect();
         let retain_ms = self.retain_ms;
         let max_rows = self.view.max_rows;
@@ -905,7 +913,7 @@ impl Task {
             }
             v.watermark = watermark;
             v.open_windows = open_windows;
-            v.state_bytes = (cells * per_cell) as u64;
+            v.state_bytes = state_bytes;
             v.next_offsets = next_offsets;
             v.published = true;
             if prune || v.rows() > max_rows {

@@ -52,6 +52,8 @@ pub enum Which {
 pub struct HotView {
     /// Result names, in spec order.
     pub aggregates: Vec<String>,
+    /// Per aggregate, the quantiles a `quantiles` aggregate outputs (empty for others).
+    pub quantiles: Vec<Vec<f64>>,
     pub window_size_ms: i64,
     pub allowed_lateness_ms: i64,
     /// Most rows held before the oldest final windows leave for the store alone.
@@ -91,6 +93,7 @@ impl HotView {
         max_rows: usize,
     ) -> HotView {
         HotView {
+            quantiles: vec![Vec::new(); aggregates.len()],
             aggregates,
             window_size_ms,
             allowed_lateness_ms,

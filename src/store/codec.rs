@@ -4,6 +4,7 @@
 
 use crate::pipeline::aggregate::{AggState, Num, Position};
 use crate::pipeline::engine::{Counters, EngineHead, Taint};
+use crate::pipeline::sketch::{DdSketch, Hll};
 use crate::pipeline::watermark::{PartitionMark, Watermarks};
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +102,14 @@ impl Writer<'_> {
                 AggState::Last(v) => {
                     self.u8(6);
                     self.positioned(v.as_ref());
+                }
+                AggState::CountDistinct(hll) => {
+                    self.u8(7);
+                    hll.encode(self.0);
+                }
+                AggState::Quantiles(sketch) => {
+                    self.u8(8);
+                    sketch.encode(self.0);
                 }
             }
         }
@@ -243,6 +252,10 @@ impl<'a> Reader<'a> {
                 },
                 5 => AggState::First(self.positioned()?),
                 6 => AggState::Last(self.positioned()?),
+                7 => AggState::CountDistinct(Hll::decode(&mut self.0).map_err(CodecError)?),
+                8 => AggState::Quantiles(Box::new(
+                    DdSketch::decode(&mut self.0).map_err(CodecError)?,
+                )),
                 _ => return Err(CodecError("aggregate tag")),
             });
         }
@@ -310,6 +323,22 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
+    use crate::pipeline::aggregate::AggFn;
+
+    /// A sketch state of `n` values, sparse or dense by `n`.
+    fn sketch_of(func: AggFn, n: i64) -> AggState {
+        let mut s = AggState::new(func);
+        for i in 0..n {
+            let pos = Position {
+                ts_ms: i,
+                partition: 0,
+                offset: i,
+            };
+            s.update(Some(&(i * 37 - 500).to_string()), pos, true);
+        }
+        s
+    }
+
     #[test]
     fn states_and_heads_round_trip() {
         let pos = Position {
@@ -335,6 +364,10 @@ mod tests {
             AggState::Avg { sum: 3.0, n: 4 },
             AggState::First(Some((pos, "\"é\"".into()))),
             AggState::Last(None),
+            sketch_of(AggFn::CountDistinct, 100),
+            sketch_of(AggFn::CountDistinct, 5_000),
+            sketch_of(AggFn::Quantiles, 0),
+            sketch_of(AggFn::Quantiles, 1_000),
         ];
         let mut buf = Vec::new();
         Writer(&mut buf).states(&states);

@@ -17,6 +17,11 @@ fn aggregates() -> Vec<Aggregate> {
             name: (*name).to_string(),
             func: *func,
             field: if *func == AggFn::Count { None } else { field() },
+            quantiles: if *func == AggFn::Quantiles {
+                vec![0.5, 0.9, 0.99]
+            } else {
+                Vec::new()
+            },
         })
         .collect()
 }
@@ -58,9 +63,10 @@ struct Batch {
 }
 
 fn values_json(values: &[AggState]) -> String {
+    let aggregates = aggregates();
     let mut out = String::new();
-    for v in values {
-        v.write_json(&mut out);
+    for (v, a) in values.iter().zip(&aggregates) {
+        v.write_json(&a.quantiles, &mut out);
         out.push(' ');
     }
     out
@@ -190,10 +196,18 @@ fn record() -> impl Strategy<Value = Rec> {
         prop::sample::select(vec!["a.x", "a.y", "b"]),
         prop::option::weighted(0.9, 0u8..4),
         prop::option::weighted(0.8, -5i64..6),
+        prop::bool::weighted(0.1),
     )
-        .prop_map(|(event_ms, event_type, key, v)| {
+        .prop_map(|(event_ms, event_type, key, v, text)| {
             let k = key.map_or(String::new(), |k| format!(",\"k\":\"k{k}\""));
-            let v = v.map_or(String::new(), |v| format!(",\"v\":{v}"));
+            // Some values are strings: count_distinct takes them apart from numbers.
+            let v = v.map_or(String::new(), |v| {
+                if text {
+                    format!(",\"v\":\"{v}\"")
+                } else {
+                    format!(",\"v\":{v}")
+                }
+            });
             let payload = format!("{{\"n\":0{k}{v}}}");
             Rec {
                 event_ms,
@@ -278,6 +292,9 @@ proptest! {
             }
         }
         prop_assert_eq!(&engine_closed, &model.closed);
+        // The sketches' heap bytes followed every update and dropped pane.
+        let held: usize = engine.panes.values().flat_map(|k| k.values()).map(|c| heap_of(&c.states)).sum();
+        prop_assert_eq!(engine.heap_bytes, held);
         // Windows still open: the engine's merged panes equal the model's recomputation.
         let open: BTreeSet<(i64, String)> = model
             .counted
@@ -323,7 +340,10 @@ fn a_late_event_is_dropped_and_counted_and_lateness_keeps_windows_open() {
     assert_eq!(t, [Taken::Counted(1), Taken::Counted(1)]);
     let closed = e.take_closed();
     assert_eq!(closed.len(), 1);
-    assert_eq!(values_json(&closed[0].values), "2 2 1 1 1.0 1 1 ");
+    assert_eq!(
+        values_json(&closed[0].values),
+        "2 2 1 1 1.0 1 1 1 {\"p50\":1.0,\"p90\":1.0,\"p99\":1.0} "
+    );
     e.process_batch(0, 3, [input(4, &b)], |_, x| t.push(x.clone()));
     assert_eq!(t.last(), Some(&Taken::Late));
     assert_eq!(e.counters().late, 1);
