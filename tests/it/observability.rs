@@ -43,8 +43,15 @@ fn connections_beyond_the_bound_get_503_with_retry_after() {
     );
     assert_eq!(r.header("retry-after"), Some("1"));
     drop(held);
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    assert_eq!(w.get("/healthz").status, 200, "the slot is free again");
+    // The slot frees once the server sees the close: poll, with a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while w.get("/healthz").status != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot is never free again"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     // At least the request above; under load the start-up probe's connection may still
     // have held the slot when `held` connected, and been counted too.
     let text = w.get("/metrics").body;
