@@ -138,9 +138,13 @@ TAGS="ceiling route keys"
 for tag in $TAGS; do
   flock "$LOCK" wrk -t2 -c64 -d3s "${URL[$tag]}" > /dev/null  # warm-up
 done
+declare -A PID=([ceiling]=$CPID [route]=$WPID [keys]=$WPID)
 for i in $(seq 1 "$RUNS"); do
   for tag in $TAGS; do
-    flock "$LOCK" wrk -t2 -c64 -d"${DUR}s" --latency "${URL[$tag]}" > "$OUT/$tag.$i.txt"
+    # Server CPU sampled inside the lock, right around the wrk run (as http_ceiling.sh does).
+    flock "$LOCK" env T="$SHARED/cputicks.py" P="${PID[$tag]}" bash -c 'b=$("$T" "$P"); wrk "$@";
+      a=$("$T" "$P"); echo "server_cpu_ticks=$((a-b)) clk_tck=$(getconf CLK_TCK)"' \
+      _ -t2 -c64 -d"${DUR}s" --latency "${URL[$tag]}" > "$OUT/$tag.$i.txt"
   done
 done
 curl -s "$WEIR_ADDR/metrics" | grep -E '^weir_http_request_duration_seconds_count' > "$OUT/weir_metrics.txt" || true
@@ -162,7 +166,10 @@ def parse(path):
     non2 = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", t)
     if non2:
         sys.exit(f"{path}: {non2.group(1)} non-2xx answers")
-    return rps, float(m.group(1)) * UNIT[m.group(2)]
+    n = int(re.search(r"(\d+) requests in", t).group(1))
+    cpu = re.search(r"server_cpu_ticks=(\d+) clk_tck=(\d+)", t)
+    cpu_us = int(cpu.group(1)) / int(cpu.group(2)) * 1e6 / n if cpu else float("nan")
+    return rps, float(m.group(1)) * UNIT[m.group(2)], cpu_us
 res = {tag: [parse(f"{out}/{tag}.{i}.txt") for i in range(1, runs + 1)] for tag in ("ceiling", "route", "keys")}
 med = lambda xs: st.median(xs)
 for tag in ("route", "keys"):
@@ -172,6 +179,8 @@ for tag in ("route", "keys"):
           f"ceiling in the same runs {med([r[0] for r in res['ceiling']]):.0f} req/s p99 {med([r[1] for r in res['ceiling']]):.0f} us; "
           f"req/s ratio median {med(rps_ratio):.2f} {[round(x, 2) for x in rps_ratio]}, "
           f"p99 ratio median {med(p99_ratio):.2f} {[round(x, 2) for x in p99_ratio]}")
+    print(f"  server CPU per request: {tag} {med([r[2] for r in res[tag]]):.2f} us, "
+          f"ceiling {med([r[2] for r in res['ceiling']]):.2f} us")
 seed = {}
 for name in ("query_keys_w2", "query_get_std_w2"):
     files = sorted(glob.glob(f"{seed_out}/{name}.[0-9]*.txt"))
