@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod cursor;
+pub mod direct;
 pub mod errors;
 pub mod groups;
 pub mod ingest;
@@ -23,7 +24,7 @@ use axum::body::Body;
 use axum::extract::{MatchedPath, Path, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -129,32 +130,43 @@ pub type SharedState = Arc<AppState>;
 
 pub fn router(state: SharedState) -> Router {
     seed_routes(&state.routes)
-        .route("/v1/topics", get(read::list_topics))
-        .route("/v1/topics/{topic}", get(read::get_topic))
-        .route(
-            "/v1/topics/{topic}/events",
-            get(read::pull).post(ingest::ingest),
-        )
-        .route("/v1/topics/{topic}/stream", get(stream::stream))
-        .route(
-            "/v1/groups/{group}/offsets/{topic}",
-            get(groups::get_offsets).put(groups::put_offsets),
-        )
-        .route("/v1/pipelines", get(query::list))
-        .route("/v1/pipelines/{name}/keys/{key}", get(query::key))
-        .route("/v1/pipelines/{name}/top", get(query::top))
-        .route("/metrics", get(admin::metrics))
-        .route("/healthz", get(admin::healthz))
-        .route("/readyz", get(admin::readyz))
+        .into_iter()
+        .chain(api_routes())
+        .fold(Router::new(), |r, (path, mr)| r.route(path, mr))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(track))
         .with_state(state)
 }
 
+/// The route template of key queries; `direct` answers the plain ones without the router.
+pub(crate) const KEYS_ROUTE: &str = "/v1/pipelines/{name}/keys/{key}";
+
+/// weir's own routes, one method router per path. `router` serves them; `direct` matches
+/// request paths against the same list, so that it takes a request only where the router
+/// would have sent it to the same handler.
+fn api_routes() -> Vec<(&'static str, MethodRouter<SharedState>)> {
+    vec![
+        ("/v1/topics", get(read::list_topics)),
+        ("/v1/topics/{topic}", get(read::get_topic)),
+        (INGEST_ROUTE, get(read::pull).post(ingest::ingest)),
+        ("/v1/topics/{topic}/stream", get(stream::stream)),
+        (
+            "/v1/groups/{group}/offsets/{topic}",
+            get(groups::get_offsets).put(groups::put_offsets),
+        ),
+        ("/v1/pipelines", get(query::list)),
+        (KEYS_ROUTE, get(query::key)),
+        ("/v1/pipelines/{name}/top", get(query::top)),
+        ("/metrics", get(admin::metrics)),
+        ("/healthz", get(admin::healthz)),
+        ("/readyz", get(admin::readyz)),
+    ]
+}
+
 /// The `[[route]]` paths, one method router per path.
-fn seed_routes(routes: &[RouteConfig]) -> Router<SharedState> {
-    let mut by_path: Vec<(&str, axum::routing::MethodRouter<SharedState>)> = Vec::new();
+fn seed_routes(routes: &[RouteConfig]) -> Vec<(&str, MethodRouter<SharedState>)> {
+    let mut by_path: Vec<(&str, MethodRouter<SharedState>)> = Vec::new();
     for route in routes {
         let method_router = match (&route.method, &route.target) {
             (RouteMethod::Post, RouteTarget::Ingest { topic }) => {
@@ -163,13 +175,14 @@ fn seed_routes(routes: &[RouteConfig]) -> Router<SharedState> {
                     query::route_ingest(state, topic, response, request)
                 })
             }
-            (RouteMethod::Get, RouteTarget::Query { .. }) => {
-                let route = Arc::new(route.clone());
+            (RouteMethod::Get, RouteTarget::Query { key, .. }) => {
+                let (route, key) = (Arc::new(route.clone()), key.clone());
                 get(
                     move |State(state): State<SharedState>,
                           Path(params): Path<HashMap<String, String>>| {
                         let route = Arc::clone(&route);
-                        async move { query::route_query(state, &route, params).await }
+                        let value = params.get(&key).cloned().unwrap_or_default();
+                        async move { query::route_query(&state, &route, &value) }
                     },
                 )
             }
@@ -182,8 +195,6 @@ fn seed_routes(routes: &[RouteConfig]) -> Router<SharedState> {
         }
     }
     by_path
-        .into_iter()
-        .fold(Router::new(), |r, (path, mr)| r.route(path, mr))
 }
 
 async fn not_found() -> ApiError {
@@ -296,6 +307,11 @@ pub async fn serve(
 ) {
     let server = state.server.clone();
     let app = router(Arc::clone(&state));
+    let api_paths = api_routes();
+    let direct = Arc::new(direct::Direct::new(
+        api_paths.iter().map(|(path, _)| *path),
+        &state.routes,
+    ));
     let connections = Arc::new(Semaphore::new(server.max_connections));
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -323,12 +339,20 @@ pub async fn serve(
             tokio::spawn(refuse_connection(stream));
             continue;
         };
-        let (app, state) = (app.clone(), Arc::clone(&state));
+        let (app, state, direct) = (app.clone(), Arc::clone(&state), Arc::clone(&direct));
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-            let (app, state) = (app.clone(), Arc::clone(&state));
+            // GET queries are answered right here, without cloning the router or state.
+            let next = match direct.answer(&state, &request) {
+                Some(response) => Ok(response),
+                None => Err((app.clone(), Arc::clone(&state), request)),
+            };
             async move {
+                let (app, state, request) = match next {
+                    Ok(response) => return Ok::<_, Infallible>(response),
+                    Err(routed) => routed,
+                };
                 let request = request.map(Body::new);
-                Ok::<_, Infallible>(match ingest_path(&request) {
+                Ok(match ingest_path(&request) {
                     Some(topic) => ingest_direct(&state, &topic, request).await,
                     None => app.oneshot(request).await.unwrap_or_else(|e| match e {}),
                 })

@@ -5,8 +5,6 @@
 //! read lock, held for one lookup and the writing of the answer; never across an await.
 //! Answers are written by hand into one buffer: these are the hot read paths.
 
-use std::collections::HashMap;
-
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -365,6 +363,13 @@ pub async fn key(
     }
 }
 
+/// `GET /v1/pipelines/{name}/keys/{key}` without a query: the key's latest window. What
+/// `key` answers for such a request; `direct` calls it without the router.
+pub fn key_latest(state: &SharedState, name: &str, key: &str) -> Result<Response, ApiError> {
+    let p = lookup(state, name)?;
+    key_answer(p, key, &KeyAsk::One(Which::Latest)).map(|(out, _)| ok(out))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopQuery {
@@ -469,10 +474,11 @@ pub async fn route_ingest(
 }
 
 /// A `[[route]]` that queries: the key is the path placeholder the route names.
-pub async fn route_query(
-    state: SharedState,
+/// The router and `direct` both answer through it; `key_value` is percent-decoded.
+pub fn route_query(
+    state: &SharedState,
     route: &RouteConfig,
-    params: HashMap<String, String>,
+    key_value: &str,
 ) -> Result<Response, ApiError> {
     let RouteTarget::Query {
         pipeline,
@@ -483,8 +489,7 @@ pub async fn route_query(
     else {
         return Err(ApiError::new(ErrorCode::InternalError, "not a query route"));
     };
-    let p = lookup(&state, pipeline)?;
-    let key_value = params.get(key).map_or("", String::as_str);
+    let p = lookup(state, pipeline)?;
     let which = match window {
         QueryWindow::Latest => Which::Latest,
         QueryWindow::LastClosed => Which::LastClosed,

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::util::{Resp, Weir, now_ms};
+use crate::util::{Resp, Weir, now_ms, request};
 
 /// The seed's setup (config.example.toml) with its 4 partitions and 1-minute windows.
 const SEED: &str = r#"
@@ -1535,4 +1535,180 @@ fn count_distinct_and_quantiles_merge_hopping_panes_and_survive_a_restart() {
         z.json()["window"]["values"]["latency"],
         serde_json::json!({"p50": 1.0, "p90": 1.0, "p99": 1.0})
     );
+}
+
+/// `SMALL` with query routes: the seed's shape, and a one-segment placeholder path that
+/// the static paths (`/metrics`, `/healthz`, a POST route) must still win over.
+const ROUTES: &str = r#"
+[[route]]
+method = "POST"
+path = "/click"
+topic = "clicks"
+response = "seed"
+
+[[route]]
+method = "GET"
+path = "/page/{page}/count"
+pipeline = "pages"
+key = "page"
+aggregate = "count"
+window = "latest"
+response = "seed"
+
+[[route]]
+method = "GET"
+path = "/{page}"
+pipeline = "pages"
+key = "page"
+window = "latest"
+response = "v1"
+"#;
+
+#[test]
+fn query_paths_decode_keys_and_answer_as_the_router_does() {
+    let w = Weir::start(&format!("{SMALL}{ROUTES}"));
+    post_events(
+        &w,
+        &[
+            event("page.view", T0 + 100, "a b", 1),
+            event("page.view", T0 + 100, "a/b", 1),
+            event("page.view", T0 + 100, "ü", 1),
+            event("page.view", T0 + 200, "a", 1),
+            event("page.view", T0 + 300, "a", 1),
+        ],
+    );
+    let r = poll(&w, "/v1/pipelines/pages/keys/a", |r| {
+        r.status == 200 && r.json()["window"]["values"]["count"] == 2
+    });
+    assert_eq!(r.json()["key"], "a");
+    let count = |status: u16, route: &str| {
+        let labels = [
+            "method=\"GET\"".to_string(),
+            format!("route=\"{route}\""),
+            format!("status=\"{status}\""),
+        ];
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        w.metric("weir_http_request_duration_seconds_count", &labels)
+            .unwrap_or(0.0)
+    };
+    let keys_200 = count(200, "/v1/pipelines/{name}/keys/{key}");
+
+    // Keys are stored percent-encoded ("a b" is `a%20b`, see DESIGN.md); a path segment
+    // is the key's text, itself percent-encoded, and decoded once as the router decodes
+    // it: %2F is a '/' within the segment, '+' is a plus.
+    for (path, key, n) in [
+        ("/page/a/count", "a", 2),
+        ("/page/%61/count", "a", 2),
+        ("/page/a%2520b/count", "a%20b", 1),
+        ("/page/a%252Fb/count", "a%2Fb", 1),
+        ("/page/%25C3%25BC/count", "%C3%BC", 1),
+        ("/page/a%2Fb/count", "a/b", 0),
+        ("/page/a+b/count", "a+b", 0),
+        ("/page//count", "", 0),
+        // The route takes no parameters; a query string is ignored, as before.
+        ("/page/a/count?window=nope&x", "a", 2),
+    ] {
+        let r = w.get(path);
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        assert_eq!(
+            r.json(),
+            serde_json::json!({"page": key, "count": n}),
+            "{path}"
+        );
+    }
+    for (path, key) in [
+        ("/v1/pipelines/pages/keys/a%2520b", "a%20b"),
+        ("/v1/pipelines/pages/keys/a%252Fb", "a%2Fb"),
+        ("/v1/pipelines/pages/keys/%25C3%25BC", "%C3%BC"),
+        ("/v1/pipelines/p%61ges/keys/%61", "a"),
+        ("/a%2520b", "a%20b"),
+    ] {
+        let r = w.get(path);
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        let j = r.json();
+        assert_eq!(
+            (&j["pipeline"], &j["key"]),
+            (&"pages".into(), &key.into()),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        count(200, "/page/{page}/count"),
+        9.0,
+        "each answer counted once"
+    );
+    assert_eq!(
+        count(200, "/v1/pipelines/{name}/keys/{key}"),
+        keys_200 + 4.0
+    );
+    assert_eq!(count(200, "/{page}"), 1.0);
+
+    // With a query string, key queries take their parameters (through the router).
+    let r = w.get("/v1/pipelines/pages/keys/%25C3%25BC?windows=1");
+    assert_eq!(r.json()["key"], "%C3%BC", "{}", r.body);
+    assert_eq!(r.json()["windows"].as_array().map(Vec::len), Some(1));
+    let r = w.get("/v1/pipelines/pages/keys/a?windows=0");
+    assert_eq!((r.status, r.code()), (400, "invalid_parameter".to_string()));
+
+    for (path, status, code) in [
+        ("/v1/pipelines/pages/keys/nope", 404, "no_window"),
+        ("/v1/pipelines/nope/keys/a", 404, "unknown_pipeline"),
+        ("/nope", 404, "no_window"),
+        // matchit (the router's matcher, and ours) takes an empty segment for a
+        // placeholder inside a path (/page//count is key ""), not at its end.
+        ("/v1/pipelines/pages/keys/", 404, "not_found"),
+        ("/v1/pipelines/pages/keys/?window=latest", 404, "not_found"),
+        ("/page/a/count/", 404, "not_found"),
+        ("/v1/pipelines/pages/keys/a/", 404, "not_found"),
+    ] {
+        let r = w.get(path);
+        assert_eq!(
+            (r.status, r.code()),
+            (status, code.to_string()),
+            "{path}: {}",
+            r.body
+        );
+    }
+    assert_eq!(count(404, "/v1/pipelines/{name}/keys/{key}"), 2.0);
+    // Not UTF-8 once decoded: refused by the router's path extractor, as before.
+    for path in ["/page/%FF/count", "/v1/pipelines/pages/keys/%FF"] {
+        assert_eq!(w.get(path).status, 400, "{path}");
+    }
+
+    // HEAD is a GET without the body; other methods are not allowed.
+    for path in ["/page/a/count", "/v1/pipelines/pages/keys/a"] {
+        let get = w.get(path);
+        let head = request(&w.addr, "HEAD", path, &[], b"");
+        assert_eq!((head.status, head.body.as_str()), (200, ""), "HEAD {path}");
+        assert_eq!(
+            head.header("content-length"),
+            Some(get.body.len().to_string().as_str()),
+            "HEAD {path}"
+        );
+        for method in ["POST", "PUT", "DELETE"] {
+            let r = request(&w.addr, method, path, &[], b"");
+            assert_eq!(
+                (r.status, r.code()),
+                (405, "method_not_allowed".to_string()),
+                "{method} {path}"
+            );
+        }
+    }
+
+    // Static paths win over the one-segment placeholder, as in the router.
+    let r = w.get("/metrics");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body.contains("weir_http_request_duration_seconds"),
+        "{}",
+        r.body
+    );
+    assert_eq!(w.get("/healthz").status, 200);
+    let r = w.get("/click");
+    assert_eq!(
+        (r.status, r.code()),
+        (405, "method_not_allowed".to_string())
+    );
+    let r = w.get("/a");
+    assert_eq!(r.json()["window"]["values"]["count"], 2, "{}", r.body);
 }
