@@ -3,6 +3,7 @@
 //! ../shared/bench/flink/gen_events.py writes them (1,000 pages, 100,000 users, one hour,
 //! up to 2 s out of order), in batches of 1,000 records over 4 partitions. Measures the
 //! pure core (filter, key, panes, watermark, closing); reading the log is not included.
+//! The same events also through session windows (gap 30 s) keyed by user.
 
 use std::hint::black_box;
 
@@ -50,6 +51,17 @@ fn events() -> Vec<(i64, String)> {
         .collect()
 }
 
+fn session_spec() -> Spec {
+    Spec {
+        window: WindowKind::Session {
+            gap_ms: 30_000,
+            max_ms: 86_400_000,
+        },
+        group_by: GroupBy::new(vec![JsonPointer::parse("/payload/user_id").unwrap()]),
+        ..spec()
+    }
+}
+
 fn spec() -> Spec {
     Spec {
         window: WindowKind::Tumbling { size_ms: 60_000 },
@@ -74,25 +86,30 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("engine");
     group.throughput(Throughput::Elements(EVENTS as u64));
     group.sample_size(20);
-    group.bench_function("tumbling_1m_count_by_page", |b| {
-        b.iter(|| {
-            let mut engine = Engine::new(spec());
-            let mut counted = 0usize;
-            for (n, chunk) in events.chunks(BATCH).enumerate() {
-                let partition = u32::try_from(n).unwrap_or(0) % PARTITIONS;
-                let append_ms = chunk[0].0;
-                let records = chunk.iter().zip(0i64..).map(|((ms, env), offset)| Input {
-                    offset,
-                    event_ms: *ms,
-                    event_type: "page.click",
-                    envelope: env,
-                });
-                engine.process_batch(partition, append_ms, records, |_, _| counted += 1);
-                black_box(engine.take_closed());
-            }
-            black_box(counted)
+    for (name, spec) in [
+        ("tumbling_1m_count_by_page", spec as fn() -> Spec),
+        ("session_30s_count_by_user", session_spec),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut engine = Engine::new(spec());
+                let mut counted = 0usize;
+                for (n, chunk) in events.chunks(BATCH).enumerate() {
+                    let partition = u32::try_from(n).unwrap_or(0) % PARTITIONS;
+                    let append_ms = chunk[0].0;
+                    let records = chunk.iter().zip(0i64..).map(|((ms, env), offset)| Input {
+                        offset,
+                        event_ms: *ms,
+                        event_type: "page.click",
+                        envelope: env,
+                    });
+                    engine.process_batch(partition, append_ms, records, |_, _| counted += 1);
+                    black_box(engine.take_closed());
+                }
+                black_box(counted)
+            });
         });
-    });
+    }
     group.finish();
 }
 
