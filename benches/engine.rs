@@ -8,7 +8,8 @@
 //! density of the 8,000,000-event file of benches/pipeline.sh (about 133 events per page
 //! per minute), where count_distinct of users per page per minute keeps sketches of
 //! ~133 entries; count over the same events is their baseline. They print the state
-//! bytes per open window at the end of the input.
+//! bytes per open window at the end of the input. The hour's events also go through
+//! session windows (gap 30 s) keyed by user.
 
 use std::hint::black_box;
 
@@ -90,8 +91,24 @@ fn distinct_users() -> Aggregate {
 }
 
 /// Feeds every event; returns the engine as the input left it.
+/// Session windows (gap 30 s) keyed by user, counting.
+fn session_spec() -> Spec {
+    Spec {
+        window: WindowKind::Session {
+            gap_ms: 30_000,
+            max_ms: 86_400_000,
+        },
+        group_by: GroupBy::new(vec![JsonPointer::parse("/payload/user_id").unwrap()]),
+        ..spec(count())
+    }
+}
+
 fn run(events: &[(i64, String)], aggregate: Aggregate) -> Engine {
-    let mut engine = Engine::new(spec(aggregate));
+    run_spec(events, spec(aggregate))
+}
+
+fn run_spec(events: &[(i64, String)], spec: Spec) -> Engine {
+    let mut engine = Engine::new(spec);
     let mut counted = 0usize;
     for (n, chunk) in events.chunks(BATCH).enumerate() {
         let partition = u32::try_from(n).unwrap_or(0) % PARTITIONS;
@@ -129,6 +146,9 @@ fn bench(c: &mut Criterion) {
     group.sample_size(20);
     group.bench_function("tumbling_1m_count_by_page", |b| {
         b.iter(|| run(&hour, count()));
+    });
+    group.bench_function("session_30s_count_by_user", |b| {
+        b.iter(|| run_spec(&hour, session_spec()));
     });
     group.bench_function("tumbling_1m_count_by_page_8m_density", |b| {
         b.iter(|| run(&dense, count()));

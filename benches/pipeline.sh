@@ -3,6 +3,7 @@
 #   RUNS=3 N1=2000000 N2=8000000 benches/pipeline.sh
 #   FLINK=1 benches/pipeline.sh     # also the PyFlink job at parallelism 1, same files
 #   AGG=count_distinct benches/pipeline.sh  # distinct users per page per minute instead
+#   WINDOW=session benches/pipeline.sh  # session windows (gap 30 s) keyed by user instead
 # Writes N1 and N2 events with ../shared/bench/flink/gen_events.py (the files PyFlink
 # reads in ../shared/bench/flink/run.sh), ingests each into `clickstream` of its own data
 # dir with no pipeline configured, then, per run, deletes the result store and starts
@@ -20,7 +21,7 @@
 # Raw outputs in $RESULTS_DIR/pipeline (default /tmp/weir-bench-results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${RUNS:-3}; N1=${N1:-2000000}; N2=${N2:-8000000}; AGG=${AGG:-count}
+RUNS=${RUNS:-3}; N1=${N1:-2000000}; N2=${N2:-8000000}; AGG=${AGG:-count}; WINDOW=${WINDOW:-tumbling}
 case "$AGG" in count|count_distinct) ;; *) echo "AGG is count or count_distinct"; exit 2;; esac
 # ../shared/bench from the main checkout, ../../shared/bench from a worktree under wt/.
 if [ -z "${SHARED:-}" ]; then
@@ -60,6 +61,21 @@ key_field = "/payload/user_id"
 max_event_age = "36500d"
 max_event_lead = "36500d"
 TOML
+  if [ "$2" = yes ] && [ "$WINDOW" = session ]; then cat <<'TOML'
+[[pipeline]]
+name = "user_sessions"
+source = "clickstream"
+filter = ["page.click"]
+group_by = ["/payload/user_id"]
+window = { kind = "session", gap = "30s", max_length = "1d" }
+time = "event"
+max_out_of_orderness = "5s"
+allowed_lateness = "1m"
+[[pipeline.aggregate]]
+name = "count"
+fn = "count"
+TOML
+  return 0; fi
   [ "$2" = yes ] && cat <<'TOML'
 [[pipeline]]
 name = "page_views"
@@ -128,9 +144,9 @@ rm -f "$OUT"/run.*.json
 for i in $(seq 1 "$RUNS"); do
   for n in "$N1" "$N2"; do
     rm -rf "$SCRATCH/data-$n/store"
-    flock "$LOCK" python3 - "$WEIR" "$SCRATCH/pipeline-$n.toml" "$ADDR" "$n" "$OUT/run.$n.$i.json" "$OUT/weir.log" <<'PY'
+    flock "$LOCK" python3 - "$WEIR" "$SCRATCH/pipeline-$n.toml" "$ADDR" "$n" "$OUT/run.$n.$i.json" "$OUT/weir.log" "$WINDOW" <<'PY'
 import json, subprocess, sys, time, urllib.request
-weir, config, addr, n, out, log = sys.argv[1:]
+weir, config, addr, n, out, log, window = sys.argv[1:]
 log = open(log, "a")
 t0 = time.monotonic()
 p = subprocess.Popen([weir, "run", "--config", config], stderr=subprocess.PIPE, text=True)
@@ -151,7 +167,7 @@ try:
     if caught["records"] != int(n):
         sys.exit(f"the pipeline caught up after {caught['records']} records, not {n}")
     body = json.load(urllib.request.urlopen(f"http://{addr}/v1/pipelines"))
-    top = json.load(urllib.request.urlopen(f"http://{addr}/v1/pipelines/page_views/top?n=1&window=last_closed"))
+    top = None if window == "session" else json.load(urllib.request.urlopen(f"http://{addr}/v1/pipelines/page_views/top?n=1&window=last_closed"))
     p0 = body["pipelines"][0]
     json.dump({"events": int(n), "wall": wall, "thread": caught["seconds"],
                "lag": p0["lag"], "state_bytes": p0["state_bytes"],

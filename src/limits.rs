@@ -78,6 +78,11 @@ pub const QUERY_WINDOWS_MAX: usize = 1000;
 /// read each): a week of one-minute windows.
 pub const QUERY_STORED_WINDOWS_MAX: i64 = 10_080;
 
+/// Most stored rows a `?from=&to=` query of a session pipeline scans (sessions are not
+/// aligned, so the rows of every key starting in the range are walked): a few tens of
+/// milliseconds of sled reads.
+pub const QUERY_STORED_SCAN_MAX: usize = 100_000;
+
 /// Most keys a `top` query answers, for the same reason.
 pub const QUERY_TOP_MAX: usize = 1000;
 

@@ -77,14 +77,25 @@ pub enum WindowConfig {
         size: Duration,
         slide: Duration,
     },
+    /// Per key, events closer than `gap` share a session; a session spans at most
+    /// `max_length` (at least `gap`).
+    Session {
+        gap: Duration,
+        max_length: Duration,
+    },
 }
 
+/// `max_length` of a session window when the config leaves it out.
+pub const SESSION_MAX_LENGTH_DEFAULT: Duration = Duration::from_secs(86_400);
+
 impl WindowConfig {
-    /// The time between two window starts (starts are its multiples since the epoch).
-    pub fn stride(self) -> Duration {
+    /// The time between two window starts (starts are its multiples since the epoch);
+    /// `None` for sessions, whose starts are event times.
+    pub fn stride(self) -> Option<Duration> {
         match self {
-            WindowConfig::Tumbling { size } => size,
-            WindowConfig::Hopping { slide, .. } => slide,
+            WindowConfig::Tumbling { size } => Some(size),
+            WindowConfig::Hopping { slide, .. } => Some(slide),
+            WindowConfig::Session { .. } => None,
         }
     }
 }
@@ -554,7 +565,7 @@ impl Checker<'_> {
             self.problem(
                 key.to_string(),
                 Some(span),
-                "has no kind; \"tumbling\" or \"hopping\"".into(),
+                "has no kind; \"tumbling\", \"hopping\" or \"session\"".into(),
             );
             return None;
         };
@@ -604,17 +615,41 @@ impl Checker<'_> {
                 Some(WindowConfig::Hopping { size, slide })
             }
             "session" => {
+                forbid(
+                    self,
+                    "size",
+                    &w.size,
+                    "session windows have a gap, not a size",
+                );
+                forbid(self, "slide", &w.slide, "only hopping windows slide");
+                let gap = self.window_duration(&sub("gap"), &w.gap, key, &span)?;
+                let max_length = match &w.max_length {
+                    None => SESSION_MAX_LENGTH_DEFAULT,
+                    Some(_) => {
+                        self.window_duration(&sub("max_length"), &w.max_length, key, &span)?
+                    }
+                };
+                if max_length < gap {
+                    let text = w.max_length.as_ref().map_or(span.clone(), Spanned::span);
+                    self.problem(
+                        sub("max_length"),
+                        Some(text),
+                        format!(
+                            "{} is shorter than gap {}; a session spans at least its gap",
+                            super::units::format_duration(max_length),
+                            super::units::format_duration(gap)
+                        ),
+                    );
+                    return None;
+                }
+                Some(WindowConfig::Session { gap, max_length })
+            }
+            other => {
                 self.at(
                     &sub("kind"),
                     kind,
-                    "session windows are not supported by this version yet; use \"tumbling\" \
-                     or \"hopping\""
-                        .into(),
+                    one_of(other, &["tumbling", "hopping", "session"]),
                 );
-                None
-            }
-            other => {
-                self.at(&sub("kind"), kind, one_of(other, &["tumbling", "hopping"]));
                 None
             }
         }

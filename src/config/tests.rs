@@ -945,7 +945,7 @@ fn = "sum"
 [[pipeline]]
 name = "q"
 source = "clicks"
-window = { kind = "session", gap = "30s" }
+window = { kind = "session", gap = "30s", max_length = "10s" }
 output_topic = "missing"
 [[pipeline]]
 name = "q"
@@ -976,9 +976,9 @@ name = "q"
             ("pipeline[1]", 19, "needs group_by"),
             ("pipeline[1]", 19, "has no [[pipeline.aggregate]]"),
             (
-                "pipeline[1].window.kind",
+                "pipeline[1].window.max_length",
                 22,
-                "session windows are not supported",
+                "10s is shorter than gap 30s",
             ),
             (
                 "pipeline[1].output_topic",
@@ -1236,6 +1236,42 @@ window = "previous"
                 "route[5] already serves this method and path",
             ),
             ("route[6].window", 45, "\"previous\" is not one of"),
+        ],
+    );
+}
+
+#[test]
+fn session_windows_take_a_gap_and_a_max_length_defaulting_to_a_day() {
+    let config = |window: &str| {
+        format!(
+            "{PIPELINE_TOPICS}[[pipeline]]\nname = \"p\"\nsource = \"clicks\"\n\
+             group_by = [\"/payload/user\"]\nwindow = {window}\n\
+             [[pipeline.aggregate]]\nname = \"n\"\nfn = \"count\"\n"
+        )
+    };
+    let p = parse(&config(r#"{ kind = "session", gap = "30s" }"#));
+    assert_eq!(
+        p.pipelines[0].window,
+        WindowConfig::Session {
+            gap: Duration::from_secs(30),
+            max_length: Duration::from_secs(86_400),
+        }
+    );
+    let p = parse(&config(
+        r#"{ kind = "session", gap = "30s", max_length = "30s" }"#,
+    ));
+    assert_eq!(
+        p.pipelines[0].window,
+        WindowConfig::Session {
+            gap: Duration::from_secs(30),
+            max_length: Duration::from_secs(30),
+        }
+    );
+    assert_problems(
+        &config(r#"{ kind = "session", size = "1m" }"#),
+        &[
+            ("pipeline[0].window.size", 9, "a gap, not a size"),
+            ("pipeline[0].window", 9, "has no gap"),
         ],
     );
 }

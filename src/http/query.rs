@@ -15,7 +15,9 @@ use super::{SharedState, write_num};
 use crate::config::{QueryWindow, RouteConfig, RouteResponse, RouteTarget};
 use crate::event::{format_rfc3339_ms, parse_timestamp};
 use crate::json::write_str_into;
-use crate::limits::{QUERY_STORED_WINDOWS_MAX, QUERY_TOP_MAX, QUERY_WINDOWS_MAX};
+use crate::limits::{
+    QUERY_STORED_SCAN_MAX, QUERY_STORED_WINDOWS_MAX, QUERY_TOP_MAX, QUERY_WINDOWS_MAX,
+};
 use crate::pipeline::runner::PipelineHandle;
 use crate::pipeline::view::{HotView, Row, ViewState, Which};
 use crate::pipeline::watermark;
@@ -259,7 +261,9 @@ fn key_answer(
 struct StoredRange {
     newest: i64,
     oldest: i64,
-    step: i64,
+    /// The stride of window starts; `None` for sessions, whose rows are found by a scan
+    /// of the stored rows starting in the range (at most `QUERY_STORED_SCAN_MAX`).
+    step: Option<i64>,
     n: usize,
 }
 
@@ -275,9 +279,11 @@ fn stored_range(
     let Some(evicted) = s.evicted_through else {
         return Ok(None);
     };
-    let step = i64::try_from(p.config.window.stride().as_millis())
-        .unwrap_or(i64::MAX)
-        .max(1);
+    let step = p
+        .config
+        .window
+        .stride()
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1));
     let size = p.view.window_size_ms;
     let retain = i64::try_from(p.config.retain_results.as_millis()).unwrap_or(i64::MAX);
     let kept_from = if s.watermark == watermark::NONE {
@@ -290,6 +296,14 @@ fn stored_range(
     if n == 0 || newest < oldest {
         return Ok(None);
     }
+    let Some(step) = step else {
+        return Ok(Some(StoredRange {
+            newest,
+            oldest,
+            step: None,
+            n,
+        }));
+    };
     // Starts are multiples of the pane width.
     let newest = newest.div_euclid(step).saturating_mul(step);
     let windows = newest
@@ -306,7 +320,7 @@ fn stored_range(
     Ok(Some(StoredRange {
         newest,
         oldest,
-        step,
+        step: Some(step),
         n,
     }))
 }
@@ -322,14 +336,31 @@ async fn answer_stored(
     let store = p.store.clone();
     let key_owned = key.to_string();
     let rows = tokio::task::spawn_blocking(move || {
+        let Some(step) = range.step else {
+            return store.key_rows_scan(
+                &key_owned,
+                range.oldest,
+                range.newest,
+                range.n,
+                QUERY_STORED_SCAN_MAX,
+            );
+        };
         let starts = std::iter::successors(Some(range.newest), |s| {
-            s.checked_sub(range.step).filter(|s| *s >= range.oldest)
+            s.checked_sub(step).filter(|s| *s >= range.oldest)
         });
-        store.key_rows(&key_owned, starts, range.n)
+        store.key_rows(&key_owned, starts, range.n).map(Some)
     })
     .await
     .map_err(|e| ApiError::new(ErrorCode::InternalError, e.to_string()))?
-    .map_err(|e| ApiError::new(ErrorCode::StorageError, e.to_string()))?;
+    .map_err(|e| ApiError::new(ErrorCode::StorageError, e.to_string()))?
+    .ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvalidParameter,
+            format!(
+                "from/to reach more than {QUERY_STORED_SCAN_MAX} stored sessions (of every key) older than the ones held in memory: narrow the range"
+            ),
+        )
+    })?;
     let mut first = out.last() == Some(&b'[');
     for r in rows {
         if !first {
@@ -388,6 +419,14 @@ pub async fn top(
 ) -> Result<Response, ApiError> {
     let p = lookup(&state, &name)?;
     let q = params(query)?;
+    if p.view.sessions {
+        return Err(ApiError::new(
+            ErrorCode::InvalidParameter,
+            format!(
+                "pipeline {name:?} has session windows, which start and end per key: there is no one window to rank keys in; ask /v1/pipelines/{name}/keys/{{key}}"
+            ),
+        ));
+    }
     let n = match &q.n {
         Some(t) => t
             .parse()

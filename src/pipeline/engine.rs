@@ -6,7 +6,8 @@
 //! closed right then, so what an event joins depends only on the batches before it. The
 //! engine is a pure function of that sequence: no IO, no clock.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use foldhash::HashMap;
 use std::sync::Arc;
@@ -16,6 +17,9 @@ use super::key::{Filter, GroupBy, KeyError};
 use super::watermark::{self, Watermarks};
 use super::window::WindowKind;
 use crate::json;
+
+mod session;
+pub use session::SessionCell;
 
 /// Which time windows are assigned by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,13 +165,26 @@ pub struct Engine {
     /// Windows that may miss records lost to retention or refused over `max_cells`;
     /// oldest first.
     taints: Vec<Taint>,
-    /// (pane, key) cells held.
+    /// (pane, key) cells held; open sessions for session windows.
     cells: usize,
     key_buf: String,
     /// Whether an aggregate keeps a sketch, whose size `heap_bytes` follows.
     sketches: bool,
     /// Heap bytes the cells' states hold (sketches, first/last texts) when `sketches`.
     heap_bytes: usize,
+    /// Session windows: key -> its open sessions, by start (see `session`).
+    sessions: HashMap<Arc<str>, Vec<session::Session>>,
+    /// Session windows: slot (start rounded down to the gap) -> keys with a session
+    /// starting in it, and how many: what a checkpoint of a slot walks.
+    slots: BTreeMap<i64, HashMap<Arc<str>, u32>>,
+    /// Session windows: (end, start, key) of sessions to close, smallest first; an entry
+    /// whose session grew is queued again with its end, one whose session is gone is
+    /// skipped.
+    close_queue: BinaryHeap<Reverse<(i64, i64, Arc<str>)>>,
+    /// Session windows: rows (start, key) of sessions merged away or moved since the
+    /// last `take_removed`.
+    removed: Vec<(i64, Arc<str>)>,
+    cand_buf: Vec<usize>,
 }
 
 impl Engine {
@@ -192,6 +209,11 @@ impl Engine {
             key_buf: String::new(),
             sketches,
             heap_bytes: 0,
+            sessions: HashMap::default(),
+            slots: BTreeMap::new(),
+            close_queue: BinaryHeap::new(),
+            removed: Vec::new(),
+            cand_buf: Vec::new(),
         }
     }
 
@@ -223,7 +245,11 @@ impl Engine {
             taken(&input, &outcome);
         }
         let wm = self.marks.advance();
-        self.close_through(wm);
+        if self.spec.window.is_session() {
+            self.close_sessions(wm);
+        } else {
+            self.close_through(wm);
+        }
         self.expire_taints(wm);
     }
 
@@ -252,6 +278,12 @@ impl Engine {
                     cell.dirty = true;
                     self.changed.push((*pane, Arc::clone(key)));
                 }
+            }
+        }
+        for (key, list) in &mut self.sessions {
+            for s in list.iter_mut().filter(|s| !s.dirty) {
+                s.dirty = true;
+                self.changed.push((s.start, Arc::clone(key)));
             }
         }
     }
@@ -308,6 +340,9 @@ impl Engine {
         if let Err(e) = self.spec.group_by.key_into(input.envelope, key) {
             self.counters.no_key += 1;
             return Taken::NoKey(e);
+        }
+        if self.spec.window.is_session() {
+            return self.take_session(partition, ts_ms, input, key);
         }
         let wm = self.marks.current();
         let window = self.spec.window;
@@ -539,6 +574,9 @@ impl Engine {
 
     /// Windows not closed yet that hold state.
     pub fn open_windows(&self) -> usize {
+        if self.spec.window.is_session() {
+            return self.cells;
+        }
         let starts: BTreeSet<i64> = self
             .panes
             .keys()
@@ -550,6 +588,9 @@ impl Engine {
 
     /// Values of `key` in the open window starting at `start_ms`, merged from its panes.
     pub fn window_values(&self, key: &str, start_ms: i64) -> Option<Vec<AggState>> {
+        if self.spec.window.is_session() {
+            return self.session(key, start_ms).map(|s| s.states.clone());
+        }
         let end = start_ms + self.spec.window.size_ms();
         let mut merged: Option<Vec<AggState>> = None;
         for (_, keys) in self.panes.range(start_ms..end) {
@@ -566,6 +607,39 @@ impl Engine {
     /// Calls `visit(start, key, values)` once for every open (window, key) whose values
     /// changed since the last call, with its values merged from its panes.
     pub fn take_changed(&mut self, mut visit: impl FnMut(i64, &Arc<str>, Vec<AggState>)) {
+        self.take_changed_rows(|start, _, key, values, _| visit(start, key, values));
+    }
+
+    /// Calls `visit(start, end, key, values, complete)` once for every open (window, key)
+    /// whose values changed since the last call. Rows to remove first: [`take_removed`].
+    ///
+    /// [`take_removed`]: Self::take_removed
+    pub fn take_changed_rows(
+        &mut self,
+        mut visit: impl FnMut(i64, i64, &Arc<str>, Vec<AggState>, bool),
+    ) {
+        if self.spec.window.is_session() {
+            let mut changed = std::mem::take(&mut self.changed);
+            for (start, key) in changed.drain(..) {
+                let Some(list) = self.sessions.get_mut(&key) else {
+                    continue;
+                };
+                let Ok(i) = list.binary_search_by_key(&start, |s| s.start) else {
+                    continue;
+                };
+                let s = &mut list[i];
+                if !s.dirty {
+                    continue;
+                }
+                s.dirty = false;
+                let (end, values) = (s.end, s.states.clone());
+                let complete = self.is_complete_span(start, end);
+                visit(start, end, &key, values, complete);
+            }
+            self.changed = changed;
+            return;
+        }
+        let size = self.spec.window.size_ms();
         let mut changed = std::mem::take(&mut self.changed);
         let mut windows: Vec<(i64, Arc<str>)> = Vec::with_capacity(changed.len());
         for (pane, key) in changed.drain(..) {
@@ -588,16 +662,45 @@ impl Engine {
         }
         for (start, key) in windows {
             if let Some(values) = self.window_values(&key, start) {
-                visit(start, &key, values);
+                let complete = self.is_complete(start);
+                visit(start, start + size, &key, values, complete);
             }
         }
+    }
+
+    /// Rows (start, key) that left since the last call without closing: sessions merged
+    /// into another, or whose start moved back. The view removes them before it applies
+    /// [`take_changed_rows`](Self::take_changed_rows); a start that holds an open
+    /// session again is not listed.
+    pub fn take_removed(&mut self) -> Vec<(i64, Arc<str>)> {
+        let mut removed = std::mem::take(&mut self.removed);
+        removed.retain(|(start, key)| self.session(key, *start).is_none());
+        removed
     }
 
     /// Calls `visit(pane, key, states)` for every cell changed since the last call that
     /// still exists: what a checkpoint writes. Cells of dropped panes are older than
     /// [`oldest_pane`](Self::oldest_pane).
+    /// For session windows, `visit(slot, key, &[])` per slot holding a changed, new,
+    /// merged-away or closed session of the key (see [`slot_sessions`]).
+    ///
+    /// [`slot_sessions`]: Self::slot_sessions
     pub fn take_unsaved(&mut self, mut visit: impl FnMut(i64, &Arc<str>, &[AggState])) {
         let mut unsaved = std::mem::take(&mut self.unsaved);
+        if self.spec.window.is_session() {
+            let width = self.spec.window.pane_ms();
+            for (slot, key) in unsaved.drain(..) {
+                if let Some(list) = self.sessions.get_mut(&key) {
+                    let lo = list.partition_point(|s| s.start < slot);
+                    for s in list[lo..].iter_mut().take_while(|s| s.start < slot + width) {
+                        s.unsaved = false;
+                    }
+                }
+                visit(slot, &key, &[]);
+            }
+            self.unsaved = unsaved;
+            return;
+        }
         for (pane, key) in unsaved.drain(..) {
             if let Some(cell) = self.panes.get_mut(&pane).and_then(|k| k.get_mut(&key)) {
                 cell.unsaved = false;
@@ -620,6 +723,14 @@ impl Engine {
     /// Lists every cell as unsaved: after a failed checkpoint, the next writes them all.
     pub fn mark_all_unsaved(&mut self) {
         self.unsaved.clear();
+        let width = self.spec.window.pane_ms();
+        for (key, list) in &mut self.sessions {
+            for s in list.iter_mut() {
+                s.unsaved = true;
+                let slot = s.start.div_euclid(width).saturating_mul(width);
+                self.unsaved.push((slot, Arc::clone(key)));
+            }
+        }
         for (pane, keys) in &mut self.panes {
             for (key, cell) in keys.iter_mut() {
                 cell.unsaved = true;
@@ -630,6 +741,9 @@ impl Engine {
 
     /// Start of the oldest pane held: panes are dropped oldest first.
     pub fn oldest_pane(&self) -> Option<i64> {
+        if self.spec.window.is_session() {
+            return self.slots.first_key_value().map(|(s, _)| *s);
+        }
         self.panes.first_key_value().map(|(p, _)| *p)
     }
 
@@ -687,6 +801,9 @@ impl Engine {
 
     /// Start of `key`'s newest window with state, if it is still open.
     pub fn latest_window(&self, key: &str) -> Option<i64> {
+        if self.spec.window.is_session() {
+            return self.sessions.get(key)?.last().map(|s| s.start);
+        }
         let pane = *self.key_panes.get(key)?.last()?;
         Some(self.spec.window.last_window_of_pane(pane))
     }

@@ -102,6 +102,10 @@ pub fn spec_of(config: &PipelineConfig, partitions: usize) -> Spec {
                 size_ms: ms(size),
                 slide_ms: ms(slide),
             },
+            WindowConfig::Session { gap, max_length } => WindowKind::Session {
+                gap_ms: ms(gap),
+                max_ms: ms(max_length),
+            },
         },
         time: match config.time {
             PipelineTime::Event => TimeMode::Event,
@@ -149,6 +153,29 @@ pub fn encode_checkpoint(
     });
     let mut cells = Vec::new();
     let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); usize::from(CELL_BUCKETS)];
+    let sessions_kind = engine.spec().window.is_session();
+    let mut sessions = Vec::new();
+    if sessions_kind {
+        // Every dirty bucket is written, an empty one too: its sessions merged or closed.
+        for (slot, buckets) in std::mem::take(&mut dirty) {
+            engine.slot_sessions(slot, |key, start, last, end, states| {
+                let b = usize::from(cell_bucket(key));
+                if buckets[b] {
+                    let mut w = Writer(&mut bufs[b]);
+                    w.bytes(key.as_bytes());
+                    w.i64(start);
+                    w.i64(last);
+                    w.i64(end);
+                    w.states(states);
+                }
+            });
+            for (bucket, buf) in (0u16..).zip(bufs.iter_mut()) {
+                if buckets[usize::from(bucket)] {
+                    sessions.push((slot, bucket, std::mem::take(buf)));
+                }
+            }
+        }
+    }
     for (pane, buckets) in dirty {
         engine.pane_cells(pane, |key, states| {
             let b = usize::from(cell_bucket(key));
@@ -168,11 +195,18 @@ pub fn encode_checkpoint(
     let size = engine.spec().window.size_ms();
     let rows_before =
         (wm != super::watermark::NONE).then(|| wm.saturating_sub(retain_ms).saturating_sub(size));
+    let (oldest_pane, oldest_slot) = if sessions_kind {
+        (None, engine.oldest_pane())
+    } else {
+        (engine.oldest_pane(), None)
+    };
     Checkpoint {
         offsets,
         head,
         cells,
-        oldest_pane: engine.oldest_pane(),
+        oldest_pane,
+        sessions,
+        oldest_slot,
         rows,
         rows_before,
         outbox: None,
@@ -279,7 +313,11 @@ impl Pipelines {
                 .iter()
                 .map(|a| a.quantiles.clone())
                 .collect();
-            let view = Arc::new(view);
+            let view = Arc::new(if spec.window.is_session() {
+                view.with_sessions()
+            } else {
+                view
+            });
             let (stop, stop_rx) = watch::channel(false);
             let event_lead_ms = config
                 .topics
@@ -612,7 +650,11 @@ impl Task {
                         );
                     }
                 });
-                Engine::restore(spec, r.head, r.cells)
+                let mut engine = Engine::restore(spec, r.head, r.cells);
+                for session in r.sessions {
+                    engine.restore_session(session);
+                }
+                engine
             }
             None => Engine::new(spec),
         };
@@ -826,29 +868,26 @@ impl Task {
 
     /// Hands what changed to the view: values gathered first, then one write lock.
     fn publish(&mut self, prune: bool) {
-        let size = self.engine.spec().window.size_ms();
         let mut rows: Vec<(i64, Arc<str>, Row)> = Vec::new();
-        let mut changed: Vec<(i64, Arc<str>, Vec<super::aggregate::AggState>)> = Vec::new();
-        self.engine.take_changed(|start, key, values| {
-            changed.push((start, Arc::clone(key), values));
-        });
+        let removed = self.engine.take_removed();
+        self.engine
+            .take_changed_rows(|start, end_ms, key, values, complete| {
+                rows.push((
+                    start,
+                    Arc::clone(key),
+                    Row {
+                        end_ms,
+                        closed: false,
+                        is_final: false,
+                        complete,
+                        values: values.into_boxed_slice(),
+                    },
+                ));
+            });
         if let Some((out, _)) = &mut self.output {
-            for (start, key, _) in &changed {
+            for (start, key, _) in &rows {
                 out.open(*start, key);
             }
-        }
-        for (start, key, values) in changed {
-            rows.push((
-                start,
-                key,
-                Row {
-                    end_ms: start + size,
-                    closed: false,
-                    is_final: false,
-                    complete: self.engine.is_complete(start),
-                    values: values.into_boxed_slice(),
-                },
-            ));
         }
         for c in self.engine.take_closed() {
             self.metrics.rows_closed += 1;
@@ -908,6 +947,9 @@ impl Task {
             g.set((s.partition.visible().end_offset - s.next).max(0) as f64);
         }
         let view_rows = self.view.write(|v| {
+            for (start, key) in &removed {
+                v.remove(*start, key);
+            }
             for (start, key, row) in rows {
                 v.upsert(start, &key, row);
             }

@@ -55,6 +55,9 @@ pub struct HotView {
     /// Per aggregate, the quantiles a `quantiles` aggregate outputs (empty for others).
     pub quantiles: Vec<Vec<f64>>,
     pub window_size_ms: i64,
+    /// Session windows: each row has its own end, and rows can leave without closing
+    /// (a session merged into another, [`ViewState::remove`]).
+    pub sessions: bool,
     pub allowed_lateness_ms: i64,
     /// Most rows held before the oldest final windows leave for the store alone.
     pub max_rows: usize,
@@ -82,6 +85,8 @@ pub struct ViewState {
     /// Start of the newest window that left for the row bound (or was not loaded at
     /// start): windows starting at or before it are answered from the result store.
     pub evicted_through: Option<i64>,
+    /// Rows of one window start may end at different times (sessions).
+    varying_ends: bool,
 }
 
 impl HotView {
@@ -96,6 +101,7 @@ impl HotView {
             quantiles: vec![Vec::new(); aggregates.len()],
             aggregates,
             window_size_ms,
+            sessions: false,
             allowed_lateness_ms,
             max_rows,
             state: RwLock::new(ViewState {
@@ -104,6 +110,14 @@ impl HotView {
                 ..ViewState::default()
             }),
         }
+    }
+
+    /// A view of session windows (see [`sessions`](Self::sessions)).
+    #[must_use]
+    pub fn with_sessions(mut self) -> HotView {
+        self.sessions = true;
+        self.state.get_mut().varying_ends = true;
+        self
     }
 
     /// Runs `f` under the read lock.
@@ -140,6 +154,27 @@ impl ViewState {
             .insert(Arc::clone(key), row);
     }
 
+    /// Removes the row of (window `start`, `key`), if held: a session merged into
+    /// another, or whose start moved.
+    pub fn remove(&mut self, start: i64, key: &str) {
+        let Some(keys) = self.windows.get_mut(&start) else {
+            return;
+        };
+        if keys.remove(key).is_none() {
+            return;
+        }
+        self.rows -= 1;
+        if keys.is_empty() {
+            self.windows.remove(&start);
+        }
+        if let Some(starts) = self.keys.get_mut(key) {
+            starts.remove(&start);
+            if starts.is_empty() {
+                self.keys.remove(key);
+            }
+        }
+    }
+
     /// Rows held.
     pub fn rows(&self) -> usize {
         self.rows
@@ -151,7 +186,11 @@ impl ViewState {
     pub fn prune(&mut self, retain_ms: i64, max_rows: usize) {
         let wm = self.watermark;
         while let Some((&start, keys)) = self.windows.first_key_value() {
-            let end = keys.values().next().map_or(start, |r| r.end_ms);
+            let end = if self.varying_ends {
+                keys.values().map(|r| r.end_ms).max().unwrap_or(start)
+            } else {
+                keys.values().next().map_or(start, |r| r.end_ms)
+            };
             let expired = wm != watermark::NONE && end.saturating_add(retain_ms) <= wm;
             // The newest closed window stays: `last_closed` and `top` answer from it.
             let over = !expired

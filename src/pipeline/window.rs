@@ -4,28 +4,51 @@
 //! TUMBLE and HOP are. State is kept per *pane*: the window itself when tumbling, one
 //! slide when hopping, so an event updates one pane however many windows hold it, and a
 //! window's values are the merge of its `size / slide` panes. No IO, no clock.
+//!
+//! Session windows are not aligned: the engine keeps them per key (`engine::session`);
+//! here they only give their bounds (`size_ms` is `max_length`, the longest a session
+//! spans) and the width of the slots their stored cells are grouped by (`pane_ms`).
 
 /// How event times map to windows. Sizes are positive and a hopping size is a multiple of
 /// its slide (the config checks both).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowKind {
-    Tumbling { size_ms: i64 },
-    Hopping { size_ms: i64, slide_ms: i64 },
+    Tumbling {
+        size_ms: i64,
+    },
+    Hopping {
+        size_ms: i64,
+        slide_ms: i64,
+    },
+    /// Per key, events less than `gap_ms` apart share a session `[first event, last
+    /// event + gap)`, at most `max_ms` long (`max_ms >= gap_ms > 0`).
+    Session {
+        gap_ms: i64,
+        max_ms: i64,
+    },
 }
 
 impl WindowKind {
+    /// The length of a window; for sessions the longest one (`max_length`).
     pub fn size_ms(self) -> i64 {
         match self {
             WindowKind::Tumbling { size_ms } | WindowKind::Hopping { size_ms, .. } => size_ms,
+            WindowKind::Session { max_ms, .. } => max_ms,
         }
     }
 
-    /// The width of a pane: the stride between window starts.
+    /// The width of a pane: the stride between window starts. For sessions, the width of
+    /// the slots of session starts their stored cells are grouped by (the gap).
     pub fn pane_ms(self) -> i64 {
         match self {
             WindowKind::Tumbling { size_ms } => size_ms,
             WindowKind::Hopping { slide_ms, .. } => slide_ms,
+            WindowKind::Session { gap_ms, .. } => gap_ms,
         }
+    }
+
+    pub fn is_session(self) -> bool {
+        matches!(self, WindowKind::Session { .. })
     }
 
     /// The start of the pane holding `ts_ms` (floor, also before the epoch).
@@ -34,7 +57,8 @@ impl WindowKind {
         ts_ms.div_euclid(pane).saturating_mul(pane)
     }
 
-    /// Starts of the windows holding `ts_ms`, oldest first: `size / pane` of them.
+    /// Starts of the windows holding `ts_ms`, oldest first: `size / pane` of them. Not
+    /// for sessions.
     pub fn window_starts(self, ts_ms: i64) -> impl Iterator<Item = i64> {
         let pane = self.pane_ms();
         let last = self.pane_of(ts_ms);

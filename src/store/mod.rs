@@ -10,6 +10,11 @@
 //!   states. Grouping keeps a checkpoint of 100,000 changed cells to about
 //!   [`CELL_BUCKETS`] sled inserts per pane instead of 100,000 (sled costs microseconds per
 //!   insert); the price is that a changed cell rewrites its bucket's neighbours;
+//! - `s` + slot (a session start rounded down to the gap, 8 bytes, order-preserving) +
+//!   bucket: session windows' cells, the open sessions starting in that slot whose key
+//!   falls in the bucket, each as key, start, last event, end, then states. A checkpoint
+//!   rewrites a bucket whole from the engine, so a session merged away or closed leaves
+//!   its bucket in the same batch as the rest (an empty bucket is removed);
 //! - `r` + window start (8 bytes, order-preserving) + key: a closed row (end, states,
 //!   then a byte 1 complete / 0 incomplete; a value without it is complete).
 //!
@@ -26,7 +31,7 @@ use std::sync::Arc;
 use codec::{CodecError, Reader, Writer};
 
 use crate::pipeline::aggregate::AggState;
-use crate::pipeline::engine::EngineHead;
+use crate::pipeline::engine::{EngineHead, SessionCell};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -152,6 +157,8 @@ pub struct Restored {
     pub offsets: Vec<i64>,
     pub head: EngineHead,
     pub cells: Vec<(i64, Arc<str>, Vec<AggState>)>,
+    /// Open sessions (session windows).
+    pub sessions: Vec<SessionCell>,
 }
 
 /// A closed row as stored.
@@ -184,6 +191,12 @@ pub struct Checkpoint {
     pub cells: Vec<(i64, u16, Vec<u8>)>,
     /// Cells of panes before this are deleted (`None`: every cell).
     pub oldest_pane: Option<i64>,
+    /// (slot, bucket, encoded sessions) of session buckets with a changed session: every
+    /// open session of the bucket, each as `Writer::bytes(key)`, start, last, end
+    /// (`Writer::i64`), then `Writer::states`; empty: the bucket is removed.
+    pub sessions: Vec<(i64, u16, Vec<u8>)>,
+    /// Session buckets of slots before this are deleted (`None`: every one).
+    pub oldest_slot: Option<i64>,
     /// Rows closed since the last checkpoint.
     pub rows: Vec<RowWrite>,
     /// Rows of windows starting before this are deleted.
@@ -240,10 +253,22 @@ impl PipelineStore {
                 cells.push((pane, key, r.states()?));
             }
         }
+        let mut sessions = Vec::new();
+        let prefix = self.key(b's', None, &[]);
+        for item in self.tree.scan_prefix(&prefix) {
+            let (_, v) = item?;
+            let mut r = Reader(&v);
+            while !r.0.is_empty() {
+                let key = Arc::from(r.str()?);
+                let (start, last, end) = (r.i64()?, r.i64()?, r.i64()?);
+                sessions.push((key, start, last, end, r.states()?));
+            }
+        }
         Ok(Some(Restored {
             offsets,
             head,
             cells,
+            sessions,
         }))
     }
 
@@ -292,6 +317,36 @@ impl PipelineStore {
             }
         }
         Ok(out)
+    }
+
+    /// `key`'s closed rows starting in `[oldest, newest]`, newest first, at most `n`, by a
+    /// scan of every key's rows there; `None` if that takes more than `scan_max` rows
+    /// (session windows, whose starts are not aligned).
+    pub fn key_rows_scan(
+        &self,
+        key: &str,
+        oldest: i64,
+        newest: i64,
+        n: usize,
+        scan_max: usize,
+    ) -> Result<Option<Vec<StoredRow>>, StoreError> {
+        let from = self.key(b'r', Some(oldest), &[]);
+        let to = self.key(b'r', Some(newest.saturating_add(1)), &[]);
+        let prefix_len = self.prefix.len() + 1;
+        let mut out = Vec::new();
+        for (scanned, item) in self.tree.range(from..to).rev().enumerate() {
+            if out.len() >= n {
+                break;
+            }
+            if scanned >= scan_max {
+                return Ok(None);
+            }
+            let (k, v) = item?;
+            if k.get(prefix_len + 8..) == Some(key.as_bytes()) {
+                out.push(Self::decode_row(&k[prefix_len..], &v)?);
+            }
+        }
+        Ok(Some(out))
     }
 
     /// A row from its key (after the `r` kind byte) and value.
@@ -356,6 +411,22 @@ impl PipelineStore {
                 self.key(b'c', Some(*pane), &bucket.to_be_bytes()),
                 cells.as_slice(),
             );
+        }
+        let sessions_from = self.key(b's', None, &[]);
+        let sessions_to = match c.oldest_slot {
+            Some(p) => self.key(b's', Some(p), &[]),
+            None => self.key(b't', None, &[]),
+        };
+        for k in self.tree.range(sessions_from..sessions_to).keys() {
+            batch.remove(k?);
+        }
+        for (slot, bucket, sessions) in &c.sessions {
+            let k = self.key(b's', Some(*slot), &bucket.to_be_bytes());
+            if sessions.is_empty() {
+                batch.remove(k);
+            } else {
+                batch.insert(k, sessions.as_slice());
+            }
         }
         if let Some(before) = c.rows_before {
             let from = self.key(b'r', None, &[]);
@@ -445,6 +516,8 @@ mod tests {
                     })
                     .collect(),
                 oldest_pane: oldest,
+                sessions: Vec::new(),
+                oldest_slot: None,
                 rows: vec![RowWrite {
                     start_ms: 0,
                     key: Arc::from("a"),

@@ -1712,3 +1712,140 @@ fn query_paths_decode_keys_and_answer_as_the_router_does() {
     let r = w.get("/a");
     assert_eq!(r.json()["window"]["values"]["count"], 2, "{}", r.body);
 }
+
+/// (start, end, count) of every session of `user`, oldest first, once all are final.
+fn final_sessions(w: &Weir, user: &str, n: usize) -> Vec<(String, String, i64)> {
+    let path = format!("/v1/pipelines/sessions/keys/{user}?windows=1000");
+    let r = poll(w, &path, |r| {
+        r.status == 200
+            && r.json()["windows"]
+                .as_array()
+                .is_some_and(|ws| ws.len() == n && ws.iter().all(|x| x["final"] == true))
+    });
+    let mut out: Vec<(String, String, i64)> = r.json()["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["start"].as_str().unwrap().to_string(),
+                x["end"].as_str().unwrap().to_string(),
+                x["values"]["count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
+/// Epoch ms as the API writes it (RFC 3339 UTC, milliseconds), within the hour of T0.
+fn rfc3339(ms: i64) -> String {
+    let d = ms - T0;
+    assert!((0..3_600_000).contains(&d), "within the hour after T0");
+    format!(
+        "2024-05-01T12:{:02}:{:02}.{:03}Z",
+        d / 60_000,
+        d % 60_000 / 1000,
+        d % 1000
+    )
+}
+
+#[test]
+fn session_windows_per_user_stay_exact_across_kill9_and_a_replay() {
+    let config = SEED
+        .replace(
+            "group_by = [\"/payload/page_id\"]\nwindow = { kind = \"tumbling\", size = \"1m\" }",
+            "group_by = [\"/payload/user_id\"]\nwindow = { kind = \"session\", gap = \"10s\", max_length = \"20s\" }",
+        )
+        .replace("name = \"page_views\"", "name = \"sessions\"")
+        .replace("pipeline = \"page_views\"", "pipeline = \"sessions\"")
+        .replace(
+            "allowed_lateness = \"1m\"",
+            "allowed_lateness = \"0s\"\ncheckpoint_interval = \"50ms\"",
+        );
+    assert!(config.contains("kind = \"session\""));
+    let mut w = Weir::start(&config);
+    let users = 12usize;
+    // Per user, (start, last, end, count) in event-time order, the rules in order.
+    let mut want: Vec<Vec<(i64, i64, i64, i64)>> = vec![Vec::new(); users];
+    let (gap, max) = (10_000i64, 20_000i64);
+    let mut lines = Vec::new();
+    for i in 0..20_000i64 {
+        let ms = T0 + i * 100;
+        let u = (i % users as i64) as usize;
+        // Each user pauses 15 s (more than the gap) out of every 40 s.
+        if ((ms - T0) / 1000 + u as i64 * 3) % 40 >= 25 {
+            continue;
+        }
+        let s = want[u].last_mut().filter(|s| ms < s.2);
+        match s {
+            Some(s) => {
+                s.1 = ms;
+                s.2 = (ms + gap).min(s.0 + max);
+                s.3 += 1;
+            }
+            None => want[u].push((ms, ms, ms + gap, 1)),
+        }
+        lines.push(format!(
+            r#"{{"user_id":"u{u}","page_id":"p{}","timestamp":{ms}}}"#,
+            i % 7
+        ));
+    }
+    for (i, chunk) in lines.chunks(500).enumerate() {
+        let r = w.post("/click", &chunk.join("\n"));
+        assert_eq!(r.status, 200, "{}", r.body);
+        if i == lines.len() / 1000 {
+            w.kill9();
+            w.restart();
+            assert!(
+                w.log_text()
+                    .contains("pipeline restored from its checkpoint"),
+                "{}",
+                w.log_text()
+            );
+        }
+    }
+    let closing: Vec<String> = (0..20)
+        .map(|i| {
+            format!(r#"{{"user_id":"w{i}","page_id":"end","timestamp":"2024-05-01 12:50:00"}}"#)
+        })
+        .collect();
+    assert_eq!(w.post("/click", &closing.join("\n")).status, 200);
+    let want: Vec<Vec<(String, String, i64)>> = want
+        .iter()
+        .map(|ss| {
+            ss.iter()
+                .map(|s| (rfc3339(s.0), rfc3339(s.2), s.3))
+                .collect()
+        })
+        .collect();
+    assert!(want[0].len() > 10, "{:?}", want[0]);
+    assert!(
+        want[0]
+            .iter()
+            .any(|s| s.2 > 1 && s.1 == rfc3339(T0 + 20_000)),
+        "max_length splits a session: {:?}",
+        want[0]
+    );
+    for (u, sessions) in want.iter().enumerate() {
+        assert_eq!(
+            &final_sessions(&w, &format!("u{u}"), sessions.len()),
+            sessions,
+            "u{u}"
+        );
+    }
+    let r = w.get("/v1/pipelines/sessions/top");
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    // Without its store the pipeline replays the log and gets the same sessions.
+    w.stop();
+    std::fs::remove_dir_all(w.data_dir().join("store")).unwrap();
+    w.restart();
+    for (u, sessions) in want.iter().enumerate() {
+        assert_eq!(
+            &final_sessions(&w, &format!("u{u}"), sessions.len()),
+            sessions,
+            "u{u}"
+        );
+    }
+}

@@ -523,3 +523,415 @@ fn beyond_max_cells_an_event_is_refused_and_its_windows_turn_incomplete() {
         3
     );
 }
+
+/// A naive model of session windows: every session keeps its events, found by linear
+/// scans, values recomputed from the events; the rules of `session` written plainly.
+/// With no effective `max_length`, the open sessions are also checked against the
+/// connected components of the open events' own windows `[t, t + gap)`, recomputed from
+/// scratch: merging does not depend on arrival order.
+/// (start, last, end, events) of an open session of the model.
+type ModelSession = (i64, i64, i64, Vec<(Position, String)>);
+/// (start, last, end, states) of a stored session.
+type StoredSession = (i64, i64, i64, Vec<AggState>);
+
+struct SessionModel {
+    spec: Spec,
+    gap: i64,
+    max: i64,
+    history: Vec<(u32, i64, Vec<i64>)>,
+    watermark: i64,
+    /// Key -> open sessions (start, last, end, events), in no particular order.
+    open: BTreeMap<String, Vec<ModelSession>>,
+    /// (start, key) -> (end, values).
+    closed: BTreeMap<(i64, String), (i64, String)>,
+    /// Offset of the next batch's first record (offsets unique, so first/last have no
+    /// ties).
+    base: i64,
+}
+
+impl SessionModel {
+    fn values(&self, events: &[(Position, String)]) -> String {
+        let mut states: Vec<AggState> = self
+            .spec
+            .aggregates
+            .iter()
+            .map(|a| AggState::new(a.func))
+            .collect();
+        for (pos, envelope) in events {
+            for (agg, state) in self.spec.aggregates.iter().zip(states.iter_mut()) {
+                let value = agg
+                    .field
+                    .as_ref()
+                    .and_then(|p| json::pointer_get(envelope, p).ok().flatten());
+                state.update(value, *pos, agg.field.is_some());
+            }
+        }
+        values_json(&states)
+    }
+
+    fn batch(&mut self, b: &Batch) -> Vec<Taken> {
+        let (gap, max, lateness) = (self.gap, self.max, self.spec.allowed_lateness_ms);
+        let mut taken = Vec::new();
+        let mut times = Vec::new();
+        for (r, i) in b.records.iter().zip(0i64..) {
+            let t = match self.spec.time {
+                TimeMode::Event => r.event_ms,
+                TimeMode::Ingest => b.append_ms,
+            };
+            if !self.spec.filter.accepts(r.event_type) {
+                taken.push(Taken::Filtered);
+                continue;
+            }
+            let mut key = String::new();
+            if let Err(e) = self.spec.group_by.key_into(&r.envelope, &mut key) {
+                taken.push(Taken::NoKey(e));
+                continue;
+            }
+            times.push(t);
+            if self.watermark != watermark::NONE && t + gap + lateness <= self.watermark {
+                taken.push(Taken::Late);
+                continue;
+            }
+            let pos = Position {
+                ts_ms: t,
+                partition: b.partition,
+                offset: self.base + i,
+            };
+            let event = (pos, r.envelope.clone());
+            let list = self.open.entry(key).or_default();
+            list.sort_by_key(|s| s.0);
+            let cands: Vec<usize> = (0..list.len())
+                .filter(|i| list[*i].0 < t + gap && list[*i].2 > t)
+                .collect();
+            let oldest = cands.iter().map(|i| list[*i].0).chain([t]).min().unwrap();
+            let newest = cands.iter().map(|i| list[*i].1).chain([t]).max().unwrap();
+            if !cands.is_empty() && newest - oldest < max {
+                let mut events = vec![event];
+                for i in cands.iter().rev() {
+                    events.extend(list.remove(*i).3);
+                }
+                let end = (newest + gap).min(oldest + max);
+                list.push((oldest, newest, end, events));
+            } else if let Some(i) = cands
+                .iter()
+                .copied()
+                .find(|i| list[*i].0 <= t && t < list[*i].2)
+            {
+                let s = &mut list[i];
+                s.1 = s.1.max(t);
+                s.2 = (s.1 + gap).min(s.0 + max);
+                s.3.push(event);
+            } else {
+                list.push((t, t, t + gap.min(max), vec![event]));
+            }
+            taken.push(Taken::Counted(1));
+        }
+        self.history.push((b.partition, b.append_ms, times));
+        let m = Model {
+            spec: self.spec.clone(),
+            history: std::mem::take(&mut self.history),
+            watermark: self.watermark,
+            counted: Vec::new(),
+            closed: BTreeMap::new(),
+            closed_windows: BTreeSet::new(),
+        };
+        self.watermark = m.watermark_now();
+        self.history = m.history;
+        let wm = self.watermark;
+        let mut closing = Vec::new();
+        for (key, list) in &mut self.open {
+            let (gone, stay): (Vec<_>, Vec<_>) = std::mem::take(list)
+                .into_iter()
+                .partition(|s| wm != watermark::NONE && s.2 + lateness <= wm);
+            *list = stay;
+            closing.extend(gone.into_iter().map(|s| (key.clone(), s)));
+        }
+        self.open.retain(|_, l| !l.is_empty());
+        for (key, (start, _, end, events)) in closing {
+            let v = self.values(&events);
+            assert!(
+                self.closed.insert((start, key), (end, v)).is_none(),
+                "two sessions of a key share a start"
+            );
+        }
+        taken
+    }
+
+    /// Open sessions as the components of the open events' windows, recomputed.
+    fn components(&self, key: &str) -> Vec<(i64, i64)> {
+        let mut ts: Vec<i64> = self.open[key]
+            .iter()
+            .flat_map(|s| s.3.iter().map(|(p, _)| p.ts_ms))
+            .collect();
+        ts.sort_unstable();
+        let mut out: Vec<(i64, i64)> = Vec::new();
+        for t in ts {
+            match out.last_mut() {
+                Some((_, last)) if t < *last + self.gap => *last = (*last).max(t),
+                _ => out.push((t, t)),
+            }
+        }
+        out
+    }
+}
+
+fn session_kind() -> impl Strategy<Value = WindowKind> {
+    (1i64..20, prop_oneof![Just(None), (0i64..40).prop_map(Some)]).prop_map(|(gap_ms, extra)| {
+        WindowKind::Session {
+            gap_ms,
+            max_ms: extra.map_or(1_000_000, |e| gap_ms + e),
+        }
+    })
+}
+
+/// The engine's open sessions: key -> (start, last, end, values).
+fn engine_sessions(e: &Engine) -> BTreeMap<(String, i64), (i64, i64, String)> {
+    e.sessions
+        .iter()
+        .flat_map(|(k, list)| {
+            list.iter().map(move |s| {
+                (
+                    (k.to_string(), s.start),
+                    (s.last, s.end, values_json(&s.states)),
+                )
+            })
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Sessions against the naive model: what each event became, the watermark, the
+    /// closed rows, the open sessions; the rows a view applying `take_removed`,
+    /// `take_changed_rows` and `take_closed` after every batch holds; and an engine
+    /// restored from what checkpoints after every batch stored (bucket rewrites per
+    /// slot) holds the same open sessions.
+    #[test]
+    fn sessions_equal_the_naive_model(
+        window in session_kind(),
+        ingest_time in any::<bool>(),
+        ooo in 0i64..20,
+        idle in 0i64..40,
+        lateness in 0i64..20,
+        parts in 1u32..4,
+        input in (1u32..4).prop_flat_map(batches),
+    ) {
+        let WindowKind::Session { gap_ms, max_ms } = window else { unreachable!() };
+        let time = if ingest_time { TimeMode::Ingest } else { TimeMode::Event };
+        let input: Vec<Batch> = input.into_iter().map(|mut b| { b.partition %= parts; b }).collect();
+        let s = spec(window, time, ooo, idle, lateness, parts as usize);
+        let mut engine = Engine::new(s.clone());
+        let mut model = SessionModel {
+            spec: s.clone(),
+            gap: gap_ms,
+            max: max_ms,
+            history: Vec::new(),
+            watermark: watermark::NONE,
+            open: BTreeMap::new(),
+            closed: BTreeMap::new(),
+            base: 0,
+        };
+        let mut engine_closed = BTreeMap::new();
+        // (start, key) -> (end, values, closed): what a view holds.
+        let mut view: BTreeMap<(i64, String), (i64, String, bool)> = BTreeMap::new();
+        // (slot, key) -> stored sessions (start, last, end, states).
+        let mut stored: BTreeMap<(i64, String), Vec<StoredSession>> = BTreeMap::new();
+        for b in &input {
+            let mut got = Vec::new();
+            let base = model.base;
+            let inputs = b.records.iter().zip(0i64..).map(|(r, i)| Input {
+                offset: base + i,
+                event_ms: r.event_ms,
+                event_type: r.event_type,
+                envelope: &r.envelope,
+            });
+            engine.process_batch(b.partition, b.append_ms, inputs, |_, t| got.push(t.clone()));
+            let want = model.batch(b);
+            model.base += 100;
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(engine.watermark(), model.watermark);
+            for (start, key) in engine.take_removed() {
+                view.remove(&(start, key.to_string()));
+            }
+            engine.take_changed_rows(|start, end, key, values, _| {
+                view.insert((start, key.to_string()), (end, values_json(&values), false));
+            });
+            for row in engine.take_closed() {
+                let k = (row.start_ms, row.key.to_string());
+                let v = (row.end_ms, values_json(&row.values));
+                view.insert(k.clone(), (v.0, v.1.clone(), true));
+                prop_assert!(engine_closed.insert(k, v).is_none(), "a session closed twice");
+            }
+            let mut touched = Vec::new();
+            engine.take_unsaved(|slot, key, _| touched.push((slot, Arc::clone(key))));
+            for (slot, key) in touched {
+                let mut now = Vec::new();
+                engine.slot_sessions(slot, |k, start, last, end, states| {
+                    if k == &key {
+                        now.push((start, last, end, states.to_vec()));
+                    }
+                });
+                stored.insert((slot, key.to_string()), now);
+            }
+            let mut want_view = BTreeMap::new();
+            for ((start, key), (end, v)) in &model.closed {
+                want_view.insert((*start, key.clone()), (*end, v.clone(), true));
+            }
+            for (key, list) in &model.open {
+                for (start, _, end, events) in list {
+                    want_view.insert((*start, key.clone()), (*end, model.values(events), false));
+                }
+            }
+            prop_assert_eq!(&view, &want_view);
+            if max_ms >= 1_000_000 {
+                for key in model.open.keys() {
+                    let mut mine: Vec<(i64, i64)> = model.open[key].iter().map(|s| (s.0, s.1)).collect();
+                    mine.sort_unstable();
+                    prop_assert_eq!(mine, model.components(key), "key {}", key);
+                }
+            }
+        }
+        let want_closed: BTreeMap<_, _> = model.closed.clone();
+        prop_assert_eq!(&engine_closed, &want_closed);
+        let mut want_open = BTreeMap::new();
+        for (key, list) in &model.open {
+            for (start, last, end, events) in list {
+                want_open.insert((key.clone(), *start), (*last, *end, model.values(events)));
+            }
+        }
+        prop_assert_eq!(&engine_sessions(&engine), &want_open);
+        prop_assert_eq!(engine.cells(), want_open.len());
+        let mut restored = Engine::restore(s, engine.head(), Vec::new());
+        for ((_, key), list) in stored {
+            for (start, last, end, states) in list {
+                restored.restore_session((Arc::from(key.as_str()), start, last, end, states));
+            }
+        }
+        prop_assert_eq!(engine_sessions(&restored), engine_sessions(&engine));
+    }
+}
+
+fn session_engine(gap_ms: i64, max_ms: i64, lateness: i64) -> Engine {
+    Engine::new(spec(
+        WindowKind::Session { gap_ms, max_ms },
+        TimeMode::Event,
+        0,
+        1000,
+        lateness,
+        1,
+    ))
+}
+
+/// Feeds one event of key `k` at `ts` as its own batch; returns what became of it.
+fn feed_one(e: &mut Engine, offset: i64, ts: i64, k: &str) -> Taken {
+    let env = format!(r#"{{"payload":{{"k":"{k}","v":1}}}}"#);
+    let mut out = None;
+    let input = Input {
+        offset,
+        event_ms: ts,
+        event_type: "a.x",
+        envelope: &env,
+    };
+    e.process_batch(0, offset, [input], |_, t| out = Some(t.clone()));
+    out.unwrap()
+}
+
+fn spans(e: &Engine, k: &str) -> Vec<(i64, i64)> {
+    e.sessions
+        .get(k)
+        .map(|l| l.iter().map(|s| (s.start, s.end)).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_event_within_gap_extends_a_session_and_one_before_moves_its_start() {
+    let mut e = session_engine(10, 1000, 100);
+    feed_one(&mut e, 1, 100, "a");
+    feed_one(&mut e, 2, 105, "a");
+    assert_eq!(spans(&e, "a"), [(100, 115)]);
+    feed_one(&mut e, 3, 115, "a");
+    assert_eq!(spans(&e, "a"), [(100, 115), (115, 125)], "end is exclusive");
+    e.take_changed(|_, _, _| {});
+    feed_one(&mut e, 4, 95, "b");
+    feed_one(&mut e, 5, 92, "a");
+    assert_eq!(spans(&e, "a"), [(92, 115), (115, 125)]);
+    let removed: Vec<i64> = e.take_removed().iter().map(|r| r.0).collect();
+    assert_eq!(removed, [100], "the row at the old start leaves the view");
+}
+
+#[test]
+fn an_event_bridging_two_sessions_merges_them() {
+    let mut e = session_engine(10, 1000, 100);
+    feed_one(&mut e, 1, 100, "a");
+    feed_one(&mut e, 2, 115, "a");
+    assert_eq!(spans(&e, "a"), [(100, 110), (115, 125)]);
+    assert_eq!(feed_one(&mut e, 3, 108, "a"), Taken::Counted(1));
+    assert_eq!(spans(&e, "a"), [(100, 125)]);
+    assert_eq!(e.cells(), 1);
+    assert_eq!(
+        e.window_values("a", 100).map(|v| values_json(&v)),
+        Some(r#"3 3 1 1 1.0 1 1 1 {"p50":1.0,"p90":1.0,"p99":1.0} "#.into())
+    );
+    let removed: Vec<i64> = e.take_removed().iter().map(|r| r.0).collect();
+    assert_eq!(removed, [115]);
+    let mut slots = Vec::new();
+    e.take_unsaved(|slot, _, _| slots.push(slot));
+    assert!(
+        slots.contains(&110),
+        "the merged-away cell's bucket is rewritten"
+    );
+}
+
+#[test]
+fn a_closed_session_never_merges_the_event_opens_a_new_one() {
+    let mut e = session_engine(10, 1000, 0);
+    feed_one(&mut e, 1, 100, "a");
+    feed_one(&mut e, 2, 111, "b");
+    let closed = e.take_closed();
+    assert_eq!(
+        closed
+            .iter()
+            .map(|c| (c.start_ms, c.end_ms))
+            .collect::<Vec<_>>(),
+        [(100, 110)]
+    );
+    // 105 would have joined [100, 110): its own window [105, 115) is open.
+    assert_eq!(feed_one(&mut e, 3, 105, "a"), Taken::Counted(1));
+    assert_eq!(spans(&e, "a"), [(105, 115)]);
+    // 101's own window [101, 111) is closed: late, though it touches an open session.
+    assert_eq!(feed_one(&mut e, 4, 101, "a"), Taken::Late);
+    assert_eq!(spans(&e, "a"), [(105, 115)]);
+}
+
+#[test]
+fn max_length_bounds_a_key_that_never_pauses() {
+    let mut e = session_engine(10, 30, 0);
+    for (i, ts) in (100..160).step_by(5).enumerate() {
+        feed_one(&mut e, i64::try_from(i).unwrap(), ts, "a");
+    }
+    let closed: Vec<(i64, i64)> = e
+        .take_closed()
+        .iter()
+        .map(|c| (c.start_ms, c.end_ms))
+        .collect();
+    assert_eq!(closed, [(100, 130)], "30 long; 130 opened the next");
+    assert_eq!(spans(&e, "a"), [(130, 160)]);
+    // Out of order: joining [130, 160) from 125 would make it 35 long, and 125 lies in
+    // no open session: it opens its own. A span of exactly max_length does not fit.
+    let mut e = session_engine(10, 30, 100);
+    for (i, ts) in [130, 138, 146, 155].into_iter().enumerate() {
+        feed_one(&mut e, i64::try_from(i).unwrap(), ts, "a");
+    }
+    assert_eq!(spans(&e, "a"), [(130, 160)]);
+    feed_one(&mut e, 5, 125, "a");
+    assert_eq!(spans(&e, "a"), [(125, 135), (130, 160)]);
+    let mut e = session_engine(10, 30, 100);
+    for (i, ts) in [130, 138, 146, 150].into_iter().enumerate() {
+        feed_one(&mut e, i64::try_from(i).unwrap(), ts, "a");
+    }
+    feed_one(&mut e, 5, 120, "a");
+    assert_eq!(spans(&e, "a"), [(120, 130), (130, 160)]);
+    feed_one(&mut e, 4, 121, "a");
+    assert_eq!(spans(&e, "a"), [(120, 131), (130, 160)]);
+}
