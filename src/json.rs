@@ -457,6 +457,26 @@ mod sse2 {
         let control = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
         _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)).cast_unsigned()
     }
+
+    /// (bit i set: byte i is a quote, bit i set: byte i is a backslash).
+    #[inline]
+    pub fn quotes_and_backslashes(block: &[u8; 16]) -> (u32, u32) {
+        // SAFETY: SSE2 is part of the x86_64 baseline; every x86_64 CPU has it.
+        unsafe { quotes_and_backslashes_sse2(block) }
+    }
+
+    #[target_feature(enable = "sse2")]
+    fn quotes_and_backslashes_sse2(block: &[u8; 16]) -> (u32, u32) {
+        let (lo, hi) = block.split_at(8);
+        let word = |b: &[u8]| i64::from_le_bytes(b.try_into().unwrap_or_default());
+        let v = _mm_set_epi64x(word(hi), word(lo));
+        let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"'.cast_signed()));
+        let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\'.cast_signed()));
+        (
+            _mm_movemask_epi8(quote).cast_unsigned(),
+            _mm_movemask_epi8(backslash).cast_unsigned(),
+        )
+    }
 }
 
 /// Checks that `text` is exactly one JSON value (surrounding whitespace allowed).
@@ -557,6 +577,170 @@ pub fn pointer_get_tokens<'a>(
     let start = s.pos;
     s.skip_value(0)?;
     Ok(Some(&json[start..s.pos]))
+}
+
+/// Longest text [`pointer_get_quick`] takes: its quote index lives on the stack.
+pub const QUICK_LEN_MAX: usize = 1024;
+
+/// Where the quotes of a text without backslashes are: bit `i % 64` of word `i / 64` is
+/// set when byte `i` is `"`. Without backslashes every quote opens or closes a string,
+/// so the closing quote of a string is simply the next quote.
+struct Quotes {
+    words: [u64; QUICK_LEN_MAX / 64],
+    len: usize,
+}
+
+impl Quotes {
+    /// `None` when the text is too long or has a backslash anywhere.
+    #[inline]
+    fn new(b: &[u8]) -> Option<Quotes> {
+        if b.len() > QUICK_LEN_MAX {
+            return None;
+        }
+        let mut q = Quotes {
+            words: [0; QUICK_LEN_MAX / 64],
+            len: b.len(),
+        };
+        let mut backslashes = 0u64;
+        let mut at = 0;
+        #[cfg(target_arch = "x86_64")]
+        while let Some(chunk) = b.get(at..at + 16) {
+            let mut block = [0; 16];
+            block.copy_from_slice(chunk);
+            let (quotes, slashes) = sse2::quotes_and_backslashes(&block);
+            q.words[at / 64] |= u64::from(quotes) << (at % 64);
+            backslashes |= u64::from(slashes);
+            at += 16;
+        }
+        for (i, &c) in b.iter().enumerate().skip(at) {
+            q.words[i / 64] |= u64::from(c == b'"') << (i % 64);
+            backslashes |= u64::from(c == b'\\');
+        }
+        (backslashes == 0).then_some(q)
+    }
+
+    /// The first quote at or after `from`.
+    #[inline]
+    fn next(&self, from: usize) -> Option<usize> {
+        let mut w = from / 64;
+        let mut bits = *self.words.get(w)? & (!0u64 << (from % 64));
+        loop {
+            if bits != 0 {
+                let at = w * 64 + bits.trailing_zeros() as usize;
+                return (at < self.len).then_some(at);
+            }
+            w += 1;
+            if w * 64 >= self.len {
+                return None;
+            }
+            bits = self.words[w];
+        }
+    }
+}
+
+#[inline]
+fn skip_ws_at(b: &[u8], mut pos: usize) -> usize {
+    while b.get(pos).is_some_and(|&c| is_ws(c)) {
+        pos += 1;
+    }
+    pos
+}
+
+/// Past the value at `pos` of valid JSON without backslashes; `None` if unsure.
+fn skip_quick(b: &[u8], q: &Quotes, pos: usize) -> Option<usize> {
+    match *b.get(pos)? {
+        b'"' => Some(q.next(pos + 1)? + 1),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = pos;
+            loop {
+                match *b.get(i)? {
+                    b'"' => i = q.next(i + 1)?,
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        // A number or a literal ends at whatever may follow a value.
+        _ => {
+            let mut i = pos;
+            while b
+                .get(i)
+                .is_some_and(|&c| !matches!(c, b',' | b'}' | b']') && !is_ws(c))
+            {
+                i += 1;
+            }
+            Some(i)
+        }
+    }
+}
+
+/// [`pointer_get_tokens`] for the common case of the pipeline hot path: a pointer
+/// through objects to a string, in text (the stored envelopes) without backslashes.
+/// No validation: for **valid JSON** it gives `Some(answer)` equal to the scanner's
+/// answer, or `None` when it is unsure (the text is longer than [`QUICK_LEN_MAX`] or has
+/// a backslash anywhere, a step meets an array, the value is not a string); then the
+/// caller asks the scanner. On text that is not JSON it may answer where the scanner
+/// reports an error: callers use it on text known to be JSON.
+///
+/// Why it is exact: without backslashes no key needs decoding (its raw bytes are its
+/// text) and every quote opens or closes a string, so the closing quote of a string is
+/// the next quote, found with one bit scan in an index built sixteen bytes at a time.
+/// Members are walked in order like the scanner walks them, so with duplicate keys the
+/// first still wins, and a key's name inside a string value or in a nested object is
+/// never taken for a member of the object at the step.
+#[inline]
+pub fn pointer_get_quick<'a>(json: &'a str, tokens: &[String]) -> Option<Option<&'a str>> {
+    let b = json.as_bytes();
+    let q = Quotes::new(b)?;
+    let mut pos = skip_ws_at(b, 0);
+    'tokens: for token in tokens {
+        match *b.get(pos)? {
+            b'{' => {}
+            // An array step takes an index: the scanner's job.
+            b'[' => return None,
+            // A scalar has no members.
+            _ => return Some(None),
+        }
+        pos = skip_ws_at(b, pos + 1);
+        if *b.get(pos)? == b'}' {
+            return Some(None);
+        }
+        loop {
+            if *b.get(pos)? != b'"' {
+                return None;
+            }
+            let end = q.next(pos + 1)?;
+            let key = &b[pos + 1..end];
+            pos = skip_ws_at(b, end + 1);
+            if *b.get(pos)? != b':' {
+                return None;
+            }
+            pos = skip_ws_at(b, pos + 1);
+            if key == token.as_bytes() {
+                continue 'tokens;
+            }
+            pos = skip_ws_at(b, skip_quick(b, &q, pos)?);
+            match *b.get(pos)? {
+                b',' => pos = skip_ws_at(b, pos + 1),
+                b'}' => return Some(None),
+                _ => return None,
+            }
+        }
+    }
+    if *b.get(pos)? != b'"' {
+        return None;
+    }
+    let end = q.next(pos + 1)?;
+    // Quotes are ASCII: both ends are character boundaries.
+    json.get(pos..=end).map(Some)
 }
 
 /// An RFC 6901 array index: `0`, or digits without a leading zero.
@@ -809,9 +993,17 @@ mod tests {
             prop_assert!(validate(&text).is_ok());
             let mut ptrs = Vec::new();
             pointers(&v, String::new(), &mut ptrs);
+            let compact = v.to_string();
             for p in ptrs {
                 let ptr = JsonPointer::parse(&p).unwrap();
                 let got = pointer_get(&text, &ptr).unwrap();
+                // The quick walk, where it is sure, says what the scanner says, on
+                // pretty, odd and compact text.
+                for t in [&text, &compact] {
+                    if let Some(quick) = pointer_get_quick(t, ptr.tokens()) {
+                        prop_assert_eq!(quick, pointer_get(t, &ptr).unwrap(), "pointer {:?} in {}", p, t);
+                    }
+                }
                 let got = got.map(|raw| serde_json::from_str::<Value>(raw).unwrap());
                 prop_assert_eq!(got.as_ref(), v.pointer(&p), "pointer {:?} in {}", p, text);
             }
@@ -857,6 +1049,147 @@ mod tests {
                 _ => prop_assert!(false, "{:?} ours {:?} serde {:?}", text, ours, theirs.map(|_| ())),
             }
         }
+    }
+
+    /// Envelope-shaped objects whose members may hide the key (`page_id`) inside string
+    /// values, in nested objects and arrays, under escapes, or twice.
+    fn arb_envelope() -> impl Strategy<Value = String> {
+        let filler = prop_oneof![
+            Just(r#""page_id""#.to_string()),
+            Just(r#""x\"page_id\":\"no""#.to_string()),
+            Just(r#""\"page_id\":\"no\"""#.to_string()),
+            Just(r#"{"page_id":"nested"}"#.to_string()),
+            Just(r#"[{"page_id":"in-array"},"page_id"]"#.to_string()),
+            Just(r#"{"payload":{"page_id":"deeper"}}"#.to_string()),
+            Just("-12.5e3".to_string()),
+            Just("true".to_string()),
+            Just("null".to_string()),
+            Just(r#""caf\u00e9""#.to_string()),
+            Just(r#""é\n""#.to_string()),
+            Just("{ }".to_string()),
+            Just("[ ]".to_string()),
+        ];
+        let key = prop_oneof![
+            Just("page_id"),
+            Just(r"pag\u0065_id"),
+            Just("payload"),
+            Just(r"p\u0061yload"),
+            Just("user_id"),
+            Just(r"a\\"),
+            Just("page_i"),
+            Just("page_idx"),
+        ];
+        let member = (key, filler.clone(), any::<bool>());
+        let value = prop_oneof![
+            Just(r#""page-7""#.to_string()),
+            Just(r#""pa\"ge""#.to_string()),
+            Just(r#""p\u0061ge""#.to_string()),
+            Just("17".to_string()),
+            Just("null".to_string()),
+        ];
+        (
+            prop::collection::vec(member.clone(), 0..4),
+            prop::collection::vec(member, 0..4),
+            value,
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(before, inner, value, put_key, spaced)| {
+                let sep = if spaced { " : " } else { ":" };
+                let members = |ms: &[(&str, String, bool)]| -> Vec<String> {
+                    ms.iter()
+                        .map(|(k, v, _)| format!(r#""{k}"{sep}{v}"#))
+                        .collect()
+                };
+                let mut payload = members(&inner);
+                if put_key {
+                    let at = inner.iter().filter(|m| m.2).count().min(payload.len());
+                    payload.insert(at, format!(r#""page_id"{sep}{value}"#));
+                }
+                let mut top = members(&before);
+                top.push(format!(r#""payload"{sep}{{{}}}"#, payload.join(",")));
+                format!("{{{}}}", top.join(if spaced { " , " } else { "," }))
+            })
+    }
+
+    proptest! {
+        /// On envelope-shaped text the quick walk agrees with the scanner whenever it
+        /// answers, and it answers on the plain (backslash-free) ones.
+        #[test]
+        fn quick_walk_matches_the_scanner_on_envelopes(text in arb_envelope()) {
+            // JSON (serde_json's duplicate keys are last-wins, the scanner's first-wins:
+            // the scanner is checked against serde_json above).
+            prop_assert!(serde_json::from_str::<Value>(&text).is_ok(), "{}", text);
+            for p in ["/payload/page_id", "/payload", "/page_id", "/payload/page_id/x", "/user_id"] {
+                let ptr = JsonPointer::parse(p).unwrap();
+                let slow = pointer_get(&text, &ptr).unwrap();
+                let quick = pointer_get_quick(&text, ptr.tokens());
+                if let Some(quick) = quick {
+                    prop_assert_eq!(quick, slow, "pointer {} in {}", p, text);
+                } else if p == "/payload/page_id" && !text.contains('\\') {
+                    // Unsure only when the value is not a string.
+                    prop_assert!(!slow.is_some_and(|s| s.starts_with('"')), "{}", text);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quick_walk_cases() {
+        fn quick<'a>(doc: &'a str, p: &str) -> Option<Option<&'a str>> {
+            let ptr = JsonPointer::parse(p).unwrap();
+            let q = pointer_get_quick(doc, ptr.tokens());
+            if let Some(q) = q {
+                assert_eq!(q, pointer_get(doc, &ptr).unwrap(), "{p} in {doc}");
+            }
+            q
+        }
+        let p = "/payload/page_id";
+        assert_eq!(
+            quick(
+                r#"{"a":"x","payload":{"user_id":"u-1","page_id":"page-7"}}"#,
+                p
+            ),
+            Some(Some(r#""page-7""#))
+        );
+        // The key's name in a string value, in a nested object, in an array, before.
+        let doc = r#"{"s":"\"page_id\":1","payload":{"page_id":"p"}}"#;
+        assert_eq!(quick(doc, p), None, "a backslash: the scanner's job");
+        let doc = r#"{"s":"payload page_id","o":{"payload":{"page_id":"no"}},"a":[{"page_id":"no"}],"payload":{"n":{"page_id":"no"},"page_id":"yes"}}"#;
+        assert_eq!(quick(doc, p), Some(Some(r#""yes""#)));
+        // Duplicates: the first wins; a later sibling object is not the payload.
+        let doc = r#"{"payload":{"page_id":"first","page_id":"second"},"x":{"page_id":"no"}}"#;
+        assert_eq!(quick(doc, p), Some(Some(r#""first""#)));
+        let doc = r#"{"payload":{"user_id":"u"},"page_id":"no","x":{"page_id":"no"}}"#;
+        assert_eq!(quick(doc, p), Some(None));
+        // An escaped key, whitespace, non-strings, arrays.
+        assert_eq!(quick(r#"{"payload":{"pag\u0065_id":"p"}}"#, p), None);
+        assert_eq!(
+            quick(" {\n\"payload\" : { \"page_id\" :\t\"p\" } } ", p),
+            Some(Some(r#""p""#))
+        );
+        assert_eq!(quick(r#"{"payload":{"page_id":7}}"#, p), None);
+        assert_eq!(quick(r#"{"payload":{"page_id":null}}"#, p), None);
+        assert_eq!(quick(r#"{"payload":[{"page_id":"p"}]}"#, p), None);
+        assert_eq!(quick(r#"{"payload":"page_id"}"#, p), Some(None));
+        assert_eq!(quick(r#"{"payload":{}}"#, p), Some(None));
+        assert_eq!(quick("[1]", p), None);
+        // Multi-byte text around quotes and across the sixteen-byte blocks.
+        for pad in 0..40 {
+            let doc = format!(
+                r#"{{"é{}":"ü{}","payload":{{"page_id":"页-{pad}"}}}}"#,
+                "x".repeat(pad),
+                "y".repeat(pad % 7)
+            );
+            let want = format!(r#""页-{pad}""#);
+            assert_eq!(quick(&doc, p), Some(Some(want.as_str())));
+        }
+        // Too long for the index: the scanner's job.
+        let long = format!(
+            r#"{{"a":"{}","payload":{{"page_id":"p"}}}}"#,
+            "x".repeat(QUICK_LEN_MAX)
+        );
+        assert_eq!(quick(&long, p), None);
     }
 
     #[test]
