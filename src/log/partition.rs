@@ -688,7 +688,6 @@ impl Partition {
             let rel = u32::try_from(offset - a.base_offset).unwrap_or(u32::MAX);
             return Ok(Some(SegmentRead {
                 base_offset: a.base_offset,
-                sealed: false,
                 file: Arc::clone(&a.file),
                 start_position: u64::from(a.index.lookup(rel)),
                 limit,
@@ -762,7 +761,6 @@ impl Partition {
         });
         Ok(Some(SegmentRead {
             base_offset: seg.base_offset,
-            sealed: true,
             file: files.log,
             start_position,
             limit,
@@ -870,8 +868,6 @@ pub type EmitRecord<'a> = dyn FnMut(i64, Option<&[u8]>, &[u8]) + 'a;
 
 struct SegmentRead {
     base_offset: i64,
-    /// Sealed: its bytes never change again (see `BatchReader`).
-    sealed: bool,
     file: Arc<File>,
     start_position: u64,
     limit: u64,
@@ -1125,90 +1121,13 @@ impl Partition {
 
 #[cfg(test)]
 impl Partition {
-    /// Sealed segments whose files are kept open for reads.
-    #[cfg(feature = "fail")]
+    /// Sealed segments in memory, durable or not (tests wait for rounds with it).
     pub(crate) fn inner_read_files_len(&self) -> usize {
         self.inner.lock().read_files.len()
     }
 
-    /// Sealed segments in memory, durable or not (tests wait for rounds with it).
     pub(crate) fn inner_sealed_len(&self) -> usize {
         self.inner.lock().sealed.len()
-    }
-}
-
-/// Bytes of a sealed segment one mapping of a [`BatchReader`] covers at most: what a
-/// reader holds mapped is bounded by this (or by one read, if larger).
-const MAP_WINDOW_BYTES: u64 = 64 << 20;
-
-/// A reader of one partition's batches (a pipeline's source): the batches of its last
-/// [`Partition::read_batches_into`], either copied into its buffer (the active segment)
-/// or in place in a read-only mapping of a sealed segment, which saves the kernel's copy.
-///
-/// No SIGBUS: a mapped page faults with SIGBUS when the file no longer covers it
-/// (truncated) or when reading it from disk fails. Sealed segments are never truncated
-/// (only the active segment is cut, after a failed write, and is never mapped; recovery
-/// cuts before any reader exists), and retention's unlink keeps the mapped file alive.
-/// For read errors the bytes of a read are pinned with `mlock(2)` before any of them is
-/// touched: pinning faults every page in and answers an error instead of a signal, and a
-/// pinned page stays resident, so no later access can fault. The reader holds one read's
-/// bytes pinned (at most `bytes_max`, 256 KiB for a pipeline) and unpins them at its
-/// next read; one mapping of at most 64 MiB (`MAP_WINDOW_BYTES`), unmapped when it moves
-/// on. If pinning fails (`RLIMIT_MEMLOCK`, a read error) the reader copies from then on.
-#[derive(Debug, Default)]
-pub struct BatchReader {
-    buf: Vec<u8>,
-    window: Option<Window>,
-    /// Pinned bytes of `window` (start, end), if the last read is mapped.
-    pinned: Option<(usize, usize)>,
-    /// The last read's batches in `window` when `pinned`.
-    view: (usize, usize),
-    no_pin: bool,
-}
-
-#[derive(Debug)]
-struct Window {
-    base_offset: i64,
-    /// File position of the mapping's first byte.
-    file_start: u64,
-    map: memmap2::Mmap,
-}
-
-impl BatchReader {
-    /// The whole batches of the last read (empty after an error).
-    pub fn bytes(&self) -> &[u8] {
-        match (&self.window, self.pinned) {
-            (Some(w), Some(_)) => &w.map[self.view.0..self.view.1],
-            _ => &self.buf,
-        }
-    }
-
-    /// Unpins the last read's mapped bytes; `bytes` is then the (cleared) buffer.
-    fn release(&mut self) {
-        if let (Some(w), Some((a, b))) = (&self.window, self.pinned.take()) {
-            unpin(&w.map[a..b]);
-            self.buf.clear();
-        }
-    }
-}
-
-impl Drop for BatchReader {
-    fn drop(&mut self) {
-        self.release();
-    }
-}
-
-/// `mlock(2)`: faults the pages of `bytes` in and keeps them resident; false if it
-/// cannot (a read error, `RLIMIT_MEMLOCK`).
-fn pin(bytes: &[u8]) -> bool {
-    // SAFETY: `bytes` is a live mapping of ours; mlock only changes residency.
-    unsafe { libc::mlock(bytes.as_ptr().cast(), bytes.len()) == 0 }
-}
-
-fn unpin(bytes: &[u8]) {
-    // SAFETY: as in `pin`.
-    unsafe {
-        libc::munlock(bytes.as_ptr().cast(), bytes.len());
     }
 }
 
@@ -1259,184 +1178,6 @@ impl Partition {
             out.clear();
             return Ok(from);
         };
-        self.copy_batches(&seg, from, bytes_max, &visible, out)
-    }
-
-    /// [`read_batches`](Self::read_batches) into `reader`: from a sealed segment the
-    /// batches stay in a mapping of it (pinned while the reader holds them, see
-    /// [`BatchReader`]), else they are copied into its buffer.
-    pub fn read_batches_into(
-        &self,
-        from: i64,
-        bytes_max: usize,
-        reader: &mut BatchReader,
-    ) -> Result<i64, ReadError> {
-        reader.release();
-        let visible = self.visible();
-        let start = self.start_offset();
-        if from < start || from > visible.end_offset {
-            reader.buf.clear();
-            return Err(ReadError::OutOfRange {
-                start,
-                end: visible.end_offset,
-            });
-        }
-        if from == visible.end_offset {
-            reader.buf.clear();
-            return Ok(from);
-        }
-        let seg = match self.segment_for(from, &visible) {
-            Ok(Some(seg)) => seg,
-            Ok(None) => {
-                reader.buf.clear();
-                return Ok(from);
-            }
-            Err(e) => {
-                reader.buf.clear();
-                return Err(e);
-            }
-        };
-        if seg.sealed && !reader.no_pin {
-            match self.map_batches(&seg, from, bytes_max, reader) {
-                Ok(Some(next)) => return Ok(next),
-                Ok(None) => {}
-                Err(e) => {
-                    reader.release();
-                    reader.buf.clear();
-                    return Err(e);
-                }
-            }
-        } else {
-            // Off the sealed segments (or unable to pin): nothing of them stays mapped.
-            reader.window = None;
-        }
-        let read = self.copy_batches(&seg, from, bytes_max, &visible, &mut reader.buf);
-        if read.is_err() {
-            reader.buf.clear();
-        }
-        read
-    }
-
-    /// The whole batches of `seg` from `from`, pinned in a mapping of the segment:
-    /// `None` when this read is the copy path's (a first batch larger than `bytes_max`,
-    /// batches before `from` beyond it, or the pages could not be pinned).
-    fn map_batches(
-        &self,
-        seg: &SegmentRead,
-        from: i64,
-        bytes_max: usize,
-        reader: &mut BatchReader,
-    ) -> Result<Option<i64>, ReadError> {
-        let start_pos = seg.start_position;
-        let avail = seg.limit.saturating_sub(start_pos);
-        if avail < batch::BATCH_HEADER_LEN as u64 {
-            return Ok(None);
-        }
-        let want = avail.min(bytes_max.max(batch::BATCH_HEADER_LEN) as u64);
-        let covered = reader.window.as_ref().is_some_and(|w| {
-            w.base_offset == seg.base_offset
-                && w.file_start <= start_pos
-                && start_pos + want <= w.file_start + w.map.len() as u64
-        });
-        if !covered {
-            reader.window = None;
-            let len = (seg.limit - start_pos).min(MAP_WINDOW_BYTES.max(want));
-            let mut options = memmap2::MmapOptions::new();
-            options
-                .offset(start_pos)
-                .len(usize::try_from(len).unwrap_or(usize::MAX));
-            // SAFETY: a sealed segment's bytes never change and its file is never cut
-            // (only the active segment is written or truncated; recovery truncates
-            // before any reader exists); retention unlinks the file, which leaves a
-            // mapping valid. Bytes are only touched once pinned (see `BatchReader`).
-            let map = unsafe { options.map(&*seg.file) }.map_err(ReadError::Io)?;
-            reader.window = Some(Window {
-                base_offset: seg.base_offset,
-                file_start: start_pos,
-                map,
-            });
-        }
-        let Some(w) = reader.window.as_ref() else {
-            return Ok(None);
-        };
-        let at = usize::try_from(start_pos - w.file_start).unwrap_or(usize::MAX);
-        let want = usize::try_from(want).unwrap_or(usize::MAX);
-        let Some(range) = w.map.get(at..at + want) else {
-            return Ok(None);
-        };
-        if !pin(range) {
-            tracing::warn!(topic = %self.topic, partition = self.id,
-                "cannot pin mapped log pages (mlock); this reader copies its reads from now on");
-            reader.no_pin = true;
-            reader.window = None;
-            return Ok(None);
-        }
-        let scanned = self.scan_pinned(seg, from, start_pos, range);
-        reader.pinned = Some((at, at + want));
-        match scanned {
-            Ok(Some((first, end, next))) => {
-                reader.view = (at + first, at + end);
-                Ok(Some(next))
-            }
-            // Nothing whole in the pinned bytes: the copy path reads it.
-            Ok(None) => {
-                reader.release();
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The whole batches at or after `from` in `range` (pinned bytes of `seg` from file
-    /// position `start_pos`), CRC-checked: (start, end, next offset), or `None`.
-    fn scan_pinned(
-        &self,
-        seg: &SegmentRead,
-        from: i64,
-        start_pos: u64,
-        range: &[u8],
-    ) -> Result<Option<(usize, usize, i64)>, ReadError> {
-        let corrupt = |position: u64, e: batch::DecodeError| ReadError::Corrupt {
-            segment: segment::path(&self.dir, seg.base_offset, LOG_EXT),
-            position,
-            detail: e.to_string(),
-        };
-        // Batches wholly before `from` are skipped by their headers, then whole batches
-        // are kept while they lie in the pinned bytes.
-        let mut pos = 0usize;
-        let mut first = None;
-        let mut next = from;
-        while pos + batch::BATCH_HEADER_LEN <= range.len() {
-            let file_at = start_pos + pos as u64;
-            let header = BatchHeader::parse_bounded(&range[pos..], BATCH_BYTES_MAX)
-                .map_err(|e| corrupt(file_at, e))?;
-            let total = header.total_len();
-            if header.base_offset >= seg.end_offset || pos + total > range.len() {
-                break;
-            }
-            if header.last_offset() < from {
-                pos += total;
-                continue;
-            }
-            batch::check_batch(&range[pos..pos + total], BATCH_BYTES_MAX)
-                .map_err(|e| corrupt(file_at, e))?;
-            first.get_or_insert(pos);
-            next = header.next_offset();
-            pos += total;
-        }
-        Ok(first.map(|first| (first, pos, next)))
-    }
-
-    /// The copy path of [`read_batches`](Self::read_batches): one pread of up to
-    /// `bytes_max` into `out`.
-    fn copy_batches(
-        &self,
-        seg: &SegmentRead,
-        from: i64,
-        bytes_max: usize,
-        visible: &Visible,
-        out: &mut Vec<u8>,
-    ) -> Result<i64, ReadError> {
         let corrupt = |position: u64, e: batch::DecodeError| ReadError::Corrupt {
             segment: segment::path(&self.dir, seg.base_offset, LOG_EXT),
             position,
@@ -1550,52 +1291,5 @@ mod read_batches_tests {
             assert!(buf.is_empty());
         }
         assert!(p.read_batches(end + 1, 10, &mut Vec::new()).is_err());
-    }
-
-    /// Reads into a `BatchReader` (sealed segments mapped and pinned, the active one
-    /// copied) return the same bytes as the copying reads, from any start, and a reader
-    /// left behind by retention answers out of range.
-    #[test]
-    fn mapped_reads_return_what_copied_reads_do() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(ManualClock::new(1_000_000));
-        let (log, _) = Log::open(&config(dir.path(), ""), clock).unwrap();
-        let mut end = 0;
-        for i in 0..40 {
-            end = append(&log, 1 + i % 3, 100) + 1;
-        }
-        let p = Arc::clone(&log.topic("t").unwrap().partitions[0]);
-        assert!(p.sealed_segments().0.len() > 3);
-        for from in 0..end {
-            for bytes_max in [1, 300, 700, 1 << 20] {
-                let mut reader = super::BatchReader::default();
-                let mut buf = Vec::new();
-                let mut next = from;
-                let mut seen = Vec::new();
-                while next < end {
-                    let mapped = p.read_batches_into(next, bytes_max, &mut reader).unwrap();
-                    let copied = p.read_batches(next, bytes_max, &mut buf).unwrap();
-                    assert_eq!(mapped, copied, "from {next}, {bytes_max} bytes");
-                    assert_eq!(reader.bytes(), &buf[..], "from {next}, {bytes_max} bytes");
-                    assert!(mapped > next);
-                    for b in batches(reader.bytes()) {
-                        seen.extend(b.records_from(next).map(|r| r.offset));
-                    }
-                    next = mapped;
-                }
-                assert_eq!(seen, (from..end).collect::<Vec<_>>());
-                assert_eq!(
-                    p.read_batches_into(end, bytes_max, &mut reader).unwrap(),
-                    end
-                );
-                assert!(reader.bytes().is_empty());
-            }
-        }
-        // Mapped bytes were pinned: some read of a sealed segment went through a window.
-        let mut reader = super::BatchReader::default();
-        p.read_batches_into(0, 1 << 20, &mut reader).unwrap();
-        assert!(reader.window.is_some() && reader.pinned.is_some());
-        assert!(p.read_batches_into(end + 1, 10, &mut reader).is_err());
-        assert!(reader.bytes().is_empty() && reader.pinned.is_none());
     }
 }

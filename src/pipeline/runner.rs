@@ -51,7 +51,7 @@ use crate::config::{Config, PipelineConfig, PipelineTime, WindowConfig};
 use crate::disk::DiskSpace;
 use crate::log::Log;
 use crate::log::batches::BatchView;
-use crate::log::partition::{BatchReader, Partition, ReadError, Visible};
+use crate::log::partition::{Partition, ReadError, Visible};
 use crate::metrics as m;
 use crate::store::codec::Writer;
 use crate::store::{CELL_BUCKETS, Checkpoint, PipelineStore, RowWrite, Store, cell_bucket};
@@ -351,7 +351,7 @@ struct Source {
     /// Next offset to hand to the engine.
     next: i64,
     /// Whole batches read and not yet taken, from `pos`.
-    reader: BatchReader,
+    buf: Vec<u8>,
     pos: usize,
     /// The batch at `pos`: (append time, base offset, length).
     head: Option<(i64, i64, usize)>,
@@ -382,7 +382,7 @@ impl Source {
             }
             match self
                 .partition
-                .read_batches_into(self.next, READ_CHUNK_BYTES, &mut self.reader)
+                .read_batches(self.next, READ_CHUNK_BYTES, &mut self.buf)
             {
                 Ok(next) => {
                     self.pos = 0;
@@ -419,8 +419,7 @@ impl Source {
 
     fn set_head(&mut self) {
         self.head = self
-            .reader
-            .bytes()
+            .buf
             .get(self.pos..)
             .and_then(BatchView::parse)
             .map(|(v, len)| (v.append_ms, v.base_offset, len));
@@ -580,7 +579,7 @@ impl Task {
                 partition: Arc::clone(p),
                 rx: p.subscribe(),
                 next,
-                reader: BatchReader::default(),
+                buf: Vec::new(),
                 pos: 0,
                 head: None,
                 retry_at: None,
@@ -691,7 +690,7 @@ impl Task {
             return false;
         };
         let s = &mut self.sources[i];
-        let Some((view, len)) = s.reader.bytes().get(s.pos..).and_then(BatchView::parse) else {
+        let Some((view, len)) = s.buf.get(s.pos..).and_then(BatchView::parse) else {
             s.head = None;
             return true;
         };
