@@ -32,7 +32,7 @@ SCRATCH=${SCRATCH_DIR:-/var/tmp}/weir-bench-pipeline; mkdir -p "$SCRATCH"
 # The event files; kept when given (PyFlink's run.sh reads the same names under $DATA).
 EVENTS_DIR=${EVENTS_DIR:-$SCRATCH/events}; mkdir -p "$EVENTS_DIR"
 LOCK=/tmp/bench.lock
-ADDR=127.0.0.1:8094
+ADDR=${ADDR:-127.0.0.1:8094}
 
 cargo build --profile bench --bins -q
 WEIR=target/release/weir

@@ -1121,11 +1121,13 @@ impl Partition {
 
 #[cfg(test)]
 impl Partition {
-    /// Sealed segments in memory, durable or not (tests wait for rounds with it).
+    /// Sealed segments whose files are kept open for reads.
+    #[cfg(feature = "fail")]
     pub(crate) fn inner_read_files_len(&self) -> usize {
         self.inner.lock().read_files.len()
     }
 
+    /// Sealed segments in memory, durable or not (tests wait for rounds with it).
     pub(crate) fn inner_sealed_len(&self) -> usize {
         self.inner.lock().sealed.len()
     }
