@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # benches/pipeline.sh: one pipeline thread rebuilding the seed's Flink job from the log.
-#   RUNS=3 N1=2000000 N2=8000000 benches/pipeline.sh
+#   RUNS=3 N1=8000000 N2=24000000 benches/pipeline.sh   # the defaults: issue #4's method
 #   FLINK=1 benches/pipeline.sh     # also the PyFlink job at parallelism 1, same files
 #   AGG=count_distinct benches/pipeline.sh  # distinct users per page per minute instead
 #   WINDOW=session benches/pipeline.sh  # session windows (gap 30 s) keyed by user instead
@@ -21,7 +21,9 @@
 # Raw outputs in $RESULTS_DIR/pipeline (default /tmp/weir-bench-results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${RUNS:-3}; N1=${N1:-2000000}; N2=${N2:-8000000}; AGG=${AGG:-count}; WINDOW=${WINDOW:-tumbling}
+# Issue #4 names PyFlink's 8M -> 24M marginal rate (../shared/bench/flink/run.sh's
+# steady-state sizes): ~1.4 + 4.3 GB of events and ~2 + 6 GB of log under $SCRATCH.
+RUNS=${RUNS:-3}; N1=${N1:-8000000}; N2=${N2:-24000000}; AGG=${AGG:-count}; WINDOW=${WINDOW:-tumbling}
 case "$AGG" in count|count_distinct) ;; *) echo "AGG is count or count_distinct"; exit 2;; esac
 # ../shared/bench from the main checkout, ../../shared/bench from a worktree under wt/.
 if [ -z "${SHARED:-}" ]; then
@@ -34,7 +36,7 @@ SCRATCH=${SCRATCH_DIR:-/var/tmp}/weir-bench-pipeline; mkdir -p "$SCRATCH"
 # The event files; kept when given (PyFlink's run.sh reads the same names under $DATA).
 EVENTS_DIR=${EVENTS_DIR:-$SCRATCH/events}; mkdir -p "$EVENTS_DIR"
 LOCK=/tmp/bench.lock
-ADDR=127.0.0.1:8094
+ADDR=${ADDR:-127.0.0.1:8094}
 
 cargo build --profile bench --bins -q
 WEIR=target/release/weir
