@@ -6,8 +6,7 @@
 //! closed right then, so what an event joins depends only on the batches before it. The
 //! engine is a pure function of that sequence: no IO, no clock.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use foldhash::HashMap;
 use std::sync::Arc;
@@ -180,7 +179,7 @@ pub struct Engine {
     /// Session windows: (end, start, key) of sessions to close, smallest first; an entry
     /// whose session grew is queued again with its end, one whose session is gone is
     /// skipped.
-    close_queue: BinaryHeap<Reverse<(i64, i64, Arc<str>)>>,
+    close_queue: BTreeSet<(i64, i64, Arc<str>)>,
     /// Session windows: rows (start, key) of sessions merged away or moved since the
     /// last `take_removed`.
     removed: Vec<(i64, Arc<str>)>,
@@ -211,7 +210,7 @@ impl Engine {
             heap_bytes: 0,
             sessions: HashMap::default(),
             slots: BTreeMap::new(),
-            close_queue: BinaryHeap::new(),
+            close_queue: BTreeSet::new(),
             removed: Vec::new(),
             cand_buf: Vec::new(),
         }

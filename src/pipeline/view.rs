@@ -137,21 +137,23 @@ impl ViewState {
         if row.closed {
             self.last_closed_start = Some(self.last_closed_start.map_or(start, |s| s.max(start)));
         }
-        // Mostly an open row again, already indexed: replaced in place.
-        if let Some(old) = self
-            .windows
-            .get_mut(&start)
-            .and_then(|keys| keys.get_mut(key))
-        {
+        // Mostly an open row again, already indexed: replaced in place. One descent of
+        // `windows` either way (a new session mostly has a start of its own).
+        let keys = self.windows.entry(start).or_default();
+        if let Some(old) = keys.get_mut(&**key) {
             *old = row;
             return;
         }
+        keys.insert(Arc::clone(key), row);
         self.rows += 1;
-        self.keys.entry(Arc::clone(key)).or_default().insert(start);
-        self.windows
-            .entry(start)
-            .or_default()
-            .insert(Arc::clone(key), row);
+        match self.keys.get_mut(&**key) {
+            Some(starts) => {
+                starts.insert(start);
+            }
+            None => {
+                self.keys.insert(Arc::clone(key), BTreeSet::from([start]));
+            }
+        }
     }
 
     /// Removes the row of (window `start`, `key`), if held: a session merged into

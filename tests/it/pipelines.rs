@@ -1671,7 +1671,10 @@ fn query_paths_decode_keys_and_answer_as_the_router_does() {
             r.body
         );
     }
-    assert_eq!(count(404, "/v1/pipelines/{name}/keys/{key}") - keys_404, 2.0);
+    assert_eq!(
+        count(404, "/v1/pipelines/{name}/keys/{key}") - keys_404,
+        2.0
+    );
     // Not UTF-8 once decoded: refused by the router's path extractor, as before.
     for path in ["/page/%FF/count", "/v1/pipelines/pages/keys/%FF"] {
         assert_eq!(w.get(path).status, 400, "{path}");

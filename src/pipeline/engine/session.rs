@@ -24,7 +24,6 @@
 //! event time whose own window is open, later than the start of every closed session
 //! of the key (whose end, at least `start + gap`, the watermark passed).
 
-use std::cmp::Reverse;
 use std::sync::Arc;
 
 use super::{Engine, Input, Taint, Taken, update_states};
@@ -168,7 +167,7 @@ impl Engine {
         if moved {
             removed.push(old_start);
             self.close_queue
-                .push(Reverse((end, new_start, Arc::clone(&shared))));
+                .insert((end, new_start, Arc::clone(&shared)));
             self.slot_add(&shared, new_start, 1);
         }
         for start in removed {
@@ -249,8 +248,7 @@ impl Engine {
         };
         self.cells += 1;
         self.slot_add(&shared, ts_ms, 1);
-        self.close_queue
-            .push(Reverse((end, ts_ms, Arc::clone(&shared))));
+        self.close_queue.insert((end, ts_ms, Arc::clone(&shared)));
         self.changed.push((ts_ms, Arc::clone(&shared)));
         self.unsaved.push((self.slot_of(ts_ms), shared));
     }
@@ -321,10 +319,10 @@ impl Engine {
             return;
         }
         let lateness = self.spec.allowed_lateness_ms;
-        while let Some(Reverse((end, _, _))) = self.close_queue.peek()
+        while let Some((end, _, _)) = self.close_queue.first()
             && end.saturating_add(lateness) <= wm
         {
-            let Some(Reverse((end, start, key))) = self.close_queue.pop() else {
+            let Some((end, start, key)) = self.close_queue.pop_first() else {
                 break;
             };
             let Some(list) = self.sessions.get_mut(&key) else {
@@ -337,7 +335,7 @@ impl Engine {
             if list[i].end > end {
                 // It grew since it was queued.
                 let actual = list[i].end;
-                self.close_queue.push(Reverse((actual, start, key)));
+                self.close_queue.insert((actual, start, key));
                 continue;
             }
             let s = list.remove(i);
@@ -412,8 +410,7 @@ impl Engine {
         );
         self.cells += 1;
         self.slot_add(&key, start, 1);
-        self.close_queue
-            .push(Reverse((end, start, Arc::clone(&key))));
+        self.close_queue.insert((end, start, Arc::clone(&key)));
         self.changed.push((start, key));
     }
 }
