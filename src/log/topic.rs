@@ -291,22 +291,47 @@ impl Topic {
     /// failed may be lost, so its ids must stay appendable.
     async fn await_durable(
         &self,
-        mut appended: Appended,
+        appended: Appended,
         batches: Batches,
         ticket: Ticket,
         now_ms: i64,
     ) -> Result<Vec<PartitionRange>, IngestError> {
-        let mut durable = vec![true; appended.offsets.len()];
-        for (r, ok) in appended.offsets.iter().zip(durable.iter_mut()) {
-            if let Err(e) = self.partitions[r.partition as usize]
-                .wait_visible(r.last)
-                .await
-            {
-                *ok = false;
+        let waits = self.wait_durable(&appended).await;
+        self.settle_durable(appended, &batches, waits, ticket, now_ms)
+    }
+
+    /// Waits for each appended batch to be fsynced; Err where its partition was fenced
+    /// first.
+    async fn wait_durable(&self, appended: &Appended) -> Vec<Result<(), AppendError>> {
+        let mut waits = Vec::with_capacity(appended.offsets.len());
+        for r in &appended.offsets {
+            waits.push(
+                self.partitions[r.partition as usize]
+                    .wait_visible(r.last)
+                    .await,
+            );
+        }
+        waits
+    }
+
+    /// [`Self::finish`] once `waits` (from [`Self::wait_durable`]) say which batches are
+    /// durable; the first failure is the request's.
+    fn settle_durable(
+        &self,
+        mut appended: Appended,
+        batches: &Batches,
+        waits: Vec<Result<(), AppendError>>,
+        ticket: Ticket,
+        now_ms: i64,
+    ) -> Result<Vec<PartitionRange>, IngestError> {
+        let mut durable = Vec::with_capacity(waits.len());
+        for w in waits {
+            durable.push(w.is_ok());
+            if let Err(e) = w {
                 appended.failure.get_or_insert(e);
             }
         }
-        Ok(self.finish(appended, &batches, &durable, ticket, now_ms)?)
+        Ok(self.finish(appended, batches, &durable, ticket, now_ms)?)
     }
 
     /// Settles the request's ids (those of durable batches are now in the log) and counts.
@@ -355,21 +380,15 @@ struct DurableWait {
 
 impl DurableWait {
     async fn wait(mut self) -> Result<Vec<PartitionRange>, IngestError> {
-        let ends: Vec<(u32, i64)> = self
-            .pending
-            .as_ref()
-            .map(|(a, ..)| a.offsets.iter().map(|r| (r.partition, r.last)).collect())
-            .unwrap_or_default();
-        // Waiting first (a failure is seen again by `await_durable`, at once).
-        for (p, last) in ends {
-            let _ = self.topic.partitions[p as usize].wait_visible(last).await;
-        }
+        // `pending` stays in place while waiting: dropped here, `Drop` finishes it.
+        let waits = match &self.pending {
+            Some((appended, ..)) => self.topic.wait_durable(appended).await,
+            None => Vec::new(),
+        };
         match self.pending.take() {
-            Some((appended, batches, ticket, now_ms)) => {
-                self.topic
-                    .await_durable(appended, batches, ticket, now_ms)
-                    .await
-            }
+            Some((appended, batches, ticket, now_ms)) => self
+                .topic
+                .settle_durable(appended, &batches, waits, ticket, now_ms),
             None => Ok(Vec::new()),
         }
     }
