@@ -575,6 +575,34 @@ fn final_counts(w: &Weir, pages: usize, minutes: usize) -> Vec<Vec<i64>> {
         .collect()
 }
 
+/// Posts each of `requests` to the seed's `/click`; after the one at `kill_after`,
+/// kill -9 and restart, which must resume from a checkpoint.
+fn post_clicks_killing_after(w: &mut Weir, requests: &[String], kill_after: usize) {
+    for (i, body) in requests.iter().enumerate() {
+        let r = w.post("/click", body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        if i == kill_after {
+            w.kill9();
+            w.restart();
+            assert!(
+                w.log_text()
+                    .contains("pipeline restored from its checkpoint"),
+                "{}",
+                w.log_text()
+            );
+        }
+    }
+}
+
+/// Clicks at `time` from 20 users (spread over the partitions): every partition's
+/// watermark passes the windows before it.
+fn close_clicks_at(w: &Weir, time: &str) {
+    let closing: Vec<String> = (0..20)
+        .map(|i| format!(r#"{{"user_id":"w{i}","page_id":"end","timestamp":"{time}"}}"#))
+        .collect();
+    assert_eq!(w.post("/click", &closing.join("\n")).status, 200);
+}
+
 #[test]
 fn kill9_in_the_middle_of_20000_events_then_counts_are_exact_and_a_replay_agrees() {
     let config = SEED.replace(
@@ -602,27 +630,9 @@ fn kill9_in_the_middle_of_20000_events_then_counts_are_exact_and_a_replay_agrees
                 .join("\n")
         })
         .collect();
-    for (i, body) in requests.iter().enumerate() {
-        let r = w.post("/click", body);
-        assert_eq!(r.status, 200, "{}", r.body);
-        if i == 23 {
-            // Mid-way: the pipeline is behind and has checkpointed part of it.
-            w.kill9();
-            w.restart();
-            assert!(
-                w.log_text()
-                    .contains("pipeline restored from its checkpoint"),
-                "{}",
-                w.log_text()
-            );
-        }
-    }
-    let closing: Vec<String> = (0..20)
-        .map(|i| {
-            format!(r#"{{"user_id":"w{i}","page_id":"end","timestamp":"2024-05-01 12:10:00"}}"#)
-        })
-        .collect();
-    assert_eq!(w.post("/click", &closing.join("\n")).status, 200);
+    // Mid-way: the pipeline is behind and has checkpointed part of it.
+    post_clicks_killing_after(&mut w, &requests, 23);
+    close_clicks_at(&w, "2024-05-01 12:10:00");
     assert_eq!(final_counts(&w, pages, minutes), want);
     assert_eq!(
         w.get("/page/p3/count").json()["count"],
@@ -1796,26 +1806,9 @@ fn session_windows_per_user_stay_exact_across_kill9_and_a_replay() {
             i % 7
         ));
     }
-    for (i, chunk) in lines.chunks(500).enumerate() {
-        let r = w.post("/click", &chunk.join("\n"));
-        assert_eq!(r.status, 200, "{}", r.body);
-        if i == lines.len() / 1000 {
-            w.kill9();
-            w.restart();
-            assert!(
-                w.log_text()
-                    .contains("pipeline restored from its checkpoint"),
-                "{}",
-                w.log_text()
-            );
-        }
-    }
-    let closing: Vec<String> = (0..20)
-        .map(|i| {
-            format!(r#"{{"user_id":"w{i}","page_id":"end","timestamp":"2024-05-01 12:50:00"}}"#)
-        })
-        .collect();
-    assert_eq!(w.post("/click", &closing.join("\n")).status, 200);
+    let requests: Vec<String> = lines.chunks(500).map(|c| c.join("\n")).collect();
+    post_clicks_killing_after(&mut w, &requests, lines.len() / 1000);
+    close_clicks_at(&w, "2024-05-01 12:50:00");
     let want: Vec<Vec<(String, String, i64)>> = want
         .iter()
         .map(|ss| {
