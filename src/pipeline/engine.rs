@@ -822,7 +822,7 @@ fn update_states(
     let mut skipped = 0;
     for (agg, state) in aggregates.iter().zip(states.iter_mut()) {
         let value = match &agg.field {
-            Some(ptr) => json::pointer_get(envelope, ptr).ok().flatten(),
+            Some(ptr) => json::pointer_get_valid(envelope, ptr.tokens()),
             None => None,
         };
         if !state.update(value, pos, agg.field.is_some()) {

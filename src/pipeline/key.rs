@@ -62,8 +62,8 @@ impl GroupBy {
     pub fn key_into(&self, envelope: &str, out: &mut String) -> Result<(), KeyError> {
         out.clear();
         for (i, ptr) in self.pointers.iter().enumerate() {
-            let raw = json::pointer_get(envelope, ptr)
-                .map_err(|e| KeyError::NotJson(e.to_string()))?
+            // Stored envelopes were validated at ingest and are read back under a CRC.
+            let raw = json::pointer_get_valid(envelope, ptr.tokens())
                 .filter(|v| *v != "null")
                 .ok_or_else(|| KeyError::Missing(ptr.as_str().to_string()))?;
             if i > 0 {
@@ -88,7 +88,16 @@ impl GroupBy {
 /// safe URL path segment and `,` only ever separates parts.
 pub fn percent_encode_into(text: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+    const UNRESERVED: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut c: u8 = 0;
+        while c < 128 {
+            table[c as usize] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
+            c += 1;
+        }
+        table
+    };
+    let unreserved = |b: u8| UNRESERVED[usize::from(b)];
     // Keys are mostly plain words: copied whole.
     if text.bytes().all(unreserved) {
         out.push_str(text);
