@@ -886,11 +886,8 @@ impl<'a> BodyParser<'a, '_> {
         let Some(raw) = raw else {
             return Ok(None);
         };
-        let found = json::pointer_get_tokens(raw, rest).map_err(|e| BodyError::BadKey {
-            pos,
-            message: format!("key_field {ptr}: {e}"),
-        })?;
-        let Some(found) = found else {
+        // `raw` is a member this parse has just validated.
+        let Some(found) = json::pointer_get_valid(raw, rest) else {
             return Ok(None);
         };
         let found = Raw::unknown(found);
