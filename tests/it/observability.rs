@@ -1,6 +1,235 @@
 //! /metrics, /healthz and /readyz.
 
-use crate::util::{Weir, config, config_with};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::util::{Weir, config, config_with, now_ms};
+
+/// A topic feeding a pipeline with a late topic and an output topic, so that every
+/// family of the pipeline path exists once some traffic went through.
+const PIPELINE: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[topic]]
+name = "clicks"
+partitions = 2
+fsync = "always"
+default_event_type = "page.view"
+
+[[topic]]
+name = "late"
+partitions = 1
+
+[[topic]]
+name = "results"
+partitions = 1
+
+[[pipeline]]
+name = "pages"
+source = "clicks"
+group_by = ["/payload/page"]
+window = { kind = "tumbling", size = "1s" }
+max_out_of_orderness = "0s"
+allowed_lateness = "0s"
+checkpoint_interval = "100ms"
+late_topic = "late"
+output_topic = "results"
+
+[[pipeline.aggregate]]
+name = "count"
+fn = "count"
+
+[[pipeline.aggregate]]
+name = "latency"
+fn = "quantiles"
+field = "/payload/ms"
+quantiles = [0.5, 0.99]
+"#;
+
+/// A weir running [`PIPELINE`] after ingest, a late event, closed windows, checkpoints,
+/// reads, a group commit and a 404: the traffic a dashboard shows.
+pub fn busy_weir() -> Weir {
+    let w = Weir::start(PIPELINE);
+    let t0 = now_ms() - 60_000;
+    let event = |i: i64, ms: i64| {
+        format!(
+            r#"{{"event_id":"e{i}","key":"k{i}","timestamp":{ms},"payload":{{"page":"p{}","ms":{i}}}}}"#,
+            i % 3
+        )
+    };
+    let body: String = (0..20).map(|i| event(i, t0 + i * 100)).collect();
+    assert_eq!(w.post("/v1/topics/clicks/events", &body).status, 202);
+    // Both partitions move past the first windows, then one event comes too late.
+    let later: String = (20..24).map(|i| event(i, t0 + 5_000)).collect();
+    assert_eq!(w.post("/v1/topics/clicks/events", &later).status, 202);
+    assert_eq!(
+        w.post("/v1/topics/clicks/events", &event(99, t0)).status,
+        202
+    );
+    assert_eq!(
+        w.get("/v1/topics/clicks/events?partition=0&offset=0")
+            .status,
+        200
+    );
+    let r = w.put(
+        "/v1/groups/g/offsets/clicks",
+        r#"{"offsets":[{"partition":0,"offset":1}]}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(w.get("/v1/topics/nope").status, 404);
+    assert_eq!(
+        w.get("/v1/pipelines/pages/keys/p1?window=last_closed")
+            .status,
+        200
+    );
+    // Until the late event was counted and appended, and a checkpoint ran.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while w
+        .metric("weir_pipeline_late_appended_total", &[])
+        .unwrap_or(0.0)
+        < 1.0
+        || w.metric("weir_pipeline_checkpoint_duration_seconds_count", &[])
+            .unwrap_or(0.0)
+            < 1.0
+        || w.metric("weir_pipeline_output_rows_total", &[])
+            .unwrap_or(0.0)
+            < 1.0
+    {
+        assert!(Instant::now() < deadline, "{}", w.get("/metrics").body);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    w
+}
+
+/// One family of a scrape: its `# TYPE`, whether it has a `# HELP`, its sample names.
+#[derive(Default, Debug)]
+struct Family {
+    kind: String,
+    help: Option<String>,
+    samples: usize,
+}
+
+/// The families of a Prometheus text scrape, by name. Samples are attributed to their
+/// family (a histogram's `_bucket`, `_sum`, `_count`); a sample of no family panics.
+fn families(text: &str) -> BTreeMap<String, Family> {
+    let mut out: BTreeMap<String, Family> = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.entry(name.to_string()).or_default().help = Some(help.to_string());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            out.entry(name.to_string()).or_default().kind = kind.to_string();
+        } else {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let family = [name]
+                .into_iter()
+                .chain(
+                    ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .filter_map(|s| name.strip_suffix(s)),
+                )
+                .find(|n| out.get(*n).is_some_and(|f| !f.kind.is_empty()))
+                .unwrap_or_else(|| panic!("sample of no declared family: {line}"));
+            out.get_mut(family).unwrap().samples += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn every_metric_family_has_help_and_follows_prometheus_naming() {
+    let w = busy_weir();
+    let text = w.get("/metrics").body;
+    let families = families(&text);
+    for (name, f) in &families {
+        assert!(!f.kind.is_empty(), "{name} has HELP but no TYPE");
+        assert!(
+            f.help.as_ref().is_some_and(|h| h.len() > 10),
+            "{name} has no HELP text"
+        );
+        assert!(f.samples > 0, "{name} has no samples");
+        assert!(
+            name.starts_with("weir_") || name.starts_with("process_"),
+            "{name}: weir_ prefix"
+        );
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+            "{name}"
+        );
+        assert_eq!(
+            f.kind == "counter",
+            name.ends_with("_total"),
+            "{name} ({}): counters and only counters end in _total",
+            f.kind
+        );
+        assert!(
+            ["counter", "gauge", "histogram"].contains(&f.kind.as_str()),
+            "{name}: {} (histograms, not summaries)",
+            f.kind
+        );
+        for unit in [
+            "_ms",
+            "_millis",
+            "_milliseconds",
+            "_us",
+            "_kb",
+            "_kib",
+            "_mb",
+            "_mib",
+        ] {
+            assert!(
+                !name.ends_with(unit) && !name.contains(&format!("{unit}_")),
+                "{name}: base units (seconds, bytes)"
+            );
+        }
+    }
+    // The families the traffic above must have produced, among them the process ones.
+    for name in [
+        "weir_build_info",
+        "weir_events_in_total",
+        "weir_bytes_in_total",
+        "weir_http_request_duration_seconds",
+        "weir_pipeline_records_in_total",
+        "weir_pipeline_late_events_total",
+        "weir_pipeline_lag_records",
+        "weir_pipeline_checkpoint_duration_seconds",
+        "weir_group_lag_records",
+        "weir_disk_free_bytes",
+        "weir_read_records_total",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(families.contains_key(name), "{name} missing from:\n{text}");
+    }
+    // Process figures that are plausible for this process.
+    let rss = w.metric_plain("process_resident_memory_bytes").unwrap();
+    assert!(rss > 1e6 && rss < 4e9, "rss {rss}");
+    let start = w.metric_plain("process_start_time_seconds").unwrap();
+    let now = now_ms() as f64 / 1000.0;
+    assert!(
+        start <= now + 1.0 && start > now - 600.0,
+        "start {start}, now {now}"
+    );
+    assert!(w.metric_plain("process_open_fds").unwrap() >= 5.0);
+    let disk = w.metric_plain("weir_disk_free_bytes").unwrap();
+    assert!(disk > 0.0, "{disk}");
+    let info = text
+        .lines()
+        .find(|l| l.starts_with("weir_build_info{"))
+        .unwrap();
+    for label in [
+        format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
+        "rustc=\"1.".to_string(),
+        "profile=\"".to_string(),
+    ] {
+        assert!(info.contains(&label), "{label} missing from {info}");
+    }
+}
 
 #[test]
 fn metrics_health_and_readiness() {
