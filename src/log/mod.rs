@@ -10,6 +10,7 @@ pub mod datadir;
 pub mod dedup;
 pub mod groups;
 pub mod index;
+pub mod offline;
 pub mod partition;
 pub mod partitioner;
 pub mod recovery;
