@@ -282,8 +282,16 @@ fn connections_beyond_the_bound_get_503_with_retry_after() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     // At least the request above; under load the start-up probe's connection may still
-    // have held the slot when `held` connected, and been counted too.
-    let text = w.get("/metrics").body;
+    // have held the slot when `held` connected, and been counted too. The /healthz
+    // connection may hold the slot a moment after its answer too.
+    let text = loop {
+        let r = w.get("/metrics");
+        if r.status == 200 {
+            break r.body;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", r.body);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     let refused: u64 = text
         .lines()
         .find_map(|l| l.strip_prefix("weir_http_refused_total{reason=\"connections\"} "))
