@@ -78,6 +78,9 @@ pub fn busy_weir() -> Weir {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(w.get("/v1/topics/nope").status, 404);
+    let mut stream = w.sse("/v1/topics/clicks/stream?from=earliest", &[]);
+    assert!(!stream.events(1, Duration::from_secs(10)).is_empty());
+    drop(stream);
     assert_eq!(
         w.get("/v1/pipelines/pages/keys/p1?window=last_closed")
             .status,
@@ -382,4 +385,112 @@ fn request_bytes_beyond_max_inflight_get_503_and_memory_is_not_taken() {
         202,
         "the bytes were given back"
     );
+}
+
+/// The `weir_*` and `process_*` names in a PromQL expression.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let bytes = expr.as_bytes();
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut i = 0;
+    while i < bytes.len() {
+        let start = i;
+        while i < bytes.len() && word(bytes[i]) {
+            i += 1;
+        }
+        let token = &expr[start..i];
+        if token.starts_with("weir_") || token.starts_with("process_") {
+            out.push(token.to_string());
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Every PromQL expression of a dashboard: panel targets and template variable queries.
+fn expressions(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("expr" | "definition" | "query", serde_json::Value::String(s)) => {
+                        out.push(s.clone());
+                    }
+                    _ => expressions(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| expressions(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_grafana_dashboard_only_uses_metrics_weir_exports() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/grafana/weir.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(dash["schemaVersion"], 39);
+    assert_eq!(dash["__inputs"][0]["name"], "DS_PROMETHEUS");
+    let panels = dash["panels"].as_array().unwrap();
+    let mut titles = Vec::new();
+    let mut rects: Vec<(i64, i64, i64, i64)> = Vec::new();
+    for p in panels {
+        let g = &p["gridPos"];
+        let r = [&g["x"], &g["y"], &g["w"], &g["h"]].map(|v| v.as_i64().unwrap());
+        for q in &rects {
+            let apart =
+                r[0] + r[2] <= q.0 || q.0 + q.2 <= r[0] || r[1] + r[3] <= q.1 || q.1 + q.3 <= r[1];
+            assert!(apart, "{} overlaps another panel", p["title"]);
+        }
+        rects.push((r[0], r[1], r[2], r[3]));
+        if p["type"] == "row" {
+            continue;
+        }
+        titles.push(p["title"].as_str().unwrap().to_string());
+        assert_eq!(p["datasource"]["uid"], "${DS_PROMETHEUS}", "{}", p["title"]);
+        for t in p["targets"].as_array().unwrap() {
+            assert_eq!(t["datasource"]["uid"], "${DS_PROMETHEUS}", "{}", p["title"]);
+        }
+    }
+    for title in [
+        "Ingest rate",
+        "Ingest bytes",
+        "Pipeline lag",
+        "Consumer group lag",
+        "Late events",
+        "Checkpoint duration",
+        "HTTP latency",
+        "HTTP errors",
+        "Resident memory",
+        "Disk free",
+    ] {
+        assert!(
+            titles.iter().any(|t| t == title),
+            "no panel {title}: {titles:?}"
+        );
+    }
+
+    let mut exprs = Vec::new();
+    expressions(&dash, &mut exprs);
+    let mut names: Vec<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 25, "{names:?}");
+
+    let w = busy_weir();
+    let text = w.get("/metrics").body;
+    let families = families(&text);
+    for name in &names {
+        let found = families.contains_key(name)
+            || ["_bucket", "_sum", "_count"].iter().any(|s| {
+                name.strip_suffix(s)
+                    .and_then(|base| families.get(base))
+                    .is_some_and(|f| f.kind == "histogram")
+            });
+        assert!(
+            found,
+            "the dashboard uses {name}, which /metrics does not have:\n{text}"
+        );
+    }
 }
