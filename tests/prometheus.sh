@@ -32,7 +32,7 @@ if ((${#need[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-    ((made_policy)) && rm -f "$policy"
+    if ((made_policy)); then rm -f "$policy"; fi
 fi
 say "$(prometheus --version 2>&1 | head -1)"
 
@@ -128,7 +128,7 @@ say "prometheus on $prom"
 
 # The value of an instant query that returns one series, or nothing.
 query() {
-    curl -sf --get "http://$prom/api/v1/query" --data-urlencode "query=$1" |
+    { curl -sf --get "http://$prom/api/v1/query" --data-urlencode "query=$1" || true; } |
         sed -n 's/.*"value":\[[0-9.e+]*,"\([^"]*\)"\].*/\1/p'
 }
 # Polls a query until its value satisfies `test $value $op $want`.
