@@ -117,6 +117,40 @@ fn verify_passes_on_a_clean_dir_and_names_the_file_and_byte_of_a_flipped_bit() {
         .unwrap_or_else(|| panic!("no byte position in {line}"));
     assert!(byte <= at && at - byte < 1024, "{line} (flipped byte {at})");
     assert!(err.contains("corrupt"), "{err}");
+
+    // Indexes of a sealed segment of the other partition: an offset index entry that
+    // points inside a batch, a time index cut mid-entry (which also loses its last,
+    // maximum, entry).
+    let logs = segments(&data, "events", 1);
+    let index = logs[1].with_extension("index");
+    let mut bytes = std::fs::read(&index).unwrap();
+    assert_eq!(
+        bytes.len(),
+        8,
+        "one entry per 4 KiB: the segment's first batch"
+    );
+    bytes[7] = 1;
+    std::fs::write(&index, &bytes).unwrap();
+    let timeindex = logs[0].with_extension("timeindex");
+    let bytes = std::fs::read(&timeindex).unwrap();
+    std::fs::write(&timeindex, &bytes[..bytes.len() - 3]).unwrap();
+    let (code, out, _) = verify(&data);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("events/1: CORRUPT"), "{out}");
+    for needle in [
+        format!(
+            "{} at byte 0: entry for offset +0 points at byte 1",
+            index.display()
+        ),
+        format!(
+            "{} at byte {}: a partial entry",
+            timeindex.display(),
+            bytes.len() / 12 * 12 - 12
+        ),
+        "4 problems".to_string(),
+    ] {
+        assert!(out.contains(&needle), "{needle} missing from:\n{out}");
+    }
 }
 
 #[test]
