@@ -335,6 +335,7 @@ fn pipeline_reset_rebuilds_from_the_log_with_equal_results_and_refuses_while_wei
     assert_eq!(after, before);
     let log = w.log_text();
     assert!(!log.contains("restored from its checkpoint"), "{log}");
+    assert!(log.contains("building the pipeline from the log"), "{log}");
     // The whole log was read again: 60 + 8 records since the start.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !w.log_text().contains("records=68") {
