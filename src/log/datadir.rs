@@ -28,7 +28,7 @@ pub enum DataDirError {
     #[error("cannot create or open data dir {path}: {source}")]
     Open { path: PathBuf, source: io::Error },
     #[error(
-        "data dir {path} is in use by another weir (pid {holder}); stop it or choose another --data-dir"
+        "data dir {path} is in use by another weir (pid {holder}) or an operator command (weir verify, dump, pipeline reset); stop it or choose another --data-dir"
     )]
     Locked { path: PathBuf, holder: String },
     #[error(
