@@ -30,7 +30,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let handle = m::install().context("installing the metrics recorder")?;
-    metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::gauge!(m::BUILD_INFO, &m::build_info_labels()[..]).set(1.0);
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(METRICS_UPKEEP);

@@ -15,6 +15,7 @@
 //! - [`http`]: the only module that knows HTTP and JSON answers.
 //! - [`app`]: wiring: open the data dir, the log and the store, start pipelines, serve
 //!   HTTP, shut down in order.
+//! - [`ops`]: the operator commands on a stopped data dir: verify, dump, pipeline reset.
 //! - [`metrics`], [`limits`], [`clock`]: metric names, hard bounds, injected time.
 
 pub mod app;
@@ -27,5 +28,6 @@ pub mod json;
 pub mod limits;
 pub mod log;
 pub mod metrics;
+pub mod ops;
 pub mod pipeline;
 pub mod store;

@@ -35,6 +35,43 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Reads every segment of every topic of a stopped data dir: CRC, offsets, indexes.
+    /// Prints a line per partition; exits 1 naming file and byte of any problem.
+    Verify {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
+    /// Prints the records of one partition of a stopped data dir as NDJSON.
+    Dump {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        partition: u32,
+        /// The first offset printed.
+        #[arg(long, default_value_t = 0)]
+        offset: i64,
+        /// The most records printed.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Pipeline maintenance on a stopped data dir.
+    #[command(subcommand)]
+    Pipeline(PipelineCommand),
+}
+
+#[derive(Subcommand)]
+enum PipelineCommand {
+    /// Forgets a pipeline's checkpoint and results: the next start rebuilds it from the log.
+    Reset {
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Overrides storage.data_dir.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,6 +92,59 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Verify { data_dir } => {
+            let mut out = std::io::stdout().lock();
+            match weir::ops::verify(&data_dir, &mut out) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => {
+                    eprintln!(
+                        "weir verify: {} has corrupt files (listed above)",
+                        data_dir.display()
+                    );
+                    ExitCode::FAILURE
+                }
+                Err(e) => fail("verify", &e),
+            }
+        }
+        Command::Dump {
+            data_dir,
+            topic,
+            partition,
+            offset,
+            limit,
+        } => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            match weir::ops::dump(&data_dir, &topic, partition, offset, limit, &mut out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail("dump", &e),
+            }
+        }
+        Command::Pipeline(PipelineCommand::Reset {
+            name,
+            config,
+            data_dir,
+        }) => {
+            let mut config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if let Some(dir) = data_dir {
+                config.storage.data_dir = dir;
+            }
+            match weir::ops::pipeline_reset(&config, &name) {
+                Ok(said) => {
+                    #[allow(clippy::print_stdout, reason = "the command's verdict is its output")]
+                    {
+                        println!("{said}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("pipeline reset", &e),
+            }
+        }
         Command::Run {
             config,
             data_dir,
@@ -98,6 +188,12 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Prints an operator command's error and gives its exit code.
+fn fail(command: &str, e: &anyhow::Error) -> ExitCode {
+    eprintln!("weir {command}: {e:#}");
+    ExitCode::FAILURE
 }
 
 fn init_tracing(config: &Config) {

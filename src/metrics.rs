@@ -50,6 +50,17 @@ pub const PIPELINE_OUTPUT_PENDING: &str = "weir_pipeline_output_pending_rows";
 pub const GROUP_COMMITS: &str = "weir_group_commits_total";
 pub const GROUP_LAG: &str = "weir_group_lag_records";
 
+// The process metrics every Prometheus client library exports, under their standard
+// names so stock dashboards and alerts work. Read from /proc at scrape time
+// ([`render_process`]), not through the recorder: its counters are integers.
+pub const PROCESS_RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
+pub const PROCESS_VIRTUAL_MEMORY: &str = "process_virtual_memory_bytes";
+pub const PROCESS_CPU_SECONDS: &str = "process_cpu_seconds_total";
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
+pub const PROCESS_THREADS: &str = "process_threads";
+
 /// Installs the global recorder and describes every metric. Histograms get buckets so
 /// they are exported as Prometheus histograms (aggregatable), not summaries.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
@@ -249,7 +260,10 @@ fn describe() {
         "Envelope bytes served to readers (pull and SSE)"
     );
     describe_gauge!(STREAM_CLIENTS, Unit::Count, "Open SSE streams of a topic");
-    describe_gauge!(BUILD_INFO, "Always 1; labels carry the version");
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; labels carry the version, the rustc that built it and the cargo profile"
+    );
     describe_counter!(
         RETENTION_DELETED_SEGMENTS,
         Unit::Count,
@@ -275,4 +289,238 @@ fn describe() {
         Unit::Count,
         "Records between a group's committed offset and the visible end"
     );
+}
+
+/// The `weir_build_info` labels: version, the compiler (from build.rs) and the profile.
+pub fn build_info_labels() -> [(&'static str, &'static str); 3] {
+    [
+        ("version", env!("CARGO_PKG_VERSION")),
+        ("rustc", env!("WEIR_RUSTC_VERSION")),
+        (
+            "profile",
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+        ),
+    ]
+}
+
+/// Appends the `process_*` families (Prometheus text format) read from /proc/self now.
+/// A file that cannot be read leaves its families out rather than failing the scrape.
+pub fn render_process(out: &mut String) {
+    use std::fmt::Write;
+    let mut family = |name: &str, kind: &str, help: &str, value: f64| {
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n\n"
+        );
+    };
+    if let Some(stat) = ProcStat::read() {
+        family(
+            PROCESS_RESIDENT_MEMORY,
+            "gauge",
+            "Resident memory size in bytes",
+            stat.rss_bytes as f64,
+        );
+        family(
+            PROCESS_VIRTUAL_MEMORY,
+            "gauge",
+            "Virtual memory size in bytes",
+            stat.vsize_bytes as f64,
+        );
+        family(
+            PROCESS_CPU_SECONDS,
+            "counter",
+            "Total user and system CPU time spent in seconds",
+            stat.cpu_seconds,
+        );
+        family(
+            PROCESS_THREADS,
+            "gauge",
+            "Number of OS threads in the process",
+            stat.threads as f64,
+        );
+        if let Some(start) = stat.start_time_seconds {
+            family(
+                PROCESS_START_TIME,
+                "gauge",
+                "Start time of the process since unix epoch in seconds",
+                start,
+            );
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        // Minus the descriptor read_dir itself holds open.
+        let open = dir.count().saturating_sub(1);
+        family(
+            PROCESS_OPEN_FDS,
+            "gauge",
+            "Number of open file descriptors",
+            open as f64,
+        );
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } == 0 {
+        family(
+            PROCESS_MAX_FDS,
+            "gauge",
+            "Maximum number of open file descriptors",
+            limit.rlim_cur as f64,
+        );
+    }
+}
+
+/// What /proc/self/stat says, converted to base units.
+struct ProcStat {
+    rss_bytes: u64,
+    vsize_bytes: u64,
+    cpu_seconds: f64,
+    threads: u64,
+    start_time_seconds: Option<f64>,
+}
+
+impl ProcStat {
+    fn read() -> Option<ProcStat> {
+        let text = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // The command name (field 2) may hold spaces and parentheses: fields are counted
+        // after its closing parenthesis, the first of them being field 3 (state).
+        let rest = &text[text.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| -> Option<u64> { fields.get(n - 3)?.parse().ok() };
+        // SAFETY: sysconf only reads a configuration value.
+        let (ticks, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        let ticks = u64::try_from(ticks).ok().filter(|t| *t > 0)?;
+        let page = u64::try_from(page).ok()?;
+        let cpu_ticks = field(14)? + field(15)?;
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        });
+        let start_ticks = field(22)?;
+        Some(ProcStat {
+            rss_bytes: field(24)? * page,
+            vsize_bytes: field(23)?,
+            cpu_seconds: cpu_ticks as f64 / ticks as f64,
+            threads: field(20)?,
+            start_time_seconds: boot.map(|b| b as f64 + start_ticks as f64 / ticks as f64),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The `pub const NAME: &str = "weir_..."` lines of this file: (NAME, metric name).
+    fn constants() -> Vec<(String, String)> {
+        include_str!("metrics.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub const "))
+            .filter_map(|l| {
+                let (ident, rest) = l.split_once(": &str = \"")?;
+                Some((ident.to_string(), rest.strip_suffix("\";")?.to_string()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_name_is_described_and_follows_the_conventions() {
+        let source = include_str!("metrics.rs");
+        let consts = constants();
+        assert!(consts.len() > 40, "{consts:?}");
+        for (ident, name) in &consts {
+            assert!(
+                name.starts_with("weir_") || name.starts_with("process_"),
+                "{name}"
+            );
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{name}"
+            );
+            for unit in ["_ms", "_millis", "_kb", "_kib", "_mb", "_mib", "_us"] {
+                assert!(
+                    !name.contains(&format!("{unit}_")) && !name.ends_with(unit),
+                    "{name}: base units only (seconds, bytes)"
+                );
+            }
+            if name.starts_with("process_") {
+                // Rendered by render_process with their help and type beside them.
+                assert!(
+                    source.lines().any(|l| l.trim() == format!("{ident},")),
+                    "{ident} is not rendered"
+                );
+                continue;
+            }
+            let described = [
+                "describe_counter!",
+                "describe_gauge!",
+                "describe_histogram!",
+            ]
+            .iter()
+            .find(|d| {
+                source.contains(&format!("{d}(\n        {ident},"))
+                    || source.contains(&format!("{d}({ident},"))
+            })
+            .unwrap_or_else(|| panic!("{ident} ({name}) has no describe_*! call"));
+            assert_eq!(
+                *described == "describe_counter!",
+                name.ends_with("_total"),
+                "{name}: counters and only counters end in _total"
+            );
+        }
+    }
+
+    /// Every metric emitted anywhere in src/ is named by one of the constants here.
+    #[test]
+    fn every_emitted_metric_is_named_here() {
+        let idents: Vec<String> = constants().into_iter().map(|(i, _)| i).collect();
+        let mut stack = vec![std::path::PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src"
+        ))];
+        let mut sites = 0;
+        while let Some(path) = stack.pop() {
+            if path.is_dir() {
+                for e in std::fs::read_dir(&path).unwrap() {
+                    stack.push(e.unwrap().path());
+                }
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") || path.ends_with("metrics.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for mac in ["counter!(", "gauge!(", "histogram!("] {
+                for (at, _) in text.match_indices(&format!("metrics::{mac}")) {
+                    let arg = text[at + "metrics::".len() + mac.len()..]
+                        .trim_start()
+                        .split([',', ')'])
+                        .next()
+                        .unwrap()
+                        .trim();
+                    let ident = arg.strip_prefix("m::").unwrap_or_else(|| {
+                        panic!("{}: {arg}: name metrics in metrics.rs", path.display())
+                    });
+                    assert!(
+                        idents.iter().any(|i| i == ident),
+                        "{}: {ident}",
+                        path.display()
+                    );
+                    sites += 1;
+                }
+            }
+        }
+        assert!(sites > 30, "found only {sites} emitting sites");
+    }
 }

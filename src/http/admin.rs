@@ -12,12 +12,14 @@ use super::SharedState;
 pub async fn metrics(State(state): State<SharedState>) -> Response {
     // End offsets, dedup entries and lag move with every append: computed when asked.
     state.log.update_scrape_gauges();
+    let mut body = state.metrics.render();
+    crate::metrics::render_process(&mut body);
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        body,
     )
         .into_response()
 }

@@ -78,6 +78,7 @@ impl AppState {
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS);
         let streams = server.max_streams.min(Semaphore::MAX_PERMITS);
+        Refusal::register_all();
         AppState {
             log,
             metrics,
@@ -110,6 +111,21 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    const ALL: [Refusal; 5] = [
+        Refusal::Connections,
+        Refusal::Inflight,
+        Refusal::Streams,
+        Refusal::ShuttingDown,
+        Refusal::FreeSpace,
+    ];
+
+    /// Exports every reason's counter at 0, so rates and alerts see the first refusal.
+    pub fn register_all() {
+        for r in Refusal::ALL {
+            metrics::counter!(m::HTTP_REFUSED, "reason" => r.label()).increment(0);
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Refusal::Connections => "connections",

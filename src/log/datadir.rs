@@ -28,7 +28,7 @@ pub enum DataDirError {
     #[error("cannot create or open data dir {path}: {source}")]
     Open { path: PathBuf, source: io::Error },
     #[error(
-        "data dir {path} is in use by another weir (pid {holder}); stop it or choose another --data-dir"
+        "data dir {path} is in use by another weir (pid {holder}) or an operator command (weir verify, dump, pipeline reset); stop it or choose another --data-dir"
     )]
     Locked { path: PathBuf, holder: String },
     #[error(
@@ -37,6 +37,24 @@ pub enum DataDirError {
     TooNew { path: PathBuf, found: u32 },
     #[error("data dir {path}: unreadable format_version file: {detail}")]
     BadVersion { path: PathBuf, detail: String },
+    #[error(
+        "{path} is not a weir data dir (no format_version file); check --data-dir or the config's storage.data_dir"
+    )]
+    NotADataDir { path: PathBuf },
+    #[error(
+        "data dir {path} is in use by a running weir (pid {holder}); stop it first, or run this on a copy taken from a file-system snapshot"
+    )]
+    Running { path: PathBuf, holder: String },
+}
+
+/// How an operator command holds the data dir lock (see [`DataDir::open_offline`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfflineLock {
+    /// Readers (`weir verify`, `weir dump`): several may run at once, no weir can start
+    /// meanwhile, nothing is written (a read-only snapshot can be verified).
+    Shared,
+    /// Writers (`weir pipeline reset`): alone, as a running weir is.
+    Exclusive,
 }
 
 /// An open, locked data directory. The lock lives as long as this value.
@@ -111,6 +129,74 @@ impl DataDir {
         })
     }
 
+    /// Opens an existing data dir for an operator command: nothing is created or
+    /// written, the format version must be one this build reads, and the lock is taken
+    /// without waiting, refused while a weir runs here. A dir whose lock file is missing
+    /// (never run by a weir) is read without a lock in [`OfflineLock::Shared`] mode.
+    pub fn open_offline(root: &Path, mode: OfflineLock) -> Result<DataDir, DataDirError> {
+        let open_err = |source| DataDirError::Open {
+            path: root.to_path_buf(),
+            source,
+        };
+        match fs::read_to_string(root.join(VERSION_FILE)) {
+            Ok(text) => {
+                let found: u32 = text.trim().parse().map_err(|_| DataDirError::BadVersion {
+                    path: root.to_path_buf(),
+                    detail: format!("{:?} is not a number", text.trim()),
+                })?;
+                if found > FORMAT_VERSION {
+                    return Err(DataDirError::TooNew {
+                        path: root.to_path_buf(),
+                        found,
+                    });
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(DataDirError::NotADataDir {
+                    path: root.to_path_buf(),
+                });
+            }
+            Err(e) => return Err(open_err(e)),
+        }
+        let lock = match mode {
+            OfflineLock::Shared => File::open(root.join(LOCK_FILE)),
+            OfflineLock::Exclusive => OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(root.join(LOCK_FILE)),
+        };
+        let lock = match lock {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => File::open(root).map_err(open_err)?,
+            Err(e) => return Err(open_err(e)),
+        };
+        let op = match mode {
+            OfflineLock::Shared => libc::LOCK_SH,
+            OfflineLock::Exclusive => libc::LOCK_EX,
+        };
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        if unsafe { libc::flock(lock.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let holder = fs::read_to_string(root.join(LOCK_FILE))
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_else(|_| "unknown".to_string());
+                return Err(DataDirError::Running {
+                    path: root.to_path_buf(),
+                    holder,
+                });
+            }
+            return Err(open_err(err));
+        }
+        Ok(DataDir {
+            root: root.to_path_buf(),
+            _lock: lock,
+            was_clean: root.join(CLEAN_FILE).exists(),
+        })
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -172,6 +258,27 @@ mod tests {
         let err = DataDir::open(dir.path()).unwrap_err();
         assert!(matches!(err, DataDirError::Locked { .. }), "{err}");
         drop(first);
+        DataDir::open(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn offline_commands_are_refused_while_weir_holds_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = DataDir::open_offline(dir.path(), OfflineLock::Shared).unwrap_err();
+        assert!(matches!(err, DataDirError::NotADataDir { .. }), "{err}");
+        let running = DataDir::open(dir.path()).unwrap();
+        for mode in [OfflineLock::Shared, OfflineLock::Exclusive] {
+            let err = DataDir::open_offline(dir.path(), mode).unwrap_err();
+            assert!(matches!(err, DataDirError::Running { .. }), "{err}");
+        }
+        drop(running);
+        let a = DataDir::open_offline(dir.path(), OfflineLock::Shared).unwrap();
+        let b = DataDir::open_offline(dir.path(), OfflineLock::Shared).unwrap();
+        // Readers share; a writer and a weir wait for them.
+        assert!(DataDir::open_offline(dir.path(), OfflineLock::Exclusive).is_err());
+        assert!(DataDir::open(dir.path()).is_err());
+        drop((a, b));
+        drop(DataDir::open_offline(dir.path(), OfflineLock::Exclusive).unwrap());
         DataDir::open(dir.path()).unwrap();
     }
 

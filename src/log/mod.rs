@@ -10,6 +10,7 @@ pub mod datadir;
 pub mod dedup;
 pub mod groups;
 pub mod index;
+pub mod offline;
 pub mod partition;
 pub mod partitioner;
 pub mod recovery;
@@ -213,6 +214,8 @@ impl Log {
         datadir.clear_clean_marker().map_err(LogError::Marker)?;
         report.seconds = started.elapsed().as_secs_f64();
         metrics::gauge!(m::RECOVERY_SECONDS).set(report.seconds);
+        // Exported from the start (a fence increments it), so "0" is not "absent".
+        metrics::gauge!(m::PARTITIONS_FENCED).set(0.0);
         Ok((
             Log {
                 datadir,

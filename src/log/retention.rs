@@ -188,6 +188,12 @@ impl Retention {
         groups: Arc<GroupOffsets>,
         clock: RetentionClock,
     ) -> Retention {
+        // Exported at 0 from the start, so a dashboard shows "nothing deleted yet".
+        for topic in &topics {
+            let label = [("topic", topic.name.to_string())];
+            metrics::counter!(m::RETENTION_DELETED_SEGMENTS, &label).increment(0);
+            metrics::counter!(m::RETENTION_DELETED_BYTES, &label).increment(0);
+        }
         Retention {
             topics,
             groups,

@@ -656,7 +656,11 @@ impl Task {
                 }
                 engine
             }
-            None => Engine::new(spec),
+            None => {
+                tracing::info!(pipeline = %config.name,
+                    "no checkpoint of this definition: building the pipeline from the log");
+                Engine::new(spec)
+            }
         };
         let sources = partitions
             .iter()

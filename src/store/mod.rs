@@ -377,6 +377,16 @@ impl PipelineStore {
         Ok(())
     }
 
+    /// Removes everything kept for the pipeline, its definition fingerprint included,
+    /// and flushes: the next start finds no checkpoint and rebuilds it from the log
+    /// (`weir pipeline reset`). Returns the number of keys removed.
+    pub fn forget(&self) -> Result<usize, StoreError> {
+        let n = self.tree.scan_prefix(&self.prefix).keys().count();
+        self.clear()?;
+        self.tree.flush()?;
+        Ok(n)
+    }
+
     fn clear(&self) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for k in self.tree.scan_prefix(&self.prefix).keys() {

@@ -16,6 +16,7 @@ mod groups;
 mod ingest;
 mod model;
 mod observability;
+mod ops;
 mod pipelines;
 mod read;
 mod retention;

@@ -1,6 +1,239 @@
 //! /metrics, /healthz and /readyz.
 
-use crate::util::{Weir, config, config_with};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::util::{Weir, config, config_with, now_ms};
+
+/// A topic feeding a pipeline with a late topic and an output topic, so that every
+/// family of the pipeline path exists once some traffic went through.
+const PIPELINE: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[topic]]
+name = "clicks"
+partitions = 2
+fsync = "always"
+default_event_type = "page.view"
+
+[[topic]]
+name = "late"
+partitions = 1
+
+[[topic]]
+name = "results"
+partitions = 1
+
+[[pipeline]]
+name = "pages"
+source = "clicks"
+group_by = ["/payload/page"]
+window = { kind = "tumbling", size = "1s" }
+max_out_of_orderness = "0s"
+allowed_lateness = "0s"
+checkpoint_interval = "100ms"
+late_topic = "late"
+output_topic = "results"
+
+[[pipeline.aggregate]]
+name = "count"
+fn = "count"
+
+[[pipeline.aggregate]]
+name = "latency"
+fn = "quantiles"
+field = "/payload/ms"
+quantiles = [0.5, 0.99]
+"#;
+
+/// A weir running [`PIPELINE`] after ingest, a late event, closed windows, checkpoints,
+/// reads, a group commit and a 404: the traffic a dashboard shows.
+pub fn busy_weir() -> Weir {
+    let w = Weir::start(PIPELINE);
+    let t0 = now_ms() - 60_000;
+    let event = |i: i64, ms: i64| {
+        format!(
+            r#"{{"event_id":"e{i}","key":"k{i}","timestamp":{ms},"payload":{{"page":"p{}","ms":{i}}}}}"#,
+            i % 3
+        )
+    };
+    let body: String = (0..20).map(|i| event(i, t0 + i * 100)).collect();
+    assert_eq!(w.post("/v1/topics/clicks/events", &body).status, 202);
+    // Both partitions move past the first windows, then one event comes too late.
+    let later: String = (20..24).map(|i| event(i, t0 + 5_000)).collect();
+    assert_eq!(w.post("/v1/topics/clicks/events", &later).status, 202);
+    assert_eq!(
+        w.post("/v1/topics/clicks/events", &event(99, t0)).status,
+        202
+    );
+    assert_eq!(
+        w.get("/v1/topics/clicks/events?partition=0&offset=0")
+            .status,
+        200
+    );
+    let r = w.put(
+        "/v1/groups/g/offsets/clicks",
+        r#"{"offsets":[{"partition":0,"offset":1}]}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(w.get("/v1/topics/nope").status, 404);
+    let mut stream = w.sse("/v1/topics/clicks/stream?from=earliest", &[]);
+    assert!(!stream.events(1, Duration::from_secs(10)).is_empty());
+    drop(stream);
+    // Until the late event was counted and appended, and a checkpoint ran.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while w
+        .metric("weir_pipeline_late_appended_total", &[])
+        .unwrap_or(0.0)
+        < 1.0
+        || w.metric("weir_pipeline_checkpoint_duration_seconds_count", &[])
+            .unwrap_or(0.0)
+            < 1.0
+        || w.metric("weir_pipeline_output_rows_total", &[])
+            .unwrap_or(0.0)
+            < 1.0
+    {
+        assert!(Instant::now() < deadline, "{}", w.get("/metrics").body);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The pipeline has closed windows by now: a query answered from them.
+    assert_eq!(
+        w.get("/v1/pipelines/pages/keys/p1?window=last_closed")
+            .status,
+        200
+    );
+    w
+}
+
+/// One family of a scrape: its `# TYPE`, whether it has a `# HELP`, its sample names.
+#[derive(Default, Debug)]
+struct Family {
+    kind: String,
+    help: Option<String>,
+    samples: usize,
+}
+
+/// The families of a Prometheus text scrape, by name. Samples are attributed to their
+/// family (a histogram's `_bucket`, `_sum`, `_count`); a sample of no family panics.
+fn families(text: &str) -> BTreeMap<String, Family> {
+    let mut out: BTreeMap<String, Family> = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.entry(name.to_string()).or_default().help = Some(help.to_string());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            out.entry(name.to_string()).or_default().kind = kind.to_string();
+        } else {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let family = [name]
+                .into_iter()
+                .chain(
+                    ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .filter_map(|s| name.strip_suffix(s)),
+                )
+                .find(|n| out.get(*n).is_some_and(|f| !f.kind.is_empty()))
+                .unwrap_or_else(|| panic!("sample of no declared family: {line}"));
+            out.get_mut(family).unwrap().samples += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn every_metric_family_has_help_and_follows_prometheus_naming() {
+    let w = busy_weir();
+    let text = w.get("/metrics").body;
+    let families = families(&text);
+    for (name, f) in &families {
+        assert!(!f.kind.is_empty(), "{name} has HELP but no TYPE");
+        assert!(
+            f.help.as_ref().is_some_and(|h| h.len() > 10),
+            "{name} has no HELP text"
+        );
+        assert!(f.samples > 0, "{name} has no samples");
+        assert!(
+            name.starts_with("weir_") || name.starts_with("process_"),
+            "{name}: weir_ prefix"
+        );
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+            "{name}"
+        );
+        assert_eq!(
+            f.kind == "counter",
+            name.ends_with("_total"),
+            "{name} ({}): counters and only counters end in _total",
+            f.kind
+        );
+        assert!(
+            ["counter", "gauge", "histogram"].contains(&f.kind.as_str()),
+            "{name}: {} (histograms, not summaries)",
+            f.kind
+        );
+        for unit in [
+            "_ms",
+            "_millis",
+            "_milliseconds",
+            "_us",
+            "_kb",
+            "_kib",
+            "_mb",
+            "_mib",
+        ] {
+            assert!(
+                !name.ends_with(unit) && !name.contains(&format!("{unit}_")),
+                "{name}: base units (seconds, bytes)"
+            );
+        }
+    }
+    // The families the traffic above must have produced, among them the process ones.
+    for name in [
+        "weir_build_info",
+        "weir_events_in_total",
+        "weir_bytes_in_total",
+        "weir_http_request_duration_seconds",
+        "weir_pipeline_records_in_total",
+        "weir_pipeline_late_events_total",
+        "weir_pipeline_lag_records",
+        "weir_pipeline_checkpoint_duration_seconds",
+        "weir_group_lag_records",
+        "weir_disk_free_bytes",
+        "weir_read_records_total",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(families.contains_key(name), "{name} missing from:\n{text}");
+    }
+    // Process figures that are plausible for this process.
+    let rss = w.metric_plain("process_resident_memory_bytes").unwrap();
+    assert!(rss > 1e6 && rss < 4e9, "rss {rss}");
+    let start = w.metric_plain("process_start_time_seconds").unwrap();
+    let now = now_ms() as f64 / 1000.0;
+    assert!(
+        start <= now + 1.0 && start > now - 600.0,
+        "start {start}, now {now}"
+    );
+    assert!(w.metric_plain("process_open_fds").unwrap() >= 5.0);
+    let disk = w.metric_plain("weir_disk_free_bytes").unwrap();
+    assert!(disk > 0.0, "{disk}");
+    let info = text
+        .lines()
+        .find(|l| l.starts_with("weir_build_info{"))
+        .unwrap();
+    for label in [
+        format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
+        "rustc=\"1.".to_string(),
+        "profile=\"".to_string(),
+    ] {
+        assert!(info.contains(&label), "{label} missing from {info}");
+    }
+}
 
 #[test]
 fn metrics_health_and_readiness() {
@@ -53,8 +286,16 @@ fn connections_beyond_the_bound_get_503_with_retry_after() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     // At least the request above; under load the start-up probe's connection may still
-    // have held the slot when `held` connected, and been counted too.
-    let text = w.get("/metrics").body;
+    // have held the slot when `held` connected, and been counted too. The /healthz
+    // connection may hold the slot a moment after its answer too.
+    let text = loop {
+        let r = w.get("/metrics");
+        if r.status == 200 {
+            break r.body;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", r.body);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     let refused: u64 = text
         .lines()
         .find_map(|l| l.strip_prefix("weir_http_refused_total{reason=\"connections\"} "))
@@ -145,4 +386,112 @@ fn request_bytes_beyond_max_inflight_get_503_and_memory_is_not_taken() {
         202,
         "the bytes were given back"
     );
+}
+
+/// The `weir_*` and `process_*` names in a PromQL expression.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let bytes = expr.as_bytes();
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut i = 0;
+    while i < bytes.len() {
+        let start = i;
+        while i < bytes.len() && word(bytes[i]) {
+            i += 1;
+        }
+        let token = &expr[start..i];
+        if token.starts_with("weir_") || token.starts_with("process_") {
+            out.push(token.to_string());
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Every PromQL expression of a dashboard: panel targets and template variable queries.
+fn expressions(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("expr" | "definition" | "query", serde_json::Value::String(s)) => {
+                        out.push(s.clone());
+                    }
+                    _ => expressions(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| expressions(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_grafana_dashboard_only_uses_metrics_weir_exports() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/grafana/weir.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(dash["schemaVersion"], 39);
+    assert_eq!(dash["__inputs"][0]["name"], "DS_PROMETHEUS");
+    let panels = dash["panels"].as_array().unwrap();
+    let mut titles = Vec::new();
+    let mut rects: Vec<(i64, i64, i64, i64)> = Vec::new();
+    for p in panels {
+        let g = &p["gridPos"];
+        let r = [&g["x"], &g["y"], &g["w"], &g["h"]].map(|v| v.as_i64().unwrap());
+        for q in &rects {
+            let apart =
+                r[0] + r[2] <= q.0 || q.0 + q.2 <= r[0] || r[1] + r[3] <= q.1 || q.1 + q.3 <= r[1];
+            assert!(apart, "{} overlaps another panel", p["title"]);
+        }
+        rects.push((r[0], r[1], r[2], r[3]));
+        if p["type"] == "row" {
+            continue;
+        }
+        titles.push(p["title"].as_str().unwrap().to_string());
+        assert_eq!(p["datasource"]["uid"], "${DS_PROMETHEUS}", "{}", p["title"]);
+        for t in p["targets"].as_array().unwrap() {
+            assert_eq!(t["datasource"]["uid"], "${DS_PROMETHEUS}", "{}", p["title"]);
+        }
+    }
+    for title in [
+        "Ingest rate",
+        "Ingest bytes",
+        "Pipeline lag",
+        "Consumer group lag",
+        "Late events",
+        "Checkpoint duration",
+        "HTTP latency",
+        "HTTP errors",
+        "Resident memory",
+        "Disk free",
+    ] {
+        assert!(
+            titles.iter().any(|t| t == title),
+            "no panel {title}: {titles:?}"
+        );
+    }
+
+    let mut exprs = Vec::new();
+    expressions(&dash, &mut exprs);
+    let mut names: Vec<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 25, "{names:?}");
+
+    let w = busy_weir();
+    let text = w.get("/metrics").body;
+    let families = families(&text);
+    for name in &names {
+        let found = families.contains_key(name)
+            || ["_bucket", "_sum", "_count"].iter().any(|s| {
+                name.strip_suffix(s)
+                    .and_then(|base| families.get(base))
+                    .is_some_and(|f| f.kind == "histogram")
+            });
+        assert!(
+            found,
+            "the dashboard uses {name}, which /metrics does not have:\n{text}"
+        );
+    }
 }

@@ -234,6 +234,14 @@ impl Weir {
             .and_then(|v| v.parse().ok())
     }
 
+    /// The value of the metric line `name value` (a family without labels).
+    pub fn metric_plain(&self, name: &str) -> Option<f64> {
+        let text = self.get("/metrics").body;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     pub fn post_with(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
         request(&self.addr, "POST", path, headers, body)
     }
