@@ -4,6 +4,11 @@
 //! a blocking thread, start a thread per pipeline, bind the listener, serve. Stop: stop
 //! accepting, let in-flight requests finish within `shutdown_grace`, stop the pipeline
 //! threads, then close the log (final fsync, indexes, clean-shutdown marker).
+//!
+//! Under systemd (`Type=notify`): pet the watchdog from a task for the whole run; while
+//! starting, extend the start timeout every few seconds; `READY=1` once the log is
+//! recovered, the pipelines started and the listener bound, just before serving;
+//! `STOPPING=1` as soon as the shutdown signal arrives.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,6 +25,7 @@ use crate::log::Log;
 use crate::metrics as m;
 use crate::pipeline::runner::Pipelines;
 use crate::store::Store;
+use crate::systemd::{self, Notifier};
 
 /// How often histogram samples are folded into their buckets, bounding their memory.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
@@ -29,6 +35,41 @@ pub async fn run(
     clock: SharedClock,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let notifier = match Notifier::from_env() {
+        Ok(n) => n.map(Arc::new),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open systemd's NOTIFY_SOCKET; not notifying");
+            None
+        }
+    };
+    if let Some(n) = &notifier
+        && let Some(every) = n.watchdog_every()
+    {
+        // On the runtime, not a thread of its own: a runtime that stops running tasks
+        // stops petting the watchdog, and systemd restarts weir.
+        let n = Arc::clone(n);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                n.watchdog();
+            }
+        });
+    }
+    let starting = notifier.as_ref().map(|n| {
+        n.status("recovering the log");
+        let n = Arc::clone(n);
+        AbortOnDrop(tokio::spawn(async move {
+            let first = tokio::time::Instant::now() + systemd::START_EXTEND_EVERY;
+            let mut tick = tokio::time::interval_at(first, systemd::START_EXTEND_EVERY);
+            loop {
+                tick.tick().await;
+                n.extend_timeout(systemd::START_EXTEND_BY);
+            }
+        }))
+    });
+
     let handle = m::install().context("installing the metrics recorder")?;
     metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     let upkeep = handle.clone();
@@ -49,10 +90,15 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {listen}"))?;
     let data_dir = config.storage.data_dir.clone();
     let open_config = config.clone();
-    let (log, report) = tokio::task::spawn_blocking(move || Log::open(&open_config, clock))
-        .await
-        .context("log recovery thread")?
-        .with_context(|| format!("opening data dir {}", data_dir.display()))?;
+    let (log, report) = tokio::task::spawn_blocking(move || {
+        // Tests make recovery slow here to see the start timeout extended.
+        #[cfg(feature = "fail")]
+        fail::fail_point!("app::log_open");
+        Log::open(&open_config, clock)
+    })
+    .await
+    .context("log recovery thread")?
+    .with_context(|| format!("opening data dir {}", data_dir.display()))?;
     tracing::info!(
         data_dir = %data_dir.display(),
         clean = report.clean,
@@ -124,6 +170,16 @@ pub async fn run(
     ));
     let addr = listener.local_addr().context("listener address")?;
     tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "weir listening");
+    drop(starting);
+    if let Some(n) = &notifier {
+        n.ready(&format!("serving on {addr}"));
+    }
+    let shutdown = async move {
+        shutdown.await;
+        if let Some(n) = &notifier {
+            n.stopping();
+        }
+    };
     http::serve(listener, state, shutdown).await;
     tracing::info!("stopped serving; stopping the pipelines");
     tokio::task::spawn_blocking(move || {
@@ -140,4 +196,13 @@ pub async fn run(
         .context("closing the log")?;
     tracing::info!("clean shutdown");
     Ok(())
+}
+
+/// A task that ends when its handle is dropped (on every path out of `run`).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

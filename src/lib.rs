@@ -16,6 +16,7 @@
 //! - [`app`]: wiring: open the data dir, the log and the store, start pipelines, serve
 //!   HTTP, shut down in order.
 //! - [`metrics`], [`limits`], [`clock`]: metric names, hard bounds, injected time.
+//! - [`systemd`]: sd_notify to a `Type=notify` unit: ready, watchdog, stopping.
 
 pub mod app;
 pub mod clock;
@@ -29,3 +30,4 @@ pub mod log;
 pub mod metrics;
 pub mod pipeline;
 pub mod store;
+pub mod systemd;

@@ -20,3 +20,4 @@ mod pipelines;
 mod read;
 mod retention;
 mod stream;
+mod systemd;
