@@ -5,7 +5,8 @@
 //! accepting, let in-flight requests finish within `shutdown_grace`, stop the pipeline
 //! threads, then close the log (final fsync, indexes, clean-shutdown marker).
 //!
-//! Under systemd (`Type=notify`): pet the watchdog from a task for the whole run; while
+//! Under systemd (`Type=notify`): before anything, refuse a `server.memory_max` above
+//! the cgroup's memory limit; pet the watchdog from a task for the whole run; while
 //! starting, extend the start timeout every few seconds; `READY=1` once the log is
 //! recovered, the pipelines started and the listener bound, just before serving;
 //! `STOPPING=1` as soon as the shutdown signal arrives.
@@ -17,8 +18,10 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::cgroup;
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::config::units::format_size;
 use crate::disk::{self, DiskSpace};
 use crate::http::{self, AppState};
 use crate::log::Log;
@@ -35,6 +38,7 @@ pub async fn run(
     clock: SharedClock,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    check_memory_max(config.server.memory_max)?;
     let notifier = match Notifier::from_env() {
         Ok(n) => n.map(Arc::new),
         Err(e) => {
@@ -195,6 +199,34 @@ pub async fn run(
         .context("log close thread")?
         .context("closing the log")?;
     tracing::info!("clean shutdown");
+    Ok(())
+}
+
+/// Refuses a `server.memory_max` above the memory limit of weir's cgroup: the kernel
+/// would kill weir before the bound its other limits are sized to is reached.
+fn check_memory_max(memory_max: Option<u64>) -> anyhow::Result<()> {
+    let limit = cgroup::own_memory_limit().context("reading the cgroup memory limit")?;
+    let Some(limit) = limit else {
+        return Ok(());
+    };
+    match memory_max {
+        Some(bound) if bound > limit.bytes => anyhow::bail!(
+            "server.memory_max ({}) is above the memory limit of weir's cgroup ({}, in {}): \
+             lower server.memory_max, or raise the limit (MemoryMax= of the systemd unit)",
+            format_size(bound),
+            format_size(limit.bytes),
+            limit.file.display()
+        ),
+        Some(bound) => tracing::info!(
+            memory_max = %format_size(bound),
+            cgroup_limit = %format_size(limit.bytes),
+            "server.memory_max is within the cgroup memory limit"
+        ),
+        None => tracing::info!(
+            cgroup_limit = %format_size(limit.bytes),
+            "cgroup memory limit (server.memory_max is not set, nothing is sized to it)"
+        ),
+    }
     Ok(())
 }
 

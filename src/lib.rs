@@ -16,9 +16,11 @@
 //! - [`app`]: wiring: open the data dir, the log and the store, start pipelines, serve
 //!   HTTP, shut down in order.
 //! - [`metrics`], [`limits`], [`clock`]: metric names, hard bounds, injected time.
-//! - [`systemd`]: sd_notify to a `Type=notify` unit: ready, watchdog, stopping.
+//! - [`systemd`], [`cgroup`]: sd_notify (ready, watchdog, stopping) and the cgroup
+//!   memory limit checked against `server.memory_max` at start.
 
 pub mod app;
+pub mod cgroup;
 pub mod clock;
 pub mod config;
 pub mod disk;

@@ -1,11 +1,13 @@
-//! Running under systemd: sd_notify messages on a socket of the test's own.
+//! Running under systemd: sd_notify messages on a socket of the test's own, and the
+//! refusal of a `server.memory_max` above the cgroup's memory limit.
 
 use std::os::unix::net::UnixDatagram;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::util::{Weir, config};
+use crate::util::{BIN, Weir, config, config_with};
 
 /// What the fake service manager heard, in order: each datagram, and what a GET
 /// /healthz got at that moment when the datagram was READY=1 or EXTEND_TIMEOUT_USEC.
@@ -171,4 +173,63 @@ fn a_long_recovery_extends_the_start_timeout_and_is_not_ready() {
             .message
             .starts_with("STOPPING=1")
     );
+}
+
+/// The cgroup v2 path of this test process (and of the weir it starts).
+fn own_cgroup() -> String {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 (0::) line in /proc/self/cgroup")
+        .to_string()
+}
+
+#[test]
+fn a_memory_max_above_the_cgroup_limit_is_refused_at_start() {
+    let root = tempfile::tempdir().unwrap();
+    let leaf = root.path().join(own_cgroup().trim_start_matches('/'));
+    std::fs::create_dir_all(&leaf).unwrap();
+    let memory_max = leaf.join("memory.max");
+    std::fs::write(&memory_max, "1073741824\n").unwrap();
+    let root_env = root.path().to_str().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg_path = dir.path().join("weir.toml");
+    let cfg = config_with("memory_max = \"2GiB\"", "");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "{cfg}\n[storage]\ndata_dir = {:?}\n",
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg_path)
+        .env("WEIR_CGROUP_ROOT", root_env)
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "server.memory_max (2GiB) is above the memory limit of weir's cgroup (1GiB",
+        memory_max.to_str().unwrap(),
+    ] {
+        assert!(err.contains(needle), "{needle} missing from:\n{err}");
+    }
+    assert!(!data.exists(), "refused before touching the data dir");
+
+    // Equal to the limit is within it; "max" is no limit at all.
+    std::fs::write(&memory_max, "2147483648\n").unwrap();
+    let mut w = Weir::start_with_env(&cfg, &[("WEIR_CGROUP_ROOT", root_env)]);
+    assert!(w.log_text().contains("within the cgroup memory limit"));
+    assert_eq!(w.get("/healthz").status, 200);
+    assert!(w.stop().success());
+    std::fs::write(&memory_max, "max\n").unwrap();
+    std::fs::write(root.path().join("memory.max"), "max\n").unwrap();
+    w.restart();
+    assert_eq!(w.get("/healthz").status, 200);
 }
