@@ -203,11 +203,16 @@ pub async fn run(
 }
 
 /// Refuses a `server.memory_max` above the memory limit of weir's cgroup: the kernel
-/// would kill weir before the bound its other limits are sized to is reached.
+/// would kill weir before the bound its other limits are sized to is reached. A limit
+/// that cannot be read is logged and not checked: it is no reason to stay down.
 fn check_memory_max(memory_max: Option<u64>) -> anyhow::Result<()> {
-    let limit = cgroup::own_memory_limit().context("reading the cgroup memory limit")?;
-    let Some(limit) = limit else {
-        return Ok(());
+    let limit = match cgroup::own_memory_limit() {
+        Ok(Some(limit)) => limit,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the cgroup memory limit; not checked");
+            return Ok(());
+        }
     };
     match memory_max {
         Some(bound) if bound > limit.bytes => anyhow::bail!(

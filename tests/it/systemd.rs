@@ -232,4 +232,15 @@ fn a_memory_max_above_the_cgroup_limit_is_refused_at_start() {
     std::fs::write(root.path().join("memory.max"), "max\n").unwrap();
     w.restart();
     assert_eq!(w.get("/healthz").status, 200);
+    assert!(w.stop().success());
+    // A limit that cannot be read is no reason to stay down: warned about, not checked.
+    std::fs::write(&memory_max, "plenty\n").unwrap();
+    w.restart();
+    assert!(
+        w.log_text()
+            .contains("cannot read the cgroup memory limit; not checked"),
+        "{}",
+        w.log_text()
+    );
+    assert_eq!(w.get("/healthz").status, 200);
 }
