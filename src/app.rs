@@ -4,6 +4,12 @@
 //! a blocking thread, start a thread per pipeline, bind the listener, serve. Stop: stop
 //! accepting, let in-flight requests finish within `shutdown_grace`, stop the pipeline
 //! threads, then close the log (final fsync, indexes, clean-shutdown marker).
+//!
+//! Under systemd (`Type=notify`): before anything, refuse a `server.memory_max` above
+//! the cgroup's memory limit; pet the watchdog from a task for the whole run; while
+//! starting, extend the start timeout every few seconds; `READY=1` once the log is
+//! recovered, the pipelines started and the listener bound, just before serving;
+//! `STOPPING=1` as soon as the shutdown signal arrives.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,14 +18,17 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::cgroup;
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::config::units::format_size;
 use crate::disk::{self, DiskSpace};
 use crate::http::{self, AppState};
 use crate::log::Log;
 use crate::metrics as m;
 use crate::pipeline::runner::Pipelines;
 use crate::store::Store;
+use crate::systemd::{self, Notifier};
 
 /// How often histogram samples are folded into their buckets, bounding their memory.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
@@ -29,6 +38,42 @@ pub async fn run(
     clock: SharedClock,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    check_memory_max(config.server.memory_max)?;
+    let notifier = match Notifier::from_env() {
+        Ok(n) => n.map(Arc::new),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open systemd's NOTIFY_SOCKET; not notifying");
+            None
+        }
+    };
+    if let Some(n) = &notifier
+        && let Some(every) = n.watchdog_every()
+    {
+        // On the runtime, not a thread of its own: a runtime that stops running tasks
+        // stops petting the watchdog, and systemd restarts weir.
+        let n = Arc::clone(n);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                n.watchdog();
+            }
+        });
+    }
+    let starting = notifier.as_ref().map(|n| {
+        n.status("recovering the log");
+        let n = Arc::clone(n);
+        AbortOnDrop(tokio::spawn(async move {
+            let first = tokio::time::Instant::now() + systemd::START_EXTEND_EVERY;
+            let mut tick = tokio::time::interval_at(first, systemd::START_EXTEND_EVERY);
+            loop {
+                tick.tick().await;
+                n.extend_timeout(systemd::START_EXTEND_BY);
+            }
+        }))
+    });
+
     let handle = m::install().context("installing the metrics recorder")?;
     metrics::gauge!(m::BUILD_INFO, &m::build_info_labels()[..]).set(1.0);
     let upkeep = handle.clone();
@@ -49,10 +94,15 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {listen}"))?;
     let data_dir = config.storage.data_dir.clone();
     let open_config = config.clone();
-    let (log, report) = tokio::task::spawn_blocking(move || Log::open(&open_config, clock))
-        .await
-        .context("log recovery thread")?
-        .with_context(|| format!("opening data dir {}", data_dir.display()))?;
+    let (log, report) = tokio::task::spawn_blocking(move || {
+        // Tests make recovery slow here to see the start timeout extended.
+        #[cfg(feature = "fail")]
+        fail::fail_point!("app::log_open");
+        Log::open(&open_config, clock)
+    })
+    .await
+    .context("log recovery thread")?
+    .with_context(|| format!("opening data dir {}", data_dir.display()))?;
     tracing::info!(
         data_dir = %data_dir.display(),
         clean = report.clean,
@@ -124,6 +174,16 @@ pub async fn run(
     ));
     let addr = listener.local_addr().context("listener address")?;
     tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "weir listening");
+    drop(starting);
+    if let Some(n) = &notifier {
+        n.ready(&format!("serving on {addr}"));
+    }
+    let shutdown = async move {
+        shutdown.await;
+        if let Some(n) = &notifier {
+            n.stopping();
+        }
+    };
     http::serve(listener, state, shutdown).await;
     tracing::info!("stopped serving; stopping the pipelines");
     tokio::task::spawn_blocking(move || {
@@ -140,4 +200,46 @@ pub async fn run(
         .context("closing the log")?;
     tracing::info!("clean shutdown");
     Ok(())
+}
+
+/// Refuses a `server.memory_max` above the memory limit of weir's cgroup: the kernel
+/// would kill weir before the bound its other limits are sized to is reached. A limit
+/// that cannot be read is logged and not checked: it is no reason to stay down.
+fn check_memory_max(memory_max: Option<u64>) -> anyhow::Result<()> {
+    let limit = match cgroup::own_memory_limit() {
+        Ok(Some(limit)) => limit,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the cgroup memory limit; not checked");
+            return Ok(());
+        }
+    };
+    match memory_max {
+        Some(bound) if bound > limit.bytes => anyhow::bail!(
+            "server.memory_max ({}) is above the memory limit of weir's cgroup ({}, in {}): \
+             lower server.memory_max, or raise the limit (MemoryMax= of the systemd unit)",
+            format_size(bound),
+            format_size(limit.bytes),
+            limit.file.display()
+        ),
+        Some(bound) => tracing::info!(
+            memory_max = %format_size(bound),
+            cgroup_limit = %format_size(limit.bytes),
+            "server.memory_max is within the cgroup memory limit"
+        ),
+        None => tracing::info!(
+            cgroup_limit = %format_size(limit.bytes),
+            "cgroup memory limit (server.memory_max is not set, nothing is sized to it)"
+        ),
+    }
+    Ok(())
+}
+
+/// A task that ends when its handle is dropped (on every path out of `run`).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

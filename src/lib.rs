@@ -17,8 +17,11 @@
 //!   HTTP, shut down in order.
 //! - [`ops`]: the operator commands on a stopped data dir: verify, dump, pipeline reset.
 //! - [`metrics`], [`limits`], [`clock`]: metric names, hard bounds, injected time.
+//! - [`systemd`], [`cgroup`]: sd_notify (ready, watchdog, stopping) and the cgroup
+//!   memory limit checked against `server.memory_max` at start.
 
 pub mod app;
+pub mod cgroup;
 pub mod clock;
 pub mod config;
 pub mod disk;
@@ -31,3 +34,4 @@ pub mod metrics;
 pub mod ops;
 pub mod pipeline;
 pub mod store;
+pub mod systemd;

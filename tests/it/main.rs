@@ -21,3 +21,4 @@ mod pipelines;
 mod read;
 mod retention;
 mod stream;
+mod systemd;

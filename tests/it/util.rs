@@ -103,6 +103,16 @@ impl Weir {
         let mut cmd = Command::new(BIN);
         cmd.args(["run", "--config"]).arg(&self.config_path);
         cmd.env("RUST_LOG", "info").env_remove("FAILPOINTS");
+        // A test run started by systemd must not have its weirs notify that systemd, and
+        // only tests that build a fake cgroup tree point weir at one.
+        for var in [
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+            "WEIR_CGROUP_ROOT",
+        ] {
+            cmd.env_remove(var);
+        }
         for (k, v) in &self.features {
             cmd.env(k, v);
         }
