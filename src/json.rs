@@ -596,7 +596,7 @@ pub fn pointer_get_valid<'a>(json: &'a str, tokens: &[String]) -> Option<&'a str
                 let matches = if escaped {
                     decode_str(json.get(pos..end)?).is_ok_and(|k| k == token.as_str())
                 } else {
-                    b.get(pos + 1..end - 1)? == token.as_bytes()
+                    same_bytes(b.get(pos + 1..end - 1)?, token.as_bytes())
                 };
                 pos = skip_ws_at(b, end);
                 if b.get(pos) != Some(&b':') {
@@ -632,6 +632,41 @@ pub fn pointer_get_valid<'a>(json: &'a str, tokens: &[String]) -> Option<&'a str
     json.get(pos..end)
 }
 
+/// `a == b` for the short member names of envelopes, without a call to memcmp.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if n < 4 {
+        return a.iter().zip(b).all(|(x, y)| x == y);
+    }
+    if n < 8 {
+        // Two four-byte words, overlapping when shorter than eight.
+        let word = |s: &[u8], at: usize| {
+            let mut w = [0; 4];
+            w.copy_from_slice(&s[at..at + 4]);
+            u32::from_ne_bytes(w)
+        };
+        return word(a, 0) == word(b, 0) && word(a, n - 4) == word(b, n - 4);
+    }
+    let word = |s: &[u8], at: usize| {
+        let mut w = [0; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_ne_bytes(w)
+    };
+    let mut at = 0;
+    while at + 8 <= n {
+        if word(a, at) != word(b, at) {
+            return false;
+        }
+        at += 8;
+    }
+    // The tail as the last eight bytes, overlapping what was compared.
+    at == n || word(a, n - 8) == word(b, n - 8)
+}
+
 /// The first position at or after `pos` that is not JSON whitespace.
 #[inline]
 fn skip_ws_at(b: &[u8], mut pos: usize) -> usize {
@@ -658,6 +693,21 @@ fn string_end(b: &[u8], pos: usize) -> Option<(usize, bool)> {
                 break;
             }
             i += 16;
+        }
+        // Fewer than sixteen bytes left (strings near the end of an envelope): the last
+        // sixteen of the text, with the bits before `i` shifted out.
+        #[cfg(target_arch = "x86_64")]
+        if let Some(start) = b.len().checked_sub(16)
+            && (start + 1..b.len()).contains(&i)
+            && let Some(chunk) = b.get(start..)
+        {
+            let mut block = [0; 16];
+            block.copy_from_slice(chunk);
+            let stops = sse2::quote_or_backslash(&block) >> (i - start);
+            if stops == 0 {
+                return None;
+            }
+            i += stops.trailing_zeros() as usize;
         }
         match *b.get(i)? {
             b'"' => return Some((i + 1, escaped)),
@@ -1028,6 +1078,47 @@ mod tests {
                     let v = pointer_get(&doc, &JsonPointer::parse("/v").unwrap());
                     assert_eq!(v.map_err(drop), if valid { Ok(Some("1")) } else { Err(()) });
                 }
+                if valid && stop != "\"" {
+                    // The trusting walk, with the string last too (its end in the tail).
+                    let k = ["k".to_string()];
+                    let want = format!(r#""{}{stop}""#, "a".repeat(len));
+                    assert_eq!(pointer_get_valid(&doc, &k), Some(want.as_str()), "{doc:?}");
+                    let last = format!(r#"{{"v":1,"k":{want}}}"#);
+                    assert_eq!(
+                        pointer_get_valid(&last, &k),
+                        Some(want.as_str()),
+                        "{last:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pointer_get_valid_tells_long_names_apart_at_every_byte() {
+        for len in 1..24 {
+            let name = "abcdefghijklmnopqrstuvwxyz"[..len].to_string();
+            for at in 0..len {
+                // The same length, one byte different: at `at`.
+                let mut other = name.clone().into_bytes();
+                other[at] = b'Z';
+                let other = String::from_utf8(other).unwrap();
+                let doc = format!(r#"{{"{other}":1,"{name}":2,"{name}x":3}}"#);
+                assert_eq!(
+                    pointer_get_valid(&doc, std::slice::from_ref(&name)),
+                    Some("2"),
+                    "{doc}"
+                );
+                assert_eq!(
+                    pointer_get_valid(&doc, std::slice::from_ref(&other)),
+                    Some("1"),
+                    "{doc}"
+                );
+                assert_eq!(
+                    pointer_get_valid(&doc, &[format!("{name}y")]),
+                    None,
+                    "{doc}"
+                );
             }
         }
     }
