@@ -84,11 +84,15 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(weir::app::run(
+            let result = runtime.block_on(weir::app::run(
                 config,
                 weir::clock::system(),
                 shutdown_signal(),
-            )) {
+            ));
+            // Connections cut off when the drain ran out of grace may still hold tasks;
+            // the log is closed, so nothing is left worth waiting for.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");

@@ -298,8 +298,15 @@ async fn ingest_direct(state: &SharedState, topic: &str, request: Request) -> Re
     response
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests
-/// finish for up to `grace`.
+/// Serves `router` on `listener` until `shutdown` resolves, then drains: in-flight
+/// requests get up to `shutdown_grace` to finish.
+///
+/// During the drain the listener stays open and new connections are still served, one
+/// request each (keep-alive off): ingest and other writes answer 503 `shutting_down`
+/// with Retry-After rather than the client seeing a refused or reset connection. Idle
+/// kept-alive connections are closed at once, busy ones after their current request.
+/// Long polls answer and streams end when `AppState::shutdown` flips, so they do not
+/// hold the drain; a client stuck mid-request is cut off when the grace runs out.
 pub async fn serve(
     listener: TcpListener,
     state: SharedState,
@@ -319,25 +326,15 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(server.header_timeout)
         .keep_alive(true);
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
+    // Serves one accepted connection on its own task; `watch` ties it to the drain.
+    let spawn = |stream: tokio::net::TcpStream,
+                 builder: &hyper::server::conn::http1::Builder,
+                 graceful: Option<&GracefulShutdown>| {
         let _ = stream.set_nodelay(true);
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
             Refusal::Connections.count();
             tokio::spawn(refuse_connection(stream));
-            continue;
+            return;
         };
         let (app, state, direct) = (app.clone(), Arc::clone(&state), Arc::clone(&direct));
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
@@ -359,23 +356,61 @@ pub async fn serve(
             }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let conn: std::pin::Pin<Box<dyn std::future::Future<Output = hyper::Result<()>> + Send>> =
+            match graceful {
+                Some(g) => Box::pin(g.watch(conn)),
+                None => Box::pin(conn),
+            };
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(permit);
         });
+    };
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => spawn(stream, &builder, Some(&graceful)),
+                Err(e) => accept_failed(e).await,
+            },
+            () = &mut shutdown => break,
+        }
     }
     state.shutting_down.store(true, Ordering::Release);
     state.shutdown.send_replace(true);
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(server.shutdown_grace) => {
-            tracing::warn!(grace = ?server.shutdown_grace, "requests still running after the shutdown grace; closing them");
+    let grace = server.shutdown_grace;
+    tracing::info!(
+        ?grace,
+        "draining: requests in flight may finish, new ingest gets 503"
+    );
+    let drained = graceful.shutdown();
+    let out_of_time = tokio::time::sleep(grace);
+    tokio::pin!(drained, out_of_time);
+    builder.keep_alive(false);
+    loop {
+        tokio::select! {
+            () = &mut drained => break,
+            () = &mut out_of_time => {
+                tracing::warn!(?grace, "requests still running after the shutdown grace; closing them");
+                break;
+            }
+            accepted = listener.accept() => match accepted {
+                // Not watched: one request (503 for writes), bounded by header_timeout,
+                // and cut off with the rest when the drain ends.
+                Ok((stream, _)) => spawn(stream, &builder, None),
+                Err(e) => accept_failed(e).await,
+            },
         }
     }
+    drop(listener);
+}
+
+/// Out of file descriptors and the like: back off instead of spinning.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
 /// Over `max_connections`: answer 503 with Retry-After and close, without reading the request.

@@ -574,3 +574,28 @@ impl Sse {
         out
     }
 }
+
+/// Signals and exits, for the lifecycle tests.
+impl Weir {
+    /// Sends `signal` (libc::SIGTERM, SIGHUP, ...) without waiting.
+    pub fn signal(&self, signal: i32) {
+        let c = self.child.as_ref().expect("running");
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(c.id() as i32, signal) };
+    }
+
+    /// Waits up to `timeout` for the process to exit; None if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.as_mut().expect("running").try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
