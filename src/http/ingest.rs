@@ -60,7 +60,7 @@ pub async fn handle(
             ),
         ));
     }
-    let Some(topic) = state.log.topic(topic_name).cloned() else {
+    let Some(topic) = state.log.topic(topic_name) else {
         return Err(ApiError::new(
             ErrorCode::UnknownTopic,
             format!("no topic {topic_name:?}"),
@@ -75,19 +75,29 @@ pub async fn handle(
         ));
     }
     check_content_type(headers)?;
-    let body_max = state.server.max_body;
+    let (body_max, body_timeout, max_key, inflight) = {
+        let live = state.live.load();
+        let server = &live.server;
+        let inflight = std::sync::Arc::clone(&live.inflight);
+        (
+            server.max_body,
+            server.body_timeout,
+            server.max_key,
+            inflight,
+        )
+    };
     let declared = declared_length(headers)?;
     if declared.is_some_and(|len| len > body_max) {
         return Err(too_large(body_max));
     }
     // Every body byte being handled holds a permit of `max_inflight`; beyond it the
     // request is refused at once instead of growing memory.
-    let mut permits = InflightPermits::new(state);
+    let mut permits = InflightPermits::new(inflight);
     if let Some(len) = declared {
         permits.take(len)?;
     }
     let read = read_body(body, body_max, declared.is_none().then_some(&mut permits));
-    let bytes = tokio::time::timeout(state.server.body_timeout, read)
+    let bytes = tokio::time::timeout(body_timeout, read)
         .await
         .map_err(|_| {
             ApiError::new(
@@ -96,7 +106,7 @@ pub async fn handle(
             )
         })??;
     let now_ms = state.log.clock().now_ms();
-    let rules = topic.rules(state.server.max_key);
+    let rules = topic.rules(max_key);
     let mut events = Vec::new();
     let mut parse = || event::parse_body(&bytes, &rules, query.key.as_deref(), now_ms, &mut events);
     if bytes.len() > PARSE_INLINE_BYTES_MAX {
@@ -187,9 +197,9 @@ struct InflightPermits {
 }
 
 impl InflightPermits {
-    fn new(state: &SharedState) -> InflightPermits {
+    fn new(semaphore: std::sync::Arc<tokio::sync::Semaphore>) -> InflightPermits {
         InflightPermits {
-            semaphore: std::sync::Arc::clone(&state.inflight),
+            semaphore,
             held: Vec::new(),
         }
     }

@@ -15,10 +15,12 @@ pub mod stream_cache;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Path, Request, State};
@@ -44,25 +46,78 @@ use errors::{ApiError, ErrorCode};
 /// What every handler shares.
 pub struct AppState {
     pub log: Arc<Log>,
-    pub server: ServerConfig,
+    /// What a config reload (SIGHUP) may change, swapped whole: a request reads the one
+    /// in force when it starts and keeps it to its end.
+    pub live: ArcSwap<Live>,
+    /// Bumped on every swap of `live`; `serve` rebuilds its router and connection
+    /// settings when it moves.
+    pub live_changed: tokio::sync::watch::Sender<u64>,
     pub metrics: PrometheusHandle,
     /// Set when shutdown begins: new ingest gets 503 `shutting_down`.
     pub shutting_down: AtomicBool,
     /// Turns true when shutdown begins, with `shutting_down`: long polls answer and SSE
     /// streams end, so graceful shutdown does not wait for them.
     pub shutdown: tokio::sync::watch::Sender<bool>,
-    /// `max_inflight` as permits of one byte each, held while a request body is handled.
-    pub inflight: Arc<Semaphore>,
     /// The free-space reserve: ingest gets 507 before the disk fills.
     pub disk: Arc<crate::disk::DiskSpace>,
-    /// `max_streams` permits; each open SSE stream holds one until it ends.
-    pub streams: Arc<Semaphore>,
     /// SSE chunks shared by streams at the same position.
     pub stream_cache: stream_cache::StreamCache,
     /// The running pipelines and their hot views.
     pub pipelines: Arc<Pipelines>,
+}
+
+/// The part of the state a reload replaces: `[server]` and the `[[route]]`s.
+pub struct Live {
+    pub server: ServerConfig,
     /// `[[route]]` paths of the seed's services, built into the router.
     pub routes: Vec<RouteConfig>,
+    /// `max_inflight` as permits of one byte each, held while a request body is handled.
+    pub inflight: Arc<Semaphore>,
+    /// `max_streams` permits; each open SSE stream holds one until it ends.
+    pub streams: Arc<Semaphore>,
+    /// `max_connections` permits; each open connection holds one until it closes.
+    pub connections: Arc<Semaphore>,
+}
+
+impl Live {
+    /// The bounds of `server`. A semaphore whose bound did not change is `previous`'s,
+    /// so what is held stays counted; a changed one starts afresh, and permits held
+    /// under the old bound go back to the old semaphore (for a moment both count).
+    fn new(server: ServerConfig, routes: Vec<RouteConfig>, previous: Option<&Live>) -> Live {
+        let inflight = usize::try_from(server.max_inflight)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        let streams = server.max_streams.min(Semaphore::MAX_PERMITS);
+        let connections = server.max_connections.min(Semaphore::MAX_PERMITS);
+        let same = |bound: usize, old: Option<usize>, sem: Option<&Arc<Semaphore>>| match sem {
+            Some(sem) if old == Some(bound) => Arc::clone(sem),
+            _ => Arc::new(Semaphore::new(bound)),
+        };
+        let old = previous.map(|p| &p.server);
+        Live {
+            inflight: same(
+                inflight,
+                old.map(|s| {
+                    usize::try_from(s.max_inflight)
+                        .unwrap_or(usize::MAX)
+                        .min(Semaphore::MAX_PERMITS)
+                }),
+                previous.map(|p| &p.inflight),
+            ),
+            streams: same(
+                streams,
+                old.map(|s| s.max_streams.min(Semaphore::MAX_PERMITS)),
+                previous.map(|p| &p.streams),
+            ),
+            connections: same(
+                connections,
+                old.map(|s| s.max_connections.min(Semaphore::MAX_PERMITS)),
+                previous.map(|p| &p.connections),
+            ),
+            server,
+            routes,
+        }
+    }
 }
 
 impl AppState {
@@ -74,23 +129,27 @@ impl AppState {
         pipelines: Arc<Pipelines>,
         routes: Vec<RouteConfig>,
     ) -> AppState {
-        let inflight = usize::try_from(server.max_inflight)
-            .unwrap_or(usize::MAX)
-            .min(Semaphore::MAX_PERMITS);
-        let streams = server.max_streams.min(Semaphore::MAX_PERMITS);
         AppState {
             log,
+            live: ArcSwap::from_pointee(Live::new(server, routes, None)),
+            live_changed: tokio::sync::watch::Sender::new(0),
             metrics,
             shutting_down: AtomicBool::new(false),
             shutdown: tokio::sync::watch::Sender::new(false),
-            inflight: Arc::new(Semaphore::new(inflight)),
-            streams: Arc::new(Semaphore::new(streams)),
             stream_cache: stream_cache::StreamCache::default(),
             disk,
-            server,
             pipelines,
-            routes,
         }
+    }
+
+    /// Puts new `[server]` bounds and `[[route]]`s in force. `listen` is the running
+    /// one's whatever `server` says: the listener is bound once.
+    pub fn set_live(&self, mut server: ServerConfig, routes: Vec<RouteConfig>) {
+        let previous = self.live.load_full();
+        server.listen = previous.server.listen;
+        self.live
+            .store(Arc::new(Live::new(server, routes, Some(&previous))));
+        self.live_changed.send_modify(|n| *n += 1);
     }
 }
 
@@ -128,8 +187,8 @@ impl Refusal {
 
 pub type SharedState = Arc<AppState>;
 
-pub fn router(state: SharedState) -> Router {
-    seed_routes(&state.routes)
+pub fn router(state: SharedState, routes: &[RouteConfig]) -> Router {
+    seed_routes(routes)
         .into_iter()
         .chain(api_routes())
         .fold(Router::new(), |r, (path, mr)| r.route(path, mr))
@@ -312,36 +371,27 @@ pub async fn serve(
     state: SharedState,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let server = state.server.clone();
-    let app = router(Arc::clone(&state));
-    let api_paths = api_routes();
-    let direct = Arc::new(direct::Direct::new(
-        api_paths.iter().map(|(path, _)| *path),
-        &state.routes,
-    ));
-    let connections = Arc::new(Semaphore::new(server.max_connections));
+    let routing = Arc::new(ArcSwap::from_pointee(Routing::new(&state)));
+    let mut live_changed = state.live_changed.subscribe();
     let graceful = GracefulShutdown::new();
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(server.header_timeout)
-        .keep_alive(true);
     // Serves one accepted connection on its own task; `watch` ties it to the drain.
-    let spawn = |stream: tokio::net::TcpStream,
-                 builder: &hyper::server::conn::http1::Builder,
-                 graceful: Option<&GracefulShutdown>| {
+    let spawn = |stream: tokio::net::TcpStream, graceful: Option<&GracefulShutdown>| {
         let _ = stream.set_nodelay(true);
-        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+        let connections = Arc::clone(&state.live.load().connections);
+        let Ok(permit) = connections.try_acquire_owned() else {
             Refusal::Connections.count();
             tokio::spawn(refuse_connection(stream));
             return;
         };
-        let (app, state, direct) = (app.clone(), Arc::clone(&state), Arc::clone(&direct));
+        let mut builder = routing.load().builder.clone();
+        builder.keep_alive(graceful.is_some());
+        let (routing, state) = (Arc::clone(&routing), Arc::clone(&state));
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             // GET queries are answered right here, without cloning the router or state.
-            let next = match direct.answer(&state, &request) {
+            let routing = routing.load();
+            let next = match routing.direct.answer(&state, &request) {
                 Some(response) => Ok(response),
-                None => Err((app.clone(), Arc::clone(&state), request)),
+                None => Err((routing.app.clone(), Arc::clone(&state), request)),
             };
             async move {
                 let (app, state, request) = match next {
@@ -356,11 +406,11 @@ pub async fn serve(
             }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn: std::pin::Pin<Box<dyn std::future::Future<Output = hyper::Result<()>> + Send>> =
-            match graceful {
-                Some(g) => Box::pin(g.watch(conn)),
-                None => Box::pin(conn),
-            };
+        let conn: std::pin::Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>> = match graceful
+        {
+            Some(g) => Box::pin(g.watch(conn)),
+            None => Box::pin(conn),
+        };
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
@@ -372,15 +422,16 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => spawn(stream, &builder, Some(&graceful)),
+                Ok((stream, _)) => spawn(stream, Some(&graceful)),
                 Err(e) => accept_failed(e).await,
             },
+            Ok(()) = live_changed.changed() => routing.store(Arc::new(Routing::new(&state))),
             () = &mut shutdown => break,
         }
     }
     state.shutting_down.store(true, Ordering::Release);
     state.shutdown.send_replace(true);
-    let grace = server.shutdown_grace;
+    let grace = state.live.load().server.shutdown_grace;
     tracing::info!(
         ?grace,
         "draining: requests in flight may finish, new ingest gets 503"
@@ -388,7 +439,6 @@ pub async fn serve(
     let drained = graceful.shutdown();
     let out_of_time = tokio::time::sleep(grace);
     tokio::pin!(drained, out_of_time);
-    builder.keep_alive(false);
     loop {
         tokio::select! {
             () = &mut drained => break,
@@ -399,12 +449,37 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 // Not watched: one request (503 for writes), bounded by header_timeout,
                 // and cut off with the rest when the drain ends.
-                Ok((stream, _)) => spawn(stream, &builder, None),
+                Ok((stream, _)) => spawn(stream, None),
                 Err(e) => accept_failed(e).await,
             },
         }
     }
     drop(listener);
+}
+
+/// The router, the direct paths and the connection settings of one `Live`: rebuilt by
+/// `serve` when a reload swaps it.
+struct Routing {
+    app: Router,
+    direct: direct::Direct,
+    builder: hyper::server::conn::http1::Builder,
+}
+
+impl Routing {
+    fn new(state: &SharedState) -> Routing {
+        let live = state.live.load();
+        let api_paths = api_routes();
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(live.server.header_timeout)
+            .keep_alive(true);
+        Routing {
+            app: router(Arc::clone(state), &live.routes),
+            direct: direct::Direct::new(api_paths.iter().map(|(path, _)| *path), &live.routes),
+            builder,
+        }
+    }
 }
 
 /// Out of file descriptors and the like: back off instead of spinning.

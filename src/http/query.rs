@@ -30,11 +30,10 @@ fn params<T>(query: QueryResult<T>) -> Result<T, ApiError> {
         .map_err(|e| ApiError::new(ErrorCode::InvalidParameter, e.body_text()))
 }
 
-fn lookup<'a>(state: &'a SharedState, name: &str) -> Result<&'a PipelineHandle, ApiError> {
+fn lookup(state: &SharedState, name: &str) -> Result<std::sync::Arc<PipelineHandle>, ApiError> {
     state
         .pipelines
         .get(name)
-        .map(AsRef::as_ref)
         .ok_or_else(|| ApiError::new(ErrorCode::UnknownPipeline, format!("no pipeline {name:?}")))
 }
 
@@ -91,7 +90,7 @@ fn write_window(view: &HotView, start: i64, row: &Row, out: &mut Vec<u8>) {
 pub async fn list(State(state): State<SharedState>) -> Response {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"{\"pipelines\":[");
-    for (i, p) in state.pipelines.iter().enumerate() {
+    for (i, p) in state.pipelines.list().iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -388,9 +387,9 @@ pub async fn key(
 ) -> Result<Response, ApiError> {
     let p = lookup(&state, &name)?;
     let ask = params(query)?.ask()?;
-    match key_answer(p, &key, &ask)? {
+    match key_answer(&p, &key, &ask)? {
         (out, None) => Ok(ok(out)),
-        (out, Some(range)) => answer_stored(p, &key, range, out).await.map(ok),
+        (out, Some(range)) => answer_stored(&p, &key, range, out).await.map(ok),
     }
 }
 
@@ -398,7 +397,7 @@ pub async fn key(
 /// `key` answers for such a request; `direct` calls it without the router.
 pub fn key_latest(state: &SharedState, name: &str, key: &str) -> Result<Response, ApiError> {
     let p = lookup(state, name)?;
-    key_answer(p, key, &KeyAsk::One(Which::Latest)).map(|(out, _)| ok(out))
+    key_answer(&p, key, &KeyAsk::One(Which::Latest)).map(|(out, _)| ok(out))
 }
 
 #[derive(Debug, Deserialize)]
@@ -535,7 +534,7 @@ pub fn route_query(
         QueryWindow::Current => Which::Current,
     };
     if route.response == RouteResponse::V1 {
-        return key_answer(p, key_value, &KeyAsk::One(which)).map(|(out, _)| ok(out));
+        return key_answer(&p, key_value, &KeyAsk::One(which)).map(|(out, _)| ok(out));
     }
     // The seed's shape: {"<key>": "...", "<aggregate>": value}, 0 without a window.
     let view = &p.view;

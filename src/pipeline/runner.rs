@@ -254,10 +254,13 @@ impl PipelineHandle {
     }
 }
 
-/// Every configured pipeline.
+/// Every running pipeline.
 #[derive(Default)]
 pub struct Pipelines {
-    list: Vec<Arc<PipelineHandle>>,
+    /// Swapped whole when a reload starts pipelines (`add`); never shrinks while running.
+    list: arc_swap::ArcSwap<Vec<Arc<PipelineHandle>>>,
+    /// Serialises `add` and `stop`.
+    changing: Mutex<()>,
 }
 
 impl Pipelines {
@@ -271,13 +274,34 @@ impl Pipelines {
         disk: &Arc<DiskSpace>,
         runtime: &Handle,
     ) -> Result<Pipelines, crate::store::StoreError> {
-        let mut started = Pipelines::default();
-        match Self::start_each(config, log, store, disk, runtime, &mut started.list) {
-            Ok(()) => Ok(started),
+        let started = Pipelines::default();
+        started.add(config, &config.pipelines, log, store, disk, runtime)?;
+        Ok(started)
+    }
+
+    /// Starts `new` (pipelines of `config` not running yet, e.g. added by a reload) as
+    /// `start` does. All or nothing: on an error the ones just started stop again (their
+    /// final checkpoints flushed) before it is reported, and the running ones go on.
+    pub fn add(
+        &self,
+        config: &Config,
+        new: &[PipelineConfig],
+        log: &Log,
+        store: &Store,
+        disk: &Arc<DiskSpace>,
+        runtime: &Handle,
+    ) -> Result<(), crate::store::StoreError> {
+        let _changing = self.changing.lock();
+        let mut started = Vec::new();
+        match Self::start_each(config, new, log, store, disk, runtime, &mut started) {
+            Ok(()) => {
+                let mut list = Vec::clone(&self.list.load());
+                list.extend(started);
+                self.list.store(Arc::new(list));
+                Ok(())
+            }
             Err(e) => {
-                // Those already running stop (their final checkpoints flushed) before
-                // the error is reported, so a retry finds the store closed.
-                started.stop();
+                stop_all(&started);
                 Err(e)
             }
         }
@@ -285,13 +309,14 @@ impl Pipelines {
 
     fn start_each(
         config: &Config,
+        new: &[PipelineConfig],
         log: &Log,
         store: &Store,
         disk: &Arc<DiskSpace>,
         runtime: &Handle,
         list: &mut Vec<Arc<PipelineHandle>>,
     ) -> Result<(), crate::store::StoreError> {
-        for pc in &config.pipelines {
+        for pc in new {
             let Some(topic) = log.topic(&pc.source) else {
                 // The config check makes every source a topic.
                 return Err(crate::store::StoreError::Start(format!(
@@ -338,7 +363,7 @@ impl Pipelines {
                     };
                     Some(LateSink::new(
                         &pc.name,
-                        Arc::clone(topic),
+                        topic,
                         Arc::clone(disk),
                         Arc::clone(log.clock()),
                         runtime.clone(),
@@ -356,7 +381,7 @@ impl Pipelines {
                         )));
                     };
                     Some(OutputTarget {
-                        topic: Arc::clone(topic),
+                        topic,
                         disk: Arc::clone(disk),
                         clock: Arc::clone(log.clock()),
                         runtime: runtime.clone(),
@@ -392,25 +417,35 @@ impl Pipelines {
         Ok(())
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<PipelineHandle>> {
-        self.list.iter().find(|p| p.config.name == name)
+    pub fn get(&self, name: &str) -> Option<Arc<PipelineHandle>> {
+        self.list
+            .load()
+            .iter()
+            .find(|p| p.config.name == name)
+            .cloned()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<PipelineHandle>> {
-        self.list.iter()
+    /// The running pipelines of this moment, in start order.
+    pub fn list(&self) -> Arc<Vec<Arc<PipelineHandle>>> {
+        self.list.load_full()
     }
 
     /// Stops every pipeline thread and waits for it. Blocking: call off the runtime.
     pub fn stop(&self) {
-        for p in &self.list {
-            p.stop.send_replace(true);
-        }
-        for p in &self.list {
-            if let Some(t) = p.thread.lock().take()
-                && t.join().is_err()
-            {
-                tracing::error!(pipeline = %p.config.name, "pipeline thread panicked");
-            }
+        let _changing = self.changing.lock();
+        stop_all(&self.list.load());
+    }
+}
+
+fn stop_all(list: &[Arc<PipelineHandle>]) {
+    for p in list {
+        p.stop.send_replace(true);
+    }
+    for p in list {
+        if let Some(t) = p.thread.lock().take()
+            && t.join().is_err()
+        {
+            tracing::error!(pipeline = %p.config.name, "pipeline thread panicked");
         }
     }
 }
