@@ -28,4 +28,5 @@ pub mod limits;
 pub mod log;
 pub mod metrics;
 pub mod pipeline;
+pub mod reload;
 pub mod store;

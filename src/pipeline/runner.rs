@@ -259,8 +259,8 @@ impl PipelineHandle {
 pub struct Pipelines {
     /// Swapped whole when a reload starts pipelines (`add`); never shrinks while running.
     list: arc_swap::ArcSwap<Vec<Arc<PipelineHandle>>>,
-    /// Serialises `add` and `stop`.
-    changing: Mutex<()>,
+    /// Serialises `add` and `stop`; true once stopped, after which `add` refuses.
+    changing: Mutex<bool>,
 }
 
 impl Pipelines {
@@ -291,7 +291,12 @@ impl Pipelines {
         disk: &Arc<DiskSpace>,
         runtime: &Handle,
     ) -> Result<(), crate::store::StoreError> {
-        let _changing = self.changing.lock();
+        let stopped = self.changing.lock();
+        if *stopped {
+            return Err(crate::store::StoreError::Start(
+                "the pipelines are stopping".to_string(),
+            ));
+        }
         let mut started = Vec::new();
         match Self::start_each(config, new, log, store, disk, runtime, &mut started) {
             Ok(()) => {
@@ -432,7 +437,8 @@ impl Pipelines {
 
     /// Stops every pipeline thread and waits for it. Blocking: call off the runtime.
     pub fn stop(&self) {
-        let _changing = self.changing.lock();
+        let mut stopped = self.changing.lock();
+        *stopped = true;
         stop_all(&self.list.load());
     }
 }

@@ -221,3 +221,212 @@ fn exit_within_shutdown_grace_despite_streams_long_polls_and_a_stuck_client() {
     w.restart();
     assert_eq!(w.open_field("clean"), "true");
 }
+
+/// Sends SIGHUP and waits for the `n`th reload outcome (ok or rejected) of this run.
+fn reload(w: &Weir, n: usize) {
+    w.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = w.log_text();
+        let done =
+            log.matches("config reloaded").count() + log.matches("config reload rejected").count();
+        if done >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reload {n} never finished:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+const CLICKS: &str = r#"
+[[topic]]
+name = "clicks"
+partitions = 2
+wrap = true
+default_event_type = "page.click"
+
+[[pipeline]]
+name = "page_views"
+source = "clicks"
+group_by = ["/payload/page_id"]
+window = { kind = "tumbling", size = "1m" }
+
+[[pipeline.aggregate]]
+name = "count"
+fn = "count"
+
+[[route]]
+method = "POST"
+path = "/click"
+topic = "clicks"
+response = "seed"
+
+[[route]]
+method = "GET"
+path = "/page/{page_id}/count"
+pipeline = "page_views"
+key = "page_id"
+aggregate = "count"
+window = "latest"
+response = "seed"
+"#;
+
+#[test]
+fn sighup_adds_a_topic_a_pipeline_and_routes_that_answer() {
+    let mut w = Weir::start(&config("default_event_type = \"x\""));
+    assert_eq!(w.post("/click", "{}").status, 404);
+    w.edit_config(|c| format!("{c}\n{CLICKS}"));
+    reload(&w, 1);
+    assert_eq!(
+        w.metric("weir_config_reloads_total", &["result=\"ok\""]),
+        Some(1.0)
+    );
+
+    let now = crate::util::now_ms();
+    let r = w.post(
+        "/click",
+        &format!(r#"{{"page_id":"p-1","user_id":"u","timestamp":{now}}}"#),
+    );
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, r#"{"status":"accepted"}"#)
+    );
+    assert_eq!(w.get("/v1/topics/clicks").json()["partitions"], 2);
+    // The new pipeline reads the new topic and the new GET route answers from it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = w.get("/page/p-1/count");
+        assert_eq!(r.status, 200, "{}", r.body);
+        if r.json()["count"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new pipeline never counted: {}",
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let names: Vec<String> = w.get("/v1/pipelines").json()["pipelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["page_views"]);
+
+    // What was added is there after a clean restart from the same file.
+    assert!(w.stop().success());
+    w.restart();
+    assert_eq!(
+        w.read_all("clicks", 0).len() + w.read_all("clicks", 1).len(),
+        1
+    );
+}
+
+#[test]
+fn sighup_applies_live_limits_and_keeps_immutable_keys_naming_them() {
+    let mut w = Weir::start(&config("default_event_type = \"x\""));
+    let big = format!(r#"{{"payload":"{}"}}"#, "x".repeat(2000));
+    assert_eq!(w.post("/v1/topics/events/events", &big).status, 202);
+    w.edit_config(|c| {
+        c.replace(
+            "max_body = \"1MiB\"",
+            "max_body = \"1KiB\"\nmax_inflight = \"1KiB\"",
+        )
+        .replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"")
+        .replace("partitions = 4", "partitions = 8")
+        .replace("fsync = \"always\"", "fsync = \"never\"")
+    });
+    reload(&w, 1);
+    let log = w.log_text();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("cannot change while running"))
+        .unwrap_or_else(|| panic!("no warning naming the kept keys:\n{log}"));
+    for key in [
+        "server.listen",
+        r#"topic["events"].partitions"#,
+        r#"topic["events"].fsync"#,
+    ] {
+        assert!(warning.contains(key), "{key} not in {warning}");
+    }
+    // The live limit is in force; the kept keys keep their running values.
+    let r = w.post("/v1/topics/events/events", &big);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (413, "body_too_large"),
+        "{}",
+        r.body
+    );
+    assert_eq!(w.get("/v1/topics/events").json()["partitions"], 4);
+    let r = w.post("/v1/topics/events/events", r#"{"payload":1}"#);
+    assert_eq!(r.status, 202);
+    assert_eq!(r.header("weir-durability"), None, "still fsync = always");
+    let _ = w.stop();
+}
+
+#[test]
+fn sighup_with_a_broken_file_is_rejected_and_the_old_config_serves_on() {
+    let mut w = Weir::start_with_env(
+        &config("default_event_type = \"x\""),
+        // [log] level applies only without RUST_LOG.
+        &[("RUST_LOG", "")],
+    );
+    let good = std::fs::read_to_string(w.dir.path().join("weir.toml")).unwrap();
+    w.edit_config(|c| {
+        c.replace(
+            "max_body = \"1MiB\"",
+            "max_body = \"lots\"\nmax_sockets = 3",
+        )
+    });
+    reload(&w, 1);
+    let log = w.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("config reload rejected"))
+        .unwrap();
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(
+        line.contains("server.max_body") && line.contains("server.max_sockets"),
+        "{line}"
+    );
+    assert_eq!(
+        w.metric("weir_config_reloads_total", &["result=\"rejected\""]),
+        Some(1.0)
+    );
+    assert_eq!(
+        w.post("/v1/topics/events/events", r#"{"payload":1}"#)
+            .status,
+        202
+    );
+
+    // A good file again, now with [log] level = "warn": info lines stop (the outcome
+    // of this reload is info too, so it is waited for in the metric).
+    w.edit_config(|_| format!("{good}\n[log]\nlevel = \"warn\"\n"));
+    let reloads_ok = |n: f64| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while w.metric("weir_config_reloads_total", &["result=\"ok\""]) != Some(n) {
+            assert!(Instant::now() < deadline, "reload {n} never counted");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    w.signal(libc::SIGHUP);
+    reloads_ok(1.0);
+    assert!(w.wait_log(
+        "SIGHUP: reading the config file again",
+        2,
+        Duration::from_secs(5)
+    ));
+    w.signal(libc::SIGHUP);
+    reloads_ok(2.0);
+    let seen = w
+        .log_text()
+        .matches("SIGHUP: reading the config file again")
+        .count();
+    assert_eq!(seen, 2, "info lines are no longer written at level warn");
+    assert!(w.stop().success());
+}

@@ -598,4 +598,23 @@ impl Weir {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+
+    /// Waits until `n` lines of this run's log contain `needle`; false after `timeout`.
+    pub fn wait_log(&self, needle: &str, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let seen = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(needle))
+                .count();
+            if seen >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
 }
