@@ -387,23 +387,27 @@ pub async fn serve(
         builder.keep_alive(graceful.is_some());
         let (routing, state) = (Arc::clone(&routing), Arc::clone(&state));
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let span = request_span(&request);
             // GET queries are answered right here, without cloning the router or state.
             let routing = routing.load();
-            let next = match routing.direct.answer(&state, &request) {
+            let next = match span.in_scope(|| routing.direct.answer(&state, &request)) {
                 Some(response) => Ok(response),
                 None => Err((routing.app.clone(), Arc::clone(&state), request)),
             };
-            async move {
-                let (app, state, request) = match next {
-                    Ok(response) => return Ok::<_, Infallible>(response),
-                    Err(routed) => routed,
-                };
-                let request = request.map(Body::new);
-                Ok(match ingest_path(&request) {
-                    Some(topic) => ingest_direct(&state, &topic, request).await,
-                    None => app.oneshot(request).await.unwrap_or_else(|e| match e {}),
-                })
-            }
+            tracing::Instrument::instrument(
+                async move {
+                    let (app, state, request) = match next {
+                        Ok(response) => return Ok::<_, Infallible>(response),
+                        Err(routed) => routed,
+                    };
+                    let request = request.map(Body::new);
+                    Ok(match ingest_path(&request) {
+                        Some(topic) => ingest_direct(&state, &topic, request).await,
+                        None => app.oneshot(request).await.unwrap_or_else(|e| match e {}),
+                    })
+                },
+                span,
+            )
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let conn: std::pin::Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>> = match graceful
@@ -455,6 +459,74 @@ pub async fn serve(
         }
     }
     drop(listener);
+}
+
+static TRACEPARENT: axum::http::HeaderName = axum::http::HeaderName::from_static("traceparent");
+static REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
+
+/// The span of one request, carrying `trace_id` (from a valid W3C `traceparent`) and
+/// `request_id` (from `X-Request-Id`) so that every line logged while handling it names
+/// them. Without either header, or with INFO off, it is `Span::none()`: no allocation and
+/// no call into the subscriber on the common path (the level check is the callsite's
+/// cached interest).
+fn request_span<B>(request: &hyper::Request<B>) -> tracing::Span {
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return tracing::Span::none();
+    }
+    let headers = request.headers();
+    let trace_id = headers
+        .get(&TRACEPARENT)
+        .and_then(|v| trace_id(v.as_bytes()));
+    let request_id = headers
+        .get(&REQUEST_ID)
+        .and_then(|v| request_id(v.as_bytes()));
+    if trace_id.is_none() && request_id.is_none() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!("request", trace_id, request_id)
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, lower-case; a
+/// later version may append `-...`); None when it is not valid: version `ff`, an
+/// all-zero trace or parent id, a wrong length or a character out of place.
+fn trace_id(header: &[u8]) -> Option<&str> {
+    let hex = |b: &[u8]| b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    let zero = |b: &[u8]| b.iter().all(|c| *c == b'0');
+    if header.len() < 55 {
+        return None;
+    }
+    let (version, trace, parent, flags) = (
+        &header[0..2],
+        &header[3..35],
+        &header[36..52],
+        &header[53..55],
+    );
+    let dashes = header[2] == b'-' && header[35] == b'-' && header[52] == b'-';
+    let rest_ok = match version {
+        b"00" => header.len() == 55,
+        _ => header.len() == 55 || header[55] == b'-',
+    };
+    let ok = dashes
+        && rest_ok
+        && version != b"ff"
+        && [version, trace, parent, flags].iter().all(|p| hex(p))
+        && !zero(trace)
+        && !zero(parent);
+    ok.then(|| std::str::from_utf8(trace).ok()).flatten()
+}
+
+/// Longest `X-Request-Id` taken into logs.
+const REQUEST_ID_BYTES_MAX: usize = 128;
+
+/// An `X-Request-Id` fit for a log line: 1 to 128 of `A-Z a-z 0-9 - _ . :`; other values
+/// are ignored rather than written into logs.
+fn request_id(header: &[u8]) -> Option<&str> {
+    let ok = !header.is_empty()
+        && header.len() <= REQUEST_ID_BYTES_MAX
+        && header
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'));
+    ok.then(|| std::str::from_utf8(header).ok()).flatten()
 }
 
 /// The router, the direct paths and the connection settings of one `Live`: rebuilt by
@@ -516,4 +588,40 @@ pub(crate) fn json_bytes(status: axum::http::StatusCode, body: Vec<u8>) -> Respo
         axum::http::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[cfg(test)]
+mod trace_tests {
+    use super::{request_id, trace_id};
+
+    #[test]
+    fn traceparent_gives_its_trace_id_only_when_valid() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let ok = format!("00-{id}-00f067aa0ba902b7-01");
+        assert_eq!(trace_id(ok.as_bytes()), Some(id));
+        // A later version may carry more after a dash.
+        let later = format!("01-{id}-00f067aa0ba902b7-01-extra");
+        assert_eq!(trace_id(later.as_bytes()), Some(id));
+        for bad in [
+            format!("ff-{id}-00f067aa0ba902b7-01"),
+            format!("00-{id}-00f067aa0ba902b7-01-extra"),
+            format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32)),
+            format!("00-{id}-0000000000000000-01"),
+            format!("00-{}-00f067aa0ba902b7-01", id.to_uppercase()),
+            format!("00_{id}-00f067aa0ba902b7-01"),
+            format!("00-{id}-00f067aa0ba902b7"),
+            String::new(),
+        ] {
+            assert_eq!(trace_id(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn request_ids_with_odd_characters_are_ignored() {
+        assert_eq!(request_id(b"req-42_a.b:c"), Some("req-42_a.b:c"));
+        assert_eq!(request_id(b"a b"), None);
+        assert_eq!(request_id(b"a\"}"), None);
+        assert_eq!(request_id(b""), None);
+        assert_eq!(request_id(&[b'x'; 129]), None);
+    }
 }

@@ -274,8 +274,16 @@ fn with_data_dir(config: &str, data: &Path) -> String {
     }
 }
 
-/// `key=value` from a tracing text line.
+/// `key=value` from a tracing text line, or the field `key` of a JSON line.
 pub fn field(line: &str, key: &str) -> Option<String> {
+    if line.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        return match &v["fields"][key] {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        };
+    }
     let start = line.find(&format!("{key}="))? + key.len() + 1;
     let rest = &line[start..];
     let end = rest.find(' ').unwrap_or(rest.len());
