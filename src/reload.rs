@@ -394,6 +394,30 @@ partitions = 4
     }
 
     #[test]
+    fn new_pipelines_start_and_changed_ones_are_kept() {
+        let pipeline = |name: &str, size: &str| {
+            format!(
+                "[[pipeline]]\nname = \"{name}\"\nsource = \"events\"\ngroup_by = [\"/payload/k\"]\n\
+                 window = {{ kind = \"tumbling\", size = \"{size}\" }}\n\
+                 [[pipeline.aggregate]]\nname = \"count\"\nfn = \"count\"\n"
+            )
+        };
+        let running = parse(&format!("{BASE}\n{}", pipeline("a", "1m")));
+        let file = parse(&format!(
+            "{BASE}\n{}\n{}",
+            pipeline("a", "5m"),
+            pipeline("b", "1m")
+        ));
+        let plan = plan(&running, file);
+        assert_eq!(plan.new_pipelines.len(), 1);
+        assert_eq!(plan.new_pipelines[0].name, "b");
+        assert_eq!(plan.config.pipelines.len(), 2);
+        assert_eq!(plan.config.pipeline("a"), running.pipeline("a"));
+        assert_eq!(plan.changed, ["pipeline[\"b\"]"]);
+        assert_eq!(plan.kept, ["pipeline[\"a\"].window"]);
+    }
+
+    #[test]
     fn removed_topics_stay_until_a_restart() {
         let running = parse(&format!("{BASE}\n[[topic]]\nname = \"old\"\n"));
         let plan = plan(&running, parse(BASE));
