@@ -37,6 +37,20 @@ fn lookup(state: &SharedState, name: &str) -> Result<std::sync::Arc<PipelineHand
         .ok_or_else(|| ApiError::new(ErrorCode::UnknownPipeline, format!("no pipeline {name:?}")))
 }
 
+/// `f` of the pipeline called `name`, without a reference count (the sync hot paths).
+fn with_pipeline<R>(
+    state: &SharedState,
+    name: &str,
+    f: impl FnOnce(&PipelineHandle) -> Result<R, ApiError>,
+) -> Result<R, ApiError> {
+    state.pipelines.with(name, f).unwrap_or_else(|| {
+        Err(ApiError::new(
+            ErrorCode::UnknownPipeline,
+            format!("no pipeline {name:?}"),
+        ))
+    })
+}
+
 fn ok(body: Vec<u8>) -> Response {
     super::json_bytes(StatusCode::OK, body)
 }
@@ -396,8 +410,9 @@ pub async fn key(
 /// `GET /v1/pipelines/{name}/keys/{key}` without a query: the key's latest window. What
 /// `key` answers for such a request; `direct` calls it without the router.
 pub fn key_latest(state: &SharedState, name: &str, key: &str) -> Result<Response, ApiError> {
-    let p = lookup(state, name)?;
-    key_answer(&p, key, &KeyAsk::One(Which::Latest)).map(|(out, _)| ok(out))
+    with_pipeline(state, name, |p| {
+        key_answer(p, key, &KeyAsk::One(Which::Latest)).map(|(out, _)| ok(out))
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -527,14 +542,26 @@ pub fn route_query(
     else {
         return Err(ApiError::new(ErrorCode::InternalError, "not a query route"));
     };
-    let p = lookup(state, pipeline)?;
+    with_pipeline(state, pipeline, |p| {
+        route_query_in(p, route, key, aggregate.as_deref(), *window, key_value)
+    })
+}
+
+fn route_query_in(
+    p: &PipelineHandle,
+    route: &RouteConfig,
+    key: &str,
+    aggregate: Option<&str>,
+    window: QueryWindow,
+    key_value: &str,
+) -> Result<Response, ApiError> {
     let which = match window {
         QueryWindow::Latest => Which::Latest,
         QueryWindow::LastClosed => Which::LastClosed,
         QueryWindow::Current => Which::Current,
     };
     if route.response == RouteResponse::V1 {
-        return key_answer(&p, key_value, &KeyAsk::One(which)).map(|(out, _)| ok(out));
+        return key_answer(p, key_value, &KeyAsk::One(which)).map(|(out, _)| ok(out));
     }
     // The seed's shape: {"<key>": "...", "<aggregate>": value}, 0 without a window.
     let view = &p.view;

@@ -430,6 +430,13 @@ impl Pipelines {
             .cloned()
     }
 
+    /// `f` of the pipeline called `name`, borrowed without taking a reference count:
+    /// for the hot query paths, which answer without awaiting.
+    pub fn with<R>(&self, name: &str, f: impl FnOnce(&PipelineHandle) -> R) -> Option<R> {
+        let list = self.list.load();
+        list.iter().find(|p| p.config.name == name).map(|p| f(p))
+    }
+
     /// The running pipelines of this moment, in start order.
     pub fn list(&self) -> Arc<Vec<Arc<PipelineHandle>>> {
         self.list.load_full()
