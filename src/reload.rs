@@ -32,17 +32,6 @@ pub struct Reloads {
     pub set_log_level: SetLogLevel,
 }
 
-impl Reloads {
-    /// No reloads ever (for embedding without signals).
-    pub fn none() -> Reloads {
-        let (_, requests) = tokio::sync::mpsc::channel(1);
-        Reloads {
-            requests,
-            set_log_level: Box::new(|_| Ok(())),
-        }
-    }
-}
-
 /// What a reload puts in force.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
