@@ -15,7 +15,6 @@ pub mod stream_cache;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
@@ -29,7 +28,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use metrics_exporter_prometheus::PrometheusHandle;
 use parking_lot::RwLock;
 use tokio::io::AsyncWriteExt;
@@ -362,10 +360,13 @@ async fn ingest_direct(state: &SharedState, topic: &str, request: Request) -> Re
 ///
 /// During the drain the listener stays open and new connections are still served, one
 /// request each (keep-alive off): ingest and other writes answer 503 `shutting_down`
-/// with Retry-After rather than the client seeing a refused or reset connection. Idle
-/// kept-alive connections are closed at once, busy ones after their current request.
-/// Long polls answer and streams end when `AppState::shutdown` flips, so they do not
-/// hold the drain; a client stuck mid-request is cut off when the grace runs out.
+/// with Retry-After rather than the client seeing a refused or reset connection. A
+/// kept-alive connection that is idle is closed at once, a busy one after its current
+/// request; one accepted but not yet read from is served its first request (answered
+/// with `Connection: close`), so a client that connected just before the drain began
+/// gets an answer. Long polls answer and streams end when `AppState::shutdown` flips, so
+/// they do not hold the drain; a client stuck mid-request is cut off when the grace
+/// runs out.
 pub async fn serve(
     listener: TcpListener,
     state: SharedState,
@@ -373,9 +374,11 @@ pub async fn serve(
 ) {
     let routing = Arc::new(ArcSwap::from_pointee(Routing::new(&state)));
     let mut live_changed = state.live_changed.subscribe();
-    let graceful = GracefulShutdown::new();
-    // Serves one accepted connection on its own task; `watch` ties it to the drain.
-    let spawn = |stream: tokio::net::TcpStream, graceful: Option<&GracefulShutdown>| {
+    // Each connection accepted before the drain holds a sender; the drain is over when
+    // every one has been dropped.
+    let (draining, mut drained) = tokio::sync::mpsc::channel::<()>(1);
+    // Serves one accepted connection on its own task.
+    let spawn = |stream: tokio::net::TcpStream, drain: Option<tokio::sync::mpsc::Sender<()>>| {
         let _ = stream.set_nodelay(true);
         let connections = Arc::clone(&state.live.load().connections);
         let Ok(permit) = connections.try_acquire_owned() else {
@@ -384,9 +387,18 @@ pub async fn serve(
             return;
         };
         let mut builder = routing.load().builder.clone();
-        builder.keep_alive(graceful.is_some());
-        let (routing, state) = (Arc::clone(&routing), Arc::clone(&state));
+        builder.keep_alive(drain.is_some());
+        // Whether a request has arrived: the drain gives a connection that has served
+        // none a moment for its first.
+        let served = Arc::new(AtomicBool::new(false));
+        let mut stop = state.shutdown.subscribe();
+        let (routing, state, seen) = (
+            Arc::clone(&routing),
+            Arc::clone(&state),
+            Arc::clone(&served),
+        );
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            seen.store(true, Ordering::Relaxed);
             let span = request_span(&request);
             // GET queries are answered right here, without cloning the router or state.
             let routing = routing.load();
@@ -394,29 +406,63 @@ pub async fn serve(
                 Some(response) => Ok(response),
                 None => Err((routing.app.clone(), Arc::clone(&state), request)),
             };
+            let state = Arc::clone(&state);
             tracing::Instrument::instrument(
                 async move {
-                    let (app, state, request) = match next {
-                        Ok(response) => return Ok::<_, Infallible>(response),
-                        Err(routed) => routed,
+                    let mut response = match next {
+                        Ok(response) => response,
+                        Err((app, state, request)) => {
+                            let request = request.map(Body::new);
+                            match ingest_path(&request) {
+                                Some(topic) => ingest_direct(&state, &topic, request).await,
+                                None => app.oneshot(request).await.unwrap_or_else(|e| match e {}),
+                            }
+                        }
                     };
-                    let request = request.map(Body::new);
-                    Ok(match ingest_path(&request) {
-                        Some(topic) => ingest_direct(&state, &topic, request).await,
-                        None => app.oneshot(request).await.unwrap_or_else(|e| match e {}),
-                    })
+                    if state.shutting_down.load(Ordering::Relaxed) {
+                        response.headers_mut().insert(
+                            axum::http::header::CONNECTION,
+                            axum::http::HeaderValue::from_static("close"),
+                        );
+                    }
+                    Ok::<_, Infallible>(response)
                 },
                 span,
             )
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn: std::pin::Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>> = match graceful
-        {
-            Some(g) => Box::pin(g.watch(conn)),
-            None => Box::pin(conn),
-        };
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let _drain = drain;
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                result = conn.as_mut() => Some(result),
+                _ = stop.wait_for(|s| *s) => None,
+            };
+            let result = match ended {
+                Some(result) => result,
+                None => {
+                    // Accepted but nothing read yet: its request may be on the wire. It
+                    // gets a moment to arrive (and is answered with Connection: close)
+                    // before an idle connection is closed.
+                    let waited = if served.load(Ordering::Relaxed) {
+                        None
+                    } else {
+                        let wait = tokio::time::sleep(crate::limits::DRAIN_FIRST_REQUEST_WAIT);
+                        tokio::select! {
+                            result = conn.as_mut() => Some(result),
+                            () = wait => None,
+                        }
+                    };
+                    match waited {
+                        Some(result) => result,
+                        None => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(permit);
@@ -426,7 +472,7 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => spawn(stream, Some(&graceful)),
+                Ok((stream, _)) => spawn(stream, Some(draining.clone())),
                 Err(e) => accept_failed(e).await,
             },
             Ok(()) = live_changed.changed() => routing.store(Arc::new(Routing::new(&state))),
@@ -435,24 +481,24 @@ pub async fn serve(
     }
     state.shutting_down.store(true, Ordering::Release);
     state.shutdown.send_replace(true);
+    drop(draining);
     let grace = state.live.load().server.shutdown_grace;
     tracing::info!(
         ?grace,
         "draining: requests in flight may finish, new ingest gets 503"
     );
-    let drained = graceful.shutdown();
     let out_of_time = tokio::time::sleep(grace);
-    tokio::pin!(drained, out_of_time);
+    tokio::pin!(out_of_time);
     loop {
         tokio::select! {
-            () = &mut drained => break,
+            None = drained.recv() => break,
             () = &mut out_of_time => {
                 tracing::warn!(?grace, "requests still running after the shutdown grace; closing them");
                 break;
             }
             accepted = listener.accept() => match accepted {
-                // Not watched: one request (503 for writes), bounded by header_timeout,
-                // and cut off with the rest when the drain ends.
+                // Not counted in the drain: one request (503 for writes), bounded by
+                // header_timeout, and cut off with the rest when the drain ends.
                 Ok((stream, _)) => spawn(stream, None),
                 Err(e) => accept_failed(e).await,
             },

@@ -134,6 +134,11 @@ fn during_the_drain_new_ingest_gets_503_in_flight_requests_finish_idle_connectio
     // An ingest whose body is still arriving: in flight when the drain begins.
     let body = r#"{"event_id":"slow-1","payload":"in flight"}"#;
     let mut slow = slow_ingest(&w.addr, body, 10);
+    // A connection accepted before the drain whose request is sent only after it began.
+    let mut fresh = TcpStream::connect(&w.addr).unwrap();
+    fresh
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     std::thread::sleep(Duration::from_millis(200));
 
     let started = Instant::now();
@@ -146,6 +151,20 @@ fn during_the_drain_new_ingest_gets_503_in_flight_requests_finish_idle_connectio
         r.body
     );
     assert_eq!(r.header("retry-after"), Some("1"));
+    // It is answered, not reset, and told the connection closes.
+    let probe = r#"{"payload":"late"}"#;
+    let head = format!(
+        "POST /v1/topics/events/events HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{probe}",
+        probe.len()
+    );
+    fresh.write_all(head.as_bytes()).unwrap();
+    let mut answer = String::new();
+    fresh.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    assert!(
+        answer.contains("shutting_down") && answer.to_lowercase().contains("connection: close"),
+        "{answer}"
+    );
     assert_eq!(w.get("/readyz").status, 503);
     // The idle kept-alive connection is closed, not left to hang.
     let n = idle.read(&mut buf).unwrap_or(0);
