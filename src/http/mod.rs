@@ -403,29 +403,25 @@ pub async fn serve(
             // GET queries are answered right here, without cloning the router or state.
             let routing = routing.load();
             let next = match span.in_scope(|| routing.direct.answer(&state, &request)) {
-                Some(response) => Ok(response),
+                Some(mut response) => {
+                    close_if_stopping(&state, &mut response);
+                    Ok(response)
+                }
                 None => Err((routing.app.clone(), Arc::clone(&state), request)),
             };
-            let state = Arc::clone(&state);
             tracing::Instrument::instrument(
                 async move {
-                    let mut response = match next {
-                        Ok(response) => response,
-                        Err((app, state, request)) => {
-                            let request = request.map(Body::new);
-                            match ingest_path(&request) {
-                                Some(topic) => ingest_direct(&state, &topic, request).await,
-                                None => app.oneshot(request).await.unwrap_or_else(|e| match e {}),
-                            }
-                        }
+                    let (app, state, request) = match next {
+                        Ok(response) => return Ok::<_, Infallible>(response),
+                        Err(routed) => routed,
                     };
-                    if state.shutting_down.load(Ordering::Relaxed) {
-                        response.headers_mut().insert(
-                            axum::http::header::CONNECTION,
-                            axum::http::HeaderValue::from_static("close"),
-                        );
-                    }
-                    Ok::<_, Infallible>(response)
+                    let request = request.map(Body::new);
+                    let mut response = match ingest_path(&request) {
+                        Some(topic) => ingest_direct(&state, &topic, request).await,
+                        None => app.oneshot(request).await.unwrap_or_else(|e| match e {}),
+                    };
+                    close_if_stopping(&state, &mut response);
+                    Ok(response)
                 },
                 span,
             )
@@ -597,6 +593,17 @@ impl Routing {
             direct: direct::Direct::new(api_paths.iter().map(|(path, _)| *path), &live.routes),
             builder,
         }
+    }
+}
+
+/// During shutdown every answer closes its connection: the drain waits for connections,
+/// and a kept-alive one would otherwise stay open after its request.
+fn close_if_stopping(state: &AppState, response: &mut Response) {
+    if state.shutting_down.load(Ordering::Relaxed) {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
     }
 }
 
