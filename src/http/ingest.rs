@@ -70,11 +70,11 @@ const REJECTED_ID_SEARCH_BYTES_MAX: usize = 64 << 10;
 fn log_refusal(topic: &str, e: &ApiError, rejected: Option<Rejected>) {
     let (code, status) = (e.code.as_str(), e.code.status().as_u16());
     if !e.code.status().is_client_error() {
-        tracing::debug!(topic, code, status, message = %e.message, "ingest refused");
+        tracing::debug!(topic, code, status, error = %e.message, "ingest refused");
         return;
     }
     let Some(Rejected { body, pos }) = rejected else {
-        tracing::info!(topic, code, status, message = %e.message, "ingest rejected");
+        tracing::info!(topic, code, status, error = %e.message, "ingest rejected");
         return;
     };
     // The event_id member of the record, if the record got that far as JSON.
@@ -96,7 +96,7 @@ fn log_refusal(topic: &str, e: &ApiError, rejected: Option<Rejected>) {
         byte = pos.byte,
         line = pos.line,
         event_id = event_id.as_deref(),
-        message = %e.message,
+        error = %e.message,
         "ingest rejected"
     );
 }

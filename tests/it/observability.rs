@@ -191,6 +191,13 @@ fn a_rejected_record_is_logged_with_its_event_id_and_the_request_trace_id() {
     assert_eq!(line["fields"]["event_id"], "bad-2", "{line}");
     assert_eq!(line["fields"]["record"], 2, "{line}");
     assert_eq!(line["fields"]["code"], "invalid_timestamp", "{line}");
+    assert_eq!(line["fields"]["message"], "ingest rejected", "{line}");
+    assert!(
+        line["fields"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("yesterday")),
+        "{line}"
+    );
     assert_eq!(line["span"]["trace_id"], trace, "{line}");
     assert_eq!(line["span"]["request_id"], "req-7", "{line}");
     let other = &lines[1];
