@@ -266,7 +266,7 @@ pub struct Pipelines {
 impl Pipelines {
     /// Starts a thread per configured pipeline, each restored from its checkpoint in
     /// `store`. `runtime` is used to wait on appends; `disk` is the free-space reserve
-    /// late events are appended under.
+    /// late events are appended under. Readiness waits once for each to catch up.
     pub fn start(
         config: &Config,
         log: &Log,
@@ -274,14 +274,32 @@ impl Pipelines {
         disk: &Arc<DiskSpace>,
         runtime: &Handle,
     ) -> Result<Pipelines, crate::store::StoreError> {
-        let started = Pipelines::default();
-        started.add(config, &config.pipelines, log, store, disk, runtime)?;
-        Ok(started)
+        let mut list = Vec::new();
+        if let Err(e) = Self::start_each(
+            config,
+            &config.pipelines,
+            log,
+            store,
+            disk,
+            runtime,
+            &mut list,
+        ) {
+            // Those already running stop (their final checkpoints flushed) before the
+            // error is reported, so a retry finds the store closed.
+            stop_all(&list);
+            return Err(e);
+        }
+        Ok(Pipelines {
+            list: arc_swap::ArcSwap::from_pointee(list),
+            changing: Mutex::new(false),
+        })
     }
 
     /// Starts `new` (pipelines of `config` not running yet, e.g. added by a reload) as
-    /// `start` does. All or nothing: on an error the ones just started stop again (their
-    /// final checkpoints flushed) before it is reported, and the running ones go on.
+    /// `start` does, except that they do not hold readiness back while they catch up
+    /// (ingest and the running pipelines are not affected by them). All or nothing: on
+    /// an error the ones just started stop again (their final checkpoints flushed)
+    /// before it is reported, and the running ones go on.
     pub fn add(
         &self,
         config: &Config,
@@ -300,6 +318,10 @@ impl Pipelines {
         let mut started = Vec::new();
         match Self::start_each(config, new, log, store, disk, runtime, &mut started) {
             Ok(()) => {
+                for p in &started {
+                    p.caught_up
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
                 let mut list = Vec::clone(&self.list.load());
                 list.extend(started);
                 self.list.store(Arc::new(list));
