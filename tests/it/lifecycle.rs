@@ -363,9 +363,16 @@ fn sighup_applies_live_limits_and_keeps_immutable_keys_naming_them() {
         .replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"")
         .replace("partitions = 4", "partitions = 8")
         .replace("fsync = \"always\"", "fsync = \"never\"")
+            + "\n[log]\nlevel = \"warn\"\n"
     });
     reload(&w, 1);
     let log = w.log_text();
+    // RUST_LOG (set by the test harness) wins over [log] level, and the reload says so.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("log.level not applied") && l.contains("RUST_LOG")),
+        "{log}"
+    );
     let warning = log
         .lines()
         .find(|l| l.contains("cannot change while running"))
