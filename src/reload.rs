@@ -115,6 +115,8 @@ pub fn plan(running: &Config, file: Config) -> Plan {
     }
 
     let mut new_topics = Vec::new();
+    // Existing topics whose file settings differ from the running ones.
+    let mut differing_topics = Vec::new();
     for t in &file.topics {
         match running.topic(&t.name) {
             None => {
@@ -122,7 +124,11 @@ pub fn plan(running: &Config, file: Config) -> Plan {
                 new_topics.push(t.clone());
             }
             Some(old) => {
-                kept.extend(topic_diff(old, t).map(|k| format!("topic[{:?}].{k}", t.name)))
+                let before = kept.len();
+                kept.extend(topic_diff(old, t).map(|k| format!("topic[{:?}].{k}", t.name)));
+                if kept.len() > before {
+                    differing_topics.push(t.name.as_str());
+                }
             }
         }
     }
@@ -135,12 +141,26 @@ pub fn plan(running: &Config, file: Config) -> Plan {
 
     let mut new_pipelines = Vec::new();
     for p in &file.pipelines {
-        match running.pipeline(&p.name) {
-            None => {
+        // The file was checked with its own topic settings (a late_topic's dedup, say);
+        // a topic that keeps other running settings may not pass those checks.
+        let differing_topic = [
+            Some(&p.source),
+            p.late_topic.as_ref(),
+            p.output_topic.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|t| differing_topics.contains(&t.as_str()));
+        match (running.pipeline(&p.name), differing_topic) {
+            (None, Some(topic)) => kept.push(format!(
+                "pipeline[{:?}] (new, but topic {topic:?} keeps settings the file changed)",
+                p.name
+            )),
+            (None, None) => {
                 changed.push(format!("pipeline[{:?}]", p.name));
                 new_pipelines.push(p.clone());
             }
-            Some(old) => {
+            (Some(old), _) => {
                 kept.extend(pipeline_diff(old, p).map(|k| format!("pipeline[{:?}].{k}", p.name)))
             }
         }
@@ -404,6 +424,28 @@ partitions = 4
         assert_eq!(plan.config.pipeline("a"), running.pipeline("a"));
         assert_eq!(plan.changed, ["pipeline[\"b\"]"]);
         assert_eq!(plan.kept, ["pipeline[\"a\"].window"]);
+    }
+
+    #[test]
+    fn a_new_pipeline_over_a_topic_whose_changes_wait_waits_too() {
+        let pipeline = "[[pipeline]]\nname = \"b\"\nsource = \"events\"\ngroup_by = [\"/payload/k\"]\n\
+             window = { kind = \"tumbling\", size = \"1m\" }\n\
+             [[pipeline.aggregate]]\nname = \"count\"\nfn = \"count\"\n";
+        let running = parse(BASE);
+        let file = parse(&format!(
+            "{}\n{pipeline}",
+            BASE.replace("partitions = 4", "partitions = 8")
+        ));
+        let plan = plan(&running, file);
+        assert!(plan.new_pipelines.is_empty());
+        assert!(plan.config.pipelines.is_empty());
+        assert_eq!(
+            plan.kept,
+            [
+                "topic[\"events\"].partitions",
+                "pipeline[\"b\"] (new, but topic \"events\" keeps settings the file changed)"
+            ]
+        );
     }
 
     #[test]
