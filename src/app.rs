@@ -1,9 +1,11 @@
 //! Wiring: metrics, the log, the HTTP server, and the ordered shutdown.
 //!
 //! Start: install the metrics recorder, open the log (lock, recovery, dedup rebuild) on
-//! a blocking thread, start a thread per pipeline, bind the listener, serve. Stop: stop
-//! accepting, let in-flight requests finish within `shutdown_grace`, stop the pipeline
-//! threads, then close the log (final fsync, indexes, clean-shutdown marker).
+//! a blocking thread, start a thread per pipeline, bind the listener, serve. While
+//! serving, the reload task (`reload::run`) applies each SIGHUP. Stop: drain (new writes
+//! 503, in-flight requests finish within `shutdown_grace`), let a reload under way end,
+//! stop the pipeline threads (final checkpoints), then close the log (final fsync,
+//! indexes, clean-shutdown marker).
 //!
 //! Under systemd (`Type=notify`): before anything, refuse a `server.memory_max` above
 //! the cgroup's memory limit; pet the watchdog from a task for the whole run; while
@@ -27,6 +29,7 @@ use crate::http::{self, AppState};
 use crate::log::Log;
 use crate::metrics as m;
 use crate::pipeline::runner::Pipelines;
+use crate::reload::{self, Reloads};
 use crate::store::Store;
 use crate::systemd::{self, Notifier};
 
@@ -37,6 +40,7 @@ pub async fn run(
     config: Config,
     clock: SharedClock,
     shutdown: impl Future<Output = ()>,
+    reloads: Reloads,
 ) -> anyhow::Result<()> {
     check_memory_max(config.server.memory_max)?;
     let notifier = match Notifier::from_env() {
@@ -168,9 +172,20 @@ pub async fn run(
         Arc::clone(&log),
         config.server.clone(),
         handle,
-        disk,
+        Arc::clone(&disk),
         Arc::clone(&pipelines),
         config.routes.clone(),
+    ));
+    let reloader = tokio::spawn(reload::run(
+        reloads,
+        reload::Running {
+            config,
+            state: Arc::clone(&state),
+            log: Arc::clone(&log),
+            pipelines: Arc::clone(&pipelines),
+            store: Arc::clone(&store),
+            disk,
+        },
     ));
     let addr = listener.local_addr().context("listener address")?;
     tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "weir listening");
@@ -185,6 +200,10 @@ pub async fn run(
         }
     };
     http::serve(listener, state, shutdown).await;
+    // A reload under way finishes before the pipelines stop and the log closes.
+    if let Err(e) = reloader.await {
+        tracing::error!(error = %e, "config reload task failed");
+    }
     tracing::info!("stopped serving; stopping the pipelines");
     tokio::task::spawn_blocking(move || {
         pipelines.stop();

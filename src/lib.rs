@@ -33,5 +33,6 @@ pub mod log;
 pub mod metrics;
 pub mod ops;
 pub mod pipeline;
+pub mod reload;
 pub mod store;
 pub mod systemd;

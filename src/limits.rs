@@ -100,3 +100,9 @@ pub const LATE_BUFFER_BYTES_MAX: usize = 4 << 20;
 /// While a pipeline's `late_topic` refuses appends (retried every second), a warning at
 /// most this often: the failure counter has every attempt.
 pub const LATE_FAILURE_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long the drain waits for the first request of a connection accepted just before
+/// shutdown began before closing it as idle: a client that connected and is sending
+/// gets an answer (503 for writes) instead of a reset; a connection that stays silent
+/// holds the drain no longer than this.
+pub const DRAIN_FIRST_REQUEST_WAIT: std::time::Duration = std::time::Duration::from_millis(500);

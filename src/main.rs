@@ -150,20 +150,26 @@ fn main() -> ExitCode {
             data_dir,
             listen,
         } => {
-            let mut config = match Config::load(&config) {
+            // The file with the command line's overrides; read again on SIGHUP.
+            let load = move || {
+                Config::load(&config).map(|mut c| {
+                    if let Some(dir) = &data_dir {
+                        c.storage.data_dir.clone_from(dir);
+                    }
+                    if let Some(addr) = listen {
+                        c.server.listen = addr;
+                    }
+                    c
+                })
+            };
+            let config = match load() {
                 Ok(c) => c,
                 Err(errors) => {
                     eprintln!("{errors}");
                     return ExitCode::FAILURE;
                 }
             };
-            if let Some(dir) = data_dir {
-                config.storage.data_dir = dir;
-            }
-            if let Some(addr) = listen {
-                config.server.listen = addr;
-            }
-            init_tracing(&config);
+            let set_log_level = init_tracing(&config);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -174,11 +180,14 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(weir::app::run(
-                config,
-                weir::clock::system(),
-                shutdown_signal(),
-            )) {
+            let result = runtime.block_on(async {
+                let reloads = sighup_reloads(load, set_log_level);
+                weir::app::run(config, weir::clock::system(), shutdown_signal(), reloads).await
+            });
+            // Connections cut off when the drain ran out of grace may still hold tasks;
+            // the log is closed, so nothing is left worth waiting for.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -196,18 +205,64 @@ fn fail(command: &str, e: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn init_tracing(config: &Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("weir={0},{0}", config.log.level)));
+/// Installs the subscriber: `RUST_LOG` if set, else `[log] level`; `[log] format`.
+/// Returns how a reload changes the level (refused while `RUST_LOG` is set: it wins).
+fn init_tracing(config: &Config) -> weir::reload::SetLogLevel {
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::prelude::*;
+    let level_filter = |level: &str| EnvFilter::new(format!("weir={level},{level}"));
+    // An empty RUST_LOG counts as unset; one that does not parse is ignored as before.
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| EnvFilter::try_new(v).ok());
+    let env_wins = from_env.is_some();
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(
+        from_env.unwrap_or_else(|| level_filter(&config.log.level)),
+    );
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => registry.with(fmt.json()).init(),
+        LogFormat::Text => registry.with(fmt).init(),
+    }
+    Box::new(move |level| {
+        if env_wins {
+            return Err("RUST_LOG is set, and wins over [log] level".to_string());
+        }
+        handle
+            .modify(|f| *f = level_filter(level))
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// A reload request per SIGHUP: the file read again by `load`. The handler is installed
+/// here, before the log opens, so a SIGHUP during recovery does not end the process.
+fn sighup_reloads(
+    load: impl Fn() -> Result<Config, weir::config::ConfigErrors> + Send + 'static,
+    set_log_level: weir::reload::SetLogLevel,
+) -> weir::reload::Reloads {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, requests) = tokio::sync::mpsc::channel(1);
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reading the config file again");
+                    if tx.send(load()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot handle SIGHUP; config reload is off"),
+    }
+    weir::reload::Reloads {
+        requests,
+        set_log_level,
     }
 }
 

@@ -38,6 +38,7 @@ pub const PIPELINE_RECORDS_LOST: &str = "weir_pipeline_records_lost_total";
 pub const PIPELINE_REFUSED: &str = "weir_pipeline_refused_events_total";
 pub const PIPELINE_WATERMARK: &str = "weir_pipeline_watermark_seconds";
 pub const PIPELINE_LAG: &str = "weir_pipeline_lag_records";
+pub const CONFIG_RELOADS: &str = "weir_config_reloads_total";
 pub const PIPELINE_OPEN_WINDOWS: &str = "weir_pipeline_open_windows";
 pub const PIPELINE_VIEW_ROWS: &str = "weir_pipeline_view_rows";
 pub const PIPELINE_CHECKPOINT_SECONDS: &str = "weir_pipeline_checkpoint_duration_seconds";
@@ -288,6 +289,11 @@ fn describe() {
         GROUP_LAG,
         Unit::Count,
         "Records between a group's committed offset and the visible end"
+    );
+    describe_counter!(
+        CONFIG_RELOADS,
+        Unit::Count,
+        "Config reloads (SIGHUP) by result: ok (in force, keys needing a restart kept) or rejected (the file had problems; nothing changed)"
     );
 }
 

@@ -38,7 +38,7 @@ pub async fn readyz(State(state): State<SharedState>) -> Response {
         .into_iter()
         .map(|p| format!("partition {p} is fenced after an fsync failure"))
         .collect();
-    for p in state.pipelines.iter() {
+    for p in state.pipelines.list().iter() {
         if !p.caught_up() {
             not_ready.push(format!(
                 "pipeline {} is catching up ({} records behind, ready_lag {})",

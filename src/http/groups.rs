@@ -49,7 +49,6 @@ fn lookup(state: &SharedState, group: &str, topic: &str) -> Result<Arc<Topic>, A
     state
         .log
         .topic(topic)
-        .cloned()
         .ok_or_else(|| ApiError::new(ErrorCode::UnknownTopic, format!("no topic {topic:?}")))
 }
 

@@ -41,17 +41,77 @@ pub async fn ingest(
     handle(&state, &topic_name, query, request).await
 }
 
-/// The ingest of one request, whichever way it was routed.
+/// The ingest of one request, whichever way it was routed. A refusal is logged (info
+/// for the client's errors, naming the record and its event_id; debug for the bounds),
+/// in the request's span, which carries its trace id when it sent one.
 pub async fn handle(
     state: &SharedState,
     topic_name: &str,
     query: Result<IngestQuery, ApiError>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let mut rejected = None;
+    let result = handle_inner(state, topic_name, query, request, &mut rejected).await;
+    if let Err(e) = &result {
+        log_refusal(topic_name, e, rejected);
+    }
+    result
+}
+
+/// A record a parse refused: the body and where the record starts.
+struct Rejected {
+    body: bytes::Bytes,
+    pos: event::RecordPos,
+}
+
+/// How much of a refused record is searched for its event_id.
+const REJECTED_ID_SEARCH_BYTES_MAX: usize = 64 << 10;
+
+fn log_refusal(topic: &str, e: &ApiError, rejected: Option<Rejected>) {
+    let (code, status) = (e.code.as_str(), e.code.status().as_u16());
+    if !e.code.status().is_client_error() {
+        tracing::debug!(topic, code, status, error = %e.message, "ingest refused");
+        return;
+    }
+    let Some(Rejected { body, pos }) = rejected else {
+        tracing::info!(topic, code, status, error = %e.message, "ingest rejected");
+        return;
+    };
+    // The event_id member of the record, if the record got that far as JSON.
+    let rest = body.get(pos.byte..).unwrap_or_default();
+    let rest = &rest[..rest.len().min(REJECTED_ID_SEARCH_BYTES_MAX)];
+    let text = match std::str::from_utf8(rest) {
+        Ok(text) => text,
+        Err(cut) => std::str::from_utf8(&rest[..cut.valid_up_to()]).unwrap_or_default(),
+    };
+    let event_id = crate::json::pointer_get_tokens(text, &["event_id".to_string()])
+        .ok()
+        .flatten()
+        .and_then(|raw| crate::json::decode_str(raw).ok());
+    tracing::info!(
+        topic,
+        code,
+        status,
+        record = pos.record,
+        byte = pos.byte,
+        line = pos.line,
+        event_id = event_id.as_deref(),
+        error = %e.message,
+        "ingest rejected"
+    );
+}
+
+async fn handle_inner(
+    state: &SharedState,
+    topic_name: &str,
+    query: Result<IngestQuery, ApiError>,
+    request: Request,
+    rejected: &mut Option<Rejected>,
+) -> Result<Response, ApiError> {
     // The request itself, not the HeaderMap extractor: that one clones every header.
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
-    let topic = state.log.topic(topic_name).cloned();
+    let topic = state.log.topic(topic_name);
     // A configured topic's name was validated at start; only an unknown one is checked,
     // so a name that could never be a topic gets 400 rather than 404.
     if topic.is_none() {
@@ -81,19 +141,29 @@ pub async fn handle(
         ));
     }
     check_content_type(headers)?;
-    let body_max = state.server.max_body;
+    let (body_max, body_timeout, max_key, inflight) = {
+        let live = state.live.load();
+        let server = &live.server;
+        let inflight = std::sync::Arc::clone(&live.inflight);
+        (
+            server.max_body,
+            server.body_timeout,
+            server.max_key,
+            inflight,
+        )
+    };
     let declared = declared_length(headers)?;
     if declared.is_some_and(|len| len > body_max) {
         return Err(too_large(body_max));
     }
     // Every body byte being handled holds a permit of `max_inflight`; beyond it the
     // request is refused at once instead of growing memory.
-    let mut permits = InflightPermits::new(state);
+    let mut permits = InflightPermits::new(inflight);
     if let Some(len) = declared {
         permits.take(len)?;
     }
     let read = read_body(body, body_max, declared.is_none().then_some(&mut permits));
-    let bytes = tokio::time::timeout(state.server.body_timeout, read)
+    let bytes = tokio::time::timeout(body_timeout, read)
         .await
         .map_err(|_| {
             ApiError::new(
@@ -102,13 +172,22 @@ pub async fn handle(
             )
         })??;
     let now_ms = state.log.clock().now_ms();
-    let rules = topic.rules(state.server.max_key);
+    let rules = topic.rules(max_key);
     let mut events = Vec::new();
     let mut parse = || event::parse_body(&bytes, &rules, query.key.as_deref(), now_ms, &mut events);
-    if bytes.len() > PARSE_INLINE_BYTES_MAX {
-        tokio::task::block_in_place(parse)?;
+    let parsed = if bytes.len() > PARSE_INLINE_BYTES_MAX {
+        tokio::task::block_in_place(parse)
     } else {
-        parse()?;
+        parse()
+    };
+    if let Err(e) = parsed {
+        if let Some(pos) = e.pos() {
+            *rejected = Some(Rejected {
+                body: bytes.clone(),
+                pos,
+            });
+        }
+        return Err(e.into());
     }
     state.disk.check(bytes.len() as u64).map_err(|low| {
         super::Refusal::FreeSpace.count();
@@ -193,9 +272,9 @@ struct InflightPermits {
 }
 
 impl InflightPermits {
-    fn new(state: &SharedState) -> InflightPermits {
+    fn new(semaphore: std::sync::Arc<tokio::sync::Semaphore>) -> InflightPermits {
         InflightPermits {
-            semaphore: std::sync::Arc::clone(&state.inflight),
+            semaphore,
             held: Vec::new(),
         }
     }

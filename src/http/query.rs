@@ -30,12 +30,25 @@ fn params<T>(query: QueryResult<T>) -> Result<T, ApiError> {
         .map_err(|e| ApiError::new(ErrorCode::InvalidParameter, e.body_text()))
 }
 
-fn lookup<'a>(state: &'a SharedState, name: &str) -> Result<&'a PipelineHandle, ApiError> {
+fn lookup(state: &SharedState, name: &str) -> Result<std::sync::Arc<PipelineHandle>, ApiError> {
     state
         .pipelines
         .get(name)
-        .map(AsRef::as_ref)
         .ok_or_else(|| ApiError::new(ErrorCode::UnknownPipeline, format!("no pipeline {name:?}")))
+}
+
+/// `f` of the pipeline called `name`, without a reference count (the sync hot paths).
+fn with_pipeline<R>(
+    state: &SharedState,
+    name: &str,
+    f: impl FnOnce(&PipelineHandle) -> Result<R, ApiError>,
+) -> Result<R, ApiError> {
+    state.pipelines.with(name, f).unwrap_or_else(|| {
+        Err(ApiError::new(
+            ErrorCode::UnknownPipeline,
+            format!("no pipeline {name:?}"),
+        ))
+    })
 }
 
 fn ok(body: Vec<u8>) -> Response {
@@ -91,7 +104,7 @@ fn write_window(view: &HotView, start: i64, row: &Row, out: &mut Vec<u8>) {
 pub async fn list(State(state): State<SharedState>) -> Response {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"{\"pipelines\":[");
-    for (i, p) in state.pipelines.iter().enumerate() {
+    for (i, p) in state.pipelines.list().iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -388,17 +401,18 @@ pub async fn key(
 ) -> Result<Response, ApiError> {
     let p = lookup(&state, &name)?;
     let ask = params(query)?.ask()?;
-    match key_answer(p, &key, &ask)? {
+    match key_answer(&p, &key, &ask)? {
         (out, None) => Ok(ok(out)),
-        (out, Some(range)) => answer_stored(p, &key, range, out).await.map(ok),
+        (out, Some(range)) => answer_stored(&p, &key, range, out).await.map(ok),
     }
 }
 
 /// `GET /v1/pipelines/{name}/keys/{key}` without a query: the key's latest window. What
 /// `key` answers for such a request; `direct` calls it without the router.
 pub fn key_latest(state: &SharedState, name: &str, key: &str) -> Result<Response, ApiError> {
-    let p = lookup(state, name)?;
-    key_answer(p, key, &KeyAsk::One(Which::Latest)).map(|(out, _)| ok(out))
+    with_pipeline(state, name, |p| {
+        key_answer(p, key, &KeyAsk::One(Which::Latest)).map(|(out, _)| ok(out))
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -528,7 +542,19 @@ pub fn route_query(
     else {
         return Err(ApiError::new(ErrorCode::InternalError, "not a query route"));
     };
-    let p = lookup(state, pipeline)?;
+    with_pipeline(state, pipeline, |p| {
+        route_query_in(p, route, key, aggregate.as_deref(), *window, key_value)
+    })
+}
+
+fn route_query_in(
+    p: &PipelineHandle,
+    route: &RouteConfig,
+    key: &str,
+    aggregate: Option<&str>,
+    window: QueryWindow,
+    key_value: &str,
+) -> Result<Response, ApiError> {
     let which = match window {
         QueryWindow::Latest => Which::Latest,
         QueryWindow::LastClosed => Which::LastClosed,

@@ -48,7 +48,7 @@ fn topic_json(topic: &Topic) -> serde_json::Value {
 }
 
 pub async fn list_topics(State(state): State<SharedState>) -> axum::Json<serde_json::Value> {
-    let topics: Vec<_> = state.log.topics().map(|t| topic_json(t)).collect();
+    let topics: Vec<_> = state.log.topics().values().map(|t| topic_json(t)).collect();
     axum::Json(json!({ "topics": topics }))
 }
 
@@ -57,7 +57,6 @@ pub(crate) fn lookup(state: &SharedState, name: &str) -> Result<Arc<Topic>, ApiE
     state
         .log
         .topic(name)
-        .cloned()
         .ok_or_else(|| ApiError::new(ErrorCode::UnknownTopic, format!("no topic {name:?}")))
 }
 

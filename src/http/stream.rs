@@ -73,14 +73,15 @@ pub async fn stream(
             t => Start::Time(read::parse_time_param("from", t)?),
         },
     };
-    let Ok(permit) = Arc::clone(&state.streams).try_acquire_owned() else {
+    let (streams, max_streams) = {
+        let live = state.live.load();
+        (Arc::clone(&live.streams), live.server.max_streams)
+    };
+    let Ok(permit) = streams.try_acquire_owned() else {
         Refusal::Streams.count();
         return Err(ApiError::new(
             ErrorCode::Overloaded,
-            format!(
-                "max_streams ({}) streams are open; retry later",
-                state.server.max_streams
-            ),
+            format!("max_streams ({max_streams}) streams are open; retry later"),
         ));
     };
     let partitions = topic.partitions.clone();

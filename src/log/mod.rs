@@ -25,6 +25,8 @@ use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
+
 use datadir::{DataDir, DataDirError};
 use groups::{GroupOffsets, OFFSETS_TOPIC};
 use partition::{Partition, PartitionLinks, PartitionSettings, ReadError};
@@ -80,12 +82,16 @@ pub struct OpenReport {
 
 pub struct Log {
     datadir: DataDir,
-    /// The configured topics; the internal ones are not among them.
-    topics: BTreeMap<String, Arc<Topic>>,
+    /// The configured topics; the internal ones are not among them. Swapped whole when
+    /// a reload adds topics (`add_topics`); never shrinks while running.
+    topics: ArcSwap<BTreeMap<String, Arc<Topic>>>,
+    /// Serialises `add_topics`.
+    adding: parking_lot::Mutex<()>,
     /// Consumer-group offsets, kept in the internal topic `__weir_offsets`.
     groups: Arc<GroupOffsets>,
-    /// Taken by `close`.
-    sync: parking_lot::Mutex<Option<SyncPool>>,
+    /// The fsync workers: the pool started at open, and one per reload that added
+    /// topics (a pool's queue is sized to its partitions). Taken by `close`.
+    sync: parking_lot::Mutex<Vec<SyncPool>>,
     retention: Arc<Retention>,
     /// Woken when sealed segments become durable; wakes the retention thread.
     retention_wakeup: Arc<Wakeup>,
@@ -161,25 +167,12 @@ impl Log {
             log_recovery(&tc.name, p, &rec.report);
             report.scanned_bytes += rec.report.scanned_bytes;
             report.truncated_bytes += rec.report.truncated_bytes;
-            let settings = PartitionSettings {
-                fsync: tc.fsync,
-                segment_bytes_max: tc.segment_size,
-                segment_age_ms: i64::try_from(tc.segment_age.as_millis()).unwrap_or(i64::MAX),
+            let links = PartitionLinks {
+                sync_queue: sync.queue(),
+                clock: Arc::clone(&clock),
+                rolled: Arc::clone(&retention_wakeup),
             };
-            let dir = datadir.topic_dir(&tc.name).join(p.to_string());
-            let inner = partition::inner_from_recovery(rec.sealed, rec.active, rec.next_offset);
-            by_topic[t][p as usize] = Some(Arc::new(Partition::new(
-                tc.name.as_str().into(),
-                p,
-                dir,
-                settings,
-                inner,
-                PartitionLinks {
-                    sync_queue: sync.queue(),
-                    clock: Arc::clone(&clock),
-                    rolled: Arc::clone(&retention_wakeup),
-                },
-            )));
+            by_topic[t][p as usize] = Some(open_partition(&datadir, tc, p, rec, links));
         }
         let mut topics = BTreeMap::new();
         let mut flush = Vec::new();
@@ -219,9 +212,10 @@ impl Log {
         Ok((
             Log {
                 datadir,
-                topics,
+                topics: ArcSwap::from_pointee(topics),
+                adding: parking_lot::Mutex::new(()),
                 groups,
-                sync: parking_lot::Mutex::new(Some(sync)),
+                sync: parking_lot::Mutex::new(vec![sync]),
                 retention,
                 retention_wakeup,
                 retention_thread: parking_lot::Mutex::new(None),
@@ -231,12 +225,66 @@ impl Log {
         ))
     }
 
-    pub fn topic(&self, name: &str) -> Option<&Arc<Topic>> {
-        self.topics.get(name)
+    pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.load().get(name).cloned()
     }
 
-    pub fn topics(&self) -> impl Iterator<Item = &Arc<Topic>> {
-        self.topics.values()
+    /// The configured topics of this moment, by name.
+    pub fn topics(&self) -> Arc<BTreeMap<String, Arc<Topic>>> {
+        self.topics.load_full()
+    }
+
+    /// Opens topics a reload added to the config: recovers their partitions (a
+    /// directory left by an earlier run is scanned as after a crash), loads their dedup
+    /// tables, starts fsync workers for them, adds them to retention and only then makes
+    /// them visible. All or nothing: on an error none is added. Blocking (recovery IO).
+    pub fn add_topics(&self, configs: &[TopicConfig]) -> Result<(), LogError> {
+        let _adding = self.adding.lock();
+        let configs: Vec<&TopicConfig> = configs
+            .iter()
+            .filter(|tc| !self.topics.load().contains_key(&tc.name))
+            .collect();
+        if configs.is_empty() {
+            return Ok(());
+        }
+        let partitions_total: usize = configs.iter().map(|t| t.partitions as usize).sum();
+        let mut sync = SyncPool::start(partitions_total);
+        let now = self.clock.now_ms();
+        let mut added = Vec::new();
+        let mut flush = Vec::new();
+        for tc in configs {
+            let mut parts = Vec::new();
+            for p in 0..tc.partitions {
+                let dir = self.datadir.topic_dir(&tc.name).join(p.to_string());
+                let rec = recovery::recover(&dir, false).map_err(|source| LogError::Recovery {
+                    topic: tc.name.clone(),
+                    partition: p,
+                    source,
+                })?;
+                log_recovery(&tc.name, p, &rec.report);
+                let links = PartitionLinks {
+                    sync_queue: sync.queue(),
+                    clock: Arc::clone(&self.clock),
+                    rolled: Arc::clone(&self.retention_wakeup),
+                };
+                parts.push(open_partition(&self.datadir, tc, p, rec, links));
+            }
+            flush.extend(parts.iter().map(|p| (Arc::clone(p), tc.fsync_interval)));
+            let topic = Arc::new(Topic::new(tc.clone(), parts));
+            if topic.dedup.enabled() {
+                topic.dedup.load(dedup_ids_from_log(&topic, now), now);
+            }
+            added.push(topic);
+        }
+        sync.start_flusher(flush);
+        self.sync.lock().push(sync);
+        for topic in &added {
+            self.retention.add(Arc::clone(topic));
+        }
+        let mut topics = BTreeMap::clone(&self.topics.load());
+        topics.extend(added.into_iter().map(|t| (t.name.to_string(), t)));
+        self.topics.store(Arc::new(topics));
+        Ok(())
     }
 
     pub fn clock(&self) -> &SharedClock {
@@ -270,7 +318,8 @@ impl Log {
     /// offsets, dedup entries, and `weir_group_lag_records` for every committed offset
     /// (the visible end minus the committed offset). No IO.
     pub fn update_scrape_gauges(&self) {
-        for topic in self.topics.values() {
+        let topics = self.topics.load();
+        for topic in topics.values() {
             topic.dedup.update_gauge();
             for p in &topic.partitions {
                 p.update_gauges();
@@ -278,8 +327,7 @@ impl Log {
         }
         self.groups.partition().update_gauges();
         for (group, topic, partition, offset) in self.groups.all() {
-            let Some(p) = self
-                .topics
+            let Some(p) = topics
                 .get(&topic)
                 .and_then(|t| t.partitions.get(partition as usize))
             else {
@@ -298,6 +346,7 @@ impl Log {
     /// Partitions refusing writes after an fsync failure, as `topic/partition`.
     pub fn fenced(&self) -> Vec<String> {
         self.topics
+            .load()
             .values()
             .flat_map(|t| t.partitions.iter())
             .chain(std::iter::once(self.groups.partition()))
@@ -312,8 +361,8 @@ impl Log {
         self.stop_retention();
         let mut result = Ok(());
         let offsets = std::iter::once(self.groups.partition());
-        for p in self
-            .topics
+        let topics = self.topics.load();
+        for p in topics
             .values()
             .flat_map(|t| t.partitions.iter())
             .chain(offsets)
@@ -323,7 +372,7 @@ impl Log {
                 result = Err(e);
             }
         }
-        if let Some(sync) = self.sync.lock().take() {
+        for sync in std::mem::take(&mut *self.sync.lock()) {
             sync.stop();
         }
         if result.is_ok() {
@@ -348,10 +397,11 @@ impl Log {
 impl Drop for Log {
     fn drop(&mut self) {
         self.stop_retention();
-        if let Some(sync) = self.sync.lock().take() {
+        let pools = std::mem::take(&mut *self.sync.lock());
+        if !pools.is_empty() {
             let offsets = std::iter::once(self.groups.partition());
-            let partitions: Vec<&Arc<Partition>> = self
-                .topics
+            let topics = self.topics.load();
+            let partitions: Vec<&Arc<Partition>> = topics
                 .values()
                 .flat_map(|t| t.partitions.iter())
                 .chain(offsets)
@@ -359,13 +409,40 @@ impl Drop for Log {
             for p in &partitions {
                 p.abandon();
             }
-            sync.stop();
+            for sync in pools {
+                sync.stop();
+            }
             let deadline = Instant::now() + ABANDON_WAIT_MAX;
             while partitions.iter().any(|p| p.sync_running()) && Instant::now() < deadline {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }
     }
+}
+
+/// A recovered partition of `tc`, ready to append.
+fn open_partition(
+    datadir: &DataDir,
+    tc: &TopicConfig,
+    p: u32,
+    rec: recovery::Recovered,
+    links: PartitionLinks,
+) -> Arc<Partition> {
+    let settings = PartitionSettings {
+        fsync: tc.fsync,
+        segment_bytes_max: tc.segment_size,
+        segment_age_ms: i64::try_from(tc.segment_age.as_millis()).unwrap_or(i64::MAX),
+    };
+    let dir = datadir.topic_dir(&tc.name).join(p.to_string());
+    let inner = partition::inner_from_recovery(rec.sealed, rec.active, rec.next_offset);
+    Arc::new(Partition::new(
+        tc.name.as_str().into(),
+        p,
+        dir,
+        settings,
+        inner,
+        links,
+    ))
 }
 
 /// Longest a dropped log waits for fsync rounds already running (see `Drop for Log`).

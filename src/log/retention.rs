@@ -177,7 +177,8 @@ pub struct PassReport {
 
 /// Everything a retention pass needs; shared with the retention thread.
 pub struct Retention {
-    topics: Vec<Arc<Topic>>,
+    /// Grows when a reload adds topics.
+    topics: parking_lot::RwLock<Vec<Arc<Topic>>>,
     groups: Arc<GroupOffsets>,
     clock: RetentionClock,
 }
@@ -195,17 +196,23 @@ impl Retention {
             metrics::counter!(m::RETENTION_DELETED_BYTES, &label).increment(0);
         }
         Retention {
-            topics,
+            topics: parking_lot::RwLock::new(topics),
             groups,
             clock,
         }
+    }
+
+    /// Adds a topic opened while running.
+    pub(crate) fn add(&self, topic: Arc<Topic>) {
+        self.topics.write().push(topic);
     }
 
     /// Applies every topic's policy once. Errors are logged per partition; a partition
     /// that failed is tried again on the next pass.
     pub fn run_once(&self) -> PassReport {
         let mut report = PassReport::default();
-        for topic in &self.topics {
+        let topics = self.topics.read().clone();
+        for topic in &topics {
             let policy = Policy::of(&topic.config);
             if policy.is_off() {
                 continue;

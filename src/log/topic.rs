@@ -498,7 +498,7 @@ mod tests {
     async fn forwarded_records_are_stored_as_given_and_a_repeat_is_a_duplicate() {
         let dir = tempfile::tempdir().unwrap();
         let log = open(dir.path());
-        let topic = Arc::clone(log.topic("late").unwrap());
+        let topic = log.topic("late").unwrap();
         let record = |key: Option<&'static [u8]>, value: &'static [u8], id| ForwardRecord {
             key,
             value,

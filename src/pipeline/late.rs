@@ -333,7 +333,7 @@ mod tests {
             .worker_threads(1)
             .build()
             .unwrap();
-        let topic = Arc::clone(log.topic("late").unwrap());
+        let topic = log.topic("late").unwrap();
         let disk = Arc::new(DiskSpace::new(dir.path(), 0).unwrap());
         let mut sink = LateSink::new(
             "p",

@@ -254,16 +254,19 @@ impl PipelineHandle {
     }
 }
 
-/// Every configured pipeline.
+/// Every running pipeline.
 #[derive(Default)]
 pub struct Pipelines {
-    list: Vec<Arc<PipelineHandle>>,
+    /// Swapped whole when a reload starts pipelines (`add`); never shrinks while running.
+    list: arc_swap::ArcSwap<Vec<Arc<PipelineHandle>>>,
+    /// Serialises `add` and `stop`; true once stopped, after which `add` refuses.
+    changing: Mutex<bool>,
 }
 
 impl Pipelines {
     /// Starts a thread per configured pipeline, each restored from its checkpoint in
     /// `store`. `runtime` is used to wait on appends; `disk` is the free-space reserve
-    /// late events are appended under.
+    /// late events are appended under. Readiness waits once for each to catch up.
     pub fn start(
         config: &Config,
         log: &Log,
@@ -271,13 +274,61 @@ impl Pipelines {
         disk: &Arc<DiskSpace>,
         runtime: &Handle,
     ) -> Result<Pipelines, crate::store::StoreError> {
-        let mut started = Pipelines::default();
-        match Self::start_each(config, log, store, disk, runtime, &mut started.list) {
-            Ok(()) => Ok(started),
+        let mut list = Vec::new();
+        if let Err(e) = Self::start_each(
+            config,
+            &config.pipelines,
+            log,
+            store,
+            disk,
+            runtime,
+            &mut list,
+        ) {
+            // Those already running stop (their final checkpoints flushed) before the
+            // error is reported, so a retry finds the store closed.
+            stop_all(&list);
+            return Err(e);
+        }
+        Ok(Pipelines {
+            list: arc_swap::ArcSwap::from_pointee(list),
+            changing: Mutex::new(false),
+        })
+    }
+
+    /// Starts `new` (pipelines of `config` not running yet, e.g. added by a reload) as
+    /// `start` does, except that they do not hold readiness back while they catch up
+    /// (ingest and the running pipelines are not affected by them). All or nothing: on
+    /// an error the ones just started stop again (their final checkpoints flushed)
+    /// before it is reported, and the running ones go on.
+    pub fn add(
+        &self,
+        config: &Config,
+        new: &[PipelineConfig],
+        log: &Log,
+        store: &Store,
+        disk: &Arc<DiskSpace>,
+        runtime: &Handle,
+    ) -> Result<(), crate::store::StoreError> {
+        let stopped = self.changing.lock();
+        if *stopped {
+            return Err(crate::store::StoreError::Start(
+                "the pipelines are stopping".to_string(),
+            ));
+        }
+        let mut started = Vec::new();
+        match Self::start_each(config, new, log, store, disk, runtime, &mut started) {
+            Ok(()) => {
+                for p in &started {
+                    p.caught_up
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
+                let mut list = Vec::clone(&self.list.load());
+                list.extend(started);
+                self.list.store(Arc::new(list));
+                Ok(())
+            }
             Err(e) => {
-                // Those already running stop (their final checkpoints flushed) before
-                // the error is reported, so a retry finds the store closed.
-                started.stop();
+                stop_all(&started);
                 Err(e)
             }
         }
@@ -285,13 +336,14 @@ impl Pipelines {
 
     fn start_each(
         config: &Config,
+        new: &[PipelineConfig],
         log: &Log,
         store: &Store,
         disk: &Arc<DiskSpace>,
         runtime: &Handle,
         list: &mut Vec<Arc<PipelineHandle>>,
     ) -> Result<(), crate::store::StoreError> {
-        for pc in &config.pipelines {
+        for pc in new {
             let Some(topic) = log.topic(&pc.source) else {
                 // The config check makes every source a topic.
                 return Err(crate::store::StoreError::Start(format!(
@@ -338,7 +390,7 @@ impl Pipelines {
                     };
                     Some(LateSink::new(
                         &pc.name,
-                        Arc::clone(topic),
+                        topic,
                         Arc::clone(disk),
                         Arc::clone(log.clock()),
                         runtime.clone(),
@@ -356,7 +408,7 @@ impl Pipelines {
                         )));
                     };
                     Some(OutputTarget {
-                        topic: Arc::clone(topic),
+                        topic,
                         disk: Arc::clone(disk),
                         clock: Arc::clone(log.clock()),
                         runtime: runtime.clone(),
@@ -392,25 +444,43 @@ impl Pipelines {
         Ok(())
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<PipelineHandle>> {
-        self.list.iter().find(|p| p.config.name == name)
+    pub fn get(&self, name: &str) -> Option<Arc<PipelineHandle>> {
+        self.list
+            .load()
+            .iter()
+            .find(|p| p.config.name == name)
+            .cloned()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<PipelineHandle>> {
-        self.list.iter()
+    /// `f` of the pipeline called `name`, borrowed without taking a reference count:
+    /// for the hot query paths, which answer without awaiting.
+    pub fn with<R>(&self, name: &str, f: impl FnOnce(&PipelineHandle) -> R) -> Option<R> {
+        let list = self.list.load();
+        list.iter().find(|p| p.config.name == name).map(|p| f(p))
+    }
+
+    /// The running pipelines of this moment, in start order.
+    pub fn list(&self) -> Arc<Vec<Arc<PipelineHandle>>> {
+        self.list.load_full()
     }
 
     /// Stops every pipeline thread and waits for it. Blocking: call off the runtime.
     pub fn stop(&self) {
-        for p in &self.list {
-            p.stop.send_replace(true);
-        }
-        for p in &self.list {
-            if let Some(t) = p.thread.lock().take()
-                && t.join().is_err()
-            {
-                tracing::error!(pipeline = %p.config.name, "pipeline thread panicked");
-            }
+        let mut stopped = self.changing.lock();
+        *stopped = true;
+        stop_all(&self.list.load());
+    }
+}
+
+fn stop_all(list: &[Arc<PipelineHandle>]) {
+    for p in list {
+        p.stop.send_replace(true);
+    }
+    for p in list {
+        if let Some(t) = p.thread.lock().take()
+            && t.join().is_err()
+        {
+            tracing::error!(pipeline = %p.config.name, "pipeline thread panicked");
         }
     }
 }

@@ -14,6 +14,7 @@ mod cli;
 mod crash;
 mod groups;
 mod ingest;
+mod lifecycle;
 mod model;
 mod observability;
 mod ops;

@@ -495,3 +495,66 @@ fn the_grafana_dashboard_only_uses_metrics_weir_exports() {
         );
     }
 }
+
+/// The JSON log lines of this run that contain `needle`, parsed.
+fn json_lines(w: &Weir, needle: &str) -> Vec<serde_json::Value> {
+    w.log_text()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[test]
+fn a_rejected_record_is_logged_with_its_event_id_and_the_request_trace_id() {
+    let w = Weir::start(&format!(
+        "{}\n[log]\nformat = \"json\"\n",
+        config("default_event_type = \"t\"")
+    ));
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let body = concat!(
+        r#"{"event_id":"good-1","payload":1}"#,
+        "\n",
+        r#"{"event_id":"bad-2","payload":1,"timestamp":"yesterday"}"#,
+    );
+    let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
+    let r = w.post_with(
+        "/v1/topics/events/events",
+        &[("traceparent", &traceparent), ("X-Request-Id", "req-7")],
+        body.as_bytes(),
+    );
+    assert_eq!((r.status, r.code().as_str()), (400, "invalid_timestamp"));
+    // An invalid traceparent is ignored; the rejection is still logged.
+    let r = w.post_with(
+        "/v1/topics/events/events",
+        &[("traceparent", "00-not-a-trace-01")],
+        br#"{"event_id":"bad-3","payload":1,"timestamp":"never"}"#,
+    );
+    assert_eq!(r.status, 400);
+    assert!(w.wait_log("bad-3", 1, std::time::Duration::from_secs(5)));
+
+    let lines = json_lines(&w, "ingest rejected");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let line = &lines[0];
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["fields"]["event_id"], "bad-2", "{line}");
+    assert_eq!(line["fields"]["record"], 2, "{line}");
+    assert_eq!(line["fields"]["code"], "invalid_timestamp", "{line}");
+    assert_eq!(line["fields"]["message"], "ingest rejected", "{line}");
+    assert!(
+        line["fields"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("yesterday")),
+        "{line}"
+    );
+    assert_eq!(line["span"]["trace_id"], trace, "{line}");
+    assert_eq!(line["span"]["request_id"], "req-7", "{line}");
+    let other = &lines[1];
+    assert_eq!(other["fields"]["event_id"], "bad-3", "{other}");
+    assert!(
+        other.get("span").is_none(),
+        "no span without a valid header: {other}"
+    );
+    // The start-up lines are JSON too.
+    assert_eq!(json_lines(&w, "weir listening").len(), 1);
+}

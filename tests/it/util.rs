@@ -292,8 +292,16 @@ fn with_data_dir(config: &str, data: &Path) -> String {
     }
 }
 
-/// `key=value` from a tracing text line.
+/// `key=value` from a tracing text line, or the field `key` of a JSON line.
 pub fn field(line: &str, key: &str) -> Option<String> {
+    if line.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        return match &v["fields"][key] {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        };
+    }
     let start = line.find(&format!("{key}="))? + key.len() + 1;
     let rest = &line[start..];
     let end = rest.find(' ').unwrap_or(rest.len());
@@ -590,5 +598,49 @@ impl Sse {
             }
         }
         out
+    }
+}
+
+/// Signals and exits, for the lifecycle tests.
+impl Weir {
+    /// Sends `signal` (libc::SIGTERM, SIGHUP, ...) without waiting.
+    pub fn signal(&self, signal: i32) {
+        let c = self.child.as_ref().expect("running");
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(c.id() as i32, signal) };
+    }
+
+    /// Waits up to `timeout` for the process to exit; None if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.as_mut().expect("running").try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until `n` lines of this run's log contain `needle`; false after `timeout`.
+    pub fn wait_log(&self, needle: &str, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let seen = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(needle))
+                .count();
+            if seen >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
     }
 }
