@@ -106,3 +106,9 @@ pub const LATE_FAILURE_LOG_INTERVAL: std::time::Duration = std::time::Duration::
 /// gets an answer (503 for writes) instead of a reset; a connection that stays silent
 /// holds the drain no longer than this.
 pub const DRAIN_FIRST_REQUEST_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Ingest rejections logged at info in one second, at most: a client sending bad data as
+/// fast as it can must not flood the log (or the disk under journald). The rest of that
+/// second go to debug, and the next info line counts them (`demoted`); the
+/// `weir_http_request_duration_seconds` counts by status have every one.
+pub const REJECTION_INFO_LINES_PER_SECOND_MAX: u64 = 20;

@@ -5,7 +5,7 @@
 //! reading), body read with the same bound and `body_timeout`, parse of every record,
 //! the free-space reserve (507), then the append. 202 only once the append is as durable as the topic asks.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -67,14 +67,61 @@ struct Rejected {
 /// How much of a refused record is searched for its event_id.
 const REJECTED_ID_SEARCH_BYTES_MAX: usize = 64 << 10;
 
+/// The info lines for rejections: at most `REJECTION_INFO_LINES_PER_SECOND_MAX` a second,
+/// counted per wall-clock second; the lines beyond go to debug and are counted.
+struct InfoBudget {
+    second: AtomicU64,
+    used: AtomicU64,
+    demoted: AtomicU64,
+}
+
+static REJECTION_LINES: InfoBudget = InfoBudget {
+    second: AtomicU64::new(0),
+    used: AtomicU64::new(0),
+    demoted: AtomicU64::new(0),
+};
+
+impl InfoBudget {
+    /// `Some(lines demoted since the last info line)` when this one may be at info.
+    fn take(&self) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.second.swap(now, Ordering::Relaxed) != now {
+            self.used.store(0, Ordering::Relaxed);
+        }
+        if self.used.fetch_add(1, Ordering::Relaxed)
+            < crate::limits::REJECTION_INFO_LINES_PER_SECOND_MAX
+        {
+            Some(self.demoted.swap(0, Ordering::Relaxed))
+        } else {
+            self.demoted.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
 fn log_refusal(topic: &str, e: &ApiError, rejected: Option<Rejected>) {
     let (code, status) = (e.code.as_str(), e.code.status().as_u16());
     if !e.code.status().is_client_error() {
         tracing::debug!(topic, code, status, error = %e.message, "ingest refused");
         return;
     }
+    let info = if tracing::enabled!(tracing::Level::INFO) {
+        REJECTION_LINES.take()
+    } else {
+        None
+    };
+    if info.is_none() && !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
     let Some(Rejected { body, pos }) = rejected else {
-        tracing::info!(topic, code, status, error = %e.message, "ingest rejected");
+        match info {
+            Some(demoted) => {
+                tracing::info!(topic, code, status, demoted, error = %e.message, "ingest rejected");
+            }
+            None => tracing::debug!(topic, code, status, error = %e.message, "ingest rejected"),
+        }
         return;
     };
     // The event_id member of the record, if the record got that far as JSON.
@@ -88,17 +135,31 @@ fn log_refusal(topic: &str, e: &ApiError, rejected: Option<Rejected>) {
         .ok()
         .flatten()
         .and_then(|raw| crate::json::decode_str(raw).ok());
-    tracing::info!(
-        topic,
-        code,
-        status,
-        record = pos.record,
-        byte = pos.byte,
-        line = pos.line,
-        event_id = event_id.as_deref(),
-        error = %e.message,
-        "ingest rejected"
-    );
+    match info {
+        Some(demoted) => tracing::info!(
+            topic,
+            code,
+            status,
+            record = pos.record,
+            byte = pos.byte,
+            line = pos.line,
+            event_id = event_id.as_deref(),
+            demoted,
+            error = %e.message,
+            "ingest rejected"
+        ),
+        None => tracing::debug!(
+            topic,
+            code,
+            status,
+            record = pos.record,
+            byte = pos.byte,
+            line = pos.line,
+            event_id = event_id.as_deref(),
+            error = %e.message,
+            "ingest rejected"
+        ),
+    }
 }
 
 async fn handle_inner(

@@ -558,3 +558,47 @@ fn a_rejected_record_is_logged_with_its_event_id_and_the_request_trace_id() {
     // The start-up lines are JSON too.
     assert_eq!(json_lines(&w, "weir listening").len(), 1);
 }
+
+#[test]
+fn a_client_sending_bad_records_fast_cannot_flood_the_log() {
+    let w = Weir::start(&format!(
+        "{}\n[log]\nformat = \"json\"\n",
+        config("default_event_type = \"t\"")
+    ));
+    let sent = 300;
+    let started = std::time::Instant::now();
+    for i in 0..sent {
+        let body = format!(r#"{{"event_id":"bad-{i}","payload":1,"timestamp":"never"}}"#);
+        let r = w.post("/v1/topics/events/events", &body);
+        assert_eq!(r.status, 400);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    // One more after the second has turned: it is at info and counts the demoted ones.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = w.post(
+        "/v1/topics/events/events",
+        r#"{"event_id":"late","payload":1,"timestamp":"never"}"#,
+    );
+    assert_eq!(r.status, 400);
+    assert!(w.wait_log("\"late\"", 1, std::time::Duration::from_secs(5)));
+    let lines = json_lines(&w, "ingest rejected");
+    let info = lines.len() - 1;
+    // 20 a second at info, in each wall-clock second the requests touched.
+    let info_max = usize::try_from(20 * (seconds + 1)).unwrap();
+    assert!(
+        (20..=info_max).contains(&info) && info < 300,
+        "{info} info lines for {sent} rejections in {seconds} s"
+    );
+    let last = lines.last().unwrap();
+    assert_eq!(last["fields"]["event_id"], "late", "{last}");
+    assert!(last["fields"]["demoted"].as_u64().unwrap() > 0, "{last}");
+    let demoted: u64 = lines
+        .iter()
+        .map(|l| l["fields"]["demoted"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        u64::try_from(info).unwrap() + demoted,
+        sent,
+        "every rejection is either a line or counted in the next one"
+    );
+}
