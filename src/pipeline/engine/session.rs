@@ -355,10 +355,17 @@ impl Engine {
                 complete,
             });
         }
-        // Ties of (end, start) came out in id order: put them in key order.
-        self.closed[from..].sort_unstable_by(|a, b| {
-            (a.end_ms, a.start_ms, &a.key).cmp(&(b.end_ms, b.start_ms, &b.key))
-        });
+        // Popped in (end, start, id) order: ties of (end, start), if any, go in key
+        // order. The check reads a key's text only at a tie.
+        let order = |a: &super::ClosedRow, b: &super::ClosedRow| {
+            (a.end_ms, a.start_ms)
+                .cmp(&(b.end_ms, b.start_ms))
+                .then_with(|| a.key.cmp(&b.key))
+        };
+        let rows = &mut self.closed[from..];
+        if !rows.is_sorted_by(|a, b| order(a, b).is_le()) {
+            rows.sort_unstable_by(order);
+        }
     }
 
     /// The open sessions of `key`, by start.
