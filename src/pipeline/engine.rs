@@ -19,6 +19,7 @@ use crate::json;
 
 mod session;
 pub use session::SessionCell;
+use session::span_complete;
 
 /// Which time windows are assigned by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,15 +172,26 @@ pub struct Engine {
     sketches: bool,
     /// Heap bytes the cells' states hold (sketches, first/last texts) when `sketches`.
     heap_bytes: usize,
-    /// Session windows: key -> its open sessions, by start (see `session`).
-    sessions: HashMap<Arc<str>, Vec<session::Session>>,
-    /// Session windows: slot (start rounded down to the gap) -> keys with a session
-    /// starting in it, and how many: what a checkpoint of a slot walks.
-    slots: BTreeMap<i64, HashMap<Arc<str>, u32>>,
-    /// Session windows: (end, start, key) of sessions to close, smallest first; an entry
-    /// whose session grew is queued again with its end, one whose session is gone is
-    /// skipped.
-    close_queue: BTreeSet<(i64, i64, Arc<str>)>,
+    /// Session windows: key -> its id, an index into `keyed` (see `session`). An id whose
+    /// sessions all closed is freed by the next `take_unsaved`, so nothing listing ids
+    /// (`session_unsaved`) can see it reused.
+    key_ids: HashMap<Arc<str>, u32>,
+    /// Session windows: per key id, the key and its open sessions, by start.
+    keyed: Vec<session::Keyed>,
+    /// Session windows: ids free for a new key.
+    free_ids: Vec<u32>,
+    /// Session windows: ids whose last session closed since the last `take_unsaved`.
+    emptied_ids: Vec<u32>,
+    /// Session windows: (start, key id) of sessions changed since the last
+    /// `take_changed_rows`, each once (its `dirty` flag).
+    session_changed: Vec<(i64, u32)>,
+    /// Session windows: (slot of start, key id) of sessions changed, opened, merged away
+    /// or closed since the last `take_unsaved`.
+    session_unsaved: Vec<(i64, u32)>,
+    /// Session windows: (end, start, key id) of sessions to close, smallest first; an
+    /// entry whose session grew is queued again with its end, one whose session is gone
+    /// is skipped (an entry closes only a session of its end: see `close_sessions`).
+    close_queue: BTreeSet<(i64, i64, u32)>,
     /// Session windows: rows (start, key) of sessions merged away or moved since the
     /// last `take_removed`.
     removed: Vec<(i64, Arc<str>)>,
@@ -208,8 +220,12 @@ impl Engine {
             key_buf: String::new(),
             sketches,
             heap_bytes: 0,
-            sessions: HashMap::default(),
-            slots: BTreeMap::new(),
+            key_ids: HashMap::default(),
+            keyed: Vec::new(),
+            free_ids: Vec::new(),
+            emptied_ids: Vec::new(),
+            session_changed: Vec::new(),
+            session_unsaved: Vec::new(),
             close_queue: BTreeSet::new(),
             removed: Vec::new(),
             cand_buf: Vec::new(),
@@ -279,10 +295,10 @@ impl Engine {
                 }
             }
         }
-        for (key, list) in &mut self.sessions {
-            for s in list.iter_mut().filter(|s| !s.dirty) {
+        for (id, k) in (0u32..).zip(&mut self.keyed) {
+            for s in k.list.iter_mut().filter(|s| !s.dirty) {
                 s.dirty = true;
-                self.changed.push((s.start, Arc::clone(key)));
+                self.session_changed.push((s.start, id));
             }
         }
     }
@@ -618,24 +634,26 @@ impl Engine {
         mut visit: impl FnMut(i64, i64, &Arc<str>, Vec<AggState>, bool),
     ) {
         if self.spec.window.is_session() {
-            let mut changed = std::mem::take(&mut self.changed);
-            for (start, key) in changed.drain(..) {
-                let Some(list) = self.sessions.get_mut(&key) else {
+            let mut changed = std::mem::take(&mut self.session_changed);
+            for (start, id) in changed.drain(..) {
+                // An id is not reused before `take_unsaved`; if it was since, a session of
+                // the new key at this start is listed too and visited once (`dirty`).
+                let Some(k) = self.keyed.get_mut(id as usize) else {
                     continue;
                 };
-                let Ok(i) = list.binary_search_by_key(&start, |s| s.start) else {
+                let Ok(i) = k.list.binary_search_by_key(&start, |s| s.start) else {
                     continue;
                 };
-                let s = &mut list[i];
+                let s = &mut k.list[i];
                 if !s.dirty {
                     continue;
                 }
                 s.dirty = false;
                 let (end, values) = (s.end, s.states.clone());
-                let complete = self.is_complete_span(start, end);
-                visit(start, end, &key, values, complete);
+                let complete = span_complete(&self.taints, start, end);
+                visit(start, end, &k.key, values, complete);
             }
-            self.changed = changed;
+            self.session_changed = changed;
             return;
         }
         let size = self.spec.window.size_ms();
@@ -685,21 +703,11 @@ impl Engine {
     ///
     /// [`slot_sessions`]: Self::slot_sessions
     pub fn take_unsaved(&mut self, mut visit: impl FnMut(i64, &Arc<str>, &[AggState])) {
-        let mut unsaved = std::mem::take(&mut self.unsaved);
         if self.spec.window.is_session() {
-            let width = self.spec.window.pane_ms();
-            for (slot, key) in unsaved.drain(..) {
-                if let Some(list) = self.sessions.get_mut(&key) {
-                    let lo = list.partition_point(|s| s.start < slot);
-                    for s in list[lo..].iter_mut().take_while(|s| s.start < slot + width) {
-                        s.unsaved = false;
-                    }
-                }
-                visit(slot, &key, &[]);
-            }
-            self.unsaved = unsaved;
+            self.take_unsaved_sessions(|slot, key| visit(slot, key, &[]));
             return;
         }
+        let mut unsaved = std::mem::take(&mut self.unsaved);
         for (pane, key) in unsaved.drain(..) {
             if let Some(cell) = self.panes.get_mut(&pane).and_then(|k| k.get_mut(&key)) {
                 cell.unsaved = false;
@@ -722,12 +730,13 @@ impl Engine {
     /// Lists every cell as unsaved: after a failed checkpoint, the next writes them all.
     pub fn mark_all_unsaved(&mut self) {
         self.unsaved.clear();
+        self.session_unsaved.clear();
         let width = self.spec.window.pane_ms();
-        for (key, list) in &mut self.sessions {
-            for s in list.iter_mut() {
+        for (id, k) in (0u32..).zip(&mut self.keyed) {
+            for s in k.list.iter_mut() {
                 s.unsaved = true;
                 let slot = s.start.div_euclid(width).saturating_mul(width);
-                self.unsaved.push((slot, Arc::clone(key)));
+                self.session_unsaved.push((slot, id));
             }
         }
         for (pane, keys) in &mut self.panes {
@@ -741,7 +750,7 @@ impl Engine {
     /// Start of the oldest pane held: panes are dropped oldest first.
     pub fn oldest_pane(&self) -> Option<i64> {
         if self.spec.window.is_session() {
-            return self.slots.first_key_value().map(|(s, _)| *s);
+            return self.oldest_slot();
         }
         self.panes.first_key_value().map(|(p, _)| *p)
     }
@@ -801,7 +810,7 @@ impl Engine {
     /// Start of `key`'s newest window with state, if it is still open.
     pub fn latest_window(&self, key: &str) -> Option<i64> {
         if self.spec.window.is_session() {
-            return self.sessions.get(key)?.last().map(|s| s.start);
+            return self.sessions_of(key)?.last().map(|s| s.start);
         }
         let pane = *self.key_panes.get(key)?.last()?;
         Some(self.spec.window.last_window_of_pane(pane))

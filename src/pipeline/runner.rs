@@ -156,22 +156,44 @@ pub fn encode_checkpoint(
     let sessions_kind = engine.spec().window.is_session();
     let mut sessions = Vec::new();
     if sessions_kind {
-        // Every dirty bucket is written, an empty one too: its sessions merged or closed.
-        for (slot, buckets) in std::mem::take(&mut dirty) {
-            engine.slot_sessions(slot, |key, start, last, end, states| {
-                let b = usize::from(cell_bucket(key));
-                if buckets[b] {
-                    let mut w = Writer(&mut bufs[b]);
-                    w.bytes(key.as_bytes());
-                    w.i64(start);
-                    w.i64(last);
-                    w.i64(end);
-                    w.states(states);
+        // One walk over the open sessions (key by key, so a key is hashed once) fills
+        // the dirty buckets; every dirty bucket is written, an empty one too: its
+        // sessions merged or closed.
+        let mut slots: std::collections::BTreeMap<i64, (Vec<bool>, Vec<Vec<u8>>)> =
+            std::mem::take(&mut dirty)
+                .into_iter()
+                .map(|(slot, buckets)| {
+                    (slot, (buckets, vec![Vec::new(); usize::from(CELL_BUCKETS)]))
+                })
+                .collect();
+        let width = engine.spec().window.pane_ms();
+        let mut hashed: Option<(*const u8, usize)> = None;
+        engine.each_session(|key, start, last, end, states| {
+            let slot = start.div_euclid(width).saturating_mul(width);
+            let Some((buckets, bufs)) = slots.get_mut(&slot) else {
+                return;
+            };
+            let b = match hashed {
+                Some((at, b)) if std::ptr::eq(at, key.as_ptr()) => b,
+                _ => {
+                    let b = usize::from(cell_bucket(key));
+                    hashed = Some((key.as_ptr(), b));
+                    b
                 }
-            });
-            for (bucket, buf) in (0u16..).zip(bufs.iter_mut()) {
-                if buckets[usize::from(bucket)] {
-                    sessions.push((slot, bucket, std::mem::take(buf)));
+            };
+            if buckets[b] {
+                let mut w = Writer(&mut bufs[b]);
+                w.bytes(key.as_bytes());
+                w.i64(start);
+                w.i64(last);
+                w.i64(end);
+                w.states(states);
+            }
+        });
+        for (slot, (buckets, bufs)) in slots {
+            for ((bucket, buf), dirty) in (0u16..).zip(bufs).zip(buckets) {
+                if dirty {
+                    sessions.push((slot, bucket, buf));
                 }
             }
         }

@@ -6,16 +6,19 @@
 //! read lock for the time of one lookup, so HTTP never waits for the pipeline thread's
 //! work, only for an apply. No IO.
 //!
-//! Rows live in `windows` (window start -> key -> row); `keys` indexes the starts of
-//! each key's windows, so a key's newest window is a B-tree lookup, never a scan. Bounds:
-//! a window leaves once its end + `retain_results` is behind the watermark, and beyond
-//! `max_view_rows` rows the oldest windows whose rows are all final leave (whole windows,
-//! oldest first): the result store holds them, and `evicted_through` tells readers which
-//! windows to ask it for.
+//! Rows live per key in `keys` (key -> its rows, by start: a handful, so a key's answer
+//! is one hash lookup and a short walk); `windows` lists, per window start, the keys with
+//! a row there, for the order rows leave in and for `top`. Applying a row is one hash
+//! lookup, plus one B-tree insert when it is new: with session windows nearly every
+//! session is a row of its own start. Bounds: a window leaves once its end +
+//! `retain_results` is behind the watermark, and beyond `max_view_rows` rows the oldest
+//! windows whose rows are all final leave (whole windows, oldest first): the result store
+//! holds them, and `evicted_through` tells readers which windows to ask it for.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, VecDeque};
 
 use foldhash::HashMap;
+use smallvec::SmallVec;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -74,10 +77,10 @@ pub struct ViewState {
     pub state_bytes: u64,
     /// The pipeline thread has published at least once since start.
     pub published: bool,
-    /// Window start -> key -> row.
-    windows: BTreeMap<i64, HashMap<Arc<str>, Row>>,
-    /// Key -> starts of its windows in `windows`.
-    keys: HashMap<Arc<str>, BTreeSet<i64>>,
+    /// Key -> its rows, oldest start first.
+    keys: HashMap<Arc<str>, VecDeque<(i64, Row)>>,
+    /// Window start -> the keys with a row of it (one, mostly, for sessions).
+    windows: BTreeMap<i64, SmallVec<[Arc<str>; 1]>>,
     /// Start of the newest window with a closed row.
     last_closed_start: Option<i64>,
     /// Rows held in `windows`.
@@ -137,42 +140,44 @@ impl ViewState {
         if row.closed {
             self.last_closed_start = Some(self.last_closed_start.map_or(start, |s| s.max(start)));
         }
-        // Mostly an open row again, already indexed: replaced in place. One descent of
-        // `windows` either way (a new session mostly has a start of its own).
-        let keys = self.windows.entry(start).or_default();
-        if let Some(old) = keys.get_mut(&**key) {
-            *old = row;
-            return;
-        }
-        keys.insert(Arc::clone(key), row);
+        let rows = match self.keys.get_mut(&**key) {
+            Some(rows) => rows,
+            None => self.keys.entry(Arc::clone(key)).or_default(),
+        };
+        // Mostly an open row again, one of the key's newest: replaced in place.
+        let at = match rows.binary_search_by_key(&start, |(s, _)| *s) {
+            Ok(i) => {
+                rows[i].1 = row;
+                return;
+            }
+            Err(at) => at,
+        };
+        rows.insert(at, (start, row));
         self.rows += 1;
-        match self.keys.get_mut(&**key) {
-            Some(starts) => {
-                starts.insert(start);
-            }
-            None => {
-                self.keys.insert(Arc::clone(key), BTreeSet::from([start]));
-            }
-        }
+        self.windows.entry(start).or_default().push(Arc::clone(key));
     }
 
     /// Removes the row of (window `start`, `key`), if held: a session merged into
     /// another, or whose start moved.
     pub fn remove(&mut self, start: i64, key: &str) {
-        let Some(keys) = self.windows.get_mut(&start) else {
+        let Some(rows) = self.keys.get_mut(key) else {
             return;
         };
-        if keys.remove(key).is_none() {
+        let Ok(i) = rows.binary_search_by_key(&start, |(s, _)| *s) else {
             return;
+        };
+        rows.remove(i);
+        if rows.is_empty() {
+            self.keys.remove(key);
         }
         self.rows -= 1;
-        if keys.is_empty() {
-            self.windows.remove(&start);
-        }
-        if let Some(starts) = self.keys.get_mut(key) {
-            starts.remove(&start);
-            if starts.is_empty() {
-                self.keys.remove(key);
+        if let Some(keys) = self.windows.get_mut(&start) {
+            // Few keys: this is for sessions, whose rows mostly have a start of their own.
+            if let Some(j) = keys.iter().position(|k| **k == *key) {
+                keys.swap_remove(j);
+            }
+            if keys.is_empty() {
+                self.windows.remove(&start);
             }
         }
     }
@@ -182,6 +187,13 @@ impl ViewState {
         self.rows
     }
 
+    /// The row of (`start`, `key`), if held.
+    fn row(&self, start: i64, key: &str) -> Option<&Row> {
+        let rows = self.keys.get(key)?;
+        let i = rows.binary_search_by_key(&start, |(s, _)| *s).ok()?;
+        Some(&rows[i].1)
+    }
+
     /// Drops windows whose end + `retain_ms` is at or behind the watermark, then, while
     /// more than `max_rows` rows are held, the oldest windows whose rows are all final
     /// (closed and durable in the result store: nothing is lost to readers).
@@ -189,16 +201,24 @@ impl ViewState {
         let wm = self.watermark;
         while let Some((&start, keys)) = self.windows.first_key_value() {
             let end = if self.varying_ends {
-                keys.values().map(|r| r.end_ms).max().unwrap_or(start)
+                keys.iter()
+                    .filter_map(|k| self.row(start, k))
+                    .map(|r| r.end_ms)
+                    .max()
+                    .unwrap_or(start)
             } else {
-                keys.values().next().map_or(start, |r| r.end_ms)
+                keys.first()
+                    .and_then(|k| self.row(start, k))
+                    .map_or(start, |r| r.end_ms)
             };
             let expired = wm != watermark::NONE && end.saturating_add(retain_ms) <= wm;
             // The newest closed window stays: `last_closed` and `top` answer from it.
             let over = !expired
                 && self.rows > max_rows
                 && self.last_closed_start.is_some_and(|c| start < c)
-                && keys.values().all(|r| r.is_final);
+                && keys
+                    .iter()
+                    .all(|k| self.row(start, k).is_none_or(|r| r.is_final));
             if !(expired || over) {
                 break;
             }
@@ -208,13 +228,17 @@ impl ViewState {
             let Some((_, keys)) = self.windows.pop_first() else {
                 break;
             };
-            self.rows -= keys.len();
-            for key in keys.into_keys() {
-                if let Some(starts) = self.keys.get_mut(&key) {
-                    starts.remove(&start);
-                    if starts.is_empty() {
-                        self.keys.remove(&key);
-                    }
+            for key in keys {
+                let Some(rows) = self.keys.get_mut(&*key) else {
+                    continue;
+                };
+                // The oldest start held: the first row of the key.
+                if let Ok(i) = rows.binary_search_by_key(&start, |(s, _)| *s) {
+                    rows.remove(i);
+                    self.rows -= 1;
+                }
+                if rows.is_empty() {
+                    self.keys.remove(&*key);
                 }
             }
         }
@@ -223,8 +247,10 @@ impl ViewState {
     /// Marks the rows of (start, key) final: a durable checkpoint holds their close.
     pub fn mark_final(&mut self, rows: &[(i64, Arc<str>)]) {
         for (start, key) in rows {
-            if let Some(row) = self.windows.get_mut(start).and_then(|k| k.get_mut(key)) {
-                row.is_final = true;
+            if let Some(held) = self.keys.get_mut(&**key)
+                && let Ok(i) = held.binary_search_by_key(start, |(s, _)| *s)
+            {
+                held[i].1.is_final = true;
             }
         }
     }
@@ -236,53 +262,50 @@ impl ViewState {
 
     /// `key`'s window as `which` says, with its start.
     pub fn key_window(&self, key: &str, which: Which) -> Option<(i64, &Row)> {
-        let starts = self.keys.get(key)?;
-        let row = |start: &i64| self.windows.get(start)?.get(key).map(|r| (*start, r));
-        match which {
-            Which::Latest => starts.last().and_then(row),
+        let rows = self.keys.get(key)?;
+        let found = match which {
+            Which::Latest => rows.back(),
             // Closed windows are older than open ones: a few steps back at most.
-            Which::LastClosed => starts.iter().rev().filter_map(row).find(|(_, r)| r.closed),
+            Which::LastClosed => rows.iter().rev().find(|(_, r)| r.closed),
             Which::Current => {
                 let wm = self.watermark;
                 if wm == watermark::NONE {
                     return None;
                 }
-                starts
-                    .range(..=wm)
-                    .rev()
-                    .filter_map(row)
-                    .take_while(|(_, r)| r.end_ms > wm)
-                    .next()
+                // The newest window starting at or before the watermark, if it holds it.
+                let at = rows.partition_point(|(s, _)| *s <= wm);
+                at.checked_sub(1)
+                    .map(|i| &rows[i])
+                    .filter(|(_, r)| r.end_ms > wm)
             }
-        }
+        };
+        found.map(|(s, r)| (*s, r))
     }
 
     /// `key`'s newest `n` windows, newest first.
     pub fn key_newest(&self, key: &str, n: usize) -> Vec<(i64, &Row)> {
-        let Some(starts) = self.keys.get(key) else {
+        let Some(rows) = self.keys.get(key) else {
             return Vec::new();
         };
-        starts
-            .iter()
-            .rev()
-            .filter_map(|s| self.windows.get(s)?.get(key).map(|r| (*s, r)))
-            .take(n)
-            .collect()
+        rows.iter().rev().take(n).map(|(s, r)| (*s, r)).collect()
     }
 
     /// `key`'s windows starting in `[from_ms, to_ms)`, newest first, at most `n`.
     pub fn key_range(&self, key: &str, from_ms: i64, to_ms: i64, n: usize) -> Vec<(i64, &Row)> {
-        let Some(starts) = self.keys.get(key) else {
+        let Some(rows) = self.keys.get(key) else {
             return Vec::new();
         };
         if from_ms >= to_ms {
             return Vec::new();
         }
-        starts
-            .range(from_ms..to_ms)
+        let (lo, hi) = (
+            rows.partition_point(|(s, _)| *s < from_ms),
+            rows.partition_point(|(s, _)| *s < to_ms),
+        );
+        rows.range(lo..hi)
             .rev()
-            .filter_map(|s| self.windows.get(s)?.get(key).map(|r| (*s, r)))
             .take(n)
+            .map(|(s, r)| (*s, r))
             .collect()
     }
 
@@ -299,7 +322,11 @@ impl ViewState {
                 self.windows
                     .range(..=wm)
                     .rev()
-                    .find(|(_, keys)| keys.values().next().is_some_and(|r| r.end_ms > wm))
+                    .find(|(s, keys)| {
+                        keys.first()
+                            .and_then(|k| self.row(**s, k))
+                            .is_some_and(|r| r.end_ms > wm)
+                    })
                     .map(|(s, _)| *s)
             }
         }
@@ -313,7 +340,10 @@ impl ViewState {
         };
         let mut rows: Vec<(f64, &Arc<str>, &Row)> = keys
             .iter()
-            .filter_map(|(k, r)| Some((r.values.get(by)?.sort_value()?, k, r)))
+            .filter_map(|k| {
+                let r = self.row(start, k)?;
+                Some((r.values.get(by)?.sort_value()?, k, r))
+            })
             .collect();
         let cmp = |a: &(f64, &Arc<str>, &Row), b: &(f64, &Arc<str>, &Row)| {
             b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1))

@@ -63,6 +63,9 @@ impl Writer<'_> {
     }
 
     pub fn states(&mut self, states: &[AggState]) {
+        // The length, then a tag and at least 8 bytes a state: room for a count row's
+        // 17 bytes in one allocation instead of growing from 8 (a closed row each).
+        self.0.reserve(8 + 17 * states.len());
         self.u64(states.len() as u64);
         for s in states {
             match s {

@@ -20,6 +20,12 @@
 //! that never pauses gets sessions of `max_length`: once `last + gap` reaches `start +
 //! max_length` the end stops there, and the next event past it opens a new session.
 //!
+//! Keys are interned: one hash lookup of the key's text per event gives its id, an index
+//! into `Engine::keyed`; the close queue and the change lists name sessions by (start,
+//! id), so closing, publishing and checkpointing a session look nothing up by text. Rows
+//! closed by one watermark step are put in (end, start, key) order, as a queue ordered
+//! by key text would close them, so the order does not depend on ids.
+//!
 //! Session starts are unique per key among open and closed sessions: a new start is an
 //! event time whose own window is open, later than the start of every closed session
 //! of the key (whose end, at least `start + gap`, the watermark passed).
@@ -39,10 +45,17 @@ pub(super) struct Session {
     pub last: i64,
     pub end: i64,
     pub states: Vec<AggState>,
-    /// Listed in `Engine::changed` as `(start, key)`.
+    /// Listed in `Engine::session_changed` as `(start, id)`.
     pub dirty: bool,
-    /// Listed in `Engine::unsaved` as `(slot of start, key)`.
+    /// Listed in `Engine::session_unsaved` as `(slot of start, id)`.
     pub unsaved: bool,
+}
+
+/// A key's open sessions, by start, under its id.
+#[derive(Debug)]
+pub(super) struct Keyed {
+    pub key: Arc<str>,
+    pub list: Vec<Session>,
 }
 
 /// A stored session: key, start, last event, end, states.
@@ -59,6 +72,33 @@ impl Engine {
     /// The slot (of width gap) a session starting at `start` is stored under.
     pub(super) fn slot_of(&self, start: i64) -> i64 {
         self.spec.window.pane_of(start)
+    }
+
+    /// The id of `key`, given one if it has none.
+    fn id_for(&mut self, key: &str) -> u32 {
+        if let Some(id) = self.key_ids.get(key) {
+            return *id;
+        }
+        let key: Arc<str> = key.into();
+        let id = match self.free_ids.pop() {
+            Some(id) => {
+                self.keyed[id as usize] = Keyed {
+                    key: Arc::clone(&key),
+                    list: Vec::new(),
+                };
+                id
+            }
+            None => {
+                let id = u32::try_from(self.keyed.len()).expect("fewer keys than u32::MAX");
+                self.keyed.push(Keyed {
+                    key: Arc::clone(&key),
+                    list: Vec::new(),
+                });
+                id
+            }
+        };
+        self.key_ids.insert(key, id);
+        id
     }
 
     pub(super) fn take_session(
@@ -82,8 +122,10 @@ impl Engine {
         };
         let mut cands = std::mem::take(&mut self.cand_buf);
         cands.clear();
-        let at = match self.sessions.get(key) {
-            Some(list) => {
+        let id = self.key_ids.get(key).copied();
+        let at = match id {
+            Some(id) => {
+                let list = &self.keyed[id as usize].list;
                 // Sessions starting at or before t - max end at or before t.
                 let lo = list.partition_point(|s| s.start <= ts_ms.saturating_sub(max));
                 let hi = list.partition_point(|s| s.start < own_end);
@@ -94,19 +136,21 @@ impl Engine {
                     newest.max(ts_ms) - oldest < max
                 });
                 if fits {
-                    Some(cands[0])
+                    Some((id, cands[0]))
                 } else {
                     cands.clear();
-                    (lo..hi).find(|i| list[*i].start <= ts_ms && ts_ms < list[*i].end)
+                    (lo..hi)
+                        .find(|i| list[*i].start <= ts_ms && ts_ms < list[*i].end)
+                        .map(|i| (id, i))
                 }
             }
             None => None,
         };
         let outcome = match at {
-            Some(first) => {
+            Some((id, first)) => {
                 // `cands` is empty unless they all merge into `first`.
-                self.merge_into(key, first, &cands, ts_ms);
-                self.add_event(key, first, ts_ms, input.envelope, pos);
+                self.merge_into(id, first, &cands, ts_ms);
+                self.add_event(id, first, ts_ms, input.envelope, pos);
                 Taken::Counted(1)
             }
             None => {
@@ -114,7 +158,11 @@ impl Engine {
                     self.refuse_session(partition, ts_ms);
                     Taken::Refused
                 } else {
-                    self.open_session(key, ts_ms, input.envelope, pos);
+                    let id = match id {
+                        Some(id) => id,
+                        None => self.id_for(key),
+                    };
+                    self.open_session(id, ts_ms, input.envelope, pos);
                     Taken::Counted(1)
                 }
             }
@@ -128,24 +176,22 @@ impl Engine {
 
     /// Merges the sessions at `rest` (ascending indexes after `first`) into the one at
     /// `first`, and moves its start back to `ts_ms` if earlier.
-    fn merge_into(&mut self, key: &str, first: usize, cands: &[usize], ts_ms: i64) {
-        let Some((shared, _)) = self.sessions.get_key_value(key) else {
-            return;
-        };
-        let shared = Arc::clone(shared);
-        let old_start = self.sessions[key][first].start;
+    fn merge_into(&mut self, id: u32, first: usize, cands: &[usize], ts_ms: i64) {
+        let (gap, max) = self.gap_max();
+        let width = self.spec.window.pane_ms();
+        let slot_of = |start: i64| start.div_euclid(width).saturating_mul(width);
+        let k = &mut self.keyed[id as usize];
+        let old_start = k.list[first].start;
         let moved = ts_ms < old_start;
         let merging = cands.len() > 1;
         if !(moved || merging) {
             return;
         }
-        let (gap, max) = self.gap_max();
-        let list = self.sessions.get_mut(key).expect("looked up");
         let mut gone: Vec<Session> = Vec::new();
         for i in cands[1..].iter().rev() {
-            gone.push(list.remove(*i));
+            gone.push(k.list.remove(*i));
         }
-        let s = &mut list[first];
+        let s = &mut k.list[first];
         for g in gone.iter().rev() {
             s.states
                 .iter_mut()
@@ -166,31 +212,24 @@ impl Engine {
         let mut removed: Vec<i64> = gone.iter().map(|g| g.start).collect();
         if moved {
             removed.push(old_start);
-            self.close_queue
-                .insert((end, new_start, Arc::clone(&shared)));
-            self.slot_add(&shared, new_start, 1);
+            self.close_queue.insert((end, new_start, id));
         }
         for start in removed {
-            self.removed.push((start, Arc::clone(&shared)));
-            self.unsaved
-                .push((self.slot_of(start), Arc::clone(&shared)));
-            self.slot_add(&shared, start, -1);
+            self.removed.push((start, Arc::clone(&k.key)));
+            self.session_unsaved.push((slot_of(start), id));
         }
         if moved || !was_dirty {
-            self.changed.push((new_start, Arc::clone(&shared)));
+            self.session_changed.push((new_start, id));
         }
         if moved || !was_unsaved {
-            self.unsaved.push((self.slot_of(new_start), shared));
+            self.session_unsaved.push((slot_of(new_start), id));
         }
     }
 
-    /// Adds the event to the session at `i` of `key`.
-    fn add_event(&mut self, key: &str, i: usize, ts_ms: i64, envelope: &str, pos: Position) {
+    /// Adds the event to the session at `i` of key `id`.
+    fn add_event(&mut self, id: u32, i: usize, ts_ms: i64, envelope: &str, pos: Position) {
         let (gap, max) = self.gap_max();
-        let Some(list) = self.sessions.get_mut(key) else {
-            return;
-        };
-        let s = &mut list[i];
+        let s = &mut self.keyed[id as usize].list[i];
         self.counters.skipped_values +=
             update_states(&self.spec.aggregates, &mut s.states, envelope, pos);
         if ts_ms > s.last {
@@ -200,21 +239,16 @@ impl Engine {
         let (start, flips) = (s.start, (!s.dirty, !s.unsaved));
         s.dirty = true;
         s.unsaved = true;
-        if flips.0 || flips.1 {
-            let Some((shared, _)) = self.sessions.get_key_value(key) else {
-                return;
-            };
-            let shared = Arc::clone(shared);
-            if flips.0 {
-                self.changed.push((start, Arc::clone(&shared)));
-            }
-            if flips.1 {
-                self.unsaved.push((self.slot_of(start), shared));
-            }
+        if flips.0 {
+            self.session_changed.push((start, id));
+        }
+        if flips.1 {
+            let slot = self.slot_of(start);
+            self.session_unsaved.push((slot, id));
         }
     }
 
-    fn open_session(&mut self, key: &str, ts_ms: i64, envelope: &str, pos: Position) {
+    fn open_session(&mut self, id: u32, ts_ms: i64, envelope: &str, pos: Position) {
         let (gap, max) = self.gap_max();
         let mut states: Vec<AggState> = self
             .spec
@@ -233,39 +267,14 @@ impl Engine {
             unsaved: true,
         };
         let end = session.end;
-        let shared = match self.sessions.get_key_value(key).map(|(k, _)| Arc::clone(k)) {
-            Some(shared) => {
-                let list = self.sessions.get_mut(&shared).expect("looked up");
-                let at = list.partition_point(|s| s.start < ts_ms);
-                list.insert(at, session);
-                shared
-            }
-            None => {
-                let shared: Arc<str> = key.into();
-                self.sessions.insert(Arc::clone(&shared), vec![session]);
-                shared
-            }
-        };
+        let list = &mut self.keyed[id as usize].list;
+        let at = list.partition_point(|s| s.start < ts_ms);
+        list.insert(at, session);
         self.cells += 1;
-        self.slot_add(&shared, ts_ms, 1);
-        self.close_queue.insert((end, ts_ms, Arc::clone(&shared)));
-        self.changed.push((ts_ms, Arc::clone(&shared)));
-        self.unsaved.push((self.slot_of(ts_ms), shared));
-    }
-
-    /// Counts `key` as holding one session more (`delta` 1) or less (-1) in the slot of
-    /// `start`: which keys a checkpoint of that slot walks.
-    fn slot_add(&mut self, key: &Arc<str>, start: i64, delta: i32) {
-        let slot = self.slot_of(start);
-        let keys = self.slots.entry(slot).or_default();
-        let n = keys.entry(Arc::clone(key)).or_insert(0);
-        *n = n.saturating_add_signed(delta);
-        if *n == 0 {
-            keys.remove(key);
-            if keys.is_empty() {
-                self.slots.remove(&slot);
-            }
-        }
+        self.close_queue.insert((end, ts_ms, id));
+        self.session_changed.push((ts_ms, id));
+        let slot = self.slot_of(ts_ms);
+        self.session_unsaved.push((slot, id));
     }
 
     /// Over `max_cells`: marks every session the event could have joined incomplete,
@@ -273,7 +282,7 @@ impl Engine {
     /// before its end + gap), and lists the open ones the taint covers as changed.
     fn refuse_session(&mut self, partition: u32, ts_ms: i64) {
         self.counters.refused += 1;
-        let (gap, max) = self.gap_max();
+        let (gap, _) = self.gap_max();
         let slot = self.slot_of(ts_ms);
         let taint = Taint {
             partition,
@@ -288,28 +297,16 @@ impl Engine {
             return;
         }
         self.push_taint(taint);
-        let from = self.slot_of(slot.saturating_sub(max));
-        let keys: Vec<Arc<str>> = self
-            .slots
-            .range(from..=taint.max_start_ms)
-            .flat_map(|(_, keys)| keys.keys().cloned())
-            .collect();
+        // Rare (once per slot while over the bound): a walk over every open session.
         let taints = &self.taints;
-        for key in keys {
-            if let Some(list) = self.sessions.get_mut(&key) {
-                for s in list.iter_mut() {
-                    if !s.dirty && !span_complete(taints, s.start, s.end) {
-                        s.dirty = true;
-                        self.changed.push((s.start, Arc::clone(&key)));
-                    }
+        for (id, k) in (0u32..).zip(&mut self.keyed) {
+            for s in k.list.iter_mut() {
+                if !s.dirty && !span_complete(taints, s.start, s.end) {
+                    s.dirty = true;
+                    self.session_changed.push((s.start, id));
                 }
             }
         }
-    }
-
-    /// Whether a session `[start, end)` is clear of every taint.
-    pub(super) fn is_complete_span(&self, start: i64, end: i64) -> bool {
-        span_complete(&self.taints, start, end)
     }
 
     /// Closes the sessions whose end + allowed_lateness is at or before `wm`, in (end,
@@ -319,48 +316,122 @@ impl Engine {
             return;
         }
         let lateness = self.spec.allowed_lateness_ms;
+        let width = self.spec.window.pane_ms();
+        let from = self.closed.len();
         while let Some((end, _, _)) = self.close_queue.first()
             && end.saturating_add(lateness) <= wm
         {
-            let Some((end, start, key)) = self.close_queue.pop_first() else {
+            let Some((end, start, id)) = self.close_queue.pop_first() else {
                 break;
             };
-            let Some(list) = self.sessions.get_mut(&key) else {
+            let Some(k) = self.keyed.get_mut(id as usize) else {
                 continue;
             };
-            let Ok(i) = list.binary_search_by_key(&start, |s| s.start) else {
+            let Ok(i) = k.list.binary_search_by_key(&start, |s| s.start) else {
                 // Merged away, or its start moved (queued again then).
                 continue;
             };
-            if list[i].end > end {
-                // It grew since it was queued.
-                let actual = list[i].end;
-                self.close_queue.insert((actual, start, key));
+            // Every session has an entry of its own end; this one may be older (it grew
+            // since) or, after the id was reused, of another key's session: only a
+            // session ending by the entry's end closes.
+            if k.list[i].end > end {
+                let actual = k.list[i].end;
+                self.close_queue.insert((actual, start, id));
                 continue;
             }
-            let s = list.remove(i);
-            if list.is_empty() {
-                self.sessions.remove(&key);
+            let s = k.list.remove(i);
+            if k.list.is_empty() {
+                self.emptied_ids.push(id);
             }
             self.cells -= 1;
-            self.slot_add(&key, start, -1);
-            self.unsaved.push((self.slot_of(start), Arc::clone(&key)));
-            let complete = self.is_complete_span(s.start, s.end);
+            self.session_unsaved
+                .push((start.div_euclid(width).saturating_mul(width), id));
+            let complete = span_complete(&self.taints, s.start, s.end);
             self.closed.push(super::ClosedRow {
                 start_ms: s.start,
                 end_ms: s.end,
-                key,
+                key: Arc::clone(&k.key),
                 values: s.states,
                 complete,
             });
         }
+        // Popped in (end, start, id) order: ties of (end, start), if any, go in key
+        // order. The check reads a key's text only at a tie.
+        let order = |a: &super::ClosedRow, b: &super::ClosedRow| {
+            (a.end_ms, a.start_ms)
+                .cmp(&(b.end_ms, b.start_ms))
+                .then_with(|| a.key.cmp(&b.key))
+        };
+        let rows = &mut self.closed[from..];
+        if !rows.is_sorted_by(|a, b| order(a, b).is_le()) {
+            rows.sort_unstable_by(order);
+        }
+    }
+
+    /// The open sessions of `key`, by start.
+    pub(super) fn sessions_of(&self, key: &str) -> Option<&[Session]> {
+        let id = self.key_ids.get(key)?;
+        Some(&self.keyed[*id as usize].list)
     }
 
     /// The session of `key` starting at `start`, if open.
     pub(super) fn session(&self, key: &str, start: i64) -> Option<&Session> {
-        let list = self.sessions.get(key)?;
+        let list = self.sessions_of(key)?;
         let i = list.binary_search_by_key(&start, |s| s.start).ok()?;
         list.get(i)
+    }
+
+    /// Every key with open sessions, and them.
+    #[cfg(test)]
+    pub(super) fn session_lists(&self) -> impl Iterator<Item = (&Arc<str>, &[Session])> {
+        self.keyed
+            .iter()
+            .filter(|k| !k.list.is_empty())
+            .map(|k| (&k.key, k.list.as_slice()))
+    }
+
+    /// Calls `visit(slot, key)` per entry of `session_unsaved` (their flags cleared),
+    /// then frees the ids of keys left without sessions: nothing lists them any more.
+    pub(super) fn take_unsaved_sessions(&mut self, mut visit: impl FnMut(i64, &Arc<str>)) {
+        let width = self.spec.window.pane_ms();
+        let mut unsaved = std::mem::take(&mut self.session_unsaved);
+        for (slot, id) in unsaved.drain(..) {
+            let k = &mut self.keyed[id as usize];
+            let lo = k.list.partition_point(|s| s.start < slot);
+            for s in k.list[lo..]
+                .iter_mut()
+                .take_while(|s| s.start < slot + width)
+            {
+                s.unsaved = false;
+            }
+            visit(slot, &k.key);
+        }
+        self.session_unsaved = unsaved;
+        let mut emptied = std::mem::take(&mut self.emptied_ids);
+        emptied.sort_unstable();
+        emptied.dedup();
+        for id in emptied.drain(..) {
+            let k = &mut self.keyed[id as usize];
+            // Emptied, then given a session again: still in use.
+            if !k.list.is_empty() {
+                continue;
+            }
+            self.key_ids.remove(&k.key);
+            k.key = Arc::from("");
+            self.free_ids.push(id);
+        }
+        self.emptied_ids = emptied;
+    }
+
+    /// Start of the oldest slot holding an open session.
+    pub(super) fn oldest_slot(&self) -> Option<i64> {
+        let oldest = self
+            .keyed
+            .iter()
+            .filter_map(|k| k.list.first())
+            .map(|s| s.start)
+            .min()?;
+        Some(self.slot_of(oldest))
     }
 
     /// Calls `visit(key, start, last, end, states)` for every open session starting in
@@ -370,16 +441,20 @@ impl Engine {
         slot: i64,
         mut visit: impl FnMut(&Arc<str>, i64, i64, i64, &[AggState]),
     ) {
-        let Some(keys) = self.slots.get(&slot) else {
-            return;
-        };
         let width = self.spec.window.pane_ms();
-        for key in keys.keys() {
-            if let Some(list) = self.sessions.get(key) {
-                let lo = list.partition_point(|s| s.start < slot);
-                for s in list[lo..].iter().take_while(|s| s.start < slot + width) {
-                    visit(key, s.start, s.last, s.end, &s.states);
-                }
+        self.each_session(|key, start, last, end, states| {
+            if (slot..slot.saturating_add(width)).contains(&start) {
+                visit(key, start, last, end, states);
+            }
+        });
+    }
+
+    /// Calls `visit(key, start, last, end, states)` for every open session, key by key:
+    /// a checkpoint takes what it writes in one walk.
+    pub fn each_session(&self, mut visit: impl FnMut(&Arc<str>, i64, i64, i64, &[AggState])) {
+        for k in &self.keyed {
+            for s in &k.list {
+                visit(&k.key, s.start, s.last, s.end, &s.states);
             }
         }
     }
@@ -388,11 +463,8 @@ impl Engine {
     /// filled from it.
     pub fn restore_session(&mut self, cell: SessionCell) {
         let (key, start, last, end, states) = cell;
-        let key = match self.sessions.get_key_value(&*key) {
-            Some((k, _)) => Arc::clone(k),
-            None => key,
-        };
-        let list = self.sessions.entry(Arc::clone(&key)).or_default();
+        let id = self.id_for(&key);
+        let list = &mut self.keyed[id as usize].list;
         let at = list.partition_point(|s| s.start < start);
         if list.get(at).is_some_and(|s| s.start == start) {
             return;
@@ -409,14 +481,13 @@ impl Engine {
             },
         );
         self.cells += 1;
-        self.slot_add(&key, start, 1);
-        self.close_queue.insert((end, start, Arc::clone(&key)));
-        self.changed.push((start, key));
+        self.close_queue.insert((end, start, id));
+        self.session_changed.push((start, id));
     }
 }
 
 /// Whether a window `[start, end)` is clear of every taint.
-fn span_complete(taints: &[Taint], start: i64, end: i64) -> bool {
+pub(super) fn span_complete(taints: &[Taint], start: i64, end: i64) -> bool {
     !taints
         .iter()
         .any(|t| end > t.min_end_ms && start <= t.max_start_ms)

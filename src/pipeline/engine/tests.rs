@@ -686,8 +686,7 @@ fn session_kind() -> impl Strategy<Value = WindowKind> {
 
 /// The engine's open sessions: key -> (start, last, end, values).
 fn engine_sessions(e: &Engine) -> BTreeMap<(String, i64), (i64, i64, String)> {
-    e.sessions
-        .iter()
+    e.session_lists()
         .flat_map(|(k, list)| {
             list.iter().map(move |s| {
                 (
@@ -838,8 +837,7 @@ fn feed_one(e: &mut Engine, offset: i64, ts: i64, k: &str) -> Taken {
 }
 
 fn spans(e: &Engine, k: &str) -> Vec<(i64, i64)> {
-    e.sessions
-        .get(k)
+    e.sessions_of(k)
         .map(|l| l.iter().map(|s| (s.start, s.end)).collect())
         .unwrap_or_default()
 }
