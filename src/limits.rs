@@ -112,3 +112,10 @@ pub const DRAIN_FIRST_REQUEST_WAIT: std::time::Duration = std::time::Duration::f
 /// second go to debug, and the next info line counts them (`demoted`); the
 /// `weir_http_request_duration_seconds` counts by status have every one.
 pub const REJECTION_INFO_LINES_PER_SECOND_MAX: u64 = 20;
+
+/// Closed rows a pipeline holds for its next checkpoint. Every closed row is a sled insert
+/// on the checkpoint thread; where windows close faster than sled takes them (short
+/// sessions during a rebuild), the pipeline thread stops taking input at this many until
+/// a checkpoint has them, so memory (about 100 bytes a row) and the final checkpoint at a
+/// stop stay bounded.
+pub const PENDING_ROWS_MAX: usize = 100_000;

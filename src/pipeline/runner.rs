@@ -650,6 +650,9 @@ struct Task {
     checkpoint_interval: Duration,
     /// Rows closed since the last checkpoint: written by the next, then final.
     pending_rows: Vec<RowWrite>,
+    /// At this many pending rows the thread takes no input until a checkpoint has them
+    /// (`limits::PENDING_ROWS_MAX`).
+    pending_rows_max: usize,
     /// Anything taken since the last checkpoint.
     unsaved: bool,
     /// Where late events go, if the pipeline has a `late_topic`.
@@ -804,6 +807,7 @@ impl Task {
             checkpointer: Some(checkpointer),
             checkpoint_interval: config.checkpoint_interval,
             pending_rows: Vec::new(),
+            pending_rows_max: pending_rows_max(),
             unsaved: true,
             late,
             catching_up: None,
@@ -839,12 +843,30 @@ impl Task {
                     last_prune = Instant::now();
                 }
             }
-            // One in flight: this one is due again as soon as that one is reported.
-            if last_checkpoint.elapsed() >= self.checkpoint_interval && self.checkpoint() {
+            // One in flight: this one is due again as soon as that one is reported. Too
+            // many closed rows waiting make it due sooner (not at once: a failing one is
+            // not retried in a loop).
+            let due = if self.rows_full() {
+                self.checkpoint_interval.min(FORCED_CHECKPOINT_INTERVAL)
+            } else {
+                self.checkpoint_interval
+            };
+            if last_checkpoint.elapsed() >= due && self.checkpoint() {
                 last_checkpoint = Instant::now();
             }
             if taken == 0 {
-                self.wait();
+                if self.rows_full()
+                    && self
+                        .checkpointer
+                        .as_ref()
+                        .is_some_and(Checkpointer::in_flight)
+                {
+                    // No input until the checkpoint in flight is reported and the next
+                    // one takes the rows.
+                    self.collect(true);
+                } else {
+                    self.wait();
+                }
             }
         }
         self.publish(false);
@@ -863,9 +885,18 @@ impl Task {
         tracing::info!(pipeline = %self.name, "pipeline stopped");
     }
 
+    /// Whether closed rows wait for a checkpoint up to the bound: memory stays bounded
+    /// when the checkpoint thread (sled) is slower than the input closes rows.
+    fn rows_full(&self) -> bool {
+        self.checkpointer.is_some() && self.pending_rows.len() >= self.pending_rows_max
+    }
+
     /// Takes the next batch in read order. Returns false when none is visible.
     fn step(&mut self) -> bool {
-        if self.late.as_ref().is_some_and(LateSink::blocked) || self.output_stalled() {
+        if self.late.as_ref().is_some_and(LateSink::blocked)
+            || self.output_stalled()
+            || self.rows_full()
+        {
             return false;
         }
         let mut best: Option<(i64, usize, i64)> = None;
@@ -1171,4 +1202,20 @@ impl Task {
             }
         });
     }
+}
+
+/// How soon a checkpoint is due while closed rows are at their bound.
+const FORCED_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
+
+/// `limits::PENDING_ROWS_MAX`; with the `fail` feature (tests only, never in a release
+/// build) `WEIR_TEST_PENDING_ROWS_MAX` sets a small one.
+fn pending_rows_max() -> usize {
+    #[cfg(feature = "fail")]
+    if let Some(n) = std::env::var("WEIR_TEST_PENDING_ROWS_MAX")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
+    crate::limits::PENDING_ROWS_MAX
 }

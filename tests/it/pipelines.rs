@@ -1847,3 +1847,75 @@ fn session_windows_per_user_stay_exact_across_kill9_and_a_replay() {
         );
     }
 }
+
+/// Closed rows waiting for a checkpoint are bounded: at the bound the pipeline takes no
+/// input until a checkpoint has them, even with a checkpoint interval of an hour.
+#[test]
+fn closed_rows_waiting_for_a_checkpoint_are_bounded_and_nothing_is_lost() {
+    let config = SEED
+        .replace(
+            "window = { kind = \"tumbling\", size = \"1m\" }",
+            "window = { kind = \"tumbling\", size = \"1s\" }",
+        )
+        .replace(
+            "allowed_lateness = \"1m\"",
+            "allowed_lateness = \"0s\"\ncheckpoint_interval = \"1h\"",
+        )
+        .replace(
+            "max_out_of_orderness = \"5s\"",
+            "max_out_of_orderness = \"0s\"",
+        );
+    let w = Weir::start_with_env(&config, &[("WEIR_TEST_PENDING_ROWS_MAX", "100")]);
+    // 40 pages, one event each per second for 30 s: 1,200 rows closed in event-time order.
+    let (pages, seconds) = (40i64, 30i64);
+    let lines: Vec<String> = (0..seconds * pages)
+        .map(|i| {
+            let ms = T0 + (i / pages) * 1000 + 500;
+            format!(
+                r#"{{"user_id":"u{i}","page_id":"p{}","timestamp":{ms}}}"#,
+                i % pages
+            )
+        })
+        .collect();
+    for chunk in lines.chunks(200) {
+        assert_eq!(w.post("/click", &chunk.join("\n")).status, 200);
+    }
+    close_clicks_at(&w, "2024-05-01 12:50:00");
+    // Every page's 30 windows, each with its one event. Rows below the bound wait for
+    // the hourly checkpoint; the others are made final by the checkpoints the bound
+    // forces: all but the bound (100) and one step's closed rows, once the checkpoint in
+    // flight is reported.
+    let finals = || {
+        let mut finals = 0;
+        for page in 0..pages {
+            let r = w.get(&format!("/v1/pipelines/page_views/keys/p{page}?windows=40"));
+            let windows = r.json()["windows"].as_array().cloned().unwrap_or_default();
+            if windows.len() != 30 || windows.iter().any(|x| x["values"]["count"] != 1) {
+                return None;
+            }
+            finals += windows.iter().filter(|x| x["final"] == true).count();
+        }
+        Some(finals)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = None;
+    while Instant::now() < deadline {
+        last = finals();
+        if last.is_some_and(|n| n >= 1_200 - 400) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        last.is_some_and(|n| (800..=1_200).contains(&n)),
+        "final rows: {last:?} of 1,200 (all counts right: {})",
+        last.is_some()
+    );
+    let checkpoints = w
+        .metric(
+            "weir_pipeline_checkpoint_duration_seconds_count",
+            &["pipeline=\"page_views\""],
+        )
+        .unwrap();
+    assert!(checkpoints >= 2.0, "{checkpoints} checkpoints");
+}
