@@ -582,6 +582,16 @@ fn post_clicks_killing_after(w: &mut Weir, requests: &[String], kill_after: usiz
         let r = w.post("/click", body);
         assert_eq!(r.status, 200, "{}", r.body);
         if i == kill_after {
+            // The kill is meant to land after a checkpoint: on a busy machine the
+            // pipeline may not have committed its first one yet.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while w
+                .metric("weir_pipeline_checkpoint_duration_seconds_count", &[])
+                .is_none_or(|n| n < 1.0)
+            {
+                assert!(Instant::now() < deadline, "no checkpoint before the kill");
+                std::thread::sleep(Duration::from_millis(10));
+            }
             w.kill9();
             w.restart();
             assert!(
