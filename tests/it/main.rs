@@ -12,6 +12,7 @@ mod util;
 
 mod cli;
 mod crash;
+mod crashloop;
 mod groups;
 mod ingest;
 mod model;
