@@ -32,6 +32,7 @@ use super::retention::Wakeup;
 use super::segment::{self, ActiveSegment, INDEX_EXT, LOG_EXT, SealedSegment, TIMEINDEX_EXT};
 use crate::clock::SharedClock;
 use crate::config::FsyncMode;
+use crate::failpoint;
 use crate::limits::{BATCH_BYTES_MAX, INDEX_INTERVAL_BYTES};
 use crate::metrics as m;
 
@@ -40,18 +41,6 @@ pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
 
 /// File naming the first segment that may need a recovery scan after a crash.
 pub const RECOVERY_POINT_FILE: &str = "recovery_point";
-
-/// Runs a failpoint that can turn the surrounding io::Result function into an error.
-/// Compiled out unless the `fail` feature is on.
-macro_rules! failpoint {
-    ($name:literal) => {
-        #[cfg(feature = "fail")]
-        fail::fail_point!($name, |_| Err(io::Error::other(concat!(
-            "failpoint ",
-            $name
-        ))));
-    };
-}
 
 /// What readers may see: no reader passes it. Under `always` it is the durable end,
 /// otherwise the written end.
@@ -386,6 +375,7 @@ impl Partition {
         let old = &inner.active;
         let last_rel = u32::try_from(next - 1 - old.base_offset).unwrap_or(u32::MAX);
         write_index_files(&self.dir, old, last_rel)?;
+        failpoint!("log::segment_create");
         let new = ActiveSegment::create(&self.dir, next)?;
         let old = std::mem::replace(&mut inner.active, new);
         inner
@@ -561,8 +551,10 @@ impl Partition {
                 }
             }
             // The new segment's directory entry and the sealed index files.
+            failpoint!("log::dir_fsync");
             sync_dir(&self.dir)?;
             let point = plan.target.segment_base;
+            failpoint!("log::recovery_point");
             write_durably(
                 &self.dir,
                 RECOVERY_POINT_FILE,
@@ -570,7 +562,10 @@ impl Partition {
             )?;
         }
         failpoint!("log::fsync");
-        plan.active.sync_data()
+        plan.active.sync_data()?;
+        // Synced but not yet published as durable.
+        failpoint!("log::fsync_after");
+        Ok(())
     }
 
     /// Stops this partition's background work without flushing: see `Inner::abandoned`.
@@ -705,8 +700,7 @@ impl Partition {
             .cloned();
         drop(inner);
         // Tests run retention here to race this read deterministically.
-        #[cfg(feature = "fail")]
-        fail::fail_point!("log::read_open_sealed");
+        failpoint!("log::read_open_sealed", ReadError::Io);
         let out_of_range = || ReadError::OutOfRange {
             start: self.start_offset(),
             end: visible.end_offset,
@@ -915,7 +909,10 @@ pub(crate) fn read_batch(
 
 fn write_at(file: &File, bytes: &[u8], position: u64) -> io::Result<()> {
     failpoint!("log::write");
-    file.write_all_at(bytes, position)
+    file.write_all_at(bytes, position)?;
+    // Written but not yet counted: the caller cuts it on an error.
+    failpoint!("log::write_after");
+    Ok(())
 }
 
 /// Writes a segment's offset and time index files from its in-memory entries.
@@ -1107,6 +1104,10 @@ impl Partition {
         }
         for seg in &removed.segments {
             for ext in [LOG_EXT, INDEX_EXT, TIMEINDEX_EXT] {
+                if ext == INDEX_EXT {
+                    // The log file gone, its indexes not yet: what recovery cleans up.
+                    failpoint!("log::retention_delete");
+                }
                 match fs::remove_file(segment::path(&self.dir, seg.base_offset, ext)) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
