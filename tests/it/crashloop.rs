@@ -44,7 +44,7 @@ const RANGE_MS: i64 = 900_000;
 /// few cycles; a tumbling count on the `always` one that closes windows (its late events
 /// go to `late`), a hopping count on the `interval` one that never closes any (its
 /// out-of-orderness is an hour), so open cells are checkpointed and restored.
-const CONFIG: &str = r#"
+pub(crate) const CONFIG: &str = r#"
 [server]
 listen = "127.0.0.1:0"
 
@@ -98,11 +98,20 @@ fn = "count"
 
 const TOPICS: [(&str, u32); 2] = [("durable", 4), ("buffered", 3)];
 
+/// Partitions of a topic the producers write to (the failpoint matrix adds `retained`).
+fn partitions_of(topic: &str) -> u32 {
+    match topic {
+        "durable" => 4,
+        "buffered" => 3,
+        _ => 2,
+    }
+}
+
 /// splitmix64: small, seedable, good enough to pick moments and shapes.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -110,30 +119,38 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 }
 
 /// One request as sent: retried byte for byte when its outcome was unknown.
 #[derive(Clone, Debug)]
-struct Req {
-    topic: &'static str,
+pub(crate) struct Req {
+    pub(crate) topic: &'static str,
     /// (event_id, key, event time ms) of each event.
-    events: Vec<(String, String, i64)>,
+    pub(crate) events: Vec<(String, String, i64)>,
     body: String,
     ndjson: bool,
 }
 
 impl Req {
-    fn new(rng: &mut Rng, producer: usize, seq: &mut u64) -> Req {
-        let topic = TOPICS[rng.below(2) as usize].0;
+    /// A request to one of `topics`: one event or an NDJSON batch of 2 to 8, of one key
+    /// or (when `mixed`, half the time) of several.
+    fn new(
+        rng: &mut Rng,
+        producer: usize,
+        seq: &mut u64,
+        topics: &[&'static str],
+        mixed: bool,
+    ) -> Req {
+        let topic = topics[rng.below(topics.len() as u64) as usize];
         let n = if rng.below(2) == 0 {
             1
         } else {
             2 + rng.below(7) as usize
         };
-        let one_key = rng.below(2) == 0;
+        let one_key = !mixed || rng.below(2) == 0;
         let first_key = rng.below(KEYS as u64);
         let ts = now_ms();
         let events: Vec<(String, String, i64)> = (0..n)
@@ -161,7 +178,7 @@ impl Req {
         }
     }
 
-    fn send(&self, addr: &str) -> std::io::Result<crate::util::Resp> {
+    pub(crate) fn send(&self, addr: &str) -> std::io::Result<crate::util::Resp> {
         let ty = if self.ndjson {
             "application/x-ndjson"
         } else {
@@ -177,8 +194,8 @@ impl Req {
     }
 
     /// The event ids by the partition they go to.
-    fn shares(&self) -> HashMap<u32, Vec<&str>> {
-        let parts = TOPICS.iter().find(|t| t.0 == self.topic).unwrap().1;
+    pub(crate) fn shares(&self) -> HashMap<u32, Vec<&str>> {
+        let parts = partitions_of(self.topic);
         let mut out: HashMap<u32, Vec<&str>> = HashMap::new();
         for (id, key, _) in &self.events {
             out.entry(partition_for_key(key.as_bytes(), parts))
@@ -191,16 +208,19 @@ impl Req {
 
 /// What the producers of one cycle learnt.
 #[derive(Default)]
-struct Outcomes {
-    acked: Vec<Req>,
+pub(crate) struct Outcomes {
+    /// With the 202's body.
+    pub(crate) acked: Vec<(Req, serde_json::Value)>,
     /// Sent, no answer (the kill cut it): outcome unknown.
-    unknown: Vec<Req>,
+    pub(crate) unknown: Vec<Req>,
+    /// Answered 5xx: outcome unknown too, but the server lived on.
+    pub(crate) failed: Vec<(Req, u16, String)>,
     /// Answers that are wrong whatever happened (a 4xx, a 202 with wrong counts).
-    errors: Vec<String>,
+    pub(crate) errors: Vec<String>,
 }
 
 /// Checks a 202's body and durability header against the request.
-fn check_202(req: &Req, r: &crate::util::Resp, duplicates: usize) -> Result<(), String> {
+pub(crate) fn check_202(req: &Req, r: &crate::util::Resp, duplicates: usize) -> Result<(), String> {
     let j = r.json();
     let n = req.events.len();
     let got = (j["accepted"].as_u64(), j["duplicates"].as_u64());
@@ -221,26 +241,35 @@ fn check_202(req: &Req, r: &crate::util::Resp, duplicates: usize) -> Result<(), 
     Ok(())
 }
 
-fn producer(addr: String, id: usize, seed: u64, stop: Arc<AtomicBool>, seq: &mut u64) -> Outcomes {
+/// Sends requests to `topics` until `stop` or the server is gone.
+pub(crate) fn producer(
+    addr: String,
+    id: usize,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    seq: &mut u64,
+    topics: &[&'static str],
+    mixed: bool,
+) -> Outcomes {
     let mut rng = Rng(seed);
     let mut out = Outcomes::default();
     while !stop.load(Ordering::Relaxed) {
-        let req = Req::new(&mut rng, id, seq);
+        let req = Req::new(&mut rng, id, seq, topics, mixed);
         match req.send(&addr) {
             Ok(r) if r.status == 202 => {
                 if let Err(e) = check_202(&req, &r, 0) {
                     out.errors.push(e);
                 }
-                out.acked.push(req);
+                out.acked.push((req, r.json()));
             }
             Ok(r) if r.status < 500 => {
                 out.errors
                     .push(format!("{} {}: {}", req.topic, r.status, r.body));
             }
-            // 5xx (e.g. 503 while shutting down) or no answer: unknown.
-            Ok(_) | Err(_) => {
+            Ok(r) => out.failed.push((req, r.status, r.body)),
+            Err(_) => {
                 out.unknown.push(req);
-                // The server is gone or going: nothing more to learn this cycle.
+                // The server is gone: nothing more to learn.
                 return out;
             }
         }
@@ -250,24 +279,24 @@ fn producer(addr: String, id: usize, seed: u64, stop: Arc<AtomicBool>, seq: &mut
 }
 
 /// One record of the model of the log.
-struct Rec {
-    id: String,
+pub(crate) struct Rec {
+    pub(crate) id: String,
     key: String,
     ts: i64,
 }
 
 /// The log as the test has read it: every record ever visible, by topic and partition.
 #[derive(Default)]
-struct Model {
-    parts: HashMap<(&'static str, u32), Vec<Rec>>,
+pub(crate) struct Model {
+    pub(crate) parts: HashMap<(&'static str, u32), Vec<Rec>>,
     /// event_id -> where it is.
-    ids: HashMap<String, (&'static str, u32, usize)>,
+    pub(crate) ids: HashMap<String, (&'static str, u32, usize)>,
     /// event_ids in the `late` topic.
-    late: HashSet<String>,
+    pub(crate) late: HashSet<String>,
 }
 
 /// Records of `topic`/`partition` from `from`, checking offsets are dense.
-fn read_from(w: &Weir, topic: &str, p: u32, from: usize) -> Result<Vec<Rec>, String> {
+pub(crate) fn read_from(w: &Weir, topic: &str, p: u32, from: usize) -> Result<Vec<Rec>, String> {
     let mut out = Vec::new();
     let mut offset = from;
     loop {
@@ -294,7 +323,9 @@ fn read_from(w: &Weir, topic: &str, p: u32, from: usize) -> Result<Vec<Rec>, Str
             out.push(Rec {
                 id: ev["event_id"].as_str().unwrap().to_string(),
                 key: e["key"].as_str().unwrap_or_default().to_string(),
-                ts: ev["timestamp"].as_i64().unwrap_or(i64::MIN),
+                ts: ev["timestamp"].as_i64().unwrap_or_else(|| {
+                    weir::event::parse_timestamp(ev["timestamp"].as_str().unwrap()).unwrap()
+                }),
             });
             offset += 1;
         }
@@ -304,7 +335,7 @@ fn read_from(w: &Weir, topic: &str, p: u32, from: usize) -> Result<Vec<Rec>, Str
 impl Model {
     /// Reads what is new since the last read (everything when `full`, compared with what
     /// was read before). Returns the event times read for the first time.
-    fn refresh(&mut self, w: &Weir, full: bool) -> Result<Vec<i64>, String> {
+    pub(crate) fn refresh(&mut self, w: &Weir, full: bool) -> Result<Vec<i64>, String> {
         let mut new_ts = Vec::new();
         for (topic, parts) in TOPICS {
             for p in 0..parts {
@@ -366,7 +397,7 @@ impl Model {
 /// its `late_topic` (counted from there) and the hopping one never has (nothing closes).
 /// A crash that made a checkpoint count a record twice or not at all, restored stale
 /// cells or lost closed rows shows as a difference.
-struct Oracle;
+pub(crate) struct Oracle;
 
 impl Oracle {
     /// Expected counts per (key, window start) of `pipeline`.
@@ -396,7 +427,12 @@ impl Oracle {
 
     /// Compares every key's windows starting in `[from, to)`; returns how many windows
     /// were compared and how many of them were final.
-    fn check(w: &Weir, model: &Model, from: i64, to: i64) -> Result<(usize, usize), String> {
+    pub(crate) fn check(
+        w: &Weir,
+        model: &Model,
+        from: i64,
+        to: i64,
+    ) -> Result<(usize, usize), String> {
         let (mut compared, mut finals) = (0, 0);
         for pipeline in ["tumbling", "hopping"] {
             let expected = Oracle::expected(model, pipeline);
@@ -453,7 +489,7 @@ impl Oracle {
 }
 
 /// Waits until every pipeline has processed everything visible.
-fn wait_caught_up(w: &Weir) -> Result<(), String> {
+pub(crate) fn wait_caught_up(w: &Weir) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let j = w.get("/v1/pipelines").json();
@@ -474,7 +510,7 @@ fn wait_caught_up(w: &Weir) -> Result<(), String> {
 }
 
 /// `weir verify` on the stopped (crashed) data dir.
-fn verify(w: &Weir) -> Result<(), String> {
+pub(crate) fn verify(w: &Weir) -> Result<(), String> {
     let out = std::process::Command::new(bin())
         .args(["verify", "--data-dir"])
         .arg(w.data_dir())
@@ -550,7 +586,7 @@ fn crash_loop(cycles: usize, seed: u64, cycle_now: &AtomicUsize) -> Result<Strin
     let mut w = Weir::start(CONFIG);
     let mut model = Model::default();
     let mut acked: Vec<Req> = Vec::new();
-    let mut seqs = vec![0u64; PRODUCERS];
+    let mut seqs = [0u64; PRODUCERS];
     let (mut unknown_total, mut dup_total, mut first_ts) = (0usize, 0usize, i64::MAX);
     let (mut windows_total, mut finals_total) = (0usize, 0usize);
     for cycle in 0..cycles {
@@ -566,7 +602,8 @@ fn crash_loop(cycles: usize, seed: u64, cycle_now: &AtomicUsize) -> Result<Strin
                 let s = rng.next();
                 std::thread::spawn(move || {
                     let mut seq = seq;
-                    let out = producer(addr, i, s, stop, &mut seq);
+                    let topics = TOPICS.map(|t| t.0);
+                    let out = producer(addr, i, s, stop, &mut seq, &topics, true);
                     (out, seq)
                 })
             })
@@ -586,8 +623,10 @@ fn crash_loop(cycles: usize, seed: u64, cycle_now: &AtomicUsize) -> Result<Strin
             if let Some(e) = out.errors.first() {
                 return Err(format!("a wrong answer: {e}"));
             }
-            acked.extend(out.acked);
+            acked.extend(out.acked.into_iter().map(|(req, _)| req));
             unknown.extend(out.unknown);
+            // A 5xx before the kill: unknown as well (none is expected).
+            unknown.extend(out.failed.into_iter().map(|(req, _, _)| req));
         }
         unknown_total += unknown.len();
         verify(&w)?;

@@ -13,6 +13,7 @@ mod util;
 mod cli;
 mod crash;
 mod crashloop;
+mod failpoints;
 mod groups;
 mod ingest;
 mod model;

@@ -101,6 +101,14 @@ impl Weir {
         w
     }
 
+    #[cfg_attr(
+        not(feature = "fail"),
+        allow(dead_code, reason = "failpoint tests only")
+    )]
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
