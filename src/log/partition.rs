@@ -137,6 +137,11 @@ pub(crate) struct Inner {
     /// by chunk, and opening its two files for every chunk cost 3.5% of a pipeline
     /// rebuild. Retention drops a segment's entry when it removes the segment.
     pub read_files: Vec<ReadFiles>,
+    /// Base offsets of segments retention took out of `sealed` but could not delete the
+    /// files of (a failed pass), oldest first: the next pass deletes them before any
+    /// newer segment, so the files on disk stay a contiguous suffix of the log and a
+    /// restart finds no hole.
+    pub left_behind: Vec<i64>,
 }
 
 /// Open files of a sealed segment, for reads (see `Inner::read_files`).
@@ -947,6 +952,7 @@ pub(crate) fn inner_from_recovery(
         closed: false,
         abandoned: false,
         read_files: Vec::new(),
+        left_behind: Vec::new(),
     }
 }
 
@@ -1066,7 +1072,16 @@ impl Partition {
     /// before get `OutOfRange` when they open the file (see `segment_for`). Files go
     /// `.log` first, so a crash half-way leaves at worst index files without a log, which
     /// recovery removes; the directory is fsynced at the end.
+    ///
+    /// A deletion that fails leaves the segments from the failing one on in
+    /// `Inner::left_behind`; the next call deletes them first and removes nothing newer
+    /// until they are gone (deleting newer ones would leave a hole a restart reads).
     pub fn remove_segments_through(&self, end_offset: i64) -> io::Result<Removed> {
+        let left = std::mem::take(&mut self.inner.lock().left_behind);
+        if !left.is_empty() {
+            self.delete_segment_files(&left)?;
+            sync_dir(&self.dir)?;
+        }
         let mut removed = Removed::default();
         {
             let mut inner = self.inner.lock();
@@ -1102,21 +1117,40 @@ impl Partition {
         if removed.segments.is_empty() {
             return Ok(removed);
         }
-        for seg in &removed.segments {
+        let bases: Vec<i64> = removed.segments.iter().map(|s| s.base_offset).collect();
+        self.delete_segment_files(&bases)?;
+        sync_dir(&self.dir)?;
+        Ok(removed)
+    }
+
+    /// Deletes the files of the segments `bases` (taken out of `sealed` already), oldest
+    /// first, `.log` first. On an error the segments from the failing one on go to
+    /// `Inner::left_behind`.
+    fn delete_segment_files(&self, bases: &[i64]) -> io::Result<()> {
+        let delete = |i: usize, base: i64| -> Result<(), (usize, io::Error)> {
             for ext in [LOG_EXT, INDEX_EXT, TIMEINDEX_EXT] {
                 if ext == INDEX_EXT {
                     // The log file gone, its indexes not yet: what recovery cleans up.
-                    failpoint!("log::retention_delete");
+                    failpoint!("log::retention_delete", |e| (i, e));
                 }
-                match fs::remove_file(segment::path(&self.dir, seg.base_offset, ext)) {
+                match fs::remove_file(segment::path(&self.dir, base, ext)) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
+                    Err(e) => return Err((i, e)),
                 }
             }
+            Ok(())
+        };
+        for (i, &base) in bases.iter().enumerate() {
+            if let Err((failed, e)) = delete(i, base) {
+                let mut inner = self.inner.lock();
+                let mut left = bases[failed..].to_vec();
+                left.append(&mut inner.left_behind);
+                inner.left_behind = left;
+                return Err(e);
+            }
         }
-        sync_dir(&self.dir)?;
-        Ok(removed)
+        Ok(())
     }
 }
 
