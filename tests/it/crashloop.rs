@@ -488,6 +488,40 @@ impl Oracle {
     }
 }
 
+/// An acknowledged request's events are in the log, each at the offset the 202 named
+/// (its share of a partition from that partition's `first`, in request order).
+fn check_acked(model: &Model, req: &Req, body: Option<&serde_json::Value>) -> Result<(), String> {
+    let firsts: HashMap<u64, u64> = body
+        .and_then(|b| b["offsets"].as_array())
+        .into_iter()
+        .flatten()
+        .map(|o| {
+            (
+                o["partition"].as_u64().unwrap(),
+                o["first"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    for (p, ids) in req.shares() {
+        for (i, id) in ids.iter().enumerate() {
+            let Some(&(topic, part, offset)) = model.ids.get(*id) else {
+                return Err(format!(
+                    "acknowledged {id} ({}) is not in the log",
+                    req.topic
+                ));
+            };
+            let named = firsts.get(&u64::from(p)).map(|f| f + i as u64);
+            if topic != req.topic || part != p || body.is_some() && named != Some(offset as u64) {
+                return Err(format!(
+                    "acknowledged {id} at {}/{p}/{named:?} is at {topic}/{part}/{offset}",
+                    req.topic
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Waits until every pipeline has processed everything visible.
 pub(crate) fn wait_caught_up(w: &Weir) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -585,7 +619,9 @@ fn crash_loop(cycles: usize, seed: u64, cycle_now: &AtomicUsize) -> Result<Strin
     }
     let mut w = Weir::start(CONFIG);
     let mut model = Model::default();
-    let mut acked: Vec<Req> = Vec::new();
+    // With the 202's body where it names every event's offset (not for a retry that
+    // found some of its events there).
+    let mut acked: Vec<(Req, Option<serde_json::Value>)> = Vec::new();
     let mut seqs = [0u64; PRODUCERS];
     let (mut unknown_total, mut dup_total, mut first_ts) = (0usize, 0usize, i64::MAX);
     let (mut windows_total, mut finals_total) = (0usize, 0usize);
@@ -623,7 +659,7 @@ fn crash_loop(cycles: usize, seed: u64, cycle_now: &AtomicUsize) -> Result<Strin
             if let Some(e) = out.errors.first() {
                 return Err(format!("a wrong answer: {e}"));
             }
-            acked.extend(out.acked.into_iter().map(|(req, _)| req));
+            acked.extend(out.acked.into_iter().map(|(req, body)| (req, Some(body))));
             unknown.extend(out.unknown);
             // A 5xx before the kill: unknown as well (none is expected).
             unknown.extend(out.failed.into_iter().map(|(req, _, _)| req));
@@ -634,15 +670,8 @@ fn crash_loop(cycles: usize, seed: u64, cycle_now: &AtomicUsize) -> Result<Strin
         wait_caught_up(&w)?;
         let full = cycle % full_every == full_every - 1 || cycle + 1 == cycles;
         let new_ts = model.refresh(&w, full)?;
-        for req in &acked {
-            for (id, _, _) in &req.events {
-                if !model.ids.contains_key(id) {
-                    return Err(format!(
-                        "acknowledged {id} ({}) is not in the log",
-                        req.topic
-                    ));
-                }
-            }
+        for (req, body) in &acked {
+            check_acked(&model, req, body.as_ref())?;
         }
         // Everything acknowledged is in the model, and the model only grows: later
         // cycles need not look again.
@@ -681,7 +710,7 @@ fn crash_loop(cycles: usize, seed: u64, cycle_now: &AtomicUsize) -> Result<Strin
             }
             check_202(&req, &r, present).map_err(|e| format!("retry: {e}"))?;
             dup_total += present;
-            acked.push(req);
+            acked.push((req, (present == 0).then(|| r.json())));
         }
     }
     w.kill9();
