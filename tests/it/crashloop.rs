@@ -625,8 +625,16 @@ fn crash_loop(cycles: usize, seed: u64, cycle_now: &AtomicUsize) -> Result<Strin
     let mut seqs = [0u64; PRODUCERS];
     let (mut unknown_total, mut dup_total, mut first_ts) = (0usize, 0usize, i64::MAX);
     let (mut windows_total, mut finals_total) = (0usize, 0usize);
+    let started = Instant::now();
     for cycle in 0..cycles {
         cycle_now.store(cycle, Ordering::Relaxed);
+        if cycle > 0 && cycle % 100 == 0 {
+            let records: usize = model.parts.values().map(Vec::len).sum();
+            eprintln!(
+                "crashloop: {cycle} cycles in {:.0?}, {records} records, {windows_total} windows compared",
+                started.elapsed()
+            );
+        }
         // Produce, then kill at a random moment: mostly mid-ingest, sometimes while the
         // pipelines are still restoring right after the start.
         let stop = Arc::new(AtomicBool::new(false));
