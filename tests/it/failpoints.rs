@@ -334,6 +334,12 @@ default_event_type = "x"
                 let status = w
                     .wait_exit(FIRE_WAIT)
                     .ok_or_else(|| format!("{spec}: not reached in {FIRE_WAIT:?}"))?;
+                // The log line was written before the kill; the thread reading weir's
+                // stderr may not have taken it yet.
+                let read_by = Instant::now() + Duration::from_secs(5);
+                while !fired(&w, p.name, "crash") && Instant::now() < read_by {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 if status.signal() != Some(libc::SIGKILL) || !fired(&w, p.name, "crash") {
                     return Err(format!("{spec}: exit {status:?}, log:\n{}", w.log_text()));
                 }
