@@ -105,9 +105,11 @@ impl DiskSpace {
 
 /// Bytes an unprivileged writer may still use on the file system holding `dir`.
 fn free_bytes(dir: &Path) -> io::Result<u64> {
-    // `disk::free=return(N)` pretends N bytes are free.
+    // `disk::free=return(N)` pretends N bytes are free; `return(crash)` crashes (see
+    // `crate::failpoint`), `return` fails the statvfs.
     #[cfg(feature = "fail")]
     fail::fail_point!("disk::free", |v: Option<String>| {
+        crate::failpoint::fired("disk::free", v.as_deref());
         v.and_then(|v| v.parse().ok())
             .ok_or_else(|| io::Error::other("failpoint disk::free wants return(<bytes>)"))
     });

@@ -17,6 +17,8 @@
 //!   HTTP, shut down in order.
 //! - [`ops`]: the operator commands on a stopped data dir: verify, dump, pipeline reset.
 //! - [`metrics`], [`limits`], [`clock`]: metric names, hard bounds, injected time.
+//! - [`failpoint`]: named failure and crash points of the write path, for tests (the
+//!   `fail` feature only).
 //! - [`systemd`], [`cgroup`]: sd_notify (ready, watchdog, stopping) and the cgroup
 //!   memory limit checked against `server.memory_max` at start.
 
@@ -26,6 +28,7 @@ pub mod clock;
 pub mod config;
 pub mod disk;
 pub mod event;
+pub mod failpoint;
 pub mod http;
 pub mod json;
 pub mod limits;

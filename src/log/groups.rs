@@ -201,6 +201,7 @@ impl GroupOffsets {
         topic: &str,
         entries: &[(u32, i64)],
     ) -> Result<i64, AppendError> {
+        crate::failpoint!("groups::commit", AppendError::Io);
         let now_ms = self.clock.now_ms();
         let mut offsets = self.offsets.lock();
         let records: Vec<CommitRecord> = entries

@@ -32,6 +32,7 @@ use super::retention::Wakeup;
 use super::segment::{self, ActiveSegment, INDEX_EXT, LOG_EXT, SealedSegment, TIMEINDEX_EXT};
 use crate::clock::SharedClock;
 use crate::config::FsyncMode;
+use crate::failpoint;
 use crate::limits::{BATCH_BYTES_MAX, INDEX_INTERVAL_BYTES};
 use crate::metrics as m;
 
@@ -40,18 +41,6 @@ pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
 
 /// File naming the first segment that may need a recovery scan after a crash.
 pub const RECOVERY_POINT_FILE: &str = "recovery_point";
-
-/// Runs a failpoint that can turn the surrounding io::Result function into an error.
-/// Compiled out unless the `fail` feature is on.
-macro_rules! failpoint {
-    ($name:literal) => {
-        #[cfg(feature = "fail")]
-        fail::fail_point!($name, |_| Err(io::Error::other(concat!(
-            "failpoint ",
-            $name
-        ))));
-    };
-}
 
 /// What readers may see: no reader passes it. Under `always` it is the durable end,
 /// otherwise the written end.
@@ -148,6 +137,11 @@ pub(crate) struct Inner {
     /// by chunk, and opening its two files for every chunk cost 3.5% of a pipeline
     /// rebuild. Retention drops a segment's entry when it removes the segment.
     pub read_files: Vec<ReadFiles>,
+    /// Base offsets of segments retention took out of `sealed` but could not delete the
+    /// files of (a failed pass), oldest first: the next pass deletes them before any
+    /// newer segment, so the files on disk stay a contiguous suffix of the log and a
+    /// restart finds no hole.
+    pub left_behind: Vec<i64>,
 }
 
 /// Open files of a sealed segment, for reads (see `Inner::read_files`).
@@ -386,6 +380,7 @@ impl Partition {
         let old = &inner.active;
         let last_rel = u32::try_from(next - 1 - old.base_offset).unwrap_or(u32::MAX);
         write_index_files(&self.dir, old, last_rel)?;
+        failpoint!("log::segment_create");
         let new = ActiveSegment::create(&self.dir, next)?;
         let old = std::mem::replace(&mut inner.active, new);
         inner
@@ -561,8 +556,10 @@ impl Partition {
                 }
             }
             // The new segment's directory entry and the sealed index files.
+            failpoint!("log::dir_fsync");
             sync_dir(&self.dir)?;
             let point = plan.target.segment_base;
+            failpoint!("log::recovery_point");
             write_durably(
                 &self.dir,
                 RECOVERY_POINT_FILE,
@@ -570,7 +567,10 @@ impl Partition {
             )?;
         }
         failpoint!("log::fsync");
-        plan.active.sync_data()
+        plan.active.sync_data()?;
+        // Synced but not yet published as durable.
+        failpoint!("log::fsync_after");
+        Ok(())
     }
 
     /// Stops this partition's background work without flushing: see `Inner::abandoned`.
@@ -705,8 +705,7 @@ impl Partition {
             .cloned();
         drop(inner);
         // Tests run retention here to race this read deterministically.
-        #[cfg(feature = "fail")]
-        fail::fail_point!("log::read_open_sealed");
+        failpoint!("log::read_open_sealed", ReadError::Io);
         let out_of_range = || ReadError::OutOfRange {
             start: self.start_offset(),
             end: visible.end_offset,
@@ -915,7 +914,10 @@ pub(crate) fn read_batch(
 
 fn write_at(file: &File, bytes: &[u8], position: u64) -> io::Result<()> {
     failpoint!("log::write");
-    file.write_all_at(bytes, position)
+    file.write_all_at(bytes, position)?;
+    // Written but not yet counted: the caller cuts it on an error.
+    failpoint!("log::write_after");
+    Ok(())
 }
 
 /// Writes a segment's offset and time index files from its in-memory entries.
@@ -950,6 +952,7 @@ pub(crate) fn inner_from_recovery(
         closed: false,
         abandoned: false,
         read_files: Vec::new(),
+        left_behind: Vec::new(),
     }
 }
 
@@ -1069,7 +1072,16 @@ impl Partition {
     /// before get `OutOfRange` when they open the file (see `segment_for`). Files go
     /// `.log` first, so a crash half-way leaves at worst index files without a log, which
     /// recovery removes; the directory is fsynced at the end.
+    ///
+    /// A deletion that fails leaves the segments from the failing one on in
+    /// `Inner::left_behind`; the next call deletes them first and removes nothing newer
+    /// until they are gone (deleting newer ones would leave a hole a restart reads).
     pub fn remove_segments_through(&self, end_offset: i64) -> io::Result<Removed> {
+        let left = std::mem::take(&mut self.inner.lock().left_behind);
+        if !left.is_empty() {
+            self.delete_segment_files(&left)?;
+            sync_dir(&self.dir)?;
+        }
         let mut removed = Removed::default();
         {
             let mut inner = self.inner.lock();
@@ -1105,17 +1117,40 @@ impl Partition {
         if removed.segments.is_empty() {
             return Ok(removed);
         }
-        for seg in &removed.segments {
-            for ext in [LOG_EXT, INDEX_EXT, TIMEINDEX_EXT] {
-                match fs::remove_file(segment::path(&self.dir, seg.base_offset, ext)) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
+        let bases: Vec<i64> = removed.segments.iter().map(|s| s.base_offset).collect();
+        self.delete_segment_files(&bases)?;
         sync_dir(&self.dir)?;
         Ok(removed)
+    }
+
+    /// Deletes the files of the segments `bases` (taken out of `sealed` already), oldest
+    /// first, `.log` first. On an error the segments from the failing one on go to
+    /// `Inner::left_behind`.
+    fn delete_segment_files(&self, bases: &[i64]) -> io::Result<()> {
+        let delete = |i: usize, base: i64| -> Result<(), (usize, io::Error)> {
+            for ext in [LOG_EXT, INDEX_EXT, TIMEINDEX_EXT] {
+                if ext == INDEX_EXT {
+                    // The log file gone, its indexes not yet: what recovery cleans up.
+                    failpoint!("log::retention_delete", |e| (i, e));
+                }
+                match fs::remove_file(segment::path(&self.dir, base, ext)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err((i, e)),
+                }
+            }
+            Ok(())
+        };
+        for (i, &base) in bases.iter().enumerate() {
+            if let Err((failed, e)) = delete(i, base) {
+                let mut inner = self.inner.lock();
+                let mut left = bases[failed..].to_vec();
+                left.append(&mut inner.left_behind);
+                inner.left_behind = left;
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -455,7 +455,10 @@ impl PipelineStore {
         if let Some(outbox) = &c.outbox {
             batch.insert(self.key(b'o', None, &[]), outbox.as_slice());
         }
+        crate::failpoint!("store::commit", |e| StoreError::Sled(sled::Error::Io(e)));
         self.tree.apply_batch(batch)?;
+        // Applied, not yet flushed: the checkpoint does not count yet.
+        crate::failpoint!("store::flush", |e| StoreError::Sled(sled::Error::Io(e)));
         self.tree.flush()?;
         Ok(())
     }

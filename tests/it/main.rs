@@ -12,6 +12,8 @@ mod util;
 
 mod cli;
 mod crash;
+mod crashloop;
+mod failpoints;
 mod groups;
 mod ingest;
 mod lifecycle;

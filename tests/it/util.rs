@@ -9,6 +9,12 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_weir");
 
+/// The weir binary `Weir` starts: `WEIR_BIN` if set (the long crash loop runs a copy of
+/// a release build, which later builds of this tree do not replace), else this build's.
+pub fn bin() -> PathBuf {
+    std::env::var_os("WEIR_BIN").map_or_else(|| PathBuf::from(BIN), PathBuf::from)
+}
+
 /// A config with one topic, tiny limits where tests need them. `extra` is appended.
 pub fn config(topic_extra: &str) -> String {
     config_with("max_body = \"1MiB\"", topic_extra)
@@ -95,12 +101,20 @@ impl Weir {
         w
     }
 
+    #[cfg_attr(
+        not(feature = "fail"),
+        allow(dead_code, reason = "failpoint tests only")
+    )]
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
     fn launch(&mut self) {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.args(["run", "--config"]).arg(&self.config_path);
         cmd.env("RUST_LOG", "info").env_remove("FAILPOINTS");
         // A test run started by systemd must not have its weirs notify that systemd, and
@@ -167,6 +181,27 @@ impl Weir {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Waits up to `timeout` for weir to exit on its own (a crash failpoint); its exit
+    /// status if it did (the child is then gone, as after [`Weir::kill9`]).
+    #[cfg_attr(
+        not(feature = "fail"),
+        allow(dead_code, reason = "failpoint tests only")
+    )]
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.child.as_mut()?;
+            if let Some(status) = c.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -336,6 +371,42 @@ pub fn request(
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     parse_response(&raw)
+}
+
+/// [`request`] for a server that may die under it (crash tests): a refused or reset
+/// connection, or an answer cut short, is an `Err` (outcome unknown) instead of a panic.
+pub fn try_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Resp> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return Err(std::io::Error::other("connection closed before the answer"));
+    };
+    let (_, headers) = parse_head(head);
+    let length = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    if length.is_some_and(|n| body.len() < n) {
+        return Err(std::io::Error::other("answer cut short"));
+    }
+    Ok(parse_response(&raw))
 }
 
 /// The status and headers of a response head (the text before the blank line).
