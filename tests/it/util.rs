@@ -186,10 +186,6 @@ impl Weir {
 
     /// Waits up to `timeout` for weir to exit on its own (a crash failpoint); its exit
     /// status if it did (the child is then gone, as after [`Weir::kill9`]).
-    #[cfg_attr(
-        not(feature = "fail"),
-        allow(dead_code, reason = "failpoint tests only")
-    )]
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -679,21 +675,6 @@ impl Weir {
         let c = self.child.as_ref().expect("running");
         // SAFETY: sending a signal to our own child process.
         unsafe { libc::kill(c.id() as i32, signal) };
-    }
-
-    /// Waits up to `timeout` for the process to exit; None if it is still running.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.as_mut().expect("running").try_wait().unwrap() {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
     }
 
     /// Waits until `n` lines of this run's log contain `needle`; false after `timeout`.
