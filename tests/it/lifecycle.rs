@@ -460,3 +460,52 @@ fn sighup_with_a_broken_file_is_rejected_and_the_old_config_serves_on() {
     assert_eq!(seen, 2, "info lines are no longer written at level warn");
     assert!(w.stop().success());
 }
+
+/// A SIGTERM while the log is still being opened (systemd stopping a weir that is still
+/// recovering) is a clean stop: exit 0, and the next start finds a clean log.
+#[cfg(feature = "fail")]
+#[test]
+fn sigterm_during_start_up_is_a_clean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = dir.path().join("weir.toml");
+    let data = dir.path().join("data");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "{}\n[storage]\ndata_dir = {:?}\n",
+            config(""),
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(crate::util::bin())
+        .args(["run", "--config"])
+        .arg(&cfg_path)
+        .env("RUST_LOG", "info")
+        .env("FAILPOINTS", "app::log_open=sleep(3000)")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Well inside the 3 s the log takes to open.
+    std::thread::sleep(Duration::from_millis(700));
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "weir did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        status.success(),
+        "{status:?}: killed by the signal, not stopped"
+    );
+    assert!(
+        data.join("clean_shutdown").exists(),
+        "the log was closed cleanly"
+    );
+}
