@@ -61,6 +61,15 @@ pub fn verify(data_dir: &Path, out: &mut dyn Write) -> anyhow::Result<bool> {
                 problem.detail
             )?;
         }
+        if let Some(torn) = &v.torn_tail {
+            writeln!(
+                out,
+                "  note: {} at byte {}: {}: a write the stop cut short; the next start cuts it (after a kill it was never acknowledged; after a machine crash, under fsync \"interval\" or \"never\", it may hold acknowledged events of the last interval)",
+                torn.file.display(),
+                torn.position,
+                torn.detail
+            )?;
+        }
     }
     let verdict = match problems {
         0 => "no problems".to_string(),

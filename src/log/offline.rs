@@ -95,6 +95,10 @@ pub struct Verified {
     /// The last segment's indexes were not checked: weir did not stop cleanly, so they
     /// may lag the log (recovery rebuilds them).
     pub active_index_unchecked: bool,
+    /// After a stop that was not clean: a batch cut short at the very end of the last
+    /// segment, a write the stop interrupted (never acknowledged). Not a problem: the
+    /// next start cuts it. After a clean stop the same thing is a problem.
+    pub torn_tail: Option<Problem>,
 }
 
 /// Reads every batch of every segment of the partition in `dir`: length, CRC, record
@@ -136,16 +140,27 @@ pub fn verify_partition(dir: &Path, clean: bool) -> io::Result<Verified> {
         });
         v.end_offset = Some(end);
         expected = Some(end);
-        if let Some((position, detail)) = bad {
-            v.problems.push(Problem {
+        let last = i + 1 == bases.len();
+        if let Some(Bad {
+            position,
+            detail,
+            torn,
+        }) = bad
+        {
+            let problem = Problem {
                 file: path,
                 position,
                 detail,
-            });
+            };
+            if torn && last && !clean {
+                v.active_index_unchecked = true;
+                v.torn_tail = Some(problem);
+            } else {
+                v.problems.push(problem);
+            }
             expected = None;
             continue;
         }
-        let last = i + 1 == bases.len();
         if last && !clean {
             v.active_index_unchecked = true;
             continue;
@@ -155,33 +170,53 @@ pub fn verify_partition(dir: &Path, clean: bool) -> io::Result<Verified> {
     Ok(v)
 }
 
+/// The first bad batch of a segment: where, why, and whether it is only cut short by
+/// the end of the file (torn) rather than wrong.
+struct Bad {
+    position: u64,
+    detail: String,
+    torn: bool,
+}
+
+impl Bad {
+    fn wrong(position: u64, detail: String) -> Option<Bad> {
+        Some(Bad {
+            position,
+            detail,
+            torn: false,
+        })
+    }
+}
+
 /// Reads the batches of one segment from its start, calling `each` with the position
 /// and header of every good one. Returns the offset after the last good batch and, if
-/// one was bad, its position and why.
+/// one was bad, the first.
 fn walk_segment(
     file: &File,
     base: i64,
     len: u64,
     buf: &mut Vec<u8>,
     mut each: impl FnMut(u64, &BatchHeader),
-) -> (i64, Option<(u64, String)>) {
+) -> (i64, Option<Bad>) {
     let mut pos = 0u64;
     let mut next = base;
     while pos < len {
         let h = match read_batch(file, pos, len, buf) {
             Ok(h) => h,
             Err(batch::DecodeError::Incomplete { needed }) => {
+                let detail = format!("torn batch: {needed} bytes missing at the end");
                 return (
                     next,
-                    Some((
-                        pos,
-                        format!("torn batch: {needed} bytes missing at the end"),
-                    )),
+                    Some(Bad {
+                        position: pos,
+                        detail,
+                        torn: true,
+                    }),
                 );
             }
             Err(batch::DecodeError::Corrupt { what, at }) => {
                 let detail = format!("bad batch: {what} (the field at byte {})", pos + at as u64);
-                return (next, Some((pos, detail)));
+                return (next, Bad::wrong(pos, detail));
             }
         };
         if h.base_offset != next {
@@ -189,10 +224,10 @@ fn walk_segment(
                 "batch has base offset {} where {next} was expected",
                 h.base_offset
             );
-            return (next, Some((pos, detail)));
+            return (next, Bad::wrong(pos, detail));
         }
         if let Err(e) = batch::records(buf).and_then(|mut r| r.try_for_each(|x| x.map(|_| ()))) {
-            return (next, Some((pos, format!("records do not decode: {e}"))));
+            return (next, Bad::wrong(pos, format!("records do not decode: {e}")));
         }
         each(pos, &h);
         next = h.next_offset();

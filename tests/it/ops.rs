@@ -2,6 +2,7 @@
 //! `weir pipeline reset`, each against what a real weir wrote, and each refused while
 //! that weir runs.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -78,6 +79,30 @@ fn verify_passes_on_a_clean_dir_and_names_the_file_and_byte_of_a_flipped_bit() {
     let (code, out, err) = verify(&data);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("did not stop cleanly"), "{out}");
+    // A write the kill cut short at the end of the last segment: noted, not a problem.
+    let torn = |data: &Path| {
+        let last = segments(data, "events", 0).pop().unwrap();
+        let first = segments(data, "events", 0)[0].clone();
+        let head = std::fs::read(first).unwrap()[..30].to_vec();
+        let len = std::fs::metadata(&last).unwrap().len();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&last)
+            .unwrap();
+        f.write_all(&head).unwrap();
+        (last, len)
+    };
+    let (last, len) = torn(&data);
+    let (code, out, err) = verify(&data);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("events/0: ok"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "note: {} at byte {len}: torn batch",
+            last.display()
+        )),
+        "{out}"
+    );
 
     w.restart();
     ingest(&w, 40..41);
@@ -91,6 +116,18 @@ fn verify_passes_on_a_clean_dir_and_names_the_file_and_byte_of_a_flipped_bit() {
     assert!(out.contains("__weir_offsets/0: ok"), "{out}");
     assert!(out.contains("41 records"), "{out}");
     assert!(out.contains("no problems"), "{out}");
+    // The start cut the torn batch; after a clean stop the same bytes are a problem.
+    let (last, len) = torn(&data);
+    let (code, out, err) = verify(&data);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("events/0: CORRUPT"), "{out}");
+    assert!(out.contains(": torn batch: "), "{out}");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
 
     // One bit flipped in the middle of a sealed segment (not the partition's last).
     let logs = segments(&data, "events", 0);
