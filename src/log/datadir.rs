@@ -102,19 +102,8 @@ impl DataDir {
 
         let version_path = root.join(VERSION_FILE);
         match fs::read_to_string(&version_path) {
-            Ok(text) => {
-                let found: u32 = text.trim().parse().map_err(|_| DataDirError::BadVersion {
-                    path: root.to_path_buf(),
-                    detail: format!("{:?} is not a number", text.trim()),
-                })?;
-                if found > FORMAT_VERSION {
-                    return Err(DataDirError::TooNew {
-                        path: root.to_path_buf(),
-                        found,
-                    });
-                }
-                // Older formats would be migrated here; version 1 is the first.
-            }
+            // Older formats would be migrated here; version 1 is the first.
+            Ok(text) => check_version(root, &text)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 write_durably(root, VERSION_FILE, format!("{FORMAT_VERSION}\n").as_bytes())
                     .map_err(open_err)?;
@@ -139,18 +128,7 @@ impl DataDir {
             source,
         };
         match fs::read_to_string(root.join(VERSION_FILE)) {
-            Ok(text) => {
-                let found: u32 = text.trim().parse().map_err(|_| DataDirError::BadVersion {
-                    path: root.to_path_buf(),
-                    detail: format!("{:?} is not a number", text.trim()),
-                })?;
-                if found > FORMAT_VERSION {
-                    return Err(DataDirError::TooNew {
-                        path: root.to_path_buf(),
-                        found,
-                    });
-                }
-            }
+            Ok(text) => check_version(root, &text)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(DataDirError::NotADataDir {
                     path: root.to_path_buf(),
@@ -245,6 +223,21 @@ pub fn write_durably(dir: &Path, name: &str, contents: &[u8]) -> io::Result<()> 
     drop(file);
     fs::rename(&tmp, dir.join(name))?;
     sync_dir(dir)
+}
+
+/// The `format_version` file's text: a number this build reads.
+fn check_version(root: &Path, text: &str) -> Result<(), DataDirError> {
+    let found: u32 = text.trim().parse().map_err(|_| DataDirError::BadVersion {
+        path: root.to_path_buf(),
+        detail: format!("{:?} is not a number", text.trim()),
+    })?;
+    if found > FORMAT_VERSION {
+        return Err(DataDirError::TooNew {
+            path: root.to_path_buf(),
+            found,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
