@@ -115,51 +115,48 @@ fn log_refusal(topic: &str, e: &ApiError, rejected: Option<Rejected>) {
     if info.is_none() && !tracing::enabled!(tracing::Level::DEBUG) {
         return;
     }
-    let Some(Rejected { body, pos }) = rejected else {
-        match info {
-            Some(demoted) => {
-                tracing::info!(topic, code, status, demoted, error = %e.message, "ingest rejected");
-            }
-            None => tracing::debug!(topic, code, status, error = %e.message, "ingest rejected"),
-        }
-        return;
-    };
     // The event_id member of the record, if the record got that far as JSON.
+    let (pos, event_id) = match rejected {
+        Some(Rejected { body, pos }) => (Some(pos), rejected_event_id(&body, pos)),
+        None => (None, None),
+    };
+    macro_rules! rejected_line {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                topic,
+                code,
+                status,
+                record = pos.map(|p| p.record),
+                byte = pos.map(|p| p.byte),
+                line = pos.map(|p| p.line),
+                event_id = event_id.as_deref(),
+                demoted = info,
+                error = %e.message,
+                "ingest rejected"
+            )
+        };
+    }
+    if info.is_some() {
+        rejected_line!(tracing::Level::INFO);
+    } else {
+        rejected_line!(tracing::Level::DEBUG);
+    }
+}
+
+/// The event_id of the rejected record starting at `pos` of `body`, if it has one
+/// before whatever made it bad.
+fn rejected_event_id(body: &[u8], pos: event::RecordPos) -> Option<String> {
     let rest = body.get(pos.byte..).unwrap_or_default();
     let rest = &rest[..rest.len().min(REJECTED_ID_SEARCH_BYTES_MAX)];
     let text = match std::str::from_utf8(rest) {
         Ok(text) => text,
         Err(cut) => std::str::from_utf8(&rest[..cut.valid_up_to()]).unwrap_or_default(),
     };
-    let event_id = crate::json::pointer_get_tokens(text, &["event_id".to_string()])
+    let raw = crate::json::pointer_get_tokens(text, &["event_id".to_string()]).ok()??;
+    crate::json::decode_str(raw)
         .ok()
-        .flatten()
-        .and_then(|raw| crate::json::decode_str(raw).ok());
-    match info {
-        Some(demoted) => tracing::info!(
-            topic,
-            code,
-            status,
-            record = pos.record,
-            byte = pos.byte,
-            line = pos.line,
-            event_id = event_id.as_deref(),
-            demoted,
-            error = %e.message,
-            "ingest rejected"
-        ),
-        None => tracing::debug!(
-            topic,
-            code,
-            status,
-            record = pos.record,
-            byte = pos.byte,
-            line = pos.line,
-            event_id = event_id.as_deref(),
-            error = %e.message,
-            "ingest rejected"
-        ),
-    }
+        .map(std::borrow::Cow::into_owned)
 }
 
 async fn handle_inner(
