@@ -457,23 +457,6 @@ mod sse2 {
         let control = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
         _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)).cast_unsigned()
     }
-
-    /// Bit i is set when byte i of `block` is a quote or a backslash.
-    #[inline]
-    pub fn quote_or_backslash(block: &[u8; 16]) -> u32 {
-        // SAFETY: SSE2 is part of the x86_64 baseline; every x86_64 CPU has it.
-        unsafe { quote_or_backslash_sse2(block) }
-    }
-
-    #[target_feature(enable = "sse2")]
-    fn quote_or_backslash_sse2(block: &[u8; 16]) -> u32 {
-        let (lo, hi) = block.split_at(8);
-        let word = |b: &[u8]| i64::from_le_bytes(b.try_into().unwrap_or_default());
-        let v = _mm_set_epi64x(word(hi), word(lo));
-        let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"'.cast_signed()));
-        let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\'.cast_signed()));
-        _mm_movemask_epi8(_mm_or_si128(quote, backslash)).cast_unsigned()
-    }
 }
 
 /// Checks that `text` is exactly one JSON value (surrounding whitespace allowed).
@@ -596,7 +579,7 @@ pub fn pointer_get_valid<'a>(json: &'a str, tokens: &[String]) -> Option<&'a str
                 let matches = if escaped {
                     decode_str(json.get(pos..end)?).is_ok_and(|k| k == token.as_str())
                 } else {
-                    same_bytes(b.get(pos + 1..end - 1)?, token.as_bytes())
+                    b.get(pos + 1..end - 1)? == token.as_bytes()
                 };
                 pos = skip_ws_at(b, end);
                 if b.get(pos) != Some(&b':') {
@@ -632,41 +615,6 @@ pub fn pointer_get_valid<'a>(json: &'a str, tokens: &[String]) -> Option<&'a str
     json.get(pos..end)
 }
 
-/// `a == b` for the short member names of envelopes, without a call to memcmp.
-#[inline]
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    let n = a.len();
-    if n != b.len() {
-        return false;
-    }
-    if n < 4 {
-        return a.iter().zip(b).all(|(x, y)| x == y);
-    }
-    if n < 8 {
-        // Two four-byte words, overlapping when shorter than eight.
-        let word = |s: &[u8], at: usize| {
-            let mut w = [0; 4];
-            w.copy_from_slice(&s[at..at + 4]);
-            u32::from_ne_bytes(w)
-        };
-        return word(a, 0) == word(b, 0) && word(a, n - 4) == word(b, n - 4);
-    }
-    let word = |s: &[u8], at: usize| {
-        let mut w = [0; 8];
-        w.copy_from_slice(&s[at..at + 8]);
-        u64::from_ne_bytes(w)
-    };
-    let mut at = 0;
-    while at + 8 <= n {
-        if word(a, at) != word(b, at) {
-            return false;
-        }
-        at += 8;
-    }
-    // The tail as the last eight bytes, overlapping what was compared.
-    at == n || word(a, n - 8) == word(b, n - 8)
-}
-
 /// The first position at or after `pos` that is not JSON whitespace.
 #[inline]
 fn skip_ws_at(b: &[u8], mut pos: usize) -> usize {
@@ -687,7 +635,7 @@ fn string_end(b: &[u8], pos: usize) -> Option<(usize, bool)> {
         while let Some(chunk) = b.get(i..i + 16) {
             let mut block = [0; 16];
             block.copy_from_slice(chunk);
-            let stops = sse2::quote_or_backslash(&block);
+            let stops = sse2::string_stops(&block);
             if stops != 0 {
                 i += stops.trailing_zeros() as usize;
                 break;
@@ -703,7 +651,7 @@ fn string_end(b: &[u8], pos: usize) -> Option<(usize, bool)> {
         {
             let mut block = [0; 16];
             block.copy_from_slice(chunk);
-            let stops = sse2::quote_or_backslash(&block) >> (i - start);
+            let stops = sse2::string_stops(&block) >> (i - start);
             if stops == 0 {
                 return None;
             }
