@@ -14,6 +14,12 @@
 //! once durable, the segments wholly before it are deleted: the newest value of every key
 //! is at or after the snapshot, so the rebuild reads the same cache.
 //!
+//! Reads see a commit only once it is durable: the cache that answers them (`durable`)
+//! takes a commit after its fsync, in log order (a commit's place in the log decides,
+//! not the order the fsyncs finish in). The cache the snapshot copies (`appended`) takes
+//! it as it is appended, under the lock that orders appends, so a snapshot never writes
+//! an older value after a newer one.
+//!
 //! Not here: validation against topics (the HTTP layer), lag (computed from the visible
 //! ends when asked).
 
@@ -58,6 +64,8 @@ pub struct Committed {
     pub offset: i64,
     /// When it was committed, epoch ms.
     pub time_ms: i64,
+    /// Where the commit is in [`OFFSETS_TOPIC`]: the later one wins.
+    pub log_offset: i64,
 }
 
 /// A record's value in [`OFFSETS_TOPIC`].
@@ -82,8 +90,11 @@ type Offsets = HashMap<(String, String), BTreeMap<u32, Committed>>;
 
 pub struct GroupOffsets {
     partition: Arc<Partition>,
-    /// Held while a commit or snapshot is appended, so the cache follows log order.
-    offsets: Mutex<Offsets>,
+    /// Every appended commit, durable or not. Held while a commit or snapshot is
+    /// appended, so it follows log order; what a snapshot copies.
+    appended: Mutex<Offsets>,
+    /// The commits known durable: what reads answer from.
+    durable: Mutex<Offsets>,
     /// One compaction at a time.
     compacting: AtomicBool,
     clock: SharedClock,
@@ -104,13 +115,14 @@ impl GroupOffsets {
                 next,
                 READ_RECORDS_MAX,
                 READ_RESPONSE_BYTES_MAX,
-                &mut |_, _, value| match serde_json::from_slice::<CommitRecord>(value) {
+                &mut |log_offset, _, value| match serde_json::from_slice::<CommitRecord>(value) {
                     Ok(r) => {
                         offsets.entry((r.group, r.topic)).or_default().insert(
                             r.partition,
                             Committed {
                                 offset: r.offset,
                                 time_ms: r.time,
+                                log_offset,
                             },
                         );
                     }
@@ -126,7 +138,8 @@ impl GroupOffsets {
         }
         Ok(GroupOffsets {
             partition,
-            offsets: Mutex::new(offsets),
+            appended: Mutex::new(offsets.clone()),
+            durable: Mutex::new(offsets),
             compacting: AtomicBool::new(false),
             clock,
         })
@@ -134,7 +147,7 @@ impl GroupOffsets {
 
     /// The offsets `group` committed on `topic`, by partition (empty if none).
     pub fn committed(&self, group: &str, topic: &str) -> BTreeMap<u32, Committed> {
-        self.offsets
+        self.durable
             .lock()
             .get(&(group.to_string(), topic.to_string()))
             .cloned()
@@ -143,7 +156,7 @@ impl GroupOffsets {
 
     /// Every group's committed offset on one partition.
     pub fn committed_on(&self, topic: &str, partition: u32) -> Vec<(String, i64)> {
-        self.offsets
+        self.durable
             .lock()
             .iter()
             .filter(|((_, t), _)| t == topic)
@@ -153,7 +166,7 @@ impl GroupOffsets {
 
     /// Every committed offset: (group, topic, partition, offset).
     pub fn all(&self) -> Vec<(String, String, u32, i64)> {
-        self.offsets
+        self.durable
             .lock()
             .iter()
             .flat_map(|((g, t), parts)| {
@@ -175,10 +188,12 @@ impl GroupOffsets {
         let me = Arc::clone(self);
         let (g, t) = (group.to_string(), topic.to_string());
         // The append is file IO (and maybe a roll): off the async workers.
-        let last = tokio::task::spawn_blocking(move || me.append_commit(&g, &t, &entries))
-            .await
-            .map_err(|e| CommitError::Task(e.to_string()))??;
+        let (last, committed) =
+            tokio::task::spawn_blocking(move || me.append_commit(&g, &t, &entries))
+                .await
+                .map_err(|e| CommitError::Task(e.to_string()))??;
         self.partition.wait_visible(last).await?;
+        self.publish(group, topic, &committed);
         let labels = [("group", group.to_string()), ("topic", topic.to_string())];
         metrics::counter!(m::GROUP_COMMITS, &labels).increment(1);
         if self.needs_compaction() && !self.compacting.swap(true, Ordering::AcqRel) {
@@ -193,17 +208,18 @@ impl GroupOffsets {
         Ok(())
     }
 
-    /// Appends one commit as one batch and updates the cache; returns its last offset.
+    /// Appends one commit as one batch and enters it in `appended`; returns its last
+    /// offset and what [`GroupOffsets::publish`] enters in `durable` once that is durable.
     /// Blocking: a pwrite.
     pub(crate) fn append_commit(
         &self,
         group: &str,
         topic: &str,
         entries: &[(u32, i64)],
-    ) -> Result<i64, AppendError> {
+    ) -> Result<(i64, Vec<(u32, Committed)>), AppendError> {
         crate::failpoint!("groups::commit", AppendError::Io);
         let now_ms = self.clock.now_ms();
-        let mut offsets = self.offsets.lock();
+        let mut appended = self.appended.lock();
         let records: Vec<CommitRecord> = entries
             .iter()
             .map(|&(partition, offset)| CommitRecord {
@@ -215,22 +231,42 @@ impl GroupOffsets {
             })
             .collect();
         let last = self.append_records(&records, now_ms)?;
-        let parts = offsets
-            .entry((group.to_string(), topic.to_string()))
-            .or_default();
-        for r in records {
-            parts.insert(
-                r.partition,
-                Committed {
+        let first = last + 1 - i64::try_from(records.len()).unwrap_or(i64::MAX);
+        let committed: Vec<(u32, Committed)> = (first..)
+            .zip(&records)
+            .map(|(log_offset, r)| {
+                let c = Committed {
                     offset: r.offset,
                     time_ms: now_ms,
-                },
-            );
-        }
-        Ok(last)
+                    log_offset,
+                };
+                (r.partition, c)
+            })
+            .collect();
+        let parts = appended
+            .entry((group.to_string(), topic.to_string()))
+            .or_default();
+        parts.extend(committed.iter().copied());
+        Ok((last, committed))
     }
 
-    /// Appends records as one batch; the caller holds the `offsets` lock.
+    /// Enters a durable commit in `durable`, unless a later one (in the log) is there.
+    fn publish(&self, group: &str, topic: &str, committed: &[(u32, Committed)]) {
+        let mut durable = self.durable.lock();
+        let parts = durable
+            .entry((group.to_string(), topic.to_string()))
+            .or_default();
+        for &(partition, c) in committed {
+            let newer = parts
+                .get(&partition)
+                .is_none_or(|old| old.log_offset < c.log_offset);
+            if newer {
+                parts.insert(partition, c);
+            }
+        }
+    }
+
+    /// Appends records as one batch; the caller holds the `appended` lock.
     fn append_records(&self, records: &[CommitRecord], now_ms: i64) -> Result<i64, AppendError> {
         let append = now_ms.to_be_bytes();
         let mut builder = BatchBuilder::new();
@@ -256,7 +292,7 @@ impl GroupOffsets {
         let (Some(first), Some(last)) = (segments.first(), segments.last()) else {
             return false;
         };
-        let entries: usize = self.offsets.lock().values().map(BTreeMap::len).sum();
+        let entries: usize = self.appended.lock().values().map(BTreeMap::len).sum();
         let records = last.end_offset - first.base_offset;
         segments.len() >= OFFSETS_COMPACT_SEGMENTS
             && records > 2 * i64::try_from(entries).unwrap_or(i64::MAX / 4)
@@ -289,8 +325,8 @@ impl GroupOffsets {
     /// Appends every committed offset in batches; returns the first and last offsets.
     fn append_snapshot(&self) -> Result<Option<(i64, i64)>, AppendError> {
         let now_ms = self.clock.now_ms();
-        let offsets = self.offsets.lock();
-        let records: Vec<CommitRecord> = offsets
+        let appended = self.appended.lock();
+        let records: Vec<CommitRecord> = appended
             .iter()
             .flat_map(|((g, t), parts)| {
                 parts.iter().map(move |(p, c)| CommitRecord {
@@ -309,7 +345,7 @@ impl GroupOffsets {
             let first = range.map_or(last - count + 1, |(f, _)| f);
             range = Some((first, last));
         }
-        drop(offsets);
+        drop(appended);
         Ok(range)
     }
 
@@ -330,6 +366,14 @@ mod tests {
 
     /// The offsets partition with 1 KiB segments, so compaction comes quickly.
     fn open(dir: &std::path::Path, pool: &SyncPool) -> Arc<GroupOffsets> {
+        open_with(dir, pool.queue())
+    }
+
+    /// As [`open`], its fsyncs queued on `sync_queue`.
+    fn open_with(
+        dir: &std::path::Path,
+        sync_queue: std::sync::mpsc::SyncSender<Arc<Partition>>,
+    ) -> Arc<GroupOffsets> {
         let clock: SharedClock = Arc::new(ManualClock::new(1_000));
         let rec = recover(dir, false).unwrap();
         let p = Arc::new(Partition::new(
@@ -343,7 +387,7 @@ mod tests {
             },
             inner_from_recovery(rec.sealed, rec.active, rec.next_offset),
             PartitionLinks {
-                sync_queue: pool.queue(),
+                sync_queue,
                 clock: Arc::clone(&clock),
                 rolled: Arc::new(Wakeup::default()),
             },
@@ -390,5 +434,46 @@ mod tests {
             (Some(198), Some(200)),
             "rebuilt from the snapshot"
         );
+    }
+
+    /// A reader never sees a commit that is not durable yet: with the fsync held back,
+    /// the new offset is in the log but reads still answer the old one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_is_read_only_once_it_is_durable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (queue, fsyncs) = std::sync::mpsc::sync_channel::<Arc<Partition>>(16);
+        let g = open_with(tmp.path(), queue);
+        let first = tokio::spawn({
+            let g = Arc::clone(&g);
+            async move { g.commit("a", "t", vec![(0, 5)]).await }
+        });
+        // Each commit's round is queued once its batch is written; run it by hand.
+        let p = tokio::task::spawn_blocking(move || {
+            let p = fsyncs.recv().unwrap();
+            (p, fsyncs)
+        });
+        let (p, fsyncs) = p.await.unwrap();
+        p.run_sync();
+        first.await.unwrap().unwrap();
+        assert_eq!(g.committed("a", "t").get(&0).map(|c| c.offset), Some(5));
+
+        let second = tokio::spawn({
+            let g = Arc::clone(&g);
+            async move { g.commit("a", "t", vec![(0, 9)]).await }
+        });
+        let p = tokio::task::spawn_blocking(move || fsyncs.recv().unwrap())
+            .await
+            .unwrap();
+        assert!(g.partition().is_dirty(), "the second commit is written");
+        assert_eq!(g.partition().durable_end(), 1);
+        assert_eq!(
+            g.committed("a", "t").get(&0).map(|c| c.offset),
+            Some(5),
+            "a commit not yet fsynced is not read"
+        );
+        assert!(!second.is_finished());
+        p.run_sync();
+        second.await.unwrap().unwrap();
+        assert_eq!(g.committed("a", "t").get(&0).map(|c| c.offset), Some(9));
     }
 }
