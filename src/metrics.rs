@@ -31,6 +31,7 @@ pub const BUILD_INFO: &str = "weir_build_info";
 pub const RETENTION_DELETED_SEGMENTS: &str = "weir_retention_deleted_segments_total";
 pub const RETENTION_DELETED_BYTES: &str = "weir_retention_deleted_bytes_total";
 pub const RETENTION_UNCONSUMED: &str = "weir_retention_unconsumed_records_total";
+pub const RETENTION_ERRORS: &str = "weir_retention_errors_total";
 pub const PIPELINE_RECORDS_IN: &str = "weir_pipeline_records_in_total";
 pub const PIPELINE_ROWS_OUT: &str = "weir_pipeline_rows_closed_total";
 pub const PIPELINE_LATE: &str = "weir_pipeline_late_events_total";
@@ -279,6 +280,11 @@ fn describe() {
         RETENTION_UNCONSUMED,
         Unit::Count,
         "Records retention deleted before a consumer group committed past them"
+    );
+    describe_counter!(
+        RETENTION_ERRORS,
+        Unit::Count,
+        "Retention passes over a partition that failed (logged; the next pass tries again)"
     );
     describe_counter!(
         GROUP_COMMITS,

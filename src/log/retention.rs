@@ -194,6 +194,7 @@ impl Retention {
             let label = [("topic", topic.name.to_string())];
             metrics::counter!(m::RETENTION_DELETED_SEGMENTS, &label).increment(0);
             metrics::counter!(m::RETENTION_DELETED_BYTES, &label).increment(0);
+            metrics::counter!(m::RETENTION_ERRORS, &label).increment(0);
         }
         Retention {
             topics: parking_lot::RwLock::new(topics),
@@ -226,6 +227,8 @@ impl Retention {
                         self.account(topic, p, &removed, bytes);
                     }
                     Err(e) => {
+                        let label = [("topic", topic.name.to_string())];
+                        metrics::counter!(m::RETENTION_ERRORS, &label).increment(1);
                         tracing::error!(topic = %topic.name, partition = p.id, error = %e,
                             "retention could not delete segments; trying again on the next pass");
                     }

@@ -585,6 +585,11 @@ fn a_retention_delete_that_fails_half_way_leaves_no_hole_in_the_log() {
         assert!(std::time::Instant::now() < deadline, "{}", w.log_text());
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    assert_eq!(
+        w.metric("weir_retention_errors_total", &["topic=\"events\""]),
+        Some(1.0),
+        "the failed pass is counted"
+    );
     // Newer segments age out and go in the next passes.
     post(&w);
     std::thread::sleep(std::time::Duration::from_millis(1300));
