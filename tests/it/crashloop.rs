@@ -490,7 +490,11 @@ impl Oracle {
 
 /// An acknowledged request's events are in the log, each at the offset the 202 named
 /// (its share of a partition from that partition's `first`, in request order).
-fn check_acked(model: &Model, req: &Req, body: Option<&serde_json::Value>) -> Result<(), String> {
+pub(crate) fn check_acked(
+    model: &Model,
+    req: &Req,
+    body: Option<&serde_json::Value>,
+) -> Result<(), String> {
     let firsts: HashMap<u64, u64> = body
         .and_then(|b| b["offsets"].as_array())
         .into_iter()

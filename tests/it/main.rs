@@ -21,6 +21,8 @@ mod model;
 mod observability;
 mod ops;
 mod pipelines;
+mod powerfs;
+mod powerloss;
 mod read;
 mod retention;
 mod stream;

@@ -81,8 +81,21 @@ impl Weir {
     }
 
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Weir {
+        Weir::start_in(config, env, None)
+    }
+
+    /// Starts weir on `config` with its data dir `data` (an existing directory, e.g. on
+    /// a filesystem the test mounted): `data_dir()` is a symlink to it.
+    pub fn start_on(config: &str, data: &Path) -> Weir {
+        Weir::start_in(config, &[], Some(data))
+    }
+
+    fn start_in(config: &str, env: &[(&str, &str)], data_at: Option<&Path>) -> Weir {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
+        if let Some(target) = data_at {
+            std::os::unix::fs::symlink(target, &data).unwrap();
+        }
         let text = format!("{config}\n", config = with_data_dir(config, &data));
         let config_path = dir.path().join("weir.toml");
         std::fs::write(&config_path, text).unwrap();
