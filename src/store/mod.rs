@@ -20,7 +20,11 @@
 //!
 //! A checkpoint is one atomic `sled::Batch` of the head, the cells changed since the last
 //! one, the deletion of cells of dropped panes and of expired rows, and the rows closed
-//! since; it counts only once `flush` returned. Everything here is derived from the log: a
+//! since; it counts only once `flush` returned. sled's own flush ends in
+//! `sync_file_range(2)` on Linux, which survives a crash of weir but not a power loss (no
+//! flush of the disk's cache, no metadata): sled fsyncs only every 500 ms in the
+//! background. So every flush here is followed by an fdatasync of sled's log file (`db`)
+//! through a descriptor of our own ([`PipelineStore::flush`]). Everything here is derived from the log: a
 //! pipeline whose fingerprint changed is cleared and rebuilt from the log.
 
 pub mod codec;
@@ -57,6 +61,8 @@ impl StoreError {
 /// The sled database of a data dir.
 pub struct Store {
     db: sled::Db,
+    /// sled's log file, for the fdatasync sled's flush leaves out.
+    log_file: Arc<std::fs::File>,
 }
 
 impl Store {
@@ -95,7 +101,18 @@ impl Store {
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::LowSpace)
             .open()?;
-        Ok(Store { db })
+        let io = |e: std::io::Error| StoreError::Sled(sled::Error::Io(e));
+        let log_file = std::fs::File::open(dir.join(SLED_LOG_FILE)).map_err(io)?;
+        // sled creates its directory and files without fsyncing a directory: make their
+        // names durable, or a power loss can take the whole store with them.
+        crate::log::datadir::sync_dir(dir).map_err(io)?;
+        if let Some(parent) = dir.parent() {
+            crate::log::datadir::sync_dir(parent).map_err(io)?;
+        }
+        Ok(Store {
+            db,
+            log_file: Arc::new(log_file),
+        })
     }
 
     pub fn pipeline(&self, name: &str) -> PipelineStore {
@@ -104,6 +121,7 @@ impl Store {
         prefix.push(0);
         PipelineStore {
             tree: (*self.db).clone(),
+            log_file: Arc::clone(&self.log_file),
             prefix,
         }
     }
@@ -111,8 +129,17 @@ impl Store {
     /// Flushes everything (checkpoints flush themselves; this is for a clean stop).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
-        Ok(())
+        sync_log(&self.log_file)
     }
+}
+
+/// The file sled keeps its log in, under the store's directory.
+const SLED_LOG_FILE: &str = "db";
+
+/// The fdatasync sled's flush leaves out (see the module doc).
+fn sync_log(file: &std::fs::File) -> Result<(), StoreError> {
+    file.sync_data()
+        .map_err(|e| StoreError::Sled(sled::Error::Io(e)))
 }
 
 /// Layout of a pipeline's keys and values; 2: cells grouped in buckets.
@@ -149,6 +176,7 @@ fn from_ordered(b: &[u8]) -> Option<i64> {
 #[derive(Clone)]
 pub struct PipelineStore {
     tree: sled::Tree,
+    log_file: Arc<std::fs::File>,
     prefix: Vec<u8>,
 }
 
@@ -207,6 +235,13 @@ pub struct Checkpoint {
 }
 
 impl PipelineStore {
+    /// sled's flush and then the fdatasync it leaves out: once this returns, what was
+    /// applied survives a power loss.
+    fn flush(&self) -> Result<(), StoreError> {
+        self.tree.flush()?;
+        sync_log(&self.log_file)
+    }
+
     fn key(&self, kind: u8, at: Option<i64>, rest: &[u8]) -> Vec<u8> {
         let mut k = Vec::with_capacity(self.prefix.len() + 9 + rest.len());
         k.extend_from_slice(&self.prefix);
@@ -373,7 +408,7 @@ impl PipelineStore {
         self.clear()?;
         self.tree
             .insert(self.key(b'm', None, &[]), &self::meta(fingerprint))?;
-        self.tree.flush()?;
+        self.flush()?;
         Ok(())
     }
 
@@ -383,7 +418,7 @@ impl PipelineStore {
     pub fn forget(&self) -> Result<usize, StoreError> {
         let n = self.tree.scan_prefix(&self.prefix).keys().count();
         self.clear()?;
-        self.tree.flush()?;
+        self.flush()?;
         Ok(n)
     }
 
@@ -459,7 +494,7 @@ impl PipelineStore {
         self.tree.apply_batch(batch)?;
         // Applied, not yet flushed: the checkpoint does not count yet.
         crate::failpoint!("store::flush", |e| StoreError::Sled(sled::Error::Io(e)));
-        self.tree.flush()?;
+        self.flush()?;
         Ok(())
     }
 
@@ -474,7 +509,7 @@ impl PipelineStore {
     /// Replaces the outbox (once its rows are durable in the output topic) and flushes.
     pub fn set_outbox(&self, outbox: &[u8]) -> Result<(), StoreError> {
         self.tree.insert(self.key(b'o', None, &[]), outbox)?;
-        self.tree.flush()?;
+        self.flush()?;
         Ok(())
     }
 }
