@@ -641,12 +641,15 @@ async fn accept_failed(e: std::io::Error) {
 /// Over `max_connections`: answer 503 `overloaded` with Retry-After and close, without
 /// parsing the request.
 ///
-/// The close lingers: after the answer and our FIN, what the client still sends (its
-/// request, a body) is read and thrown away until it closes, for at most
-/// `REFUSED_LINGER`. Closing a socket with unread bytes sends a reset, and a client
-/// still writing its body gets that reset instead of the 503 (nginx's `lingering_close`
-/// does the same). At most `REFUSED_LINGERING_MAX` refused connections linger at once;
-/// beyond that one is closed right after its answer.
+/// The answer waits for the request's first bytes: an HTTP client speaks first, and one
+/// that gets an answer before it sent its request takes it for a broken connection
+/// (hyper's client fails with "channel closed"). Then the close lingers: after the
+/// answer and our FIN, what the client still sends (the rest of its request, a body) is
+/// read and thrown away until it closes. Closing a socket with unread bytes sends a
+/// reset, and a client still writing its body gets that reset instead of the 503
+/// (nginx's `lingering_close` does the same). All of it within `REFUSED_LINGER`; at most
+/// `REFUSED_LINGERING_MAX` refused connections wait so at once, beyond that one is
+/// answered at once and closed.
 async fn refuse_connection(
     mut stream: tokio::net::TcpStream,
     lingering: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -666,16 +669,22 @@ async fn refuse_connection(
         answer.extend_from_slice(body.as_bytes());
         answer
     });
-    let answer_and_linger = async {
+    let deadline = tokio::time::Instant::now() + crate::limits::REFUSED_LINGER;
+    let mut sink = [0u8; 4096];
+    if lingering.is_some() {
+        // The first bytes, the end of the stream or an error: the client has spoken.
+        let _ = tokio::time::timeout_at(deadline, stream.read(&mut sink)).await;
+    }
+    // Polled once even past the deadline: the answer fits the empty send buffer.
+    let _ = tokio::time::timeout_at(deadline, async {
         stream.write_all(&ANSWER).await?;
         stream.shutdown().await?;
         if lingering.is_some() {
-            let mut sink = [0u8; 4096];
             while stream.read(&mut sink).await? > 0 {}
         }
         Ok::<(), std::io::Error>(())
-    };
-    let _ = tokio::time::timeout(crate::limits::REFUSED_LINGER, answer_and_linger).await;
+    })
+    .await;
     drop(lingering);
 }
 
