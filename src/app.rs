@@ -43,6 +43,7 @@ pub async fn run(
     reloads: Reloads,
 ) -> anyhow::Result<()> {
     check_memory_max(config.server.memory_max)?;
+    raise_open_files_limit(config.server.max_connections);
     let notifier = match Notifier::from_env() {
         Ok(n) => n.map(Arc::new),
         Err(e) => {
@@ -252,6 +253,57 @@ fn check_memory_max(memory_max: Option<u64>) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Descriptors weir needs beside its client sockets: segment and index files (three per
+/// segment, a few segments per partition kept open), sled, the listener, pipes.
+const OPEN_FILES_BESIDE_CONNECTIONS: u64 = 1024;
+
+/// Raises the soft limit of open files to the hard limit, as daemons do: the usual soft
+/// limit (1024) is below `max_connections` sockets plus the log's files, and past it
+/// accept fails (EMFILE) instead of answering 503. The hard limit is the operator's
+/// (`LimitNOFILE=` of the systemd unit); a limit still too low is logged.
+fn raise_open_files_limit(max_connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(error = %e, "cannot read the open files limit (RLIMIT_NOFILE)");
+        return;
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) } == 0 {
+            limit.rlim_cur = limit.rlim_max;
+        } else {
+            let e = std::io::Error::last_os_error();
+            tracing::warn!(error = %e, soft = before, hard = limit.rlim_max,
+                "cannot raise the open files limit (RLIMIT_NOFILE) to its hard limit");
+        }
+    }
+    tracing::debug!(
+        soft_before = before,
+        soft = limit.rlim_cur,
+        hard = limit.rlim_max,
+        "open files limit (RLIMIT_NOFILE)"
+    );
+    let needed = (max_connections as u64).saturating_add(OPEN_FILES_BESIDE_CONNECTIONS);
+    if limit.rlim_cur < needed {
+        tracing::warn!(
+            limit = limit.rlim_cur,
+            max_connections,
+            "the open files limit is below server.max_connections plus room for the log's \
+             files: connections beyond it fail at accept; raise LimitNOFILE= (or ulimit -Hn)"
+        );
+    }
 }
 
 /// A task that ends when its handle is dropped (on every path out of `run`).

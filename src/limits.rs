@@ -119,3 +119,15 @@ pub const REJECTION_INFO_LINES_PER_SECOND_MAX: u64 = 20;
 /// a checkpoint has them, so memory (about 100 bytes a row) and the final checkpoint at a
 /// stop stay bounded.
 pub const PENDING_ROWS_MAX: usize = 100_000;
+
+/// Longest a connection refused over `max_connections` is kept: its 503 waits for the
+/// request's first bytes (a client answered before it spoke takes the connection for
+/// broken), then its request and body are read and dropped until the client closes, so
+/// the client reads the 503 rather than a reset (`http::refuse_connection`). A client on
+/// loopback or a LAN has sent its request and read the answer well within it; a silent
+/// one gets the 503 when it runs out.
+pub const REFUSED_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Most refused connections lingering at once (each holds a socket and a small task,
+/// no buffer); beyond it a refused connection is closed right after its 503.
+pub const REFUSED_LINGERING_MAX: usize = 1024;

@@ -24,6 +24,7 @@ pub const RECOVERY_SECONDS: &str = "weir_recovery_seconds";
 pub const HTTP_REQUEST_SECONDS: &str = "weir_http_request_duration_seconds";
 pub const DISK_FREE_BYTES: &str = "weir_disk_free_bytes";
 pub const HTTP_REFUSED: &str = "weir_http_refused_total";
+pub const HTTP_CONNECTIONS: &str = "weir_http_connections";
 pub const READ_RECORDS: &str = "weir_read_records_total";
 pub const READ_BYTES: &str = "weir_read_bytes_total";
 pub const STREAM_CLIENTS: &str = "weir_stream_clients";
@@ -250,6 +251,11 @@ fn describe() {
         HTTP_REFUSED,
         Unit::Count,
         "Requests refused by a server-wide bound or shutdown (503) or the free-space reserve (507), by reason (connections, inflight, streams, shutting_down, free_space)"
+    );
+    describe_gauge!(
+        HTTP_CONNECTIONS,
+        Unit::Count,
+        "Open client connections, each holding one of server.max_connections (refused ones not counted)"
     );
     describe_counter!(
         READ_RECORDS,

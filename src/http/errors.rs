@@ -11,7 +11,7 @@ use crate::log::partition::{AppendError, ReadError};
 use crate::log::topic::IngestError;
 
 /// Seconds a client is told to wait after a 503 that is worth retrying.
-const RETRY_AFTER_SECONDS: &str = "1";
+pub(crate) const RETRY_AFTER_SECONDS: &str = "1";
 
 macro_rules! codes {
     ($($variant:ident = $code:literal, $status:ident, $doc:literal;)*) => {

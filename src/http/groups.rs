@@ -8,14 +8,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::SharedState;
 use super::errors::{ApiError, ErrorCode};
+use super::ingest::BodyBounds;
 use crate::log::groups::Committed;
 use crate::log::topic::Topic;
 use crate::log::topic_name::validate_topic_name;
@@ -85,16 +84,20 @@ pub async fn get_offsets(
 pub async fn put_offsets(
     State(state): State<SharedState>,
     Path((group, topic)): Path<(String, String)>,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<axum::Json<Value>, ApiError> {
     let t = lookup(&state, &group, &topic)?;
     if state.shutting_down.load(Ordering::Acquire) {
+        super::Refusal::ShuttingDown.count();
         return Err(ApiError::new(
             ErrorCode::ShuttingDown,
             "weir is shutting down",
         ));
     }
-    let body = body.map_err(|e| ApiError::new(ErrorCode::BodyTooLarge, e.body_text()))?;
+    // Under the same bounds as an ingest body: max_body, body_timeout, max_inflight.
+    let (parts, body) = request.into_parts();
+    let bounds = BodyBounds::of(&state.live.load());
+    let (body, _permits) = bounds.read(&parts.headers, body).await?;
     let parsed: CommitBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             ErrorCode::MalformedJson,

@@ -199,36 +199,11 @@ async fn handle_inner(
         ));
     }
     check_content_type(headers)?;
-    let (body_max, body_timeout, max_key, inflight) = {
+    let (bounds, max_key) = {
         let live = state.live.load();
-        let server = &live.server;
-        let inflight = std::sync::Arc::clone(&live.inflight);
-        (
-            server.max_body,
-            server.body_timeout,
-            server.max_key,
-            inflight,
-        )
+        (BodyBounds::of(&live), live.server.max_key)
     };
-    let declared = declared_length(headers)?;
-    if declared.is_some_and(|len| len > body_max) {
-        return Err(too_large(body_max));
-    }
-    // Every body byte being handled holds a permit of `max_inflight`; beyond it the
-    // request is refused at once instead of growing memory.
-    let mut permits = InflightPermits::new(inflight);
-    if let Some(len) = declared {
-        permits.take(len)?;
-    }
-    let read = read_body(body, body_max, declared.is_none().then_some(&mut permits));
-    let bytes = tokio::time::timeout(body_timeout, read)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                ErrorCode::RequestTimeout,
-                "the body did not arrive within body_timeout",
-            )
-        })??;
+    let (bytes, _permits) = bounds.read(headers, body).await?;
     let now_ms = state.log.clock().now_ms();
     let rules = topic.rules(max_key);
     let mut events = Vec::new();
@@ -284,6 +259,56 @@ async fn handle_inner(
     Ok(response)
 }
 
+/// The `[server]` bounds a request body is read under: `max_body`, `body_timeout` and
+/// the server-wide `max_inflight` byte budget. Every route that reads a body reads it
+/// through [`BodyBounds::read`].
+pub(crate) struct BodyBounds {
+    max: u64,
+    timeout: std::time::Duration,
+    inflight: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl BodyBounds {
+    pub(crate) fn of(live: &super::Live) -> BodyBounds {
+        BodyBounds {
+            max: live.server.max_body,
+            timeout: live.server.body_timeout,
+            inflight: std::sync::Arc::clone(&live.inflight),
+        }
+    }
+
+    /// Reads the body: 413 beyond `max_body` (from Content-Length when sent, before
+    /// reading), 503 `overloaded` when its bytes find no `max_inflight` permits left
+    /// (at once, never waiting for them), 408 when it has not arrived within
+    /// `body_timeout`. The permits are returned with the bytes and held until dropped.
+    pub(crate) async fn read(
+        self,
+        headers: &HeaderMap,
+        body: axum::body::Body,
+    ) -> Result<(bytes::Bytes, InflightPermits), ApiError> {
+        let declared = declared_length(headers)?;
+        if declared.is_some_and(|len| len > self.max) {
+            return Err(too_large(self.max));
+        }
+        // Every body byte being handled holds a permit of `max_inflight`; beyond it the
+        // request is refused at once instead of growing memory.
+        let mut permits = InflightPermits::new(self.inflight);
+        if let Some(len) = declared {
+            permits.take(len)?;
+        }
+        let read = read_body(body, self.max, declared.is_none().then_some(&mut permits));
+        let bytes = tokio::time::timeout(self.timeout, read)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::RequestTimeout,
+                    "the body did not arrive within body_timeout",
+                )
+            })??;
+        Ok((bytes, permits))
+    }
+}
+
 /// Reads the body up to `max` bytes. Without a declared length, each frame takes its
 /// `max_inflight` permits as it arrives.
 async fn read_body(
@@ -324,7 +349,7 @@ async fn read_body(
 }
 
 /// Permits of the server-wide `max_inflight` byte budget held by one request.
-struct InflightPermits {
+pub(crate) struct InflightPermits {
     semaphore: std::sync::Arc<tokio::sync::Semaphore>,
     held: Vec<tokio::sync::OwnedSemaphorePermit>,
 }

@@ -393,15 +393,23 @@ pub async fn serve(
     // Each connection accepted before the drain holds a sender; the drain is over when
     // every one has been dropped.
     let (draining, mut drained) = tokio::sync::mpsc::channel::<()>(1);
+    // Open connections holding a `max_connections` permit.
+    let open = metrics::gauge!(m::HTTP_CONNECTIONS);
+    open.set(0.0);
+    // Refused connections whose close lingers (`refuse_connection`).
+    let refused_lingering = Arc::new(Semaphore::new(crate::limits::REFUSED_LINGERING_MAX));
     // Serves one accepted connection on its own task.
     let spawn = |stream: tokio::net::TcpStream, drain: Option<tokio::sync::mpsc::Sender<()>>| {
         let _ = stream.set_nodelay(true);
         let connections = Arc::clone(&state.live.load().connections);
         let Ok(permit) = connections.try_acquire_owned() else {
             Refusal::Connections.count();
-            tokio::spawn(refuse_connection(stream));
+            let linger = Arc::clone(&refused_lingering).try_acquire_owned().ok();
+            tokio::spawn(refuse_connection(stream, linger));
             return;
         };
+        open.increment(1.0);
+        let open = open.clone();
         let mut builder = routing.load().builder.clone();
         builder.keep_alive(drain.is_some());
         // Whether a request has arrived: the drain gives a connection that has served
@@ -478,6 +486,7 @@ pub async fn serve(
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(permit);
+            open.decrement(1.0);
         });
     };
     tokio::pin!(shutdown);
@@ -629,16 +638,54 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
-/// Over `max_connections`: answer 503 with Retry-After and close, without reading the request.
-async fn refuse_connection(mut stream: tokio::net::TcpStream) {
-    let body = br#"{"error":{"code":"overloaded","message":"too many connections; retry later"}}"#;
-    let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(body).await;
-    let _ = stream.shutdown().await;
+/// Over `max_connections`: answer 503 `overloaded` with Retry-After and close, without
+/// parsing the request.
+///
+/// The answer waits for the request's first bytes: an HTTP client speaks first, and one
+/// that gets an answer before it sent its request takes it for a broken connection
+/// (hyper's client fails with "channel closed"). Then the close lingers: after the
+/// answer and our FIN, what the client still sends (the rest of its request, a body) is
+/// read and thrown away until it closes. Closing a socket with unread bytes sends a
+/// reset, and a client still writing its body gets that reset instead of the 503
+/// (nginx's `lingering_close` does the same). All of it within `REFUSED_LINGER`; at most
+/// `REFUSED_LINGERING_MAX` refused connections wait so at once, beyond that one is
+/// answered at once and closed.
+async fn refuse_connection(
+    mut stream: tokio::net::TcpStream,
+    lingering: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    use tokio::io::AsyncReadExt;
+    static ANSWER: LazyLock<Vec<u8>> = LazyLock::new(|| {
+        let body = format!(
+            r#"{{"error":{{"code":"{}","message":"max_connections connections are open; retry later"}}}}"#,
+            ErrorCode::Overloaded.as_str()
+        );
+        let mut answer = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            errors::RETRY_AFTER_SECONDS,
+            body.len()
+        )
+        .into_bytes();
+        answer.extend_from_slice(body.as_bytes());
+        answer
+    });
+    let deadline = tokio::time::Instant::now() + crate::limits::REFUSED_LINGER;
+    let mut sink = [0u8; 4096];
+    if lingering.is_some() {
+        // The first bytes, the end of the stream or an error: the client has spoken.
+        let _ = tokio::time::timeout_at(deadline, stream.read(&mut sink)).await;
+    }
+    // Polled once even past the deadline: the answer fits the empty send buffer.
+    let _ = tokio::time::timeout_at(deadline, async {
+        stream.write_all(&ANSWER).await?;
+        stream.shutdown().await?;
+        if lingering.is_some() {
+            while stream.read(&mut sink).await? > 0 {}
+        }
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
+    drop(lingering);
 }
 
 /// Appends an integer as JSON text: answers written by hand on hot paths use it.

@@ -20,6 +20,7 @@ mod lifecycle;
 mod model;
 mod observability;
 mod ops;
+mod overload;
 mod pipelines;
 mod powerfs;
 mod powerloss;
