@@ -181,11 +181,11 @@ impl Log {
             let parts: Vec<Arc<Partition>> = parts.into_iter().flatten().collect();
             report.partitions += parts.len();
             flush.extend(parts.iter().map(|p| (Arc::clone(p), tc.fsync_interval)));
-            let topic = Arc::new(Topic::new(tc.clone(), parts));
+            let topic = Arc::new(Topic::new(tc.clone(), parts, Arc::clone(&clock)));
             if topic.dedup.enabled() {
-                let ids = dedup_ids_from_log(&topic, now);
+                let (ids, table_ms) = dedup_ids_from_log(&topic, now);
                 report.dedup_ids += ids.len();
-                topic.dedup.load(ids, now);
+                topic.dedup.load(ids, table_ms);
             }
             topics.insert(tc.name.clone(), topic);
         }
@@ -270,9 +270,10 @@ impl Log {
                 parts.push(open_partition(&self.datadir, tc, p, rec, links));
             }
             flush.extend(parts.iter().map(|p| (Arc::clone(p), tc.fsync_interval)));
-            let topic = Arc::new(Topic::new(tc.clone(), parts));
+            let topic = Arc::new(Topic::new(tc.clone(), parts, Arc::clone(&self.clock)));
             if topic.dedup.enabled() {
-                topic.dedup.load(dedup_ids_from_log(&topic, now), now);
+                let (ids, table_ms) = dedup_ids_from_log(&topic, now);
+                topic.dedup.load(ids, table_ms);
             }
             added.push(topic);
         }
@@ -497,10 +498,15 @@ fn log_recovery(topic: &str, partition: u32, report: &RecoveryReport) {
 
 /// The newest `max_dedup_entries` ids appended within the dedup window, read from the
 /// log newest first across partitions (a merge by batch append time), so the work is
-/// bounded by the table size, not by the log.
-fn dedup_ids_from_log(topic: &Topic, now_ms: i64) -> Vec<(i64, u128)> {
+/// bounded by the table size, not by the log; and the time the table restarts at.
+///
+/// The window is measured back from `min(wall now, newest append time)`, not from the
+/// wall clock: a wall clock set forward (by a day, say) before this start must not
+/// expire ids appended seconds ago, which a client may still retry. After a real stop
+/// that long, the ids of the last window before it are kept for one more window: a
+/// duplicate kept longer is harmless, an event appended twice is not.
+fn dedup_ids_from_log(topic: &Topic, now_ms: i64) -> (Vec<(i64, u128)>, i64) {
     let window_ms = i64::try_from(topic.config.dedup_window.as_millis()).unwrap_or(i64::MAX);
-    let cutoff = now_ms.saturating_sub(window_ms);
     let entries_max = topic.config.max_dedup_entries;
     let mut walkers: Vec<_> = topic
         .partitions
@@ -523,6 +529,10 @@ fn dedup_ids_from_log(topic: &Topic, now_ms: i64) -> Vec<(i64, u128)> {
             heads.push((b.append_ms, i, b.ids));
         }
     }
+    let table_ms = heads
+        .peek()
+        .map_or(now_ms, |(newest, ..)| now_ms.min(*newest));
+    let cutoff = table_ms.saturating_sub(window_ms);
     let mut out = Vec::new();
     while let Some((append_ms, i, ids)) = heads.pop() {
         if append_ms < cutoff || out.len() >= entries_max {
@@ -534,5 +544,5 @@ fn dedup_ids_from_log(topic: &Topic, now_ms: i64) -> Vec<(i64, u128)> {
         }
     }
     out.truncate(entries_max);
-    out
+    (out, table_ms)
 }
