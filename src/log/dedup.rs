@@ -429,7 +429,11 @@ mod tests {
         clock.jump_wall(-2 * 86_400_000);
         clock.advance(9_500);
         let c = d.admit(&[Some(1), Some(2)], d.now_ms()).await;
-        assert_eq!(c.append, [true, false], "10.5 s passed for id 1, 9.5 s for id 2");
+        assert_eq!(
+            c.append,
+            [true, false],
+            "10.5 s passed for id 1, 9.5 s for id 2"
+        );
         drop(c.ticket);
     }
 

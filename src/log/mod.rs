@@ -98,6 +98,9 @@ pub struct Log {
     /// Started by `start_retention`, stopped by `close` (or drop).
     retention_thread: parking_lot::Mutex<Option<RetentionThread>>,
     clock: SharedClock,
+    /// Wall-clock time as retention and dedup rebuilds trust it (forward jumps since
+    /// this start, or an earlier start in this boot, not followed).
+    trusted: RetentionClock,
 }
 
 impl Log {
@@ -106,6 +109,7 @@ impl Log {
         let started = Instant::now();
         let datadir = DataDir::open(&config.storage.data_dir)?;
         let clean = datadir.was_clean();
+        let trusted = trusted_time(&datadir, &clock);
         // The configured topics, then the internal ones, opened alike.
         let topic_configs: Vec<TopicConfig> = config
             .topics
@@ -176,7 +180,7 @@ impl Log {
         }
         let mut topics = BTreeMap::new();
         let mut flush = Vec::new();
-        let now = clock.now_ms();
+        let now = trusted.effective_now_ms();
         for (tc, parts) in topic_configs.iter().zip(by_topic) {
             let parts: Vec<Arc<Partition>> = parts.into_iter().flatten().collect();
             report.partitions += parts.len();
@@ -199,7 +203,7 @@ impl Log {
         let retention = Arc::new(Retention::new(
             topics.values().cloned().collect(),
             Arc::clone(&groups),
-            RetentionClock::new(Arc::clone(&clock)),
+            trusted.clone(),
         ));
         warn_about_orphans(&datadir, config);
         sync.start_flusher(flush);
@@ -220,6 +224,7 @@ impl Log {
                 retention_wakeup,
                 retention_thread: parking_lot::Mutex::new(None),
                 clock,
+                trusted,
             },
             report,
         ))
@@ -249,7 +254,7 @@ impl Log {
         }
         let partitions_total: usize = configs.iter().map(|t| t.partitions as usize).sum();
         let mut sync = SyncPool::start(partitions_total);
-        let now = self.clock.now_ms();
+        let now = self.trusted.effective_now_ms();
         let mut added = Vec::new();
         let mut flush = Vec::new();
         for tc in configs {
@@ -494,6 +499,30 @@ fn log_recovery(topic: &str, partition: u32, report: &RecoveryReport) {
         metrics::counter!(m::RECOVERY_TRUNCATIONS, &labels).increment(0);
         metrics::counter!(m::RECOVERY_TRUNCATED_BYTES, &labels).increment(0);
     }
+}
+
+/// Wall-clock time as this start trusts it (`clock::trusted_start_ms` with the data
+/// dir's anchor of an earlier start), the anchor kept for the next start. A forward jump
+/// the anchor rules out is logged; failing to keep the anchor is logged, not fatal (the
+/// next start then trusts the wall clock, as after a reboot).
+fn trusted_time(datadir: &DataDir, clock: &SharedClock) -> RetentionClock {
+    let earlier = datadir.clock_anchor();
+    let (trusted_ms, anchor) = crate::clock::trusted_start_ms(clock.as_ref(), earlier.as_ref());
+    let ahead_ms = clock.now_ms().saturating_sub(trusted_ms);
+    if ahead_ms > crate::limits::CLOCK_JUMP_TOLERANCE_MS {
+        tracing::warn!(
+            ahead_ms,
+            "the wall clock is ahead of the time an earlier start in this boot and the \
+             monotonic clock give: retention and dedup go by the latter"
+        );
+    }
+    if let Some(a) = anchor
+        && let Err(e) = datadir.set_clock_anchor(&a)
+    {
+        tracing::warn!(error = %e, dir = %datadir.root().display(),
+            "cannot keep the clock anchor; the next start trusts the wall clock");
+    }
+    RetentionClock::starting_at(Arc::clone(clock), trusted_ms)
 }
 
 /// The newest `max_dedup_entries` ids appended within the dedup window, read from the

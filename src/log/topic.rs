@@ -412,7 +412,9 @@ impl Drop for DurableWait {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
-                    let _ = topic.await_durable(appended, batches, ticket, dedup_ms).await;
+                    let _ = topic
+                        .await_durable(appended, batches, ticket, dedup_ms)
+                        .await;
                 });
             }
             // No runtime (it is shutting down): the ticket drops unsettled, which counts

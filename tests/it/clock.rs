@@ -760,12 +760,28 @@ fn the_wall_clock_set_forward_a_day_ages_nothing_and_forgets_no_id() {
     let watch = WatermarkWatch::start(&w.w, wm.clone());
     let restarted = settled(&w.w, &spans);
     assert_same_results(&settled_rows, &restarted);
-    // The dedup table rebuilt from the log still knows the id appended before the jump
-    // (nothing appended to `ids` since), and the retried events of `events` appended
-    // after it.
+    // Same boot: the clock anchor the first start left in the data dir rules the jump
+    // out (and weir says so).
+    assert!(
+        w.w.wait_log("the wall clock is ahead", 1, Duration::from_secs(10)),
+        "{}",
+        w.w.log_text()
+    );
+    // The dedup tables rebuilt from the log know the ids appended before the jump, also
+    // where a day's worth of newer append times came after them, and those after it.
     assert_eq!(post_id(&w.w, "probe"), (0, 1), "after the restart");
+    assert_eq!(
+        retry(&w.w, &early_id, early_sent),
+        (0, 1),
+        "{early_id} after the restart"
+    );
     let last_acked = acked.ids.last().unwrap();
     assert_eq!(retry(&w.w, &last_acked.0, last_acked.1), (0, 1));
+    // Retention still deletes nothing from before the jump.
+    let producer = Producer::start(&w.w, "b");
+    wait_rolls(&w.w, records(&w.w, "kept"), 4);
+    producer.finish();
+    assert_eq!(start_offset(&w.w, "kept"), 0, "retention after the restart");
     let wm_after = watch.finish();
     for (p, v) in &wm {
         assert!(wm_after[p] >= *v, "{p}: watermark back after the restart");
