@@ -474,11 +474,16 @@ fn assert_bounds(w: &Weir, offset_ms: i64) {
     );
     let e = &r.json()["error"];
     assert_eq!(e["record"], 1, "{e}");
+    let bound = if offset_ms < 0 {
+        "later than now + max_event_lead"
+    } else {
+        "older than now - max_event_age"
+    };
+    let message = e["message"].as_str().unwrap();
     assert!(
-        e["message"]
-            .as_str()
-            .unwrap()
-            .contains("outside the accepted range"),
+        message.starts_with("record 1 (byte 0, line 1): event time ")
+            && message.contains("outside the accepted range")
+            && message.contains(bound),
         "{e}"
     );
     let before_end = records(w, "clamped");
