@@ -249,10 +249,14 @@ fn watermarks(addr: &str) -> BTreeMap<String, i64> {
         .collect()
 }
 
+/// Watermarks by pipeline (ms).
+type Marks = BTreeMap<String, i64>;
+
 /// A thread reading the watermarks every few ms: each must never go back.
 struct WatermarkWatch {
     stop: Arc<AtomicBool>,
-    handle: JoinHandle<Result<(BTreeMap<String, i64>, usize), String>>,
+    /// The last watermarks read and how many readings were taken.
+    handle: JoinHandle<Result<(Marks, usize), String>>,
 }
 
 impl WatermarkWatch {
