@@ -108,10 +108,15 @@ pub enum BodyError {
     #[error("{pos}: invalid timestamp: {message}")]
     BadTimestamp { pos: RecordPos, message: String },
     #[error(
-        "{pos}: event time {} is outside the accepted range {} to {}",
+        "{pos}: event time {} is outside the accepted range {} to {} ({})",
         rfc3339_ms_string(*timestamp_ms),
         rfc3339_ms_string(*min_ms),
-        rfc3339_ms_string(*max_ms)
+        rfc3339_ms_string(*max_ms),
+        if timestamp_ms < min_ms {
+            "older than now - max_event_age"
+        } else {
+            "later than now + max_event_lead"
+        }
     )]
     TimeOutOfBounds {
         pos: RecordPos,

@@ -55,9 +55,10 @@ pub const STREAM_KEEPALIVE_MS: u64 = 15_000;
 /// whole segments, so a pass is cheap; more often would only wake the thread for nothing.
 pub const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How far the wall clock may run ahead of "wall clock at start + monotonic time since"
-/// before retention stops following it (a forward jump). Slewing NTP drifts by far less.
-pub const RETENTION_CLOCK_TOLERANCE_MS: i64 = 1000;
+/// How far the wall clock may run ahead of a trusted reading + the monotonic time since
+/// (the start of this run, or an earlier start in this boot) before retention and dedup
+/// stop following it (a forward jump). Slewing NTP drifts by far less.
+pub const CLOCK_JUMP_TOLERANCE_MS: i64 = 1000;
 
 /// Segment size of the internal `__weir_offsets` topic: commits are small, and the
 /// compaction (see `log::groups`) deletes whole segments, so small segments keep it tight.

@@ -170,6 +170,13 @@ fn main() -> ExitCode {
                 }
             };
             let set_log_level = init_tracing(&config);
+            let clock = match weir::clock::for_run() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("weir: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -182,7 +189,7 @@ fn main() -> ExitCode {
             };
             let result = runtime.block_on(async {
                 let reloads = sighup_reloads(load, set_log_level);
-                weir::app::run(config, weir::clock::system(), shutdown_signal(), reloads).await
+                weir::app::run(config, clock, shutdown_signal(), reloads).await
             });
             // Connections cut off when the drain ran out of grace may still hold tasks;
             // the log is closed, so nothing is left worth waiting for.

@@ -627,9 +627,13 @@ fn timestamp_forms() {
 fn time_bounds() {
     let old = NOW - 7 * DAY_MS - 1;
     let early = NOW + HOUR_MS + 1;
-    for ms in [old, early] {
+    for (ms, bound) in [
+        (old, "(older than now - max_event_age)"),
+        (early, "(later than now + max_event_lead)"),
+    ] {
         let e = err(&ts_body(&ms.to_string()));
         assert_eq!(e.code(), "timestamp_out_of_range");
+        assert!(e.to_string().ends_with(bound), "{e}");
         assert_eq!(
             e,
             BodyError::TimeOutOfBounds {

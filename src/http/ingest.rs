@@ -68,7 +68,8 @@ struct Rejected {
 const REJECTED_ID_SEARCH_BYTES_MAX: usize = 64 << 10;
 
 /// The info lines for rejections: at most `REJECTION_INFO_LINES_PER_SECOND_MAX` a second,
-/// counted per wall-clock second; the lines beyond go to debug and are counted.
+/// counted per second of the monotonic clock (a wall-clock jump does not reset it); the
+/// lines beyond go to debug and are counted.
 struct InfoBudget {
     second: AtomicU64,
     used: AtomicU64,
@@ -84,9 +85,8 @@ static REJECTION_LINES: InfoBudget = InfoBudget {
 impl InfoBudget {
     /// `Some(lines demoted since the last info line)` when this one may be at info.
     fn take(&self) -> Option<u64> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        use crate::clock::Clock;
+        let now = u64::try_from(crate::clock::SystemClock.monotonic_ms() / 1000).unwrap_or(0);
         if self.second.swap(now, Ordering::Relaxed) != now {
             self.used.store(0, Ordering::Relaxed);
         }

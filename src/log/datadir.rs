@@ -6,6 +6,8 @@
 //! <data_dir>/weir.lock                 flock(2)-held while a weir runs here
 //! <data_dir>/format_version            "1\n"; newer is refused
 //! <data_dir>/clean_shutdown            present only between a clean stop and the next start
+//! <data_dir>/clock                     the wall-clock reading trusted at the last start
+//!                                      (boot id, wall ms, monotonic ms; see `clock`)
 //! <data_dir>/topics/<topic>/<partition>/<base offset>.{log,index,timeindex}
 //! <data_dir>/topics/<topic>/<partition>/recovery_point
 //! ```
@@ -21,6 +23,7 @@ pub const FORMAT_VERSION: u32 = 1;
 const LOCK_FILE: &str = "weir.lock";
 const VERSION_FILE: &str = "format_version";
 const CLEAN_FILE: &str = "clean_shutdown";
+const CLOCK_FILE: &str = "clock";
 const TOPICS_DIR: &str = "topics";
 
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +204,18 @@ impl DataDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// The clock anchor of the last start, if there is a readable one.
+    pub fn clock_anchor(&self) -> Option<crate::clock::Anchor> {
+        let text = fs::read_to_string(self.root.join(CLOCK_FILE)).ok()?;
+        crate::clock::Anchor::parse(&text)
+    }
+
+    /// Keeps the clock anchor of this start for the next (atomically; lost in a crash it
+    /// only means the next start trusts the wall clock, as after a reboot).
+    pub fn set_clock_anchor(&self, anchor: &crate::clock::Anchor) -> io::Result<()> {
+        write_durably(&self.root, CLOCK_FILE, anchor.to_text().as_bytes())
     }
 
     /// Writes the clean-shutdown marker durably; called after the final fsync of every partition.

@@ -7,15 +7,27 @@
 //! of it waits for that request's outcome, then is a duplicate if the original landed or
 //! new if it failed. Waiting is rare, so it costs the common path nothing: waiters share
 //! one `Notify`, woken only when a request settles while some wait.
+//!
+//! Time. Entries expire by the table's own time ([`Dedup::now_ms`]), never by the wall
+//! clock: table time advances with the monotonic clock, from the wall-clock reading when
+//! the table was made, or at a rebuild from `min(wall now, newest append time in the
+//! log)`. A wall clock set forward by a day therefore expires nothing (a retry of an
+//! acknowledged event is still a duplicate), and one set back keeps nothing longer than
+//! the window. Ids read back from the log carry their append times, which are on the
+//! same scale as the rebuild's start: entries appended within the window before the
+//! newest append are kept, whatever the wall clock said at the restart (ids appended
+//! before a backward jump then stay until table time passes their append time).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
+use crate::clock::SharedClock;
 use crate::metrics as m;
 
 /// The ids are already xxh3-128 hashes: their low bits are a perfectly good hash.
@@ -71,6 +83,10 @@ pub struct Dedup {
     inner: Mutex<Inner>,
     /// Woken when a request settles its in-flight ids while `Inner::waiting > 0`.
     settled: Notify,
+    /// Gives the monotonic reading table time follows.
+    clock: SharedClock,
+    /// Table time minus the monotonic reading; set when the table is made and at a rebuild.
+    offset_ms: AtomicI64,
 }
 
 #[derive(Default)]
@@ -94,7 +110,8 @@ pub struct Admission {
 }
 
 impl Dedup {
-    pub fn new(topic: Arc<str>, window_ms: i64, entries_max: usize) -> Dedup {
+    /// A table whose time starts at `clock`'s wall-clock reading now.
+    pub fn new(topic: Arc<str>, window_ms: i64, entries_max: usize, clock: SharedClock) -> Dedup {
         let entries_gauge = metrics::gauge!(m::DEDUP_ENTRIES, "topic" => topic.to_string());
         let evictions = metrics::counter!(m::DEDUP_EVICTIONS, "topic" => topic.to_string());
         Dedup {
@@ -104,7 +121,17 @@ impl Dedup {
             entries_max,
             inner: Mutex::new(Inner::default()),
             settled: Notify::new(),
+            offset_ms: AtomicI64::new(clock.now_ms().saturating_sub(clock.monotonic_ms())),
+            clock,
         }
+    }
+
+    /// Table time (ms on the scale of append times): what admissions and settles are
+    /// given. Advances with the monotonic clock only (see the module doc).
+    pub fn now_ms(&self) -> i64 {
+        self.clock
+            .monotonic_ms()
+            .saturating_add(self.offset_ms.load(Ordering::Relaxed))
     }
 
     /// Sets `weir_dedup_entries` (at scrape time: the request path does not).
@@ -126,9 +153,14 @@ impl Dedup {
         self.len() == 0
     }
 
-    /// Fills the table from ids read back from the log, oldest first.
+    /// Fills the table from ids read back from the log with their append times, and
+    /// restarts table time at `now_ms` (the rebuild's `min(wall now, newest append)`).
     pub fn load(&self, mut ids: Vec<(i64, u128)>, now_ms: i64) {
         ids.sort_unstable_by_key(|(t, _)| *t);
+        self.offset_ms.store(
+            now_ms.saturating_sub(self.clock.monotonic_ms()),
+            Ordering::Relaxed,
+        );
         let mut inner = self.inner.lock();
         let mut evicted = 0;
         for (t, id) in ids {
@@ -359,7 +391,12 @@ mod tests {
     use super::*;
 
     fn dedup(window_ms: i64, max: usize) -> Arc<Dedup> {
-        Arc::new(Dedup::new("t".into(), window_ms, max))
+        Arc::new(Dedup::new(
+            "t".into(),
+            window_ms,
+            max,
+            Arc::new(crate::clock::ManualClock::new(0)),
+        ))
     }
 
     #[tokio::test]
@@ -375,6 +412,42 @@ mod tests {
         // Failed (dropped) tickets leave nothing behind.
         let c = d.admit(&[Some(3)], 10).await;
         assert_eq!(c.append, [true]);
+    }
+
+    #[tokio::test]
+    async fn wall_clock_jumps_neither_expire_nor_keep_ids() {
+        let clock = Arc::new(crate::clock::ManualClock::new(1_000_000));
+        let d = Arc::new(Dedup::new("t".into(), 10_000, 100, clock.clone()));
+        assert_eq!(d.now_ms(), 1_000_000, "table time starts at the wall clock");
+        let a = d.admit(&[Some(1)], d.now_ms()).await;
+        a.ticket.settle(&|_| true, d.now_ms(), d.now_ms());
+        clock.jump_wall(86_400_000);
+        clock.advance(1000);
+        let b = d.admit(&[Some(1), Some(2)], d.now_ms()).await;
+        assert_eq!(b.append, [false, true], "a day forward expired nothing");
+        b.ticket.settle(&|_| true, d.now_ms(), d.now_ms());
+        clock.jump_wall(-2 * 86_400_000);
+        clock.advance(9_500);
+        let c = d.admit(&[Some(1), Some(2)], d.now_ms()).await;
+        assert_eq!(
+            c.append,
+            [true, false],
+            "10.5 s passed for id 1, 9.5 s for id 2"
+        );
+        drop(c.ticket);
+    }
+
+    #[tokio::test]
+    async fn a_rebuild_restarts_table_time_at_the_given_time() {
+        let clock = Arc::new(crate::clock::ManualClock::new(90_000_000));
+        let d = Arc::new(Dedup::new("t".into(), 10_000, 100, clock.clone()));
+        // The log's newest append is at 1_000_000, the wall clock a day past it.
+        d.load(vec![(992_000, 1), (999_000, 2)], 1_000_000);
+        assert_eq!(d.now_ms(), 1_000_000);
+        clock.advance(2_500);
+        let a = d.admit(&[Some(1), Some(2)], d.now_ms()).await;
+        assert_eq!(a.append, [true, false], "id 1 is 10.5 s old, id 2 3.5 s");
+        drop(a.ticket);
     }
 
     #[tokio::test]

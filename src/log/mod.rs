@@ -98,6 +98,9 @@ pub struct Log {
     /// Started by `start_retention`, stopped by `close` (or drop).
     retention_thread: parking_lot::Mutex<Option<RetentionThread>>,
     clock: SharedClock,
+    /// Wall-clock time as retention and dedup rebuilds trust it (forward jumps since
+    /// this start, or an earlier start in this boot, not followed).
+    trusted: RetentionClock,
 }
 
 impl Log {
@@ -106,6 +109,7 @@ impl Log {
         let started = Instant::now();
         let datadir = DataDir::open(&config.storage.data_dir)?;
         let clean = datadir.was_clean();
+        let trusted = trusted_time(&datadir, &clock);
         // The configured topics, then the internal ones, opened alike.
         let topic_configs: Vec<TopicConfig> = config
             .topics
@@ -176,16 +180,16 @@ impl Log {
         }
         let mut topics = BTreeMap::new();
         let mut flush = Vec::new();
-        let now = clock.now_ms();
+        let now = trusted.effective_now_ms();
         for (tc, parts) in topic_configs.iter().zip(by_topic) {
             let parts: Vec<Arc<Partition>> = parts.into_iter().flatten().collect();
             report.partitions += parts.len();
             flush.extend(parts.iter().map(|p| (Arc::clone(p), tc.fsync_interval)));
-            let topic = Arc::new(Topic::new(tc.clone(), parts));
+            let topic = Arc::new(Topic::new(tc.clone(), parts, Arc::clone(&clock)));
             if topic.dedup.enabled() {
-                let ids = dedup_ids_from_log(&topic, now);
+                let (ids, table_ms) = dedup_ids_from_log(&topic, now);
                 report.dedup_ids += ids.len();
-                topic.dedup.load(ids, now);
+                topic.dedup.load(ids, table_ms);
             }
             topics.insert(tc.name.clone(), topic);
         }
@@ -199,7 +203,7 @@ impl Log {
         let retention = Arc::new(Retention::new(
             topics.values().cloned().collect(),
             Arc::clone(&groups),
-            RetentionClock::new(Arc::clone(&clock)),
+            trusted.clone(),
         ));
         warn_about_orphans(&datadir, config);
         sync.start_flusher(flush);
@@ -220,6 +224,7 @@ impl Log {
                 retention_wakeup,
                 retention_thread: parking_lot::Mutex::new(None),
                 clock,
+                trusted,
             },
             report,
         ))
@@ -249,7 +254,7 @@ impl Log {
         }
         let partitions_total: usize = configs.iter().map(|t| t.partitions as usize).sum();
         let mut sync = SyncPool::start(partitions_total);
-        let now = self.clock.now_ms();
+        let now = self.trusted.effective_now_ms();
         let mut added = Vec::new();
         let mut flush = Vec::new();
         for tc in configs {
@@ -270,9 +275,10 @@ impl Log {
                 parts.push(open_partition(&self.datadir, tc, p, rec, links));
             }
             flush.extend(parts.iter().map(|p| (Arc::clone(p), tc.fsync_interval)));
-            let topic = Arc::new(Topic::new(tc.clone(), parts));
+            let topic = Arc::new(Topic::new(tc.clone(), parts, Arc::clone(&self.clock)));
             if topic.dedup.enabled() {
-                topic.dedup.load(dedup_ids_from_log(&topic, now), now);
+                let (ids, table_ms) = dedup_ids_from_log(&topic, now);
+                topic.dedup.load(ids, table_ms);
             }
             added.push(topic);
         }
@@ -495,12 +501,41 @@ fn log_recovery(topic: &str, partition: u32, report: &RecoveryReport) {
     }
 }
 
+/// Wall-clock time as this start trusts it (`clock::trusted_start_ms` with the data
+/// dir's anchor of an earlier start), the anchor kept for the next start. A forward jump
+/// the anchor rules out is logged; failing to keep the anchor is logged, not fatal (the
+/// next start then trusts the wall clock, as after a reboot).
+fn trusted_time(datadir: &DataDir, clock: &SharedClock) -> RetentionClock {
+    let earlier = datadir.clock_anchor();
+    let (trusted_ms, anchor) = crate::clock::trusted_start_ms(clock.as_ref(), earlier.as_ref());
+    let ahead_ms = clock.now_ms().saturating_sub(trusted_ms);
+    if ahead_ms > crate::limits::CLOCK_JUMP_TOLERANCE_MS {
+        tracing::warn!(
+            ahead_ms,
+            "the wall clock is ahead of the time an earlier start in this boot and the \
+             monotonic clock give: retention and dedup go by the latter"
+        );
+    }
+    if let Some(a) = anchor
+        && let Err(e) = datadir.set_clock_anchor(&a)
+    {
+        tracing::warn!(error = %e, dir = %datadir.root().display(),
+            "cannot keep the clock anchor; the next start trusts the wall clock");
+    }
+    RetentionClock::starting_at(Arc::clone(clock), trusted_ms)
+}
+
 /// The newest `max_dedup_entries` ids appended within the dedup window, read from the
 /// log newest first across partitions (a merge by batch append time), so the work is
-/// bounded by the table size, not by the log.
-fn dedup_ids_from_log(topic: &Topic, now_ms: i64) -> Vec<(i64, u128)> {
+/// bounded by the table size, not by the log; and the time the table restarts at.
+///
+/// The window is measured back from `min(wall now, newest append time)`, not from the
+/// wall clock: a wall clock set forward (by a day, say) before this start must not
+/// expire ids appended seconds ago, which a client may still retry. After a real stop
+/// that long, the ids of the last window before it are kept for one more window: a
+/// duplicate kept longer is harmless, an event appended twice is not.
+fn dedup_ids_from_log(topic: &Topic, now_ms: i64) -> (Vec<(i64, u128)>, i64) {
     let window_ms = i64::try_from(topic.config.dedup_window.as_millis()).unwrap_or(i64::MAX);
-    let cutoff = now_ms.saturating_sub(window_ms);
     let entries_max = topic.config.max_dedup_entries;
     let mut walkers: Vec<_> = topic
         .partitions
@@ -523,6 +558,10 @@ fn dedup_ids_from_log(topic: &Topic, now_ms: i64) -> Vec<(i64, u128)> {
             heads.push((b.append_ms, i, b.ids));
         }
     }
+    let table_ms = heads
+        .peek()
+        .map_or(now_ms, |(newest, ..)| now_ms.min(*newest));
+    let cutoff = table_ms.saturating_sub(window_ms);
     let mut out = Vec::new();
     while let Some((append_ms, i, ids)) = heads.pop() {
         if append_ms < cutoff || out.len() >= entries_max {
@@ -534,5 +573,5 @@ fn dedup_ids_from_log(topic: &Topic, now_ms: i64) -> Vec<(i64, u128)> {
         }
     }
     out.truncate(entries_max);
-    out
+    (out, table_ms)
 }

@@ -17,7 +17,11 @@
 //!   `min(wall now, wall at start + monotonic time since start + tolerance)`: a forward
 //!   jump after start is ignored, a backward one only keeps data longer.
 //!
-//! A jump while weir is stopped cannot be told from time passing and is not guarded.
+//! The wall clock at start is trusted unless the data dir's clock anchor (written at
+//! every start: boot id, trusted wall time, monotonic reading) is of this boot: then no
+//! further than the anchor's time plus the monotonic time since, so a forward jump made
+//! while weir was stopped is not taken for time passing either. Across a reboot a jump
+//! cannot be told from time passing and is not guarded.
 
 use std::fs::File;
 use std::io;
@@ -38,7 +42,7 @@ use super::segment::{self, INDEX_EXT, LOG_EXT, SealedSegment};
 use super::topic::Topic;
 use crate::clock::SharedClock;
 use crate::config::TopicConfig;
-use crate::limits::{RETENTION_CLOCK_TOLERANCE_MS, RETENTION_INTERVAL};
+use crate::limits::{CLOCK_JUMP_TOLERANCE_MS, RETENTION_INTERVAL};
 use crate::metrics as m;
 
 /// A topic's retention settings in milliseconds and bytes; `None` disables each.
@@ -72,10 +76,17 @@ pub struct RetentionClock {
 }
 
 impl RetentionClock {
-    /// Takes the start readings now.
+    /// Takes the start readings now, trusting the wall clock.
     pub fn new(clock: SharedClock) -> RetentionClock {
+        let wall_ms = clock.now_ms();
+        RetentionClock::starting_at(clock, wall_ms)
+    }
+
+    /// Starts at the trusted wall-clock time `start_wall_ms` (`clock::trusted_start_ms`)
+    /// and the monotonic reading now.
+    pub fn starting_at(clock: SharedClock, start_wall_ms: i64) -> RetentionClock {
         RetentionClock {
-            start_wall_ms: clock.now_ms(),
+            start_wall_ms,
             start_mono_ms: clock.monotonic_ms(),
             clock,
         }
@@ -87,7 +98,7 @@ impl RetentionClock {
         let bound = self
             .start_wall_ms
             .saturating_add(elapsed)
-            .saturating_add(RETENTION_CLOCK_TOLERANCE_MS);
+            .saturating_add(CLOCK_JUMP_TOLERANCE_MS);
         self.clock.now_ms().min(bound)
     }
 
@@ -408,12 +419,12 @@ pub(crate) mod tests {
         clock.jump_wall(86_400_000);
         assert_eq!(
             rc.age_ms(&before_start),
-            Some(1000 + RETENTION_CLOCK_TOLERANCE_MS)
+            Some(1000 + CLOCK_JUMP_TOLERANCE_MS)
         );
         clock.advance(5000);
         assert_eq!(
             rc.age_ms(&before_start),
-            Some(6000 + RETENTION_CLOCK_TOLERANCE_MS)
+            Some(6000 + CLOCK_JUMP_TOLERANCE_MS)
         );
         // Appended in this run: monotonic age, whatever the wall clock says.
         let in_run = SealedSegment {

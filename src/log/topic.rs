@@ -52,13 +52,18 @@ pub enum IngestError {
 }
 
 impl Topic {
-    pub fn new(config: TopicConfig, partitions: Vec<Arc<Partition>>) -> Topic {
+    pub fn new(
+        config: TopicConfig,
+        partitions: Vec<Arc<Partition>>,
+        clock: crate::clock::SharedClock,
+    ) -> Topic {
         let name: Arc<str> = config.name.as_str().into();
         let window_ms = i64::try_from(config.dedup_window.as_millis()).unwrap_or(i64::MAX);
         let dedup = Arc::new(Dedup::new(
             Arc::clone(&name),
             window_ms,
             config.max_dedup_entries,
+            clock,
         ));
         let label = ("topic", name.to_string());
         Topic {
@@ -100,7 +105,8 @@ impl Topic {
         now_ms: i64,
     ) -> Result<IngestOutcome, IngestError> {
         let ids: Vec<Option<u128>> = events.iter().map(|e| e.id_hash).collect();
-        let admission = self.dedup.admit(&ids, now_ms).await;
+        let dedup_ms = self.dedup.now_ms();
+        let admission = self.dedup.admit(&ids, dedup_ms).await;
         let n = self.partition_count();
         let keyless = self.next_keyless.fetch_add(1, Ordering::Relaxed) % n;
         let mut builders: Vec<Option<(BatchBuilder, Vec<u128>)>> = (0..n).map(|_| None).collect();
@@ -159,13 +165,13 @@ impl Topic {
         let offsets = if self.config.fsync == FsyncMode::Always {
             DurableWait {
                 topic: Arc::clone(self),
-                pending: Some((appended, batches, ticket, now_ms)),
+                pending: Some((appended, batches, ticket, dedup_ms)),
             }
             .wait()
             .await?
         } else {
             let durable = vec![true; appended.offsets.len()];
-            self.finish(appended, &batches, &durable, ticket, now_ms)?
+            self.finish(appended, &batches, &durable, ticket, dedup_ms)?
         };
         self.duplicates.increment(duplicates as u64);
         let accepted = offsets
@@ -199,7 +205,8 @@ impl Topic {
         now_ms: i64,
     ) -> Forwarded {
         let ids: Vec<Option<u128>> = records.iter().map(|r| r.id).collect();
-        let admission = self.dedup.admit(&ids, now_ms).await;
+        let dedup_ms = self.dedup.now_ms();
+        let admission = self.dedup.admit(&ids, dedup_ms).await;
         let n = self.partition_count();
         let keyless = self.next_keyless.fetch_add(1, Ordering::Relaxed) % n;
         let mut builders: Vec<Option<(BatchBuilder, Vec<u128>)>> = (0..n).map(|_| None).collect();
@@ -246,7 +253,7 @@ impl Topic {
         self.duplicates.increment(admission.duplicates as u64);
         let durable = vec![true; appended.offsets.len()];
         let failure = self
-            .finish(appended, &batches, &durable, admission.ticket, now_ms)
+            .finish(appended, &batches, &durable, admission.ticket, dedup_ms)
             .err();
         let landed = partition_of
             .iter()
@@ -294,10 +301,10 @@ impl Topic {
         appended: Appended,
         batches: Batches,
         ticket: Ticket,
-        now_ms: i64,
+        dedup_ms: i64,
     ) -> Result<Vec<PartitionRange>, IngestError> {
         let waits = self.wait_durable(&appended).await;
-        self.settle_durable(appended, &batches, waits, ticket, now_ms)
+        self.settle_durable(appended, &batches, waits, ticket, dedup_ms)
     }
 
     /// Waits for each appended batch to be fsynced; Err where its partition was fenced
@@ -322,7 +329,7 @@ impl Topic {
         batches: &Batches,
         waits: Vec<Result<(), AppendError>>,
         ticket: Ticket,
-        now_ms: i64,
+        dedup_ms: i64,
     ) -> Result<Vec<PartitionRange>, IngestError> {
         let mut durable = Vec::with_capacity(waits.len());
         for w in waits {
@@ -331,24 +338,25 @@ impl Topic {
                 appended.failure.get_or_insert(e);
             }
         }
-        Ok(self.finish(appended, batches, &durable, ticket, now_ms)?)
+        Ok(self.finish(appended, batches, &durable, ticket, dedup_ms)?)
     }
 
-    /// Settles the request's ids (those of durable batches are now in the log) and counts.
+    /// Settles the request's ids (those of durable batches are now in the log, stamped
+    /// with the dedup table's time `dedup_ms`) and counts.
     fn finish(
         &self,
         appended: Appended,
         batches: &[(u32, Vec<u8>, Vec<u128>)],
         durable: &[bool],
         ticket: Ticket,
-        now_ms: i64,
+        dedup_ms: i64,
     ) -> Result<Vec<PartitionRange>, AppendError> {
         if ticket.is_empty() {
             drop(ticket);
         } else if durable.len() == batches.len() && durable.iter().all(|ok| *ok) {
-            ticket.settle(&|_| true, now_ms, now_ms);
+            ticket.settle(&|_| true, dedup_ms, dedup_ms);
         } else if durable.iter().all(|ok| !*ok) {
-            ticket.settle(&|_| false, now_ms, now_ms);
+            ticket.settle(&|_| false, dedup_ms, dedup_ms);
         } else {
             let landed: IdSet = batches
                 .iter()
@@ -356,7 +364,7 @@ impl Topic {
                 .filter(|(_, ok)| **ok)
                 .flat_map(|((_, _, ids), _)| ids.iter().copied())
                 .collect();
-            ticket.settle(&|id| landed.contains(&id), now_ms, now_ms);
+            ticket.settle(&|id| landed.contains(&id), dedup_ms, dedup_ms);
         }
         if let Some(e) = appended.failure {
             return Err(e);
@@ -375,6 +383,7 @@ type Batches = Vec<(u32, Vec<u8>, Vec<u128>)>;
 /// it goes on in a task of its own: only the rare abandoned request pays for a spawn.
 struct DurableWait {
     topic: Arc<Topic>,
+    /// The request's appends, its dedup ticket and the table time it was admitted at.
     pending: Option<(Appended, Batches, Ticket, i64)>,
 }
 
@@ -386,9 +395,9 @@ impl DurableWait {
             None => Vec::new(),
         };
         match self.pending.take() {
-            Some((appended, batches, ticket, now_ms)) => self
+            Some((appended, batches, ticket, dedup_ms)) => self
                 .topic
-                .settle_durable(appended, &batches, waits, ticket, now_ms),
+                .settle_durable(appended, &batches, waits, ticket, dedup_ms),
             None => Ok(Vec::new()),
         }
     }
@@ -396,14 +405,16 @@ impl DurableWait {
 
 impl Drop for DurableWait {
     fn drop(&mut self) {
-        let Some((appended, batches, ticket, now_ms)) = self.pending.take() else {
+        let Some((appended, batches, ticket, dedup_ms)) = self.pending.take() else {
             return;
         };
         let topic = Arc::clone(&self.topic);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
-                    let _ = topic.await_durable(appended, batches, ticket, now_ms).await;
+                    let _ = topic
+                        .await_durable(appended, batches, ticket, dedup_ms)
+                        .await;
                 });
             }
             // No runtime (it is shutting down): the ticket drops unsettled, which counts

@@ -437,7 +437,7 @@ impl Pipelines {
                     })
                 }
             };
-            let task = Task::new(
+            let mut task = Task::new(
                 pc,
                 late,
                 output,
@@ -449,6 +449,11 @@ impl Pipelines {
                 stop_rx,
                 runtime.clone(),
             )?;
+            // A restored engine's watermark and open windows are in the view before the
+            // listener is up: a query never sees a restored pipeline without its
+            // watermark (`last_closed` would find no closed window, the seed's route
+            // would answer 0).
+            task.publish(false);
             let thread = std::thread::Builder::new()
                 .name(format!("weir-pipe-{}", pc.name))
                 .spawn(move || task.run())
@@ -817,14 +822,21 @@ impl Task {
 
     fn run(mut self) {
         tracing::info!(pipeline = %self.name, "pipeline started");
+        #[cfg(feature = "fail")]
+        if let Some(ms) = std::env::var("WEIR_TEST_PIPELINE_START_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            // Tests only: the thread starts late, as under load, to show what queries
+            // answer before it first runs.
+            std::thread::sleep(Duration::from_millis(ms));
+        }
         self.catching_up = Some((
             Instant::now(),
             self.sources.iter().map(|s| s.next).collect(),
         ));
         let mut last_prune = Instant::now();
         let mut last_checkpoint = Instant::now();
-        // A restored engine's open windows, and the watermark, for the view at once.
-        self.publish(false);
         while !*self.stop.borrow() {
             self.collect(false);
             let started = Instant::now();

@@ -11,6 +11,7 @@
 mod util;
 
 mod cli;
+mod clock;
 mod crash;
 mod crashloop;
 mod failpoints;
