@@ -23,5 +23,6 @@ mod ops;
 mod pipelines;
 mod read;
 mod retention;
+mod storage;
 mod stream;
 mod systemd;
