@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::util::{Resp, Weir, bin};
+use crate::util::{Resp, Weir};
 
 /// The event time of every event: the pipeline's one-hour windows never close (nothing
 /// later arrives), so their cells are checkpointed again and again.
@@ -113,6 +113,66 @@ fn post(w: &Weir, ids: &[String], key: &str, pad: usize, acked: &mut Vec<Acked>)
     r
 }
 
+/// Posts `n` events of `n` distinct keys `<prefix>-<i>-yyy...` (`key_len` bytes long), so
+/// the pipeline's next checkpoint has many new cells to write; on a 202 adds them to
+/// `acked`, each where the read-back finds it inside the ranges the answer named.
+fn post_keys(w: &Weir, prefix: &str, n: usize, key_len: usize, acked: &mut Vec<Acked>) -> Resp {
+    let events: Vec<(String, String)> = (0..n)
+        .map(|i| {
+            let key = format!("{prefix}-{i}-");
+            let pad = "y".repeat(key_len.saturating_sub(key.len()));
+            (format!("{prefix}-{i}"), format!("{key}{pad}"))
+        })
+        .collect();
+    let body = events
+        .iter()
+        .map(|(id, key)| {
+            format!(r#"{{"event_id":"{id}","timestamp":{T0},"payload":{{"k":"{key}"}}}}"#)
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let r = w.post_with(
+        "/v1/topics/events/events",
+        &[("Content-Type", "application/x-ndjson")],
+        body.as_bytes(),
+    );
+    if r.status != 202 {
+        return r;
+    }
+    let j = r.json();
+    assert_eq!(j["accepted"], n, "{}", r.body);
+    let mut found = HashMap::new();
+    for range in j["offsets"].as_array().unwrap() {
+        let p = range["partition"].as_i64().unwrap();
+        let (first, last) = (
+            range["first"].as_i64().unwrap(),
+            range["last"].as_i64().unwrap(),
+        );
+        let page = w.get(&format!(
+            "/v1/topics/events/events?partition={p}&offset={first}&limit={}",
+            last - first + 1
+        ));
+        assert_eq!(page.status, 200, "{}", page.body);
+        for e in page.json()["events"].as_array().unwrap() {
+            let id = e["event"]["event_id"].as_str().unwrap().to_string();
+            found.insert(id, (p, e["offset"].as_i64().unwrap()));
+        }
+    }
+    for (id, key) in events {
+        let (partition, offset) = found
+            .get(&id)
+            .copied()
+            .unwrap_or_else(|| panic!("{id} is not in the ranges of its 202: {}", r.body));
+        acked.push(Acked {
+            id,
+            key,
+            partition,
+            offset,
+        });
+    }
+    r
+}
+
 /// Reads the whole log back and checks it: offsets dense from 0 in each partition, no
 /// event_id twice, every acknowledged event at the offset its 202 named. Returns the
 /// events of the log by id (partition, offset, key).
@@ -128,8 +188,12 @@ fn check_log(w: &Weir, partitions: u32, acked: &[Acked]) -> HashMap<String, (i64
         }
     }
     for a in acked {
-        let at = log.get(&a.id).map(|(p, o, _)| (*p, *o));
-        assert_eq!(at, Some((a.partition, a.offset)), "acknowledged {a:?}");
+        let at = log.get(&a.id).map(|(p, o, k)| (*p, *o, k.as_str()));
+        assert_eq!(
+            at,
+            Some((a.partition, a.offset, a.key.as_str())),
+            "acknowledged {a:?}"
+        );
     }
     log
 }
@@ -295,4 +359,283 @@ fn an_enospc_write_is_answered_507_and_ingest_goes_on() {
         let log = check_log(&w, 1, &acked);
         check_pipeline(&w, &log);
     }
+}
+
+/// A tmpfs mounted for one test, unmounted when dropped (a panic too), after the weir
+/// using it is gone: declare it before the `Weir`.
+struct Tmpfs {
+    mnt: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`16m`) in a fresh temp dir; `Err` says why not (not root,
+    /// no CAP_SYS_ADMIN, a container).
+    fn mount(size: &str) -> Result<Tmpfs, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let mnt = dir.path().join("fs");
+        std::fs::create_dir(&mnt).map_err(|e| e.to_string())?;
+        let target = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
+        let options = std::ffi::CString::new(format!("size={size}")).unwrap();
+        // SAFETY: NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                options.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            return Err(format!(
+                "mount -t tmpfs {}: {}",
+                mnt.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(Tmpfs { mnt, _dir: dir })
+    }
+
+    fn path(&self) -> &Path {
+        &self.mnt
+    }
+
+    /// Bytes an unprivileged writer may still use, as weir reads them.
+    fn free(&self) -> u64 {
+        let path = std::ffi::CString::new(self.mnt.as_os_str().as_encoded_bytes()).unwrap();
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: a NUL-terminated path and room for one statvfs, filled on success.
+        let st = unsafe {
+            assert_eq!(libc::statvfs(path.as_ptr(), st.as_mut_ptr()), 0);
+            st.assume_init()
+        };
+        st.f_bavail * st.f_frsize
+    }
+
+    /// Writes the file `name` until it is `max` bytes or the file system is full
+    /// (ENOSPC); returns its length.
+    fn ballast(&self, name: &str, max: u64) -> u64 {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.mnt.join(name)).unwrap();
+        let chunk = vec![0x5Au8; 64 << 10];
+        let mut written = 0u64;
+        while written < max {
+            let n = chunk.len().min((max - written) as usize);
+            match f.write(&chunk[..n]) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("ballast: {e}"),
+            }
+        }
+        written
+    }
+
+    fn remove_ballast(&self) {
+        for name in ["ballast0", "ballast"] {
+            let _ = std::fs::remove_file(self.mnt.join(name));
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let target = std::ffi::CString::new(self.mnt.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path. MNT_DETACH: unmounted even if still busy.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Polls `GET /metrics` until weir's reading of free space passes `above`: a refresh
+/// (every second) has just read the file system.
+fn wait_free_above(w: &Weir, above: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w.metric_plain("weir_disk_free_bytes").unwrap_or(0.0) <= above as f64 {
+        assert!(Instant::now() < deadline, "weir never saw the space freed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A small real file system filling up (where the machine lets the test mount a tmpfs;
+/// otherwise it says why and passes). Ingest is refused with 507 before the disk is full
+/// (`free_space_reserve`) while reads, pipeline queries and /metrics go on. Then the file
+/// system is filled to the last byte right after weir read its free space, so writes
+/// meet a real ENOSPC: the ingest is answered 507, and the pipeline's checkpoint fails in
+/// sled. Once the space is freed, ingest resumes and checkpoints resume by themselves,
+/// without a restart. After it all: a clean stop, `weir verify`, a restart from the
+/// checkpoint (no rebuild), every 202 at its offset, the pipeline equal to the log.
+#[test]
+fn a_small_real_file_system_filling_up_loses_and_corrupts_nothing() {
+    const RESERVE: u64 = 4 << 20;
+    let fs = match Tmpfs::mount("16m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("not tested here: cannot mount a tmpfs ({why})");
+            return;
+        }
+    };
+    let data = fs.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    // Room for about 5 MiB of data before the 4 MiB reserve.
+    fs.ballast("ballast0", 7 << 20);
+    let config = config(
+        "free_space_reserve = \"4MiB\"",
+        2,
+        "segment_size = \"512KiB\"",
+        "2s",
+    );
+    let mut w = Weir::start_on(&data, &config, &[]);
+    let mut acked = Vec::new();
+    let keys = ["k0", "k1", "k2", "k3"];
+
+    // 1. The reserve: 507 before the disk is full.
+    let mut refused = None;
+    for i in 0..2000 {
+        let r = post(&w, &ids("a", i * 20, 20), keys[i % 4], 2000, &mut acked);
+        if r.status != 202 {
+            refused = Some(r);
+            break;
+        }
+    }
+    let r = refused.expect("the reserve was never reached");
+    assert_eq!((r.status, r.code().as_str()), (507, "insufficient_storage"));
+    assert_eq!(
+        r.json()["error"]["free_space_reserve"],
+        RESERVE,
+        "{}",
+        r.body
+    );
+    assert!(r.json()["error"]["free_bytes"].is_u64(), "{}", r.body);
+    assert!(fs.free() > RESERVE / 2, "refused before the disk is full");
+    assert!(
+        acked.len() > 1000,
+        "{} events before the reserve",
+        acked.len()
+    );
+    // Reads, queries and metrics go on.
+    let log = check_log(&w, 2, &acked);
+    check_pipeline(&w, &log);
+    assert_eq!(w.get("/metrics").status, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w.metric_plain("weir_disk_free_bytes") >= Some(RESERVE as f64) {
+        assert!(
+            Instant::now() < deadline,
+            "free space never read below the reserve"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // 2. The disk full to the last byte, right after weir read it: real ENOSPCs.
+    let (mut enospc, mut sled_failed) = (false, false);
+    for attempt in 0..30 {
+        if enospc && sled_failed {
+            break;
+        }
+        fs.remove_ballast();
+        wait_free_above(&w, RESERVE + (2 << 20));
+        // Two changes for the pipeline: the first is checkpointed at once (none for 2 s),
+        // the second, 200 new keys (about 100 KiB of cells), by the next checkpoint, 2 s
+        // later, when the disk is full.
+        let r = post(&w, &ids(&format!("b{attempt}"), 0, 1), "k0", 10, &mut acked);
+        assert_eq!(r.status, 202, "{}", r.body);
+        std::thread::sleep(Duration::from_millis(20));
+        let r = post_keys(&w, &format!("n{attempt}"), 200, 500, &mut acked);
+        assert_eq!(r.status, 202, "{}", r.body);
+        fs.ballast("ballast", u64::MAX);
+        assert!(fs.free() < 4096, "the file system is full");
+        let r = post(
+            &w,
+            &ids(&format!("c{attempt}"), 0, 20),
+            "k1",
+            2000,
+            &mut acked,
+        );
+        match (r.status, r.json()["error"]["free_bytes"].is_null()) {
+            (507, true) => {
+                assert_eq!(r.code(), "insufficient_storage", "{}", r.body);
+                assert!(r.body.contains("No space left on device"), "{}", r.body);
+                enospc = true;
+            }
+            (507, false) => {} // weir read the full disk first: the reserve refused it
+            (202, _) => {}
+            _ => panic!("a write on a full disk: {} {}", r.status, r.body),
+        }
+        sled_failed = sled_failed || w.wait_log("checkpoint failed", 1, Duration::from_secs(5));
+        // Everything acknowledged is still there, and nothing is fenced.
+        let r = w.get("/readyz");
+        assert!(!r.body.contains("fenced"), "{}", r.body);
+    }
+    assert!(enospc, "no ingest met a real ENOSPC");
+    assert!(sled_failed, "no checkpoint met a real ENOSPC");
+    // On the full disk, with sled refusing writes: reads, queries and metrics go on,
+    // ingest is refused with 507.
+    let log = check_log(&w, 2, &acked);
+    check_pipeline(&w, &log);
+    assert_eq!(w.get("/metrics").status, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w.metric_plain("weir_disk_free_bytes") >= Some(RESERVE as f64) {
+        assert!(Instant::now() < deadline, "the full disk was never read");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = post(&w, &ids("d", 0, 1), "k2", 10, &mut acked);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (507, "insufficient_storage"),
+        "{}",
+        r.body
+    );
+
+    // 3. Space freed: ingest and checkpoints resume by themselves.
+    let checkpoints = |w: &Weir| {
+        w.metric(
+            "weir_pipeline_checkpoint_duration_seconds_count",
+            &["pipeline=\"counts\""],
+        )
+        .unwrap_or(0.0)
+    };
+    let before = checkpoints(&w);
+    fs.remove_ballast();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut i = 0;
+    loop {
+        let r = post(&w, &ids("e", i, 1), keys[i % 4], 10, &mut acked);
+        if r.status == 202 {
+            break;
+        }
+        assert_eq!(r.status, 507, "{}", r.body);
+        assert!(
+            Instant::now() < deadline,
+            "ingest did not resume: {}",
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        i += 1;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while checkpoints(&w) <= before {
+        assert!(Instant::now() < deadline, "checkpoints did not resume");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for i in 0..8 {
+        let r = post(&w, &ids("f", i * 5, 5), keys[i % 4], 100, &mut acked);
+        assert_eq!(r.status, 202, "{}", r.body);
+    }
+    let log = check_log(&w, 2, &acked);
+    check_pipeline(&w, &log);
+
+    // 4. Nothing corrupt: a clean stop, verify, a restart from the checkpoint.
+    assert!(w.stop().success(), "a clean stop:\n{}", w.log_text());
+    verify(&w);
+    w.restart();
+    assert!(
+        !w.log_text().contains("no checkpoint of this definition"),
+        "restored from its checkpoint, not rebuilt"
+    );
+    assert!(!data.join("store.unreadable").exists());
+    let log = check_log(&w, 2, &acked);
+    check_pipeline(&w, &log);
+    w.kill9();
+    drop(w);
+    drop(fs);
 }

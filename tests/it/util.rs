@@ -696,3 +696,31 @@ impl Weir {
         false
     }
 }
+
+/// Starting weir on a data dir elsewhere (storage tests: a small file system they mount).
+impl Weir {
+    /// [`Weir::start_with_env`] with the data dir a symlink to `data`, an existing dir.
+    pub fn start_on(data: &Path, config: &str, env: &[(&str, &str)]) -> Weir {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(data, dir.path().join("data")).unwrap();
+        let text = format!(
+            "{config}\n",
+            config = with_data_dir(config, &dir.path().join("data"))
+        );
+        let config_path = dir.path().join("weir.toml");
+        std::fs::write(&config_path, text).unwrap();
+        let mut w = Weir {
+            dir,
+            child: None,
+            addr: String::new(),
+            log: Arc::new(Mutex::new(Vec::new())),
+            config_path,
+            features: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        w.launch();
+        w
+    }
+}
