@@ -361,6 +361,35 @@ fn an_enospc_write_is_answered_507_and_ingest_goes_on() {
     }
 }
 
+/// A full disk when the recovery point is written (after a roll: sealed segments, their
+/// indexes and the directory already fsynced) fences nothing: the old recovery point only
+/// makes a recovery scan more. Every request is acknowledged, `/readyz` stays 200, and
+/// after kill -9 the restart finds everything acknowledged.
+#[cfg(feature = "fail")]
+#[test]
+fn an_enospc_writing_the_recovery_point_fences_nothing() {
+    let spec = "log::recovery_point=2*off->1*return(enospc)->off";
+    let config = config("", 1, "segment_size = \"1KiB\"", "100ms");
+    let mut w = Weir::start_with_env(&config, &[("FAILPOINTS", spec)]);
+    let mut acked = Vec::new();
+    for i in 0..60 {
+        let r = post(&w, &ids("e", i, 1), ["a", "b"][i % 2], 100, &mut acked);
+        assert_eq!(r.status, 202, "{}", r.body);
+    }
+    assert!(w.wait_log(
+        "failpoint=\"log::recovery_point\" action=\"enospc\"",
+        1,
+        Duration::from_secs(10)
+    ));
+    assert_eq!(w.get("/readyz").status, 200);
+    w.kill9();
+    verify(&w);
+    w.restart_with_env(&[]);
+    let log = check_log(&w, 1, &acked);
+    assert_eq!(log.len(), acked.len());
+    check_pipeline(&w, &log);
+}
+
 /// A tmpfs mounted for one test, unmounted when dropped (a panic too), after the weir
 /// using it is gone: declare it before the `Weir`.
 struct Tmpfs {
