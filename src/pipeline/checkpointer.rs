@@ -72,6 +72,7 @@ impl Checkpointer {
         view: Arc<HotView>,
         partitions: Vec<Arc<Partition>>,
         seconds: metrics::Histogram,
+        failures: metrics::Counter,
         mut output: Option<OutputSink>,
     ) -> std::io::Result<Checkpointer> {
         let (jobs, jobs_rx) = sync_channel::<Job>(CHECKPOINT_QUEUE);
@@ -95,6 +96,9 @@ impl Checkpointer {
                         job,
                         &seconds,
                     );
+                    if matches!(outcome, Outcome::Failed { .. }) {
+                        failures.increment(1);
+                    }
                     if outcomes_tx.send(outcome).is_err() {
                         break;
                     }
@@ -294,6 +298,7 @@ mod tests {
             Arc::clone(&view),
             Vec::new(),
             metrics::Histogram::noop(),
+            metrics::Counter::noop(),
             None,
         )
         .unwrap();

@@ -597,6 +597,13 @@ fn a_small_real_file_system_filling_up_loses_and_corrupts_nothing() {
     }
     assert!(enospc, "no ingest met a real ENOSPC");
     assert!(sled_failed, "no checkpoint met a real ENOSPC");
+    assert!(
+        w.metric(
+            "weir_pipeline_checkpoint_failures_total",
+            &["pipeline=\"counts\""]
+        ) >= Some(1.0),
+        "the failed checkpoints are counted"
+    );
     // On the full disk, with sled refusing writes: reads, queries and metrics go on,
     // ingest is refused with 507.
     let log = check_log(&w, 2, &acked);
