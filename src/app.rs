@@ -167,6 +167,7 @@ pub async fn run(
         .context("pipeline start thread")?
         .context("starting the pipelines")?
     };
+    store.watch_space(Arc::clone(&disk));
     let store = Arc::new(store);
     let pipelines = Arc::new(pipelines);
     let state = Arc::new(AppState::new(
@@ -206,18 +207,28 @@ pub async fn run(
         tracing::error!(error = %e, "config reload task failed");
     }
     tracing::info!("stopped serving; stopping the pipelines");
-    tokio::task::spawn_blocking(move || {
+    // A store that cannot be flushed (a full disk) does not keep the log from closing
+    // cleanly: the store is derived from the log, and the next start replays from the
+    // last checkpoint that counted.
+    let flushed = tokio::task::spawn_blocking(move || {
         pipelines.stop();
         store.flush()
     })
     .await
     .context("pipeline stop thread")?
-    .context("flushing the result store")?;
+    .context("flushing the result store");
+    if let Err(e) = &flushed {
+        tracing::error!(
+            error = format!("{e:#}"),
+            "the result store could not be flushed; the log is closed all the same"
+        );
+    }
     tracing::info!("closing the log");
     tokio::task::spawn_blocking(move || log.close())
         .await
         .context("log close thread")?
         .context("closing the log")?;
+    flushed?;
     tracing::info!("clean shutdown");
     Ok(())
 }

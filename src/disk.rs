@@ -109,7 +109,7 @@ fn free_bytes(dir: &Path) -> io::Result<u64> {
     // `crate::failpoint`), `return` fails the statvfs.
     #[cfg(feature = "fail")]
     fail::fail_point!("disk::free", |v: Option<String>| {
-        crate::failpoint::fired("disk::free", v.as_deref());
+        let _ = crate::failpoint::fired("disk::free", "failpoint disk::free", v.as_deref());
         v.and_then(|v| v.parse().ok())
             .ok_or_else(|| io::Error::other("failpoint disk::free wants return(<bytes>)"))
     });

@@ -9,6 +9,8 @@
 //!
 //! - `return`: the step fails with the io error `failpoint <name>` (mapped into the
 //!   function's error type where it is not `io::Error`), as a failing syscall would;
+//! - `return(enospc)`, `return(eio)`: the step fails with that errno (`ENOSPC`, `EIO`),
+//!   as a full disk or a failing device would, so the error's handling by kind is tested;
 //! - `return(crash)`: the process sends itself SIGKILL at that step, exactly what
 //!   `kill -9` does: nothing unwinds, nothing is flushed, the page cache stays. A panic is
 //!   not a crash here: tests unwind, and tokio and spawned threads catch panics;
@@ -29,19 +31,20 @@ macro_rules! failpoint {
     ($name:literal, $map:expr) => {
         #[cfg(feature = "fail")]
         fail::fail_point!($name, |arg: Option<String>| {
-            $crate::failpoint::fired($name, arg.as_deref());
-            Err(($map)(::std::io::Error::other(concat!(
-                "failpoint ",
-                $name
-            ))))
+            Err(($map)($crate::failpoint::fired(
+                $name,
+                concat!("failpoint ", $name),
+                arg.as_deref(),
+            )))
         });
     };
 }
 
 /// The `return` action of a failpoint: logs it, and with the argument `crash` kills the
-/// process as `kill -9` would (never returning).
+/// process as `kill -9` would (never returning). Returns the io error the step fails
+/// with: `ENOSPC` or `EIO` for the arguments `enospc` and `eio`, else `message`.
 #[cfg(feature = "fail")]
-pub fn fired(name: &str, arg: Option<&str>) {
+pub fn fired(name: &str, message: &'static str, arg: Option<&str>) -> std::io::Error {
     if arg == Some("crash") {
         tracing::warn!(failpoint = name, action = "crash", "failpoint fired");
         // SAFETY: kill(2) on our own pid with a signal number; no memory is involved.
@@ -58,4 +61,9 @@ pub fn fired(name: &str, arg: Option<&str>) {
         action = arg.unwrap_or("error"),
         "failpoint fired"
     );
+    match arg {
+        Some("enospc") => std::io::Error::from_raw_os_error(libc::ENOSPC),
+        Some("eio") => std::io::Error::from_raw_os_error(libc::EIO),
+        _ => std::io::Error::other(message),
+    }
 }

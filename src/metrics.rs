@@ -44,6 +44,7 @@ pub const CONFIG_RELOADS: &str = "weir_config_reloads_total";
 pub const PIPELINE_OPEN_WINDOWS: &str = "weir_pipeline_open_windows";
 pub const PIPELINE_VIEW_ROWS: &str = "weir_pipeline_view_rows";
 pub const PIPELINE_CHECKPOINT_SECONDS: &str = "weir_pipeline_checkpoint_duration_seconds";
+pub const PIPELINE_CHECKPOINT_FAILURES: &str = "weir_pipeline_checkpoint_failures_total";
 pub const PIPELINE_LATE_APPENDED: &str = "weir_pipeline_late_appended_total";
 pub const PIPELINE_LATE_APPEND_FAILURES: &str = "weir_pipeline_late_append_failures_total";
 pub const PIPELINE_LATE_PENDING: &str = "weir_pipeline_late_pending_events";
@@ -170,6 +171,11 @@ fn describe() {
         PIPELINE_CHECKPOINT_SECONDS,
         Unit::Seconds,
         "Time of one pipeline checkpoint: durable offsets, sled batch and flush"
+    );
+    describe_counter!(
+        PIPELINE_CHECKPOINT_FAILURES,
+        Unit::Count,
+        "Pipeline checkpoints that did not count (the result store refused them, e.g. a full disk, or their input was not durable); the next one writes everything again"
     );
     describe_counter!(EVENTS_IN, Unit::Count, "Events appended to a topic");
     describe_counter!(

@@ -68,7 +68,7 @@ codes! {
     PartitionFenced = "partition_fenced", SERVICE_UNAVAILABLE, "An fsync failed on a partition this request wrote to; it refuses writes until weir restarts.";
     ShuttingDown = "shutting_down", SERVICE_UNAVAILABLE, "weir is stopping; retry after Retry-After (another instance or after restart).";
     Overloaded = "overloaded", SERVICE_UNAVAILABLE, "A server-wide bound (connections, in-flight bytes, open streams) is reached; retry after Retry-After.";
-    InsufficientStorage = "insufficient_storage", INSUFFICIENT_STORAGE, "The disk is full or below its free-space reserve; `free_bytes` and `free_space_reserve` say how far. Ingest resumes by itself once space is freed.";
+    InsufficientStorage = "insufficient_storage", INSUFFICIENT_STORAGE, "The disk is below its free-space reserve (`free_bytes` and `free_space_reserve` say how far) or a write found it full (no fields; a retry with the same event_ids is safe). Ingest resumes by itself once space is freed.";
 }
 
 /// An error answer: `{"error": {"code", "message", ...fields}}`.
@@ -162,9 +162,13 @@ impl From<AppendError> for ApiError {
         match &e {
             AppendError::Fenced(_) => ApiError::new(ErrorCode::PartitionFenced, e.to_string()),
             AppendError::Closed(_) => ApiError::new(ErrorCode::ShuttingDown, e.to_string()),
-            AppendError::Io(io) if io.raw_os_error() == Some(libc::ENOSPC) => {
-                ApiError::new(ErrorCode::InsufficientStorage, e.to_string())
-            }
+            AppendError::Io(io) if io.raw_os_error() == Some(libc::ENOSPC) => ApiError::new(
+                ErrorCode::InsufficientStorage,
+                format!(
+                    "{e}: the disk holding the data dir is full; ingest resumes by itself once \
+                     space is freed, and a retry with the same event_ids is safe"
+                ),
+            ),
             AppendError::Io(_) => ApiError::new(ErrorCode::StorageError, e.to_string()),
             AppendError::BadBatch(_) => ApiError::new(ErrorCode::InternalError, e.to_string()),
         }

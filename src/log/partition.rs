@@ -559,12 +559,17 @@ impl Partition {
             failpoint!("log::dir_fsync");
             sync_dir(&self.dir)?;
             let point = plan.target.segment_base;
-            failpoint!("log::recovery_point");
-            write_durably(
-                &self.dir,
-                RECOVERY_POINT_FILE,
-                format!("{point}\n").as_bytes(),
-            )?;
+            if let Err(e) = write_recovery_point(&self.dir, point) {
+                // A full disk leaves the old recovery point, which is only more
+                // conservative (a recovery scans from an older segment); the data is
+                // fsynced, so nothing is fenced. The next roll's round writes it again.
+                if e.raw_os_error() != Some(libc::ENOSPC) {
+                    return Err(e);
+                }
+                let _ = fs::remove_file(self.dir.join(format!("{RECOVERY_POINT_FILE}.tmp")));
+                tracing::warn!(topic = %self.topic, partition = self.id, error = %e,
+                    "the disk is full: the recovery point stays behind (a recovery after a crash scans a little more); the data is fsynced");
+            }
         }
         failpoint!("log::fsync");
         plan.active.sync_data()?;
@@ -918,6 +923,12 @@ fn write_at(file: &File, bytes: &[u8], position: u64) -> io::Result<()> {
     // Written but not yet counted: the caller cuts it on an error.
     failpoint!("log::write_after");
     Ok(())
+}
+
+/// Writes the recovery point: the base offset of the first segment a recovery scans.
+fn write_recovery_point(dir: &Path, point: i64) -> io::Result<()> {
+    failpoint!("log::recovery_point");
+    write_durably(dir, RECOVERY_POINT_FILE, format!("{point}\n").as_bytes())
 }
 
 /// Writes a segment's offset and time index files from its in-memory entries.

@@ -33,6 +33,36 @@ use crate::store::{Checkpoint, PipelineStore, RowWrite};
 /// `never` topics); past it the checkpoint fails and is tried again next interval.
 pub const DURABLE_WAIT_MAX: Duration = Duration::from_secs(10);
 
+/// Least time between two log lines of failed checkpoints in a row: a full disk fails
+/// every one (each `checkpoint_interval`), and the log may be on that disk.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// What the checkpoint thread keeps from one checkpoint to the next.
+struct Tally {
+    seconds: metrics::Histogram,
+    failures_log: FailureLog,
+}
+
+/// Checkpoint failures in a row: the first is logged, then one line per
+/// [`FAILURE_LOG_EVERY`] with how many were not; a success starts over.
+#[derive(Default)]
+struct FailureLog {
+    last: Option<Instant>,
+    not_logged: u64,
+}
+
+impl FailureLog {
+    /// Whether to log this failure, and how many were not logged since the last line.
+    fn due(&mut self) -> Option<u64> {
+        if self.last.is_some_and(|t| t.elapsed() < FAILURE_LOG_EVERY) {
+            self.not_logged += 1;
+            return None;
+        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.not_logged))
+    }
+}
+
 /// One checkpoint to write.
 pub struct Job {
     pub checkpoint: Checkpoint,
@@ -72,6 +102,7 @@ impl Checkpointer {
         view: Arc<HotView>,
         partitions: Vec<Arc<Partition>>,
         seconds: metrics::Histogram,
+        failures: metrics::Counter,
         mut output: Option<OutputSink>,
     ) -> std::io::Result<Checkpointer> {
         let (jobs, jobs_rx) = sync_channel::<Job>(CHECKPOINT_QUEUE);
@@ -85,6 +116,10 @@ impl Checkpointer {
                 if let Some(o) = &mut output {
                     o.append();
                 }
+                let mut tally = Tally {
+                    seconds,
+                    failures_log: FailureLog::default(),
+                };
                 for job in jobs_rx {
                     let outcome = write(
                         &pipeline,
@@ -93,8 +128,11 @@ impl Checkpointer {
                         &partitions,
                         output.as_mut(),
                         job,
-                        &seconds,
+                        &mut tally,
                     );
+                    if matches!(outcome, Outcome::Failed { .. }) {
+                        failures.increment(1);
+                    }
                     if outcomes_tx.send(outcome).is_err() {
                         break;
                     }
@@ -173,7 +211,7 @@ fn write(
     partitions: &[Arc<Partition>],
     mut output: Option<&mut OutputSink>,
     job: Job,
-    seconds: &metrics::Histogram,
+    tally: &mut Tally,
 ) -> Outcome {
     let Job {
         mut checkpoint,
@@ -222,7 +260,8 @@ fn write(
                 .map(|r| (r.start_ms, r.key))
                 .collect();
             view.write(|v| v.mark_final(&done));
-            seconds.record(started.elapsed().as_secs_f64());
+            tally.failures_log = FailureLog::default();
+            tally.seconds.record(started.elapsed().as_secs_f64());
             tracing::debug!(
                 pipeline,
                 seconds = started.elapsed().as_secs_f64(),
@@ -231,7 +270,10 @@ fn write(
             Outcome::Committed
         }
         Err(e) => {
-            tracing::error!(pipeline, error = %e, "checkpoint failed; retrying next interval");
+            if let Some(not_logged) = tally.failures_log.due() {
+                tracing::error!(pipeline, error = %e, not_logged,
+                    "checkpoint failed; retrying next interval (logged at most every 30 s while it fails)");
+            }
             Outcome::Failed {
                 rows: checkpoint.rows,
             }
@@ -263,6 +305,21 @@ pub(super) fn make_durable(partition: &Arc<Partition>, end: i64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_in_a_row_are_logged_once_per_period_with_the_count_left_out() {
+        let mut log = FailureLog::default();
+        assert_eq!(log.due(), Some(0), "the first is logged");
+        assert_eq!(log.due(), None);
+        assert_eq!(log.due(), None);
+        log.last = Instant::now().checked_sub(FAILURE_LOG_EVERY);
+        assert_eq!(
+            log.due(),
+            Some(2),
+            "a period later, with the two not logged"
+        );
+        assert_eq!(log.due(), None);
+    }
     use crate::pipeline::aggregate::AggState;
     use crate::pipeline::view::Row;
     use crate::store::Store;
@@ -294,6 +351,7 @@ mod tests {
             Arc::clone(&view),
             Vec::new(),
             metrics::Histogram::noop(),
+            metrics::Counter::noop(),
             None,
         )
         .unwrap();

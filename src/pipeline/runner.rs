@@ -609,6 +609,7 @@ struct PipelineMetrics {
     view_rows: metrics::Gauge,
     lag: Vec<metrics::Gauge>,
     checkpoint_seconds: metrics::Histogram,
+    checkpoint_failures: metrics::Counter,
     rows_closed: u64,
 }
 
@@ -632,6 +633,7 @@ impl PipelineMetrics {
                 })
                 .collect(),
             checkpoint_seconds: metrics::histogram!(m::PIPELINE_CHECKPOINT_SECONDS, &l()),
+            checkpoint_failures: metrics::counter!(m::PIPELINE_CHECKPOINT_FAILURES, &l()),
             rows_closed: 0,
         }
     }
@@ -796,6 +798,7 @@ impl Task {
             Arc::clone(&view),
             partitions.to_vec(),
             metrics.checkpoint_seconds.clone(),
+            metrics.checkpoint_failures.clone(),
             sink,
         )
         .map_err(|e| crate::store::StoreError::Start(e.to_string()))?;

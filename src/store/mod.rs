@@ -24,16 +24,21 @@
 //! `sync_file_range(2)` on Linux, which survives a crash of weir but not a power loss (no
 //! flush of the disk's cache, no metadata): sled fsyncs only every 500 ms in the
 //! background. So every flush here is followed by an fdatasync of sled's log file (`db`)
-//! through a descriptor of our own ([`PipelineStore::flush`]). Everything here is derived from the log: a
+//! through a descriptor of our own ([`Shared::flush`]), and opening the store fsyncs its
+//! directory, which sled never does. Everything here is derived from the log: a
 //! pipeline whose fingerprint changed is cleared and rebuilt from the log.
 
 pub mod codec;
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::{MappedRwLockReadGuard, RwLock, RwLockReadGuard};
 
 use codec::{CodecError, Reader, Writer};
 
+use crate::disk::DiskSpace;
 use crate::pipeline::aggregate::AggState;
 use crate::pipeline::engine::{EngineHead, SessionCell};
 
@@ -45,6 +50,8 @@ pub enum StoreError {
     Corrupt(#[from] CodecError),
     #[error("starting a pipeline: {0}")]
     Start(String),
+    #[error("result store: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
@@ -59,11 +66,31 @@ impl StoreError {
 }
 
 /// The sled database of a data dir.
+///
+/// sled refuses every write after one IO error (a full disk, a failed fsync) until it is
+/// opened again: its `global_error` is sticky. So a write that fails with an IO error
+/// marks the store broken, reads go on from the open database, and the next write
+/// reopens it first (once the disk has [`REOPEN_FREE_BYTES`] beyond the free-space
+/// reserve, when told of one by [`Store::watch_space`]): sled recovers its own log to the
+/// last flush, and the pipeline's next checkpoint writes everything again, as after any
+/// failed checkpoint.
 pub struct Store {
-    db: sled::Db,
-    /// sled's log file, for the fdatasync sled's flush leaves out.
-    log_file: Arc<std::fs::File>,
+    shared: Arc<Shared>,
 }
+
+struct Shared {
+    dir: PathBuf,
+    cache_bytes: u64,
+    /// `None` only after a reopen failed (reads and writes then fail until one succeeds).
+    db: RwLock<Option<sled::Db>>,
+    /// A write failed with an IO error: reopen before the next write.
+    broken: AtomicBool,
+    disk: OnceLock<Arc<DiskSpace>>,
+}
+
+/// Free space beyond the reserve a broken store waits for before it is reopened: sled
+/// writes on open, and a reopen on a disk still full would leave nothing to read from.
+pub const REOPEN_FREE_BYTES: u64 = 4 << 20;
 
 impl Store {
     /// Opens the store in `dir`; if sled cannot read it, moves it aside to
@@ -96,23 +123,21 @@ impl Store {
 
     /// Opens (creating) the store in `dir` with `cache_bytes` of page cache.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .mode(sled::Mode::LowSpace)
-            .open()?;
-        let io = |e: std::io::Error| StoreError::Sled(sled::Error::Io(e));
-        let log_file = std::fs::File::open(dir.join(SLED_LOG_FILE)).map_err(io)?;
-        // sled creates its directory and files without fsyncing a directory: make their
-        // names durable, or a power loss can take the whole store with them.
-        crate::log::datadir::sync_dir(dir).map_err(io)?;
-        if let Some(parent) = dir.parent() {
-            crate::log::datadir::sync_dir(parent).map_err(io)?;
-        }
+        let db = open_db(dir, cache_bytes)?;
         Ok(Store {
-            db,
-            log_file: Arc::new(log_file),
+            shared: Arc::new(Shared {
+                dir: dir.to_path_buf(),
+                cache_bytes,
+                db: RwLock::new(Some(db)),
+                broken: AtomicBool::new(false),
+                disk: OnceLock::new(),
+            }),
         })
+    }
+
+    /// A broken store is reopened only once `disk` has room (see [`Store`]).
+    pub fn watch_space(&self, disk: Arc<DiskSpace>) {
+        let _ = self.shared.disk.set(disk);
     }
 
     pub fn pipeline(&self, name: &str) -> PipelineStore {
@@ -120,26 +145,106 @@ impl Store {
         prefix.extend_from_slice(name.as_bytes());
         prefix.push(0);
         PipelineStore {
-            tree: (*self.db).clone(),
-            log_file: Arc::clone(&self.log_file),
+            shared: Arc::clone(&self.shared),
             prefix,
         }
     }
 
     /// Flushes everything (checkpoints flush themselves; this is for a clean stop).
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        sync_log(&self.log_file)
+        self.shared.write(|tree| self.shared.flush(tree))?;
+        Ok(())
     }
+}
+
+fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
+    let db = sled::Config::new()
+        .path(dir)
+        .cache_capacity(cache_bytes)
+        .mode(sled::Mode::LowSpace)
+        .open()?;
+    // sled creates its directory and files without fsyncing a directory: make their
+    // names durable, or a power loss can take the whole store with them.
+    crate::log::datadir::sync_dir(dir).map_err(io_error)?;
+    if let Some(parent) = dir.parent() {
+        crate::log::datadir::sync_dir(parent).map_err(io_error)?;
+    }
+    Ok(db)
 }
 
 /// The file sled keeps its log in, under the store's directory.
 const SLED_LOG_FILE: &str = "db";
 
-/// The fdatasync sled's flush leaves out (see the module doc).
-fn sync_log(file: &std::fs::File) -> Result<(), StoreError> {
-    file.sync_data()
-        .map_err(|e| StoreError::Sled(sled::Error::Io(e)))
+fn io_error(e: std::io::Error) -> StoreError {
+    StoreError::Sled(sled::Error::Io(e))
+}
+
+impl Shared {
+    /// sled's flush, then the fdatasync it leaves out (see the module doc): once this
+    /// returns, what was applied survives a power loss.
+    fn flush(&self, tree: &sled::Tree) -> Result<(), StoreError> {
+        tree.flush()?;
+        std::fs::File::open(self.dir.join(SLED_LOG_FILE))
+            .and_then(|f| f.sync_data())
+            .map_err(io_error)
+    }
+
+    /// The open tree, for reads.
+    fn tree(&self) -> Result<MappedRwLockReadGuard<'_, sled::Tree>, StoreError> {
+        RwLockReadGuard::try_map(self.db.read(), |db| db.as_deref()).map_err(|_| {
+            StoreError::Unavailable(format!(
+                "{} is closed after a write failed and could not be reopened yet",
+                self.dir.display()
+            ))
+        })
+    }
+
+    /// Runs the writes `f` (reopening a broken store first); an IO error marks the
+    /// store broken.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&sled::Tree) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.reopen_if_broken()?;
+        let result = f(&*self.tree()?);
+        if let Err(StoreError::Sled(sled::Error::Io(e))) = &result
+            && !self.broken.swap(true, Ordering::AcqRel)
+        {
+            tracing::warn!(dir = %self.dir.display(), error = %e,
+                "result store write failed; it is reopened before the next write");
+        }
+        result
+    }
+
+    fn reopen_if_broken(&self) -> Result<(), StoreError> {
+        if !self.broken.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if let Some(disk) = self.disk.get()
+            && let Err(low) = disk.check(REOPEN_FREE_BYTES)
+        {
+            return Err(StoreError::Unavailable(format!(
+                "{} waits for free space to be reopened after a write failed: {low}",
+                self.dir.display()
+            )));
+        }
+        let mut db = self.db.write();
+        if !self.broken.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // sled holds a lock on its files until the old database is gone.
+        drop(db.take());
+        let reopened = open_db(&self.dir, self.cache_bytes).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "reopening {} after a write failed: {e}",
+                self.dir.display()
+            ))
+        })?;
+        *db = Some(reopened);
+        self.broken.store(false, Ordering::Release);
+        tracing::info!(dir = %self.dir.display(), "result store reopened after a write failure");
+        Ok(())
+    }
 }
 
 /// Layout of a pipeline's keys and values; 2: cells grouped in buckets.
@@ -175,8 +280,7 @@ fn from_ordered(b: &[u8]) -> Option<i64> {
 /// One pipeline's part of the store (a handle: clones share the tree).
 #[derive(Clone)]
 pub struct PipelineStore {
-    tree: sled::Tree,
-    log_file: Arc<std::fs::File>,
+    shared: Arc<Shared>,
     prefix: Vec<u8>,
 }
 
@@ -235,13 +339,6 @@ pub struct Checkpoint {
 }
 
 impl PipelineStore {
-    /// sled's flush and then the fdatasync it leaves out: once this returns, what was
-    /// applied survives a power loss.
-    fn flush(&self) -> Result<(), StoreError> {
-        self.tree.flush()?;
-        sync_log(&self.log_file)
-    }
-
     fn key(&self, kind: u8, at: Option<i64>, rest: &[u8]) -> Vec<u8> {
         let mut k = Vec::with_capacity(self.prefix.len() + 9 + rest.len());
         k.extend_from_slice(&self.prefix);
@@ -261,13 +358,19 @@ impl PipelineStore {
         out_of_orderness_ms: i64,
         idle_ms: i64,
     ) -> Result<Option<Restored>, StoreError> {
-        let meta = self.tree.get(self.key(b'm', None, &[]))?;
-        let head = self.tree.get(self.key(b'h', None, &[]))?;
+        let (meta, head) = {
+            let tree = self.shared.tree()?;
+            (
+                tree.get(self.key(b'm', None, &[]))?,
+                tree.get(self.key(b'h', None, &[]))?,
+            )
+        };
         let same = meta.as_deref() == Some(&self::meta(fingerprint)[..]);
         let (true, Some(head)) = (same, head) else {
             self.reset(fingerprint)?;
             return Ok(None);
         };
+        let tree = self.shared.tree()?;
         let mut r = Reader(&head);
         let n = usize::try_from(r.u64()?).map_err(|_| CodecError("offsets"))?;
         let mut offsets = Vec::with_capacity(n.min(1 << 16));
@@ -277,7 +380,7 @@ impl PipelineStore {
         let head = r.head(out_of_orderness_ms, idle_ms)?;
         let mut cells = Vec::new();
         let prefix = self.key(b'c', None, &[]);
-        for item in self.tree.scan_prefix(&prefix) {
+        for item in tree.scan_prefix(&prefix) {
             let (k, v) = item?;
             let rest = &k[prefix.len()..];
             let pane =
@@ -290,7 +393,7 @@ impl PipelineStore {
         }
         let mut sessions = Vec::new();
         let prefix = self.key(b's', None, &[]);
-        for item in self.tree.scan_prefix(&prefix) {
+        for item in tree.scan_prefix(&prefix) {
             let (_, v) = item?;
             let mut r = Reader(&v);
             while !r.0.is_empty() {
@@ -315,7 +418,7 @@ impl PipelineStore {
         let mut out: Vec<StoredRow> = Vec::new();
         // Rows of the window being read, added to `out` once it is whole and fits.
         let mut window: Vec<StoredRow> = Vec::new();
-        for item in self.tree.scan_prefix(&prefix).rev() {
+        for item in self.shared.tree()?.scan_prefix(&prefix).rev() {
             let (k, v) = item?;
             let row = Self::decode_row(&k[prefix.len()..], &v)?;
             if window.first().is_some_and(|r| r.start_ms != row.start_ms) {
@@ -341,12 +444,13 @@ impl PipelineStore {
         n: usize,
     ) -> Result<Vec<StoredRow>, StoreError> {
         let mut out = Vec::new();
+        let tree = self.shared.tree()?;
         for start in starts {
             if out.len() >= n {
                 break;
             }
             let k = self.key(b'r', Some(start), key.as_bytes());
-            if let Some(v) = self.tree.get(&k)? {
+            if let Some(v) = tree.get(&k)? {
                 let prefix_len = self.prefix.len() + 1;
                 out.push(Self::decode_row(&k[prefix_len..], &v)?);
             }
@@ -369,7 +473,7 @@ impl PipelineStore {
         let to = self.key(b'r', Some(newest.saturating_add(1)), &[]);
         let prefix_len = self.prefix.len() + 1;
         let mut out = Vec::new();
-        for (scanned, item) in self.tree.range(from..to).rev().enumerate() {
+        for (scanned, item) in self.shared.tree()?.range(from..to).rev().enumerate() {
             if out.len() >= n {
                 break;
             }
@@ -405,34 +509,41 @@ impl PipelineStore {
     /// Clears what is kept for the pipeline and records `fingerprint`: it is rebuilt
     /// from the log.
     pub fn reset(&self, fingerprint: u64) -> Result<(), StoreError> {
-        self.clear()?;
-        self.tree
-            .insert(self.key(b'm', None, &[]), &self::meta(fingerprint))?;
-        self.flush()?;
-        Ok(())
+        self.shared.write(|tree| {
+            self.clear(tree)?;
+            tree.insert(self.key(b'm', None, &[]), &self::meta(fingerprint))?;
+            self.shared.flush(tree)?;
+            Ok(())
+        })
     }
 
     /// Removes everything kept for the pipeline, its definition fingerprint included,
     /// and flushes: the next start finds no checkpoint and rebuilds it from the log
     /// (`weir pipeline reset`). Returns the number of keys removed.
     pub fn forget(&self) -> Result<usize, StoreError> {
-        let n = self.tree.scan_prefix(&self.prefix).keys().count();
-        self.clear()?;
-        self.flush()?;
-        Ok(n)
+        self.shared.write(|tree| {
+            let n = tree.scan_prefix(&self.prefix).keys().count();
+            self.clear(tree)?;
+            self.shared.flush(tree)?;
+            Ok(n)
+        })
     }
 
-    fn clear(&self) -> Result<(), StoreError> {
+    fn clear(&self, tree: &sled::Tree) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        for k in self.tree.scan_prefix(&self.prefix).keys() {
+        for k in tree.scan_prefix(&self.prefix).keys() {
             batch.remove(k?);
         }
-        self.tree.apply_batch(batch)?;
+        tree.apply_batch(batch)?;
         Ok(())
     }
 
     /// Writes `c` as one atomic batch and flushes it: once this returns, it counts.
     pub fn commit(&self, c: &Checkpoint) -> Result<(), StoreError> {
+        self.shared.write(|tree| self.commit_to(tree, c))
+    }
+
+    fn commit_to(&self, tree: &sled::Tree, c: &Checkpoint) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         let mut head = Vec::with_capacity(16 + 8 * c.offsets.len() + c.head.len());
         let mut w = Writer(&mut head);
@@ -448,7 +559,7 @@ impl PipelineStore {
             Some(p) => self.key(b'c', Some(p), &[]),
             None => self.key(b'd', None, &[]),
         };
-        for k in self.tree.range(cells_from..cells_to).keys() {
+        for k in tree.range(cells_from..cells_to).keys() {
             batch.remove(k?);
         }
         for (pane, bucket, cells) in &c.cells {
@@ -462,7 +573,7 @@ impl PipelineStore {
             Some(p) => self.key(b's', Some(p), &[]),
             None => self.key(b't', None, &[]),
         };
-        for k in self.tree.range(sessions_from..sessions_to).keys() {
+        for k in tree.range(sessions_from..sessions_to).keys() {
             batch.remove(k?);
         }
         for (slot, bucket, sessions) in &c.sessions {
@@ -476,7 +587,7 @@ impl PipelineStore {
         if let Some(before) = c.rows_before {
             let from = self.key(b'r', None, &[]);
             let to = self.key(b'r', Some(before), &[]);
-            for k in self.tree.range(from..to).keys() {
+            for k in tree.range(from..to).keys() {
                 batch.remove(k?);
             }
         }
@@ -491,26 +602,29 @@ impl PipelineStore {
             batch.insert(self.key(b'o', None, &[]), outbox.as_slice());
         }
         crate::failpoint!("store::commit", |e| StoreError::Sled(sled::Error::Io(e)));
-        self.tree.apply_batch(batch)?;
+        tree.apply_batch(batch)?;
         // Applied, not yet flushed: the checkpoint does not count yet.
         crate::failpoint!("store::flush", |e| StoreError::Sled(sled::Error::Io(e)));
-        self.flush()?;
+        self.shared.flush(tree)?;
         Ok(())
     }
 
     /// The outbox the last checkpoint wrote (see `pipeline::output`), if any.
     pub fn outbox(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
-            .tree
+            .shared
+            .tree()?
             .get(self.key(b'o', None, &[]))?
             .map(|v| v.to_vec()))
     }
 
     /// Replaces the outbox (once its rows are durable in the output topic) and flushes.
     pub fn set_outbox(&self, outbox: &[u8]) -> Result<(), StoreError> {
-        self.tree.insert(self.key(b'o', None, &[]), outbox)?;
-        self.flush()?;
-        Ok(())
+        self.shared.write(|tree| {
+            tree.insert(self.key(b'o', None, &[]), outbox)?;
+            self.shared.flush(tree)?;
+            Ok(())
+        })
     }
 }
 
@@ -609,7 +723,9 @@ mod tests {
         let store = Store::open(dir.path(), 1 << 20).unwrap();
         let p = store.pipeline("p");
         assert!(p.restore(7, 0, 0).unwrap().is_none(), "new: meta written");
-        p.tree
+        p.shared
+            .tree()
+            .unwrap()
             .insert(p.key(b'h', None, &[]), &[0xFFu8; 3][..])
             .unwrap();
         let e = p.restore(7, 0, 0).err().expect("garbage head");
@@ -687,12 +803,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1 << 20).unwrap();
         let p = store.pipeline("p");
-        p.tree
+        p.shared
+            .tree()
+            .unwrap()
             .insert(p.key(b'm', None, &[]), &1u64.to_le_bytes())
             .unwrap();
-        p.tree.insert(p.key(b'h', None, &[]), &[0u8; 8]).unwrap();
-        p.tree.insert(p.key(b'c', Some(0), b"k"), &[1u8]).unwrap();
+        let tree = p.shared.tree().unwrap();
+        tree.insert(p.key(b'h', None, &[]), &[0u8; 8]).unwrap();
+        tree.insert(p.key(b'c', Some(0), b"k"), &[1u8]).unwrap();
+        drop(tree);
         assert!(p.restore(1, 0, 0).unwrap().is_none());
-        assert_eq!(p.tree.scan_prefix(p.key(b'c', None, &[])).count(), 0);
+        assert_eq!(
+            p.shared
+                .tree()
+                .unwrap()
+                .scan_prefix(p.key(b'c', None, &[]))
+                .count(),
+            0
+        );
     }
 }

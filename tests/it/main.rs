@@ -27,5 +27,6 @@ mod powerfs;
 mod powerloss;
 mod read;
 mod retention;
+mod storage;
 mod stream;
 mod systemd;

@@ -126,7 +126,7 @@ fn acknowledged_events_survive_power_cuts() {
         &format!("fsync_interval = \"{FSYNC_INTERVAL}\""),
     );
     assert_ne!(config, crashloop::CONFIG);
-    let mut w = Weir::start_on(&config, &data);
+    let mut w = Weir::start_on(&data, &config, &[]);
     let run = power_loop(&mut w, &mounted.fs, cycles, seed);
     w.kill9();
     drop(w);
@@ -284,7 +284,7 @@ checkpoint_interval = "50ms"
 name = "count"
 fn = "count"
 "#;
-    let mut w = Weir::start_on(config, &data);
+    let mut w = Weir::start_on(&data, config, &[]);
     let t = now_ms() - 60_000;
     // Two events in one window, then one four windows on: the first window closes.
     for (ms, page) in [(t, "a"), (t + 1, "a"), (t + 4_000, "b")] {

@@ -84,10 +84,10 @@ impl Weir {
         Weir::start_in(config, env, None)
     }
 
-    /// Starts weir on `config` with its data dir `data` (an existing directory, e.g. on
-    /// a filesystem the test mounted): `data_dir()` is a symlink to it.
-    pub fn start_on(config: &str, data: &Path) -> Weir {
-        Weir::start_in(config, &[], Some(data))
+    /// [`Weir::start_with_env`] with the data dir on `data`, an existing directory (on a
+    /// file system the test mounted): `data_dir()` is a symlink to it.
+    pub fn start_on(data: &Path, config: &str, env: &[(&str, &str)]) -> Weir {
+        Weir::start_in(config, env, Some(data))
     }
 
     fn start_in(config: &str, env: &[(&str, &str)], data_at: Option<&Path>) -> Weir {
