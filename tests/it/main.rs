@@ -11,6 +11,7 @@
 mod util;
 
 mod cli;
+mod corruption;
 mod crash;
 mod crashloop;
 mod failpoints;
