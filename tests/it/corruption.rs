@@ -112,7 +112,10 @@ fn with_ext(segment: &Path, ext: &str) -> PathBuf {
 }
 
 fn offsets(events: &[serde_json::Value]) -> Vec<i64> {
-    events.iter().map(|e| e["offset"].as_i64().unwrap()).collect()
+    events
+        .iter()
+        .map(|e| e["offset"].as_i64().unwrap())
+        .collect()
 }
 
 /// Every record through cursor reads of a few records at a time.
@@ -138,7 +141,9 @@ fn offset_at_time(w: &Weir, ms: i64) -> Option<i64> {
         "/v1/topics/clicks/events?partition=0&from_time={ms}&limit=1"
     ));
     assert_eq!(r.status, 200, "{}", r.body);
-    offsets(r.json()["events"].as_array().unwrap()).first().copied()
+    offsets(r.json()["events"].as_array().unwrap())
+        .first()
+        .copied()
 }
 
 /// Every record of an SSE stream from the start, until the sentinel event `sentinel`
@@ -158,7 +163,10 @@ fn read_by_stream(w: &Weir, n: usize, sentinel: usize) -> Vec<i64> {
         format!("e{sentinel}"),
         "{sentinel_event}"
     );
-    first.iter().map(|e| e.json()["offset"].as_i64().unwrap()).collect()
+    first
+        .iter()
+        .map(|e| e.json()["offset"].as_i64().unwrap())
+        .collect()
 }
 
 fn verify(data: &Path) -> (i32, String) {
@@ -167,8 +175,8 @@ fn verify(data: &Path) -> (i32, String) {
         .arg(data)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -179,7 +187,12 @@ fn poll(w: &Weir, path: &str, pred: impl Fn(&Resp) -> bool) -> Resp {
         if pred(&r) {
             return r;
         }
-        assert!(Instant::now() < deadline, "{path}: gave up at {} {}", r.status, r.body);
+        assert!(
+            Instant::now() < deadline,
+            "{path}: gave up at {} {}",
+            r.status,
+            r.body
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -221,7 +234,11 @@ fn indexes_garbled_truncated_zeroed_or_missing_are_rebuilt_at_start_and_reads_st
     );
     assert!(size(&index0) >= 16, "several entries");
     std::fs::write(&index0, garbage(size(&index0))).unwrap();
-    std::fs::write(&index1, &std::fs::read(&index1).unwrap()[..size(&index1) - 3]).unwrap();
+    std::fs::write(
+        &index1,
+        &std::fs::read(&index1).unwrap()[..size(&index1) - 3],
+    )
+    .unwrap();
     std::fs::write(&times1, vec![0u8; size(&times1)]).unwrap();
     std::fs::remove_file(&index2).unwrap();
     std::fs::write(&times2, b"").unwrap();
@@ -246,7 +263,9 @@ fn indexes_garbled_truncated_zeroed_or_missing_are_rebuilt_at_start_and_reads_st
         let at = t0 + 1000 * i as i64;
         assert_eq!(offset_at_time(&w, at), Some(i as i64), "time of {i}");
         assert_eq!(offset_at_time(&w, at - 500), Some(i as i64), "before {i}");
-        let r = w.get(&format!("/v1/topics/clicks/events?partition=0&offset={i}&limit=2"));
+        let r = w.get(&format!(
+            "/v1/topics/clicks/events?partition=0&offset={i}&limit=2"
+        ));
         assert_eq!(offsets(r.json()["events"].as_array().unwrap())[0], i as i64);
     }
     assert_eq!(offset_at_time(&w, t0 + 1000 * n as i64), None);
@@ -276,13 +295,19 @@ fn indexes_garbled_truncated_zeroed_or_missing_are_rebuilt_at_start_and_reads_st
         Some(0.0)
     );
     let from = i64::from(rel + 1);
-    let r = w.get(&format!("/v1/topics/clicks/events?partition=0&offset={from}&limit=3"));
+    let r = w.get(&format!(
+        "/v1/topics/clicks/events?partition=0&offset={from}&limit=3"
+    ));
     assert_eq!(r.status, 200, "{}", r.body);
     let got = r.json()["events"].as_array().unwrap().clone();
     assert_eq!(offsets(&got), vec![from, from + 1, from + 2]);
     assert_eq!(got[0]["event"]["event_id"], format!("e{from}"));
     assert!(
-        w.wait_log("offset index entry points at no batch of its offset", 1, PATIENCE),
+        w.wait_log(
+            "offset index entry points at no batch of its offset",
+            1,
+            PATIENCE
+        ),
         "{}",
         w.log_text()
     );
@@ -319,7 +344,10 @@ fn a_bit_flip_in_a_sealed_segment_while_stopped_is_never_served_and_marks_pipeli
     flip(&seg, pos + 80);
     let (code, out) = verify(&data);
     assert_ne!(code, 0, "verify reports it: {out}");
-    assert!(out.contains(&format!("{} at byte {pos}", seg.display())), "{out}");
+    assert!(
+        out.contains(&format!("{} at byte {pos}", seg.display())),
+        "{out}"
+    );
 
     w.edit_config(|c| c + PIPELINE);
     w.restart();
@@ -395,7 +423,10 @@ fn a_bit_flip_in_a_sealed_segment_while_running_is_never_served_and_weir_restart
     assert!(w.stop().success());
     let (code, out) = verify(&data);
     assert_ne!(code, 0, "{out}");
-    assert!(out.contains(&format!("{} at byte {pos}", seg.display())), "{out}");
+    assert!(
+        out.contains(&format!("{} at byte {pos}", seg.display())),
+        "{out}"
+    );
     w.restart();
     assert_eq!(offsets(&w.read_all("clicks", 0)), want_stream);
     assert_eq!(
