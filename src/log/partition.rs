@@ -119,7 +119,7 @@ pub struct Partition {
 #[derive(Debug, Default)]
 struct CorruptState {
     /// (segment base, position) -> where reads resume; `None` when the answer may still
-    /// change (a bad batch at the active segment's visible end: more may follow).
+    /// change (no good batch after it up to the visible end: more may follow).
     /// At most [`CORRUPT_BATCHES_TRACKED_MAX`]; beyond, every meeting counts again.
     known: std::collections::HashMap<(i64, u64), Option<Resume>>,
     /// When the last line was logged, and the batches met since that were not logged.
@@ -992,7 +992,10 @@ impl Partition {
             &mut buf,
         )
         .map_err(ReadError::Io)?;
-        let settled = seg.sealed.is_some() || resume.position < seg.limit;
+        // Where reads resume is final once a good batch was found, or when the whole
+        // segment was readable (a sealed one whose end is visible).
+        let whole = seg.sealed.as_ref().is_some_and(|s| seg.limit == s.len);
+        let settled = whole || resume.position < seg.limit;
         let mut c = self.corrupt.lock();
         let first = match c.known.get_mut(&key) {
             Some(entry) => {
