@@ -197,9 +197,10 @@ fn entry_after(index: &File, rel: u32) -> io::Result<Option<(u32, u32)>> {
 /// inside the segment, not earlier than the first nor than any batch walked. Returns
 /// what is wrong, naming the file; None when both pass.
 ///
-/// Not caught: an entry in the middle that is wrong (a read that meets it falls back to
-/// a scan from the segment's start and rebuilds), or a time index cut at an entry
-/// boundary below the segment's maximum (`weir verify` checks every entry).
+/// Not caught: an offset entry in the middle that is wrong (a read that meets it falls
+/// back to a scan from the segment's start and rebuilds), or a time index wrong but
+/// plausible in the middle or cut at an entry boundary below the segment's maximum
+/// (`weir verify` checks every entry).
 pub fn check_indexes(
     dir: &Path,
     base: i64,
