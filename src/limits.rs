@@ -25,6 +25,16 @@ pub const READ_RESPONSE_BYTES_MAX: usize = 4 << 20;
 /// Segment file buffer for the recovery scan and reads.
 pub const SCAN_BUFFER_BYTES: usize = 1 << 20;
 
+/// Bad batches a partition remembers (where reads resume after each), so each is counted
+/// and logged once and the search after it is not repeated by every read. Beyond it a
+/// bad batch is searched past and counted again at each meeting: memory stays bounded
+/// on a disk gone bad, the counter then over-counts rather than hides.
+pub const CORRUPT_BATCHES_TRACKED_MAX: usize = 4096;
+
+/// At most one "corrupt batch" log line per partition this often (the next line says how
+/// many were met meanwhile): a damaged disk must not flood the log.
+pub const CORRUPT_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How often the background flusher looks for `fsync = "interval"` partitions that are due.
 pub const FLUSH_TICK_MS_MIN: u64 = 5;
 

@@ -21,6 +21,8 @@ pub const SEGMENT_ROLLS: &str = "weir_segment_rolls_total";
 pub const RECOVERY_TRUNCATED_BYTES: &str = "weir_recovery_truncated_bytes_total";
 pub const RECOVERY_TRUNCATIONS: &str = "weir_recovery_truncations_total";
 pub const RECOVERY_SECONDS: &str = "weir_recovery_seconds";
+pub const CORRUPT_BATCHES: &str = "weir_corrupt_batches_total";
+pub const INDEX_REBUILDS: &str = "weir_index_rebuilds_total";
 pub const HTTP_REQUEST_SECONDS: &str = "weir_http_request_duration_seconds";
 pub const DISK_FREE_BYTES: &str = "weir_disk_free_bytes";
 pub const HTTP_REFUSED: &str = "weir_http_refused_total";
@@ -140,7 +142,7 @@ fn describe() {
     describe_counter!(
         PIPELINE_RECORDS_LOST,
         Unit::Count,
-        "Records retention removed before a pipeline read them; their windows answer complete: false"
+        "Records a pipeline could not read (removed by retention first, or in a corrupt batch); their windows answer complete: false"
     );
     describe_gauge!(
         PIPELINE_WATERMARK,
@@ -232,6 +234,16 @@ fn describe() {
         RECOVERY_TRUNCATED_BYTES,
         Unit::Bytes,
         "Bytes cut from torn or corrupt segment tails at start"
+    );
+    describe_counter!(
+        CORRUPT_BATCHES,
+        Unit::Count,
+        "Bad batches (CRC, framing or offset wrong) reads met below the visible end; never served, their offsets skipped"
+    );
+    describe_counter!(
+        INDEX_REBUILDS,
+        Unit::Count,
+        "Segment offset and time indexes found wrong (at start or by a read) and rebuilt from the segment"
     );
     describe_counter!(
         RECOVERY_TRUNCATIONS,

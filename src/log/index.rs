@@ -103,11 +103,19 @@ impl ActiveIndex {
 
     /// Position of the last indexed batch at or before `rel_offset`.
     pub fn lookup(&self, rel_offset: u32) -> u32 {
+        self.lookup_entry(rel_offset).position
+    }
+
+    /// The last entry at or before `rel_offset`, or `(0, 0)`.
+    pub fn lookup_entry(&self, rel_offset: u32) -> OffsetEntry {
         let i = self.offsets.partition_point(|e| e.rel_offset <= rel_offset);
         if i == 0 {
-            0
+            OffsetEntry {
+                rel_offset: 0,
+                position: 0,
+            }
         } else {
-            self.offsets[i - 1].position
+            self.offsets[i - 1]
         }
     }
 
@@ -182,12 +190,17 @@ impl ActiveIndex {
     }
 }
 
-/// Binary search of a sealed segment's offset index file: the position of the last
-/// indexed batch at or before `rel_offset`, or 0.
-pub fn lookup_file(index: &File, rel_offset: u32, segment_len: u64) -> io::Result<u32> {
+/// Binary search of a sealed segment's offset index file: the last entry at or before
+/// `rel_offset` (the offset and position of an indexed batch), or `(0, 0)`. An entry
+/// pointing past the segment gives `(0, 0)` too: the read scans from the start.
+pub fn lookup_file(index: &File, rel_offset: u32, segment_len: u64) -> io::Result<OffsetEntry> {
     let entries = index.metadata()?.len() / OFFSET_ENTRY_LEN as u64;
     let (mut lo, mut hi) = (0u64, entries);
-    let mut best = 0u32;
+    let start = OffsetEntry {
+        rel_offset: 0,
+        position: 0,
+    };
+    let mut best = start;
     let mut buf = [0u8; OFFSET_ENTRY_LEN];
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
@@ -195,16 +208,19 @@ pub fn lookup_file(index: &File, rel_offset: u32, segment_len: u64) -> io::Resul
         let rel = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
         let pos = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
         if rel <= rel_offset {
-            best = pos;
+            best = OffsetEntry {
+                rel_offset: rel,
+                position: pos,
+            };
             lo = mid + 1;
         } else {
             hi = mid;
         }
     }
-    Ok(if u64::from(best) < segment_len {
+    Ok(if u64::from(best.position) < segment_len {
         best
     } else {
-        0
+        start
     })
 }
 
@@ -282,12 +298,12 @@ mod tests {
         for rel in [0, 24, 25, 49] {
             assert_eq!(
                 lookup_file(&file, rel, 10_000).unwrap(),
-                idx.lookup(rel),
+                idx.lookup_entry(rel),
                 "{rel}"
             );
         }
         // A position beyond the segment (a damaged index) falls back to the start.
-        assert_eq!(lookup_file(&file, 49, 4000).unwrap(), 0);
+        assert_eq!(lookup_file(&file, 49, 4000).unwrap().position, 0);
         let decoded = ActiveIndex::decode_offsets(&idx.encode_offsets(), 10_000);
         assert_eq!(decoded, idx.offsets);
     }

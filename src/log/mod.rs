@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod batches;
+pub mod corrupt;
 pub mod datadir;
 pub mod dedup;
 pub mod groups;
@@ -489,6 +490,14 @@ fn log_recovery(topic: &str, partition: u32, report: &RecoveryReport) {
         ("topic", topic.to_string()),
         ("partition", partition.to_string()),
     ];
+    let rebuilds = metrics::counter!(m::INDEX_REBUILDS, &[("topic", topic.to_string())]);
+    rebuilds.increment(report.index_rebuilds.len() as u64);
+    for (why, corrupt_batches) in &report.index_rebuilds {
+        tracing::warn!(topic, partition, reason = %why, corrupt_batches,
+            "segment indexes found wrong at start; rebuilt from the segment");
+    }
+    // Exported from the start, so "0" is not "absent".
+    metrics::counter!(m::CORRUPT_BATCHES, &[("topic", topic.to_string())]).increment(0);
     if let Some(why) = &report.truncation {
         metrics::counter!(m::RECOVERY_TRUNCATIONS, &labels).increment(1);
         metrics::counter!(m::RECOVERY_TRUNCATED_BYTES, &labels).increment(report.truncated_bytes);

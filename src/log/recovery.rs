@@ -11,10 +11,12 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::batch::{self, BatchHeader, DecodeError};
 use super::batch_append_ms;
+use super::corrupt;
 use super::datadir::{sync_dir, write_durably};
 use super::index::{self, ActiveIndex};
 use super::partition::{RECOVERY_POINT_FILE, read_batch, write_index_files};
@@ -28,6 +30,9 @@ pub struct RecoveryReport {
     pub truncated_bytes: u64,
     /// Why the log was cut, naming file and byte position.
     pub truncation: Option<String>,
+    /// Segments whose index files were found wrong and rebuilt: what was wrong (naming
+    /// the file), and the bad batches the rebuild's scan stepped over.
+    pub index_rebuilds: Vec<(String, u64)>,
 }
 
 pub(crate) struct Recovered {
@@ -107,8 +112,16 @@ pub(crate) fn recover(dir: &Path, clean: bool) -> io::Result<Recovered> {
         .copied()
         .unwrap_or(bases[0])
         .min(last_base);
+    let mut report = RecoveryReport::default();
     let clean_tail = if clean {
-        clean_tail_start(dir, last_base)?
+        match clean_tail_start(dir, last_base)? {
+            Ok(tail) => Some(tail),
+            Err(why) => {
+                // The whole segment is scanned and its indexes rebuilt in memory.
+                report.index_rebuilds.push((why, 0));
+                None
+            }
+        }
     } else {
         None
     };
@@ -118,7 +131,6 @@ pub(crate) fn recover(dir: &Path, clean: bool) -> io::Result<Recovered> {
         scan_from
     };
 
-    let mut report = RecoveryReport::default();
     let mut sealed = BTreeMap::new();
     let mut expected_next: Option<i64> = None;
     let mut kept_last: Option<(i64, Scan)> = None;
@@ -144,9 +156,18 @@ pub(crate) fn recover(dir: &Path, clean: bool) -> io::Result<Recovered> {
         }
         let is_last = i + 1 == bases.len();
         if base < scan_from {
-            // Sealed and fsynced before the recovery point: trusted.
+            // Sealed and fsynced before the recovery point: trusted, but for a cheap
+            // check of its index files (a few reads whatever its size).
             let len = fs::metadata(&path)?.len();
             let end = bases[i + 1];
+            let wrong = match corrupt::check_indexes(dir, base, end, len) {
+                Ok(wrong) => wrong,
+                Err(e) => Some(format!("indexes of {} unreadable: {e}", path.display())),
+            };
+            if let Some(why) = wrong {
+                let rebuilt = corrupt::rebuild_indexes(dir, base, end, len)?;
+                report.index_rebuilds.push((why, rebuilt.corrupt_batches));
+            }
             sealed.insert(
                 base,
                 SealedSegment {
@@ -227,26 +248,81 @@ struct TailStart {
     max_timestamp_ms: i64,
 }
 
-fn clean_tail_start(dir: &Path, base: i64) -> io::Result<Option<TailStart>> {
-    let log_len = fs::metadata(segment::path(dir, base, LOG_EXT))?.len();
-    let Ok(bytes) = fs::read(segment::path(dir, base, INDEX_EXT)) else {
-        return Ok(None);
+/// The active segment's index files after a clean stop, checked as cheaply as sealed
+/// ones (`corrupt::check_indexes`) but for its end, which the scan from the last entry
+/// finds: every entry decodes in order, the first is `(0, 0)`, the last points at a
+/// batch header of its offset. Err names what is wrong: then the whole segment is
+/// scanned. No offset index (an empty segment) is Ok(None).
+fn clean_tail_start(dir: &Path, base: i64) -> io::Result<Result<TailStart, String>> {
+    let log_path = segment::path(dir, base, LOG_EXT);
+    let log_len = fs::metadata(&log_path)?.len();
+    let index_path = segment::path(dir, base, INDEX_EXT);
+    let time_path = segment::path(dir, base, TIMEINDEX_EXT);
+    let wrong = |path: &Path, why: &str| Ok(Err(format!("{}: {why}", path.display())));
+    let Ok(bytes) = fs::read(&index_path) else {
+        return wrong(&index_path, "missing");
     };
     let entries = ActiveIndex::decode_offsets(&bytes, log_len);
+    if bytes.len() % index::OFFSET_ENTRY_LEN != 0
+        || entries.len() != bytes.len() / index::OFFSET_ENTRY_LEN
+    {
+        return wrong(&index_path, "entries out of order or past the segment");
+    }
     let Some(last) = entries.last().copied() else {
-        return Ok(None);
+        return if log_len == 0 {
+            Ok(Ok(TailStart::empty(base)))
+        } else {
+            wrong(&index_path, "empty for a segment with batches")
+        };
     };
-    let times = fs::read(segment::path(dir, base, TIMEINDEX_EXT))
-        .map(|b| ActiveIndex::decode_times(&b))
-        .unwrap_or_default();
+    if (entries[0].rel_offset, entries[0].position) != (0, 0) {
+        return wrong(&index_path, "the first entry is not (0, 0)");
+    }
+    let mut head = [0u8; batch::BATCH_HEADER_LEN];
+    let header = File::open(&log_path)
+        .and_then(|f| f.read_exact_at(&mut head, u64::from(last.position)))
+        .ok()
+        .and_then(|()| BatchHeader::parse(&head).ok());
+    if header.is_none_or(|h| h.base_offset != base + i64::from(last.rel_offset)) {
+        return wrong(
+            &index_path,
+            "the last entry points at no batch of its offset",
+        );
+    }
+    let Ok(time_bytes) = fs::read(&time_path) else {
+        return wrong(&time_path, "missing");
+    };
+    let times = ActiveIndex::decode_times(&time_bytes);
+    if time_bytes.len() % index::TIME_ENTRY_LEN != 0
+        || times.len() != time_bytes.len() / index::TIME_ENTRY_LEN
+        || times.first().is_none_or(|t| t.rel_offset != 0)
+    {
+        return wrong(
+            &time_path,
+            "entries partial, out of order or not from offset 0",
+        );
+    }
     let max_ts = times.last().map_or(i64::MIN, |t| t.timestamp_ms);
-    Ok(Some(TailStart {
+    Ok(Ok(TailStart {
         position: u64::from(last.position),
         next_offset: base + i64::from(last.rel_offset),
         index: entries,
         times,
         max_timestamp_ms: max_ts,
     }))
+}
+
+impl TailStart {
+    /// An empty segment: the scan starts at its beginning.
+    fn empty(base: i64) -> TailStart {
+        TailStart {
+            position: 0,
+            next_offset: base,
+            index: Vec::new(),
+            times: Vec::new(),
+            max_timestamp_ms: i64::MIN,
+        }
+    }
 }
 
 /// Reads batches from the start (or the clean tail) until the end or the first bad one.

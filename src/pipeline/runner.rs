@@ -555,14 +555,18 @@ impl Source {
                 Ok(next) => {
                     self.pos = 0;
                     self.set_head();
-                    if self.head.is_some() {
+                    if let Some((_, base, _)) = self.head {
+                        if base > self.next {
+                            self.skipped(pipeline, base);
+                        }
                         return true;
                     }
-                    if next == self.next {
+                    if next <= self.next {
                         return false;
                     }
-                    // A segment held nothing more: on to the next one.
-                    self.next = next;
+                    // Offsets the log holds no readable record of: the partition skipped
+                    // a corrupt batch (counted and logged there).
+                    self.skipped(pipeline, next);
                 }
                 Err(ReadError::OutOfRange { start, .. }) if self.next < start => {
                     let lost = start - self.next;
@@ -583,6 +587,21 @@ impl Source {
                 }
             }
         }
+    }
+
+    /// The log skips from `self.next` to `to` (a corrupt batch, never served): the
+    /// records are lost to this pipeline as to retention, and told to the engine so the
+    /// windows they could have counted in answer `complete: false`.
+    fn skipped(&mut self, pipeline: &str, to: i64) {
+        tracing::warn!(
+            pipeline,
+            partition = self.partition.id,
+            from = self.next,
+            to,
+            "records in a corrupt batch skipped; their windows answer complete: false"
+        );
+        self.lost += u64::try_from(to - self.next).unwrap_or(0);
+        self.next = to;
     }
 
     fn set_head(&mut self) {

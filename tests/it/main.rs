@@ -12,6 +12,7 @@ mod util;
 
 mod cli;
 mod clock;
+mod corruption;
 mod crash;
 mod crashloop;
 mod failpoints;
