@@ -355,14 +355,15 @@ pub(crate) struct InflightPermits {
 }
 
 impl InflightPermits {
-    fn new(semaphore: std::sync::Arc<tokio::sync::Semaphore>) -> InflightPermits {
+    pub(crate) fn new(semaphore: std::sync::Arc<tokio::sync::Semaphore>) -> InflightPermits {
         InflightPermits {
             semaphore,
             held: Vec::new(),
         }
     }
 
-    fn take(&mut self, bytes: u64) -> Result<(), ApiError> {
+    /// Takes `bytes` permits at once, or refuses with 503 `overloaded` (counted).
+    pub(crate) fn take(&mut self, bytes: u64) -> Result<(), ApiError> {
         let n = u32::try_from(bytes).unwrap_or(u32::MAX);
         if n == 0 {
             return Ok(());

@@ -695,9 +695,28 @@ pub(crate) fn write_num(n: impl itoa::Integer, out: &mut Vec<u8>) {
 
 /// A JSON answer from pre-serialised bytes.
 pub(crate) fn json_bytes(status: axum::http::StatusCode, body: Vec<u8>) -> Response {
+    json_response(status, Body::from(body))
+}
+
+/// [`json_bytes`] whose body keeps `held` (the `max_inflight` permits its bytes were
+/// charged to) until it has been sent or dropped.
+pub(crate) fn json_bytes_holding<T: Send + Sync + 'static>(
+    status: axum::http::StatusCode,
+    body: Vec<u8>,
+    held: T,
+) -> Response {
+    use http_body_util::BodyExt;
+    let body = http_body_util::Full::new(bytes::Bytes::from(body)).map_frame(move |frame| {
+        let _ = &held;
+        frame
+    });
+    json_response(status, Body::new(body))
+}
+
+fn json_response(status: axum::http::StatusCode, body: Body) -> Response {
     // Built directly rather than through `IntoResponse` parts: every ingest answer
     // passes here.
-    let mut response = Response::new(Body::from(body));
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     response.headers_mut().insert(
         axum::http::header::CONTENT_TYPE,

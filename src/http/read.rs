@@ -20,7 +20,8 @@ use tokio::sync::watch;
 
 use super::cursor::{self, CursorSpec};
 use super::errors::{ApiError, ErrorCode};
-use super::{SharedState, json_bytes};
+use super::ingest::InflightPermits;
+use super::{SharedState, json_bytes_holding};
 use crate::event::parse_timestamp;
 use crate::limits::{
     READ_RECORDS_DEFAULT, READ_RECORDS_MAX, READ_RESPONSE_BYTES_MAX, READ_WAIT_MS_MAX,
@@ -188,20 +189,33 @@ pub async fn pull(
         partitions.iter().map(|p| p.subscribe()).collect()
     };
     let mut start = start;
+    // The answer's buffer is charged to `max_inflight` while it is built and sent, as a
+    // request body is: a thousand pulls at once are refused (503 `overloaded`), not 4 MiB
+    // each in memory. A `max_inflight` below one answer's buffer is taken whole, so the
+    // largest pull still runs, alone.
+    let capacity = answer_capacity(limit);
     loop {
+        let (inflight, max_inflight) = {
+            let live = state.live.load();
+            (Arc::clone(&live.inflight), live.server.max_inflight)
+        };
+        let mut permits = InflightPermits::new(inflight);
+        permits.take((capacity as u64).min(max_inflight))?;
         let parts = partitions.clone();
         let from = start.clone();
-        let answer = tokio::task::spawn_blocking(move || pull_answer(&parts, from, limit, single))
-            .await
-            .map_err(|e| ApiError::new(ErrorCode::InternalError, e.to_string()))??;
+        let answer =
+            tokio::task::spawn_blocking(move || pull_answer(&parts, from, limit, capacity, single))
+                .await
+                .map_err(|e| ApiError::new(ErrorCode::InternalError, e.to_string()))??;
         let done = answer.records > 0
             || wait.is_zero()
             || tokio::time::Instant::now() >= deadline
             || *stop.borrow();
         if done {
             count_read(&topic, answer.records, answer.bytes);
-            return Ok(json_bytes(StatusCode::OK, answer.body));
+            return Ok(json_bytes_holding(StatusCode::OK, answer.body, permits));
         }
+        drop(permits);
         start = Start::Offsets(answer.offsets);
         tokio::select! {
             () = any_changed(&mut watches) => {}
@@ -255,19 +269,23 @@ struct PullAnswer {
 /// A typical event object in an answer (envelope and framing), for sizing the buffer.
 const ANSWER_BYTES_PER_RECORD_GUESS: usize = 384;
 
+/// The buffer an answer of up to `limit` records is built in: sized up front, since
+/// growing a 4 MiB answer by doubling copies it again.
+fn answer_capacity(limit: usize) -> usize {
+    limit
+        .saturating_mul(ANSWER_BYTES_PER_RECORD_GUESS)
+        .clamp(4096, READ_RESPONSE_BYTES_MAX + (64 << 10))
+}
+
 fn pull_answer(
     partitions: &[Arc<Partition>],
     start: Start,
     limit: usize,
+    capacity: usize,
     single: bool,
 ) -> Result<PullAnswer, ApiError> {
     let mut offsets = resolve(partitions, start)?;
-    // Sized for the answer up front: growing a 4 MiB answer by doubling copies it again.
-    let mut body = Vec::with_capacity(
-        limit
-            .saturating_mul(ANSWER_BYTES_PER_RECORD_GUESS)
-            .clamp(4096, READ_RESPONSE_BYTES_MAX + (64 << 10)),
-    );
+    let mut body = Vec::with_capacity(capacity);
     body.extend_from_slice(b"{\"events\":[");
     let mut first = true;
     let read = read_fair(

@@ -560,3 +560,46 @@ fn a_group_commit_body_is_read_under_body_timeout_and_max_inflight() {
     let r = try_request(&w.addr, "PUT", path, &[], &padded).unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
 }
+
+/// A pull's answer is charged to `max_inflight` while it is built and sent, as a body
+/// is: with the bytes held by a slow body, a large pull is refused at once (503
+/// `overloaded`), a small one still fits, and once the body is gone the large one runs.
+/// A pull asking for more than all of `max_inflight` takes it whole and still runs.
+#[test]
+fn pull_answers_are_charged_to_max_inflight() {
+    // 64 KiB in flight; a pull of 1,000 records sizes its answer at 375 KiB, so it asks
+    // for all 64 KiB; one of 1 record asks for 4 KiB.
+    let w = Weir::start(&overload_config(
+        "max_body = \"60KiB\"\nmax_inflight = \"64KiB\"\nbody_timeout = \"60s\"",
+    ));
+    prime(&w);
+    let large = "/v1/topics/clicks/events?partition=0&offset=0&limit=1000";
+    let small = "/v1/topics/clicks/events?partition=0&offset=0&limit=1";
+    assert_eq!(w.get(large).status, 200, "alone, the largest pull runs");
+    // A body that never finishes holds 60 of the 64 KiB.
+    let mut slow = TcpStream::connect(&w.addr).unwrap();
+    slow.write_all(
+        format!("POST {INGEST} HTTP/1.1\r\nHost: x\r\nContent-Length: 61440\r\n\r\n{{").as_bytes(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let r = loop {
+        let r = w.get(large);
+        // The slow request's head may not be read yet: then the pull is served.
+        if r.status != 200 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_refusal(&r, "a pull beyond max_inflight");
+    assert_eq!(w.get(small).status, 200, "a pull that fits is served");
+    drop(slow);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while w.get(large).status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the slow body's bytes never came back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
