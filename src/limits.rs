@@ -142,3 +142,11 @@ pub const REFUSED_LINGER: std::time::Duration = std::time::Duration::from_secs(2
 /// Most refused connections lingering at once (each holds a socket and a small task,
 /// no buffer); beyond it a refused connection is closed right after its 503.
 pub const REFUSED_LINGERING_MAX: usize = 1024;
+
+/// Read buffer of one HTTP/1 connection beyond which hyper reads no more (its
+/// `max_buf_size`; hyper's own default is about 408 KiB). It bounds a request head and
+/// the bytes of a body read ahead of the handler (the read that crosses it can take the
+/// buffer to twice this): at `max_connections` = 1,024 the buffers hold at most 128 MiB,
+/// not 800 MiB. A head larger than that gets 431. Bodies are read 64 KiB at a time,
+/// 16 reads a MiB.
+pub const HTTP_READ_BUFFER_MAX: usize = 64 << 10;

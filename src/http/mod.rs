@@ -612,6 +612,7 @@ impl Routing {
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(live.server.header_timeout)
+            .max_buf_size(crate::limits::HTTP_READ_BUFFER_MAX)
             .keep_alive(true);
         Routing {
             app: router(Arc::clone(state), &live.routes),

@@ -603,3 +603,17 @@ fn pull_answers_are_charged_to_max_inflight() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A connection's read buffer is bounded (`HTTP_READ_BUFFER_MAX`, 64 KiB; the read that
+/// crosses it may take it up to twice that): a request head of 200 KiB gets 431 instead
+/// of growing memory (hyper's default lets 400 KiB in); one within it is served.
+#[test]
+fn a_request_head_beyond_the_read_buffer_gets_431() {
+    let w = Weir::start(&overload_config(""));
+    let pad = "x".repeat(32 << 10);
+    let r = try_request(&w.addr, "GET", "/healthz", &[("x-pad", &pad)], b"").unwrap();
+    assert_eq!(r.status, 200, "a 32 KiB head is served");
+    let pad = "x".repeat(200 << 10);
+    let r = try_request(&w.addr, "GET", "/healthz", &[("x-pad", &pad)], b"").unwrap();
+    assert_eq!(r.status, 431, "{}", r.body);
+}
