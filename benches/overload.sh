@@ -181,7 +181,7 @@ ok_loss = missing == 0 and misplaced == 0 and twice == 0
 print(f"""
 RSS: VmHWM {max(hwm.values())/1024:.0f} MiB against server.memory_max {memory_max_mib} MiB: {'ok' if ok_rss else 'OVER'}
   (what bounds it: request bodies held <= max_inflight ({max_inflight_mib} MiB); {max_conns} connections, each a
-  hyper read buffer of at most ~400 KiB and one answer; sled_cache 8 MiB; the dedup table, the
+  hyper read buffer of at most 128 KiB and one answer; sled_cache 8 MiB; the dedup table, the
   pipeline's windows and hot view, and the runtime's baseline; refused connections hold a socket
   and no buffer)
 refusals: {refusals_503} answers 503, {no_retry} without Retry-After, other statuses {other or 'none'}: {'ok' if ok_retry else 'FAILED'}
