@@ -10,6 +10,7 @@
 
 mod util;
 
+mod badinput;
 mod cli;
 mod crash;
 mod crashloop;
