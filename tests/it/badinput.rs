@@ -15,7 +15,8 @@
 //!
 //! - `n_` (must be rejected by a JSON parser): 400 on both topics, nothing appended;
 //! - `y_` whose top-level value is an object or a non-empty array of objects: 202 on
-//!   `wrapped`, as many events accepted as objects;
+//!   `wrapped`, as many events accepted as objects, each stored with the object as its
+//!   payload (read back and compared);
 //! - other `y_` (a scalar, an empty array, an array of non-objects): 400, it is JSON but
 //!   not an event body;
 //! - `i_` (parsers may accept or refuse): 202 or 400;
@@ -71,18 +72,38 @@ fn suite_dir() -> PathBuf {
     );
 }
 
-/// What a file's text is, judged independently of weir: `Some(n)` when its top-level
-/// value is an object (n = 1) or a non-empty array of n objects.
-fn objects_in(bytes: &[u8]) -> Option<usize> {
+/// What a file's text is, judged independently of weir: `Some(objects)` when its
+/// top-level value is an object or a non-empty array of objects.
+fn objects_in(bytes: &[u8]) -> Option<Vec<serde_json::Value>> {
     match serde_json::from_slice::<serde_json::Value>(bytes).ok()? {
-        serde_json::Value::Object(_) => Some(1),
+        object @ serde_json::Value::Object(_) => Some(vec![object]),
         serde_json::Value::Array(items)
             if !items.is_empty() && items.iter().all(serde_json::Value::is_object) =>
         {
-            Some(items.len())
+            Some(items)
         }
         _ => None,
     }
+}
+
+/// The payloads of the events a 202 named, read back in offset order.
+fn payloads_stored(w: &Weir, topic: &str, accepted: &serde_json::Value) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for range in accepted["offsets"].as_array().unwrap() {
+        let (first, last) = (
+            range["first"].as_i64().unwrap(),
+            range["last"].as_i64().unwrap(),
+        );
+        let r = w.get(&format!(
+            "/v1/topics/{topic}/events?partition={}&offset={first}&limit={}",
+            range["partition"],
+            last - first + 1
+        ));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let events = r.json()["events"].as_array().unwrap().clone();
+        out.extend(events.into_iter().map(|e| e["event"]["payload"].clone()));
+    }
+    out
 }
 
 fn end_offsets(w: &Weir, topic: &str) -> i64 {
@@ -188,12 +209,18 @@ fsync = "never"
                     }
                 }
                 b'y' => match (objects_in(&body), topic) {
-                    (Some(n), "wrapped") => {
+                    (Some(objects), "wrapped") => {
+                        let n = objects.len();
                         if r.status == 202
                             && r.json()["accepted"] == n
                             && after == before + n as i64
                         {
                             counts.y_accepted += 1;
+                            // Stored as sent: each object is its event's payload.
+                            let stored = payloads_stored(&w, topic, &r.json());
+                            if stored != objects {
+                                fail(format!("stored payloads {stored:?}, sent {objects:?}"));
+                            }
                         } else {
                             fail(format!(
                                 "{} {} (expected 202 with {n} accepted; end offsets {before} to {after})",
