@@ -328,17 +328,24 @@ impl Event<'_> {
 
     /// An upper bound of what [`Event::write_envelope`] writes, for sizing buffers.
     pub fn envelope_len_hint(&self) -> usize {
-        const FIXED: usize = 96; // member names, quotes, a generated id, a formatted time
-        FIXED
-            + self.event_type.len()
-            + self.timestamp_raw.map_or(0, str::len)
-            + self.key_raw.map_or(0, str::len)
-            + self.payload.text.len()
-            + self.metadata.map_or(0, |m| m.text.len())
+        // `{"event_id":`, `,"event_type":`, `,"timestamp":`, `,"payload":` and `}`.
+        const MEMBERS: usize = 12 + 14 + 13 + 11 + 1;
+        // A quoted RFC 3339 time with milliseconds: any i64 of ms has a year of at most
+        // 9 digits and a sign, then `-MM-DDTHH:MM:SS.mmmZ`.
+        const TIME: usize = 2 + 10 + 20;
+        MEMBERS
             + match self.id {
                 EventId::Client(raw) => raw.len(),
-                EventId::Generated(_) => 0,
+                EventId::Generated(_) => 2 + uuid::fmt::Hyphenated::LENGTH,
             }
+            // Written escaped when it is not the client's text: 6 bytes for a control byte.
+            + self
+                .event_type_raw
+                .map_or(2 + 6 * self.event_type.len(), str::len)
+            + self.timestamp_raw.map_or(TIME, str::len)
+            + self.key_raw.map_or(0, |k| 7 + k.len())
+            + self.payload.text.len()
+            + self.metadata.map_or(0, |m| 12 + m.text.len())
     }
 
     /// The event id as text (for logs and answers).

@@ -29,6 +29,8 @@ pub mod config;
 pub mod disk;
 pub mod event;
 pub mod failpoint;
+#[cfg(test)]
+mod fuzz_corpus;
 pub mod http;
 pub mod json;
 pub mod limits;
@@ -39,3 +41,8 @@ pub mod pipeline;
 pub mod reload;
 pub mod store;
 pub mod systemd;
+
+// The fuzz checks (`fuzz/checks/`), shared with the corpus replay tests, name the crate
+// `weir` as the fuzz targets do.
+#[cfg(test)]
+extern crate self as weir;

@@ -245,14 +245,21 @@ pub fn read(text: &str) -> (Option<RawConfig>, Vec<RawProblem>) {
     let (mut root, errors) = DeTable::parse_recoverable(text);
     if !errors.is_empty() {
         for err in errors {
-            let mut path = err
-                .span()
+            // toml gives its one span-less error, a dotted key of too many parts, no
+            // place; find the line holding such a key so the problem names one.
+            let span = err.span().or_else(|| {
+                (err.message() == "recursion limit")
+                    .then(|| long_dotted_key(text))
+                    .flatten()
+            });
+            let mut path = span
+                .clone()
                 .and_then(|span| locate(root.get_ref(), &span))
                 .map(|path| render_path(&path))
-                .unwrap_or_else(|| enclosing_table(text, err.span()));
+                .unwrap_or_else(|| enclosing_table(text, span.clone()));
             // The second of two equal keys is not in the recovered table; name it.
             if err.message().starts_with("duplicate key")
-                && let Some(key) = err.span().and_then(|span| text.get(span))
+                && let Some(key) = span.clone().and_then(|span| text.get(span))
                 && path.rsplit('.').next() != Some(key.trim())
             {
                 if !path.is_empty() {
@@ -260,10 +267,18 @@ pub fn read(text: &str) -> (Option<RawConfig>, Vec<RawProblem>) {
                 }
                 path.push_str(key.trim());
             }
+            let message = if span.is_some() && err.span().is_none() {
+                format!(
+                    "{} (a dotted key of {TOML_KEY_PARTS_MAX} or more parts)",
+                    err.message()
+                )
+            } else {
+                err.message().to_string()
+            };
             problems.push(RawProblem {
                 key_path: path,
-                span: err.span(),
-                message: err.message().to_string(),
+                span,
+                message,
             });
         }
         return (None, problems);
@@ -292,6 +307,45 @@ pub fn read(text: &str) -> (Option<RawConfig>, Vec<RawProblem>) {
             }
         }
     }
+}
+
+/// The number of parts of a dotted key at which toml stops with "recursion limit".
+const TOML_KEY_PARTS_MAX: usize = 80;
+
+/// The first line with a key of at least [`TOML_KEY_PARTS_MAX`] dotted parts (a key is
+/// never split over lines), as a byte range: its dots are counted outside quotes and
+/// before a comment. Failing that, the line with the most such dots.
+fn long_dotted_key(text: &str) -> Option<Range<usize>> {
+    let mut best: Option<(usize, Range<usize>)> = None;
+    let mut start = 0;
+    for line in text.split_inclusive('\n') {
+        let range = start..start + line.trim_end().len();
+        start += line.len();
+        let mut dots = 0;
+        let mut quote = None;
+        let mut escaped = false;
+        for c in line.chars() {
+            match (quote, c) {
+                (Some('"'), '\\') if !escaped => {
+                    escaped = true;
+                    continue;
+                }
+                (Some(q), c) if c == q && !escaped => quote = None,
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '#') => break,
+                (None, '.') => dots += 1,
+                _ => {}
+            }
+            escaped = false;
+        }
+        if dots + 1 >= TOML_KEY_PARTS_MAX {
+            return Some(range);
+        }
+        if dots > 0 && best.as_ref().is_none_or(|(most, _)| dots > *most) {
+            best = Some((dots, range));
+        }
+    }
+    best.map(|(_, range)| range)
 }
 
 /// serde speaks of fields and structs; a TOML user writes keys and tables.

@@ -1275,3 +1275,39 @@ fn session_windows_take_a_gap_and_a_max_length_defaulting_to_a_day() {
         ],
     );
 }
+
+/// Found by the `config_load` fuzz target: toml reports a dotted key of 80 or more parts
+/// as "recursion limit" with no span, so the problem named neither a key nor a line.
+#[test]
+fn a_key_of_too_many_dotted_parts_names_its_line() {
+    let dots = ".".repeat(98);
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\" # a.b.c\nratio = 1.5\n{dots}\n[[topic]]\nname = \"a\"\n"
+    );
+    let got = problems(&text);
+    assert!(!got.is_empty());
+    for (path, line, message) in &got {
+        assert!(
+            !path.is_empty() || line.is_some(),
+            "{path:?} {line:?} {message}"
+        );
+    }
+    let limit = got
+        .iter()
+        .find(|(_, _, m)| m.contains("recursion limit"))
+        .expect("the recursion limit is reported");
+    assert_eq!(limit.0, "server");
+    assert_eq!(limit.1, Some(4));
+    assert!(limit.2.contains("80 or more parts"), "{}", limit.2);
+
+    // The fuzzer's own input, in short: every problem says where.
+    let found = "\n[se,rver]\nlisten = \"127.0.0.1:0\"\n".to_string()
+        + &".".repeat(98)
+        + "\n[[topic\"ahname = \"clicks\"\n";
+    for (path, line, message) in problems(&found) {
+        assert!(
+            !path.is_empty() || line.is_some(),
+            "{path:?} {line:?} {message}"
+        );
+    }
+}

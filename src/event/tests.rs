@@ -1005,3 +1005,43 @@ fn json_payload_helper_smoke() {
     let events = parse(&body).unwrap();
     assert_eq!(envelope(&events[0]).len(), body.len() + r#""event_id":"00000000-0000-0000-0000-000000000000","timestamp":"2026-11-27T13:49:06.123Z","#.len());
 }
+
+/// Found by the `body_parse` fuzz target: a bare `{}` wrapped on a topic with a default
+/// event type wrote a 123-byte envelope against a hint of 102 (a generated id and a
+/// formatted time were not counted in full), so batch buffers were sized short.
+#[test]
+fn envelope_len_hint_is_an_upper_bound() {
+    let ts = JsonPointer::parse("/ts").unwrap();
+    let wrap = TopicRules {
+        wrap: true,
+        default_event_type: Some("fuzz\u{1}\""),
+        timestamp_field: Some(&ts),
+        clamp_bad_time: true,
+        ..rules()
+    };
+    let bodies = [
+        (r"{}", &wrap, None),
+        (r#"{"ts":-62135596800001}"#, &wrap, None),
+        (r#"{"ts":"1970-01-01T00:00:00Z"}"#, &wrap, Some("q")),
+        (
+            r#"{"event_type":"\u00e9\u00e9","key":"k","payload":{},"metadata":{}}"#,
+            &rules(),
+            None,
+        ),
+        (
+            r#"{"event_id":"\u0041","event_type":"t","timestamp":1795787346000,"payload":[ 1 , 2 ]}"#,
+            &rules(),
+            None,
+        ),
+    ];
+    for (body, rules, query_key) in bodies {
+        for event in parse_with(body, rules, query_key).expect(body) {
+            let written = envelope(&event).len();
+            assert!(
+                written <= event.envelope_len_hint(),
+                "{body}: {written} > {}",
+                event.envelope_len_hint()
+            );
+        }
+    }
+}

@@ -681,7 +681,7 @@ impl Partition {
             };
             while pos < seg.limit && records < records_max && bytes < bytes_max {
                 let at = pos;
-                let header = match read_batch(&seg.file, at, seg.limit, &mut buf) {
+                let header = match read_batch(&*seg.file, at, seg.limit, &mut buf) {
                     Ok(h) if h.base_offset == expect => h,
                     got => {
                         let detail = got.map_or_else(
@@ -913,7 +913,7 @@ impl Partition {
             let at = pos;
             // Every batch walked is CRC-checked: a header skipped on its max timestamp
             // alone could skip the answer on a flipped bit.
-            let header = match read_batch(&seg.file, at, seg.limit, &mut buf) {
+            let header = match read_batch(&*seg.file, at, seg.limit, &mut buf) {
                 Ok(h) if h.base_offset == expect => h,
                 got => {
                     let detail = got.map_or_else(
@@ -1129,9 +1129,37 @@ pub enum ReadError {
     Io(#[source] io::Error),
 }
 
+/// Positioned reads: a segment file, or its bytes in memory (the recovery scanner's
+/// fuzz target and tests). Generic callers are monomorphised, so files pay nothing.
+pub(crate) trait ReadAt {
+    fn read_exact_from(&self, buf: &mut [u8], pos: u64) -> io::Result<()>;
+}
+
+impl ReadAt for File {
+    fn read_exact_from(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, pos)
+    }
+}
+
+impl ReadAt for [u8] {
+    fn read_exact_from(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
+        let from = usize::try_from(pos).unwrap_or(usize::MAX);
+        match from
+            .checked_add(buf.len())
+            .and_then(|to| self.get(from..to))
+        {
+            Some(bytes) => {
+                buf.copy_from_slice(bytes);
+                Ok(())
+            }
+            None => Err(io::ErrorKind::UnexpectedEof.into()),
+        }
+    }
+}
+
 /// Reads and CRC-checks the batch at `pos` into `buf` (CRC on write and on read).
-pub(crate) fn read_batch(
-    file: &File,
+pub(crate) fn read_batch<R: ReadAt + ?Sized>(
+    file: &R,
     pos: u64,
     limit: u64,
     buf: &mut Vec<u8>,
@@ -1139,7 +1167,7 @@ pub(crate) fn read_batch(
     let avail = usize::try_from(limit.saturating_sub(pos)).unwrap_or(usize::MAX);
     let head_len = batch::BATCH_HEADER_LEN.min(avail);
     buf.resize(head_len, 0);
-    file.read_exact_at(buf, pos)
+    file.read_exact_from(buf, pos)
         .map_err(|_| batch::DecodeError::Incomplete { needed: 1 })?;
     let header = BatchHeader::parse(buf)?;
     let total = header.total_len();
@@ -1149,7 +1177,7 @@ pub(crate) fn read_batch(
         });
     }
     buf.resize(total, 0);
-    file.read_exact_at(&mut buf[head_len..], pos + head_len as u64)
+    file.read_exact_from(&mut buf[head_len..], pos + head_len as u64)
         .map_err(|_| batch::DecodeError::Incomplete { needed: 1 })?;
     batch::check_batch(buf, BATCH_BYTES_MAX)
 }

@@ -19,7 +19,7 @@ use super::batch_append_ms;
 use super::corrupt;
 use super::datadir::{sync_dir, write_durably};
 use super::index::{self, ActiveIndex};
-use super::partition::{RECOVERY_POINT_FILE, read_batch, write_index_files};
+use super::partition::{RECOVERY_POINT_FILE, ReadAt, read_batch, write_index_files};
 use super::segment::{self, ActiveSegment, INDEX_EXT, LOG_EXT, SealedSegment, TIMEINDEX_EXT};
 use crate::limits::INDEX_INTERVAL_BYTES;
 
@@ -185,7 +185,7 @@ pub(crate) fn recover(dir: &Path, clean: bool) -> io::Result<Recovered> {
         let file_len = file.metadata()?.len();
         let start = if is_last { clean_tail.clone() } else { None };
         let start_pos = start.as_ref().map_or(0, |s| s.position);
-        let (scan, bad) = scan_segment(&file, base, file_len, start)?;
+        let (scan, bad) = scan_segment(&file, base, file_len, start);
         report.scanned_bytes += scan.len.saturating_sub(start_pos);
         if let Some(reason) = bad {
             report.truncated_bytes += file_len - scan.len;
@@ -210,7 +210,7 @@ pub(crate) fn recover(dir: &Path, clean: bool) -> io::Result<Recovered> {
                 .read(true)
                 .write(true)
                 .open(segment::path(dir, base, LOG_EXT))?;
-            let (scan, _) = scan_segment(&file, base, seg.len, None)?;
+            let (scan, _) = scan_segment(&file, base, seg.len, None);
             (base, scan)
         }
     };
@@ -325,14 +325,43 @@ impl TailStart {
     }
 }
 
+/// What [`scan_bytes`] found in a segment's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanOutcome {
+    /// The length of the valid prefix: whole CRC-valid batches with continuous offsets
+    /// from the segment's base offset. Recovery cuts the file there.
+    pub valid_len: u64,
+    /// The offset after the last valid batch (the base offset when there is none).
+    pub next_offset: i64,
+    /// The largest batch max_timestamp in the valid prefix (`i64::MIN` when empty).
+    pub max_timestamp_ms: i64,
+    /// The rebuilt offset index of the valid prefix.
+    pub index: Vec<index::OffsetEntry>,
+    /// Why the scan stopped before the end, if it did.
+    pub stop: Option<String>,
+}
+
+/// The recovery scan of a whole segment, over its bytes in memory: the same code that
+/// recovery runs over the file after a crash (for the fuzz target and tests).
+pub fn scan_bytes(bytes: &[u8], base_offset: i64) -> ScanOutcome {
+    let (scan, stop) = scan_segment(bytes, base_offset, bytes.len() as u64, None);
+    ScanOutcome {
+        valid_len: scan.len,
+        next_offset: scan.next_offset,
+        max_timestamp_ms: scan.max_timestamp_ms,
+        index: scan.index.offsets,
+        stop,
+    }
+}
+
 /// Reads batches from the start (or the clean tail) until the end or the first bad one.
 /// Returns the scan and, if the log ends early, why.
-fn scan_segment(
-    file: &File,
+fn scan_segment<R: ReadAt + ?Sized>(
+    file: &R,
     base: i64,
     file_len: u64,
     start: Option<TailStart>,
-) -> io::Result<(Scan, Option<String>)> {
+) -> (Scan, Option<String>) {
     let mut scan = Scan {
         index: ActiveIndex::default(),
         next_offset: base,
@@ -392,7 +421,7 @@ fn scan_segment(
     if bad.is_none() {
         scan.len = pos;
     }
-    Ok((scan, bad))
+    (scan, bad)
 }
 
 /// Writes and fsyncs the indexes of a scanned segment that is not the last, and records it.

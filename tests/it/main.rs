@@ -10,6 +10,7 @@
 
 mod util;
 
+mod badinput;
 mod cli;
 mod clock;
 mod corruption;
