@@ -601,19 +601,7 @@ fn the_wall_clock_set_back_an_hour_stalls_nothing_and_reopens_nothing() {
     // Event time follows the events' clocks: windows go on closing. Ingest time went
     // back an hour: every event appended since is behind the watermark, late, in
     // `late_ingest`; nothing is lost, no closed window moves.
-    let spans = BTreeMap::from([
-        ("by_event", vec![(t0 - 5 * SIZE_MS, t_end + 5 * SIZE_MS)]),
-        (
-            "by_ingest",
-            vec![
-                (t0 - 5 * SIZE_MS, jump_done + 5 * SIZE_MS),
-                (
-                    jump_real - HOUR_MS - 5 * SIZE_MS,
-                    t_end - HOUR_MS + 5 * SIZE_MS,
-                ),
-            ],
-        ),
-    ]);
+    let spans = spans_after_setting_back(t0, jump_done, jump_real, t_end);
     let settled_rows = settled(&c.w, &spans);
     assert_closed_unchanged(
         "by_event",
@@ -663,19 +651,7 @@ fn the_wall_clock_set_back_an_hour_stalls_nothing_and_reopens_nothing() {
     let acked_b = producer.finish();
     assert!(acked_b.requests > 0, "ingest after the restart");
     let t_end = now_ms();
-    let spans = BTreeMap::from([
-        ("by_event", vec![(t0 - 5 * SIZE_MS, t_end + 5 * SIZE_MS)]),
-        (
-            "by_ingest",
-            vec![
-                (t0 - 5 * SIZE_MS, jump_done + 5 * SIZE_MS),
-                (
-                    jump_real - HOUR_MS - 5 * SIZE_MS,
-                    t_end - HOUR_MS + 5 * SIZE_MS,
-                ),
-            ],
-        ),
-    ]);
+    let spans = spans_after_setting_back(t0, jump_done, jump_real, t_end);
     let last = settled(&w.w, &spans);
     assert_closed_unchanged(
         "by_event",
@@ -884,4 +860,28 @@ fn a_restarted_pipeline_answers_its_restored_watermark_before_it_runs() {
     // And once the threads run, the same.
     settled(&w, &spans_all);
     assert_eq!(watermarks(&w.addr), before);
+}
+
+/// The window starts each pipeline is compared over after the clock was set back an
+/// hour at `jump_real` (done by `jump_done`): event time over the whole run; ingest time
+/// before the jump, and over the hour behind it that appends since fell into.
+fn spans_after_setting_back(
+    t0: i64,
+    jump_done: i64,
+    jump_real: i64,
+    t_end: i64,
+) -> BTreeMap<&'static str, Spans> {
+    BTreeMap::from([
+        ("by_event", vec![(t0 - 5 * SIZE_MS, t_end + 5 * SIZE_MS)]),
+        (
+            "by_ingest",
+            vec![
+                (t0 - 5 * SIZE_MS, jump_done + 5 * SIZE_MS),
+                (
+                    jump_real - HOUR_MS - 5 * SIZE_MS,
+                    t_end - HOUR_MS + 5 * SIZE_MS,
+                ),
+            ],
+        ),
+    ])
 }

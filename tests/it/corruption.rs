@@ -32,22 +32,9 @@ max_event_lead = "2s"
     )
 }
 
-/// A pipeline over `clicks`, added at a restart (so it reads the log from the start).
-const PIPELINE: &str = r#"
-[[pipeline]]
-name = "pages"
-source = "clicks"
-filter = ["page.*"]
-group_by = ["/payload/page"]
-window = { kind = "tumbling", size = "1s" }
-max_out_of_orderness = "0s"
-allowed_lateness = "0s"
-checkpoint_interval = "100ms"
-
-[[pipeline.aggregate]]
-name = "count"
-fn = "count"
-"#;
+/// A pipeline over `clicks`, added at a restart (so it reads the log from the start):
+/// the one the retention-loss test adds.
+use crate::pipelines::RETAINED_PIPELINE as PIPELINE;
 
 /// Posts one event (one batch) with event_id `e{i}` at event time `ms`.
 fn post(w: &Weir, i: usize, ms: i64, page: &str) {

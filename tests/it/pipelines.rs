@@ -674,7 +674,7 @@ retention_age = "none"
 "#;
 
 /// Added to [`RETAINED`] at a restart: a pipeline that never read the deleted data.
-const RETAINED_PIPELINE: &str = r#"
+pub(crate) const RETAINED_PIPELINE: &str = r#"
 [[pipeline]]
 name = "pages"
 source = "clicks"
