@@ -531,23 +531,35 @@ fn a_group_commit_body_is_read_under_body_timeout_and_max_inflight() {
     prime(&w);
     let path = "/v1/groups/g/offsets/clicks";
     // A commit whose body never finishes holds 900 of the 1024 bytes...
-    let mut slow = TcpStream::connect(&w.addr).unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(60)))
+    let start_slow = || {
+        let mut slow = TcpStream::connect(&w.addr).unwrap();
+        slow.set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        slow.write_all(
+            format!("PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\n{{\"offsets\":")
+                .as_bytes(),
+        )
         .unwrap();
-    slow.write_all(
-        format!("PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\n{{\"offsets\":")
-            .as_bytes(),
-    )
-    .unwrap();
+        slow
+    };
+    let mut slow = start_slow();
     // ...so another commit cannot have its bytes: 503 overloaded, at once.
     let body = br#"{"offsets":[{"partition":0,"offset":0}]}"#;
     let padded = [body.as_slice(), &[b' '; 200]].concat();
     let deadline = Instant::now() + Duration::from_secs(60);
     let r = loop {
         let r = try_request(&w.addr, "PUT", path, &[], &padded).unwrap();
-        // The slow commit's head may not be read yet: then this one is served.
         if r.status != 200 || Instant::now() > deadline {
             break r;
+        }
+        // Served: the slow commit's head was not read yet, or it came while this one
+        // held its bytes and was itself refused (then it has an answer): start it again.
+        slow.set_nonblocking(true).unwrap();
+        let answered =
+            !matches!(slow.peek(&mut [0u8; 1]), Err(e) if e.kind() == ErrorKind::WouldBlock);
+        slow.set_nonblocking(false).unwrap();
+        if answered {
+            slow = start_slow();
         }
         std::thread::sleep(Duration::from_millis(20));
     };
