@@ -388,6 +388,19 @@ fn closed(rows: &Rows, wm: i64) -> Rows {
 
 /// Rows closed in `before` (at watermark `wm`) are in `after` with the same counts and
 /// final, and those windows have no other rows.
+/// [`assert_closed_unchanged`] for both pipelines: `by_event` and `by_ingest` as
+/// (rows, watermark) before, their settled rows in `after`.
+fn assert_both_closed_unchanged(
+    by_event: (&Rows, i64),
+    by_ingest: (&Rows, i64),
+    after: &BTreeMap<String, Rows>,
+    when: &str,
+) {
+    for (pipeline, (before, wm)) in [("by_event", by_event), ("by_ingest", by_ingest)] {
+        assert_closed_unchanged(pipeline, before, wm, &after[pipeline], when);
+    }
+}
+
 fn assert_closed_unchanged(pipeline: &str, before: &Rows, wm: i64, after: &Rows, when: &str) {
     let was = closed(before, wm);
     assert!(
@@ -603,18 +616,10 @@ fn the_wall_clock_set_back_an_hour_stalls_nothing_and_reopens_nothing() {
     // `late_ingest`; nothing is lost, no closed window moves.
     let spans = spans_after_setting_back(t0, jump_done, jump_real, t_end);
     let settled_rows = settled(&c.w, &spans);
-    assert_closed_unchanged(
-        "by_event",
-        &rows_event,
-        wm_event,
-        &settled_rows["by_event"],
-        "after the jump",
-    );
-    assert_closed_unchanged(
-        "by_ingest",
-        &rows_ingest,
-        wm_ingest,
-        &settled_rows["by_ingest"],
+    assert_both_closed_unchanged(
+        (&rows_event, wm_event),
+        (&rows_ingest, wm_ingest),
+        &settled_rows,
         "after the jump",
     );
     assert!(
@@ -653,18 +658,10 @@ fn the_wall_clock_set_back_an_hour_stalls_nothing_and_reopens_nothing() {
     let t_end = now_ms();
     let spans = spans_after_setting_back(t0, jump_done, jump_real, t_end);
     let last = settled(&w.w, &spans);
-    assert_closed_unchanged(
-        "by_event",
-        &rows_event,
-        wm_event,
-        &last["by_event"],
-        "after the restart",
-    );
-    assert_closed_unchanged(
-        "by_ingest",
-        &rows_ingest,
-        wm_ingest,
-        &last["by_ingest"],
+    assert_both_closed_unchanged(
+        (&rows_event, wm_event),
+        (&rows_ingest, wm_ingest),
+        &last,
         "after the restart",
     );
     let wm_after = watch.finish();
@@ -733,18 +730,10 @@ fn the_wall_clock_set_forward_a_day_ages_nothing_and_forgets_no_id() {
         ),
     ]);
     let settled_rows = settled(&c.w, &spans);
-    assert_closed_unchanged(
-        "by_event",
-        &rows_event,
-        wm_event,
-        &settled_rows["by_event"],
-        "after the jump",
-    );
-    assert_closed_unchanged(
-        "by_ingest",
-        &rows_ingest,
-        wm_ingest,
-        &settled_rows["by_ingest"],
+    assert_both_closed_unchanged(
+        (&rows_event, wm_event),
+        (&rows_ingest, wm_ingest),
+        &settled_rows,
         "after the jump",
     );
     let wm = watch.finish();

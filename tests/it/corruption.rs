@@ -168,20 +168,7 @@ fn verify(data: &Path) -> (i32, String) {
 }
 
 fn poll(w: &Weir, path: &str, pred: impl Fn(&Resp) -> bool) -> Resp {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let r = w.get(path);
-        if pred(&r) {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{path}: gave up at {} {}",
-            r.status,
-            r.body
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::util::poll_within(w, path, PATIENCE, pred)
 }
 
 fn wait_metric(w: &Weir, name: &str, labels: &[&str], want: f64) {

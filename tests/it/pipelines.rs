@@ -86,20 +86,7 @@ const T0: i64 = 1_714_564_800_000;
 
 /// Polls `path` until `pred` holds for its answer; panics with the last one at the deadline.
 fn poll(w: &Weir, path: &str, pred: impl Fn(&Resp) -> bool) -> Resp {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = w.get(path);
-        if pred(&r) {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{path}: gave up at {} {}",
-            r.status,
-            r.body
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    crate::util::poll_within(w, path, Duration::from_secs(10), pred)
 }
 
 fn event(event_type: &str, ms: i64, page: &str, amount: i64) -> String {

@@ -50,6 +50,22 @@ enum Kind {
     },
 }
 
+impl Kind {
+    fn empty_file() -> Kind {
+        Kind::File {
+            data: Vec::new(),
+            durable: Vec::new(),
+        }
+    }
+
+    fn empty_dir() -> Kind {
+        Kind::Dir {
+            entries: BTreeMap::new(),
+            durable: BTreeMap::new(),
+        }
+    }
+}
+
 struct Node {
     kind: Kind,
     perm: u16,
@@ -171,10 +187,7 @@ impl PowerFs {
         state.nodes.insert(
             1,
             Node {
-                kind: Kind::Dir {
-                    entries: BTreeMap::new(),
-                    durable: BTreeMap::new(),
-                },
+                kind: Kind::empty_dir(),
                 perm: 0o755,
             },
         );
@@ -285,10 +298,7 @@ impl Filesystem for PowerFs {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::EPERM);
         }
-        let file = Kind::File {
-            data: Vec::new(),
-            durable: Vec::new(),
-        };
+        let file = Kind::empty_file();
         let r = self
             .state
             .lock()
@@ -305,10 +315,7 @@ impl Filesystem for PowerFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let dir = Kind::Dir {
-            entries: BTreeMap::new(),
-            durable: BTreeMap::new(),
-        };
+        let dir = Kind::empty_dir();
         let r = self
             .state
             .lock()
@@ -406,10 +413,7 @@ impl Filesystem for PowerFs {
         reply: ReplyCreate,
     ) {
         let mut s = self.state.lock();
-        let file = Kind::File {
-            data: Vec::new(),
-            durable: Vec::new(),
-        };
+        let file = Kind::empty_file();
         match s
             .add(parent.0, name, file, perm(mode, umask))
             .and_then(|ino| s.attr(ino).ok_or(Errno::ENOENT))

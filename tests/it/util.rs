@@ -734,3 +734,22 @@ pub fn raise_open_files_limit() -> u64 {
     }
     limit.rlim_cur
 }
+
+/// Polls `path` until `pred` holds for its answer; panics with the last one once
+/// `within` has passed.
+pub fn poll_within(w: &Weir, path: &str, within: Duration, pred: impl Fn(&Resp) -> bool) -> Resp {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = w.get(path);
+        if pred(&r) {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path}: gave up at {} {}",
+            r.status,
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
