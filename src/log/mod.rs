@@ -186,12 +186,8 @@ impl Log {
             let parts: Vec<Arc<Partition>> = parts.into_iter().flatten().collect();
             report.partitions += parts.len();
             flush.extend(parts.iter().map(|p| (Arc::clone(p), tc.fsync_interval)));
-            let topic = Arc::new(Topic::new(tc.clone(), parts, Arc::clone(&clock)));
-            if topic.dedup.enabled() {
-                let (ids, table_ms) = dedup_ids_from_log(&topic, now);
-                report.dedup_ids += ids.len();
-                topic.dedup.load(ids, table_ms);
-            }
+            let (topic, dedup_ids) = open_topic(tc, parts, &clock, now);
+            report.dedup_ids += dedup_ids;
             topics.insert(tc.name.clone(), topic);
         }
         let offsets_topic = topics
@@ -276,11 +272,7 @@ impl Log {
                 parts.push(open_partition(&self.datadir, tc, p, rec, links));
             }
             flush.extend(parts.iter().map(|p| (Arc::clone(p), tc.fsync_interval)));
-            let topic = Arc::new(Topic::new(tc.clone(), parts, Arc::clone(&self.clock)));
-            if topic.dedup.enabled() {
-                let (ids, table_ms) = dedup_ids_from_log(&topic, now);
-                topic.dedup.load(ids, table_ms);
-            }
+            let (topic, _) = open_topic(tc, parts, &self.clock, now);
             added.push(topic);
         }
         sync.start_flusher(flush);
@@ -425,6 +417,24 @@ impl Drop for Log {
             }
         }
     }
+}
+
+/// The topic `tc` over its recovered partitions, its dedup table rebuilt from the log
+/// as of the trusted time `now_ms`; with the number of ids loaded.
+fn open_topic(
+    tc: &TopicConfig,
+    parts: Vec<Arc<Partition>>,
+    clock: &SharedClock,
+    now_ms: i64,
+) -> (Arc<Topic>, usize) {
+    let topic = Arc::new(Topic::new(tc.clone(), parts, Arc::clone(clock)));
+    let mut loaded = 0;
+    if topic.dedup.enabled() {
+        let (ids, table_ms) = dedup_ids_from_log(&topic, now_ms);
+        loaded = ids.len();
+        topic.dedup.load(ids, table_ms);
+    }
+    (topic, loaded)
 }
 
 /// A recovered partition of `tc`, ready to append.
