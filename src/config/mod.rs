@@ -322,18 +322,25 @@ impl Config {
                     line: None,
                     message: format!("cannot read the config file: {err}"),
                 }],
+                truncated: false,
             }),
         }
     }
 
-    /// Checks `text`, the contents of the file `source`, reporting every problem found.
+    /// Checks `text`, the contents of the file `source`, reporting every problem found, up
+    /// to [`PROBLEMS_MAX`] in file order.
     pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigErrors> {
         let mut check = Checker {
-            text,
+            newlines: text
+                .bytes()
+                .enumerate()
+                .filter(|(_, b)| *b == b'\n')
+                .map(|(i, _)| i)
+                .collect(),
             source,
             problems: Vec::new(),
         };
-        let (raw, problems) = raw::read(text);
+        let (raw, problems, truncated) = raw::read(text);
         for problem in problems {
             check.problem(problem.key_path, problem.span, problem.message);
         }
@@ -343,8 +350,11 @@ impl Config {
             _ => {
                 // Reported in file order; problems without a line (none so far) first.
                 check.problems.sort_by_key(|p| p.line);
+                let truncated = truncated || check.problems.len() > PROBLEMS_MAX;
+                check.problems.truncate(PROBLEMS_MAX);
                 Err(ConfigErrors {
                     problems: check.problems,
+                    truncated,
                 })
             }
         }
@@ -361,10 +371,18 @@ impl Config {
     }
 }
 
+/// The most problems one check reports. A file with more is usually not a config file
+/// at all, or has a syntax error that the parser's recovery turns into a cascade; the
+/// first ones are what to fix, and finding the position of thousands is slow.
+pub const PROBLEMS_MAX: usize = 100;
+
 /// Everything wrong with a config file; never empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors {
+    /// In file order, at most [`PROBLEMS_MAX`].
     pub problems: Vec<ConfigProblem>,
+    /// The check stopped at [`PROBLEMS_MAX`] problems; there may be more.
+    pub truncated: bool,
 }
 
 /// One thing wrong, with where it is.
@@ -403,6 +421,13 @@ impl fmt::Display for ConfigErrors {
             }
             write!(f, "{problem}")?;
         }
+        if let (true, Some(first)) = (self.truncated, self.problems.first()) {
+            write!(
+                f,
+                "\n{}: stopped after {PROBLEMS_MAX} problems; fix these and check again",
+                first.file.display()
+            )?;
+        }
         Ok(())
     }
 }
@@ -411,19 +436,15 @@ impl std::error::Error for ConfigErrors {}
 
 /// Collects problems while turning the raw mirror into a [`Config`].
 struct Checker<'a> {
-    text: &'a str,
+    /// The byte offset of every `\n` in the text, to turn a span into a line.
+    newlines: Vec<usize>,
     source: &'a Path,
     problems: Vec<ConfigProblem>,
 }
 
 impl Checker<'_> {
     fn line(&self, offset: usize) -> usize {
-        let offset = offset.min(self.text.len());
-        self.text.as_bytes()[..offset]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1
+        self.newlines.partition_point(|&newline| newline < offset) + 1
     }
 
     fn problem(&mut self, key_path: String, span: Option<Range<usize>>, message: String) {

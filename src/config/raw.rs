@@ -15,6 +15,8 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use super::PROBLEMS_MAX;
+
 /// A problem found while reading the mirror: a syntax error, an unknown key or a value of
 /// the wrong TOML type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,18 +242,29 @@ fn render_path(path: &[Step]) -> String {
 /// serde stops at the first error, so each pass reports that error, finds the key its
 /// span points at, removes the key and tries again: one run reports every unknown key
 /// and every wrong type. Each pass removes a key, so the loop ends.
-pub fn read(text: &str) -> (Option<RawConfig>, Vec<RawProblem>) {
+///
+/// Reports at most [`PROBLEMS_MAX`] problems; the flag says it stopped there.
+pub fn read(text: &str) -> (Option<RawConfig>, Vec<RawProblem>, bool) {
     let mut problems = Vec::new();
     let (mut root, errors) = DeTable::parse_recoverable(text);
     if !errors.is_empty() {
-        for err in errors {
-            // toml gives its one span-less error, a dotted key of too many parts, no
-            // place; find the line holding such a key so the problem names one.
-            let span = err.span().or_else(|| {
-                (err.message() == "recursion limit")
-                    .then(|| long_dotted_key(text))
-                    .flatten()
-            });
+        // toml gives its one span-less error, a dotted key of too many parts, no place;
+        // find the line holding such a key so the problem names one.
+        let mut errors: Vec<_> = errors
+            .into_iter()
+            .map(|err| {
+                let span = err.span().or_else(|| {
+                    (err.message() == "recursion limit")
+                        .then(|| long_dotted_key(text))
+                        .flatten()
+                });
+                (span, err)
+            })
+            .collect();
+        // The first ones in the file; only those are placed in the tree.
+        errors.sort_by_key(|(span, _)| span.as_ref().map(|span| span.start));
+        let truncated = errors.len() > PROBLEMS_MAX;
+        for (span, err) in errors.into_iter().take(PROBLEMS_MAX) {
             let mut path = span
                 .clone()
                 .and_then(|span| locate(root.get_ref(), &span))
@@ -281,11 +294,12 @@ pub fn read(text: &str) -> (Option<RawConfig>, Vec<RawProblem>) {
                 message,
             });
         }
-        return (None, problems);
+        return (None, problems, truncated);
     }
     loop {
         match RawConfig::deserialize(toml::de::Deserializer::from(root.clone())) {
-            Ok(raw) => return (Some(raw), problems),
+            Ok(raw) => return (Some(raw), problems, false),
+            Err(_) if problems.len() == PROBLEMS_MAX => return (None, problems, true),
             Err(err) => {
                 let message = serde_message(err.message());
                 let Some(path) = err.span().and_then(|span| locate(root.get_ref(), &span)) else {
@@ -294,7 +308,7 @@ pub fn read(text: &str) -> (Option<RawConfig>, Vec<RawProblem>) {
                         span: err.span(),
                         message,
                     });
-                    return (None, problems);
+                    return (None, problems, false);
                 };
                 problems.push(RawProblem {
                     key_path: render_path(&path),
@@ -302,7 +316,7 @@ pub fn read(text: &str) -> (Option<RawConfig>, Vec<RawProblem>) {
                     message,
                 });
                 if !remove(root.get_mut(), &path) {
-                    return (None, problems);
+                    return (None, problems, false);
                 }
             }
         }
@@ -312,40 +326,59 @@ pub fn read(text: &str) -> (Option<RawConfig>, Vec<RawProblem>) {
 /// The number of parts of a dotted key at which toml stops with "recursion limit".
 const TOML_KEY_PARTS_MAX: usize = 80;
 
-/// The first line with a key of at least [`TOML_KEY_PARTS_MAX`] dotted parts (a key is
-/// never split over lines), as a byte range: its dots are counted outside quotes and
-/// before a comment. Failing that, the line with the most such dots.
+/// The line of a key of at least [`TOML_KEY_PARTS_MAX`] dotted parts, as a byte range.
+/// First choice: a line with that many dots outside quotes and before a comment (a valid
+/// key is never split over lines). After a syntax error toml's recovery can read a quote
+/// or a comment as part of a key, so failing that: the first line with that many dots at
+/// all, and failing that the line with the most dots. toml counts a part per `.`, so the
+/// text holds at least that many and some line is found.
 fn long_dotted_key(text: &str) -> Option<Range<usize>> {
-    let mut best: Option<(usize, Range<usize>)> = None;
     let mut start = 0;
-    for line in text.split_inclusive('\n') {
-        let range = start..start + line.trim_end().len();
-        start += line.len();
-        let mut dots = 0;
-        let mut quote = None;
-        let mut escaped = false;
-        for c in line.chars() {
-            match (quote, c) {
-                (Some('"'), '\\') if !escaped => {
-                    escaped = true;
-                    continue;
-                }
-                (Some(q), c) if c == q && !escaped => quote = None,
-                (None, '"' | '\'') => quote = Some(c),
-                (None, '#') => break,
-                (None, '.') => dots += 1,
-                _ => {}
+    let lines: Vec<(&str, Range<usize>)> = text
+        .split_inclusive('\n')
+        .map(|line| {
+            let range = start..start + line.trim_end().len();
+            start += line.len();
+            (line, range)
+        })
+        .collect();
+    let raw_dots = |line: &str| line.bytes().filter(|&b| b == b'.').count();
+    let long = |dots: usize| dots + 1 >= TOML_KEY_PARTS_MAX;
+    let pick = |dots: &dyn Fn(&str) -> usize| {
+        lines
+            .iter()
+            .find(|(line, _)| long(dots(line)))
+            .map(|(_, range)| range.clone())
+    };
+    pick(&key_dots).or_else(|| pick(&raw_dots)).or_else(|| {
+        lines
+            .iter()
+            .filter(|(line, _)| raw_dots(line) > 0)
+            .max_by_key(|(line, _)| raw_dots(line))
+            .map(|(_, range)| range.clone())
+    })
+}
+
+/// The dots of a line outside quotes and before a comment.
+fn key_dots(line: &str) -> usize {
+    let mut dots = 0;
+    let mut quote = None;
+    let mut escaped = false;
+    for c in line.chars() {
+        match (quote, c) {
+            (Some('"'), '\\') if !escaped => {
+                escaped = true;
+                continue;
             }
-            escaped = false;
+            (Some(q), c) if c == q && !escaped => quote = None,
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '#') => break,
+            (None, '.') => dots += 1,
+            _ => {}
         }
-        if dots + 1 >= TOML_KEY_PARTS_MAX {
-            return Some(range);
-        }
-        if dots > 0 && best.as_ref().is_none_or(|(most, _)| dots > *most) {
-            best = Some((dots, range));
-        }
+        escaped = false;
     }
-    best.map(|(_, range)| range)
+    dots
 }
 
 /// serde speaks of fields and structs; a TOML user writes keys and tables.

@@ -474,6 +474,38 @@ fn a_listen_address_must_be_an_ip_and_port() {
     );
 }
 
+/// Unknown keys, syntax errors and bad values each stop at the first hundred problems,
+/// in file order, and the message says the check stopped there; a file with exactly a
+/// hundred problems lists them all.
+#[test]
+fn a_check_lists_at_most_a_hundred_problems_and_says_it_stopped() {
+    let unknown = |n: usize| {
+        "[server]\n".to_string() + &(0..n).map(|i| format!("nope{i} = 1\n")).collect::<String>()
+    };
+    let syntax = "[server]\n".to_string() + &"= =\n".repeat(300);
+    let values = "[server]\nmax_body = \"1\"\n".to_string()
+        + &(0..300)
+            .map(|i| format!("[[topic]]\nname = \"t{i}\"\npartitions = 0\n"))
+            .collect::<String>();
+    for text in [unknown(300), syntax, values] {
+        let err = Config::parse(&text, Path::new("weir.toml")).unwrap_err();
+        assert_eq!(err.problems.len(), PROBLEMS_MAX, "{err}");
+        assert!(err.truncated);
+        let lines: Vec<usize> = err.problems.iter().map(|p| p.line.unwrap()).collect();
+        assert!(lines.windows(2).all(|w| w[0] <= w[1]), "{lines:?}");
+        assert_eq!(lines[0], 2, "the first problem is listed: {err}");
+        let shown = err.to_string();
+        assert!(
+            shown.ends_with("weir.toml: stopped after 100 problems; fix these and check again"),
+            "{shown}"
+        );
+    }
+    let err = Config::parse(&unknown(PROBLEMS_MAX), Path::new("weir.toml")).unwrap_err();
+    assert_eq!(err.problems.len(), PROBLEMS_MAX);
+    assert!(!err.truncated);
+    assert!(!err.to_string().contains("stopped"));
+}
+
 #[test]
 fn problems_display_as_file_line_key_message() {
     let err = Config::parse(
@@ -1308,6 +1340,32 @@ fn a_key_of_too_many_dotted_parts_names_its_line() {
         assert!(
             !path.is_empty() || line.is_some(),
             "{path:?} {line:?} {message}"
+        );
+    }
+}
+
+/// Found by the `config_load` fuzz target: after a syntax error toml's recovery read the
+/// dots behind a stray quote as key parts, so a line search that skips quoted text found
+/// no long key and the problem again named neither a key nor a line.
+#[test]
+fn a_long_dotted_key_behind_a_stray_quote_names_its_line() {
+    let dots = ".".repeat(88);
+    for text in [
+        format!("[[pipeline]]\nname = \"p/1\"\nso&icks\"{dots}\ngr\n"),
+        format!("[[pipeline]]\nwindow = {{ kind = \"a= \"10m\" \"b\", size = \"05m\",{dots}\n"),
+    ] {
+        let got = problems(&text);
+        let limit = got
+            .iter()
+            .find(|(_, _, m)| m.contains("recursion limit"))
+            .unwrap_or_else(|| panic!("no recursion limit in {got:?}"));
+        assert!(limit.1.is_some(), "{limit:?}");
+        assert!(
+            text.lines()
+                .nth(limit.1.unwrap() - 1)
+                .unwrap()
+                .contains(&dots),
+            "{limit:?} does not point at the dots"
         );
     }
 }
