@@ -10,15 +10,20 @@
 # GET /v1/pipelines/page_views/keys/page-0:
 #   unloaded    UNLOADED_CONNS (16) connections at UNLOADED_RATE (200) req/s in all;
 #   overloaded  5 x max_connections (320) connections at 5 x UNLOADED_RATE req/s;
-# DURATION seconds each, weir's VmRSS sampled every second. Then: every 202'd event is
-# read back from the log at the offset its answer named. Prints a summary table: answers
-# by status, 503s without Retry-After, refusals by reason (weir_http_refused_total),
-# accepted p50/p99 and the ratio overloaded / unloaded (target < 2), max RSS and VmHWM
-# against memory_max, and the loss check. Exits 1 if a promise failed. Raw outputs in
+# DURATION seconds each in all, interleaved in ROUNDS (4) rounds of unloaded then
+# overloaded (U1 O1 U2 O2 ...), so that the shared disk's slow spells (fsync = "always":
+# an ingest's latency is mostly its fdatasync) fall on both alike; percentiles pool the
+# rounds. weir's VmRSS sampled every second. Then: every 202'd event is read back from
+# the log at the offset its answer named. Prints a summary table: answers by status,
+# 503s without Retry-After, refusals by reason (weir_http_refused_total), accepted
+# p50/p99 in all and by kind (ingest, query; on a kept-alive connection or one opened for
+# it) and the ratio overloaded / unloaded (target < 2), max RSS and VmHWM against
+# memory_max, and the loss check. Exits 1 if a promise failed. Raw outputs in
 # $RESULTS_DIR/overload (default /tmp/weir-bench-results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DURATION=${DURATION:-60}; WARMUP=${WARMUP:-3}
+DURATION=${DURATION:-60}; WARMUP=${WARMUP:-3}; ROUNDS=${ROUNDS:-4}
+ROUND_SECONDS=$(( (DURATION + ROUNDS - 1) / ROUNDS ))
 MAX_CONNECTIONS=${MAX_CONNECTIONS:-64}; MAX_INFLIGHT_MIB=${MAX_INFLIGHT_MIB:-4}
 MEMORY_MAX_MIB=${MEMORY_MAX_MIB:-512}
 UNLOADED_CONNS=${UNLOADED_CONNS:-16}; UNLOADED_RATE=${UNLOADED_RATE:-200}
@@ -86,13 +91,14 @@ PHASE_FILE=$SCRATCH/phase; echo start > "$PHASE_FILE"
   done ) > "$OUT/rss.txt" & SPID=$!
 
 refused() { curl -s "$ADDR/metrics" | grep '^weir_http_refused_total' || true; }
-run() { # tag connections rate
-  echo "$1" > "$PHASE_FILE"
+run() { # tag (U1, O1, ...) connections rate
+  echo "${1:0:1}" > "$PHASE_FILE"
   refused > "$OUT/$1.refused_before.txt"
   "$LOADGEN" --addr "$ADDR" --path /v1/topics/clickstream/events --connections "$2" \
-    --rate "$3" --duration "$DURATION" --warmup "$WARMUP" --live-time --pad "$PAD" \
+    --rate "$3" --duration "$ROUND_SECONDS" --warmup "$WARMUP" --live-time --pad "$PAD" \
     --query-path /v1/pipelines/page_views/keys/page-0 --query-share "$QUERY_SHARE" \
-    --id-prefix "$1" --acked-out "$OUT/$1.acked.txt" > "$OUT/$1.json" 2> "$OUT/$1.txt"
+    --id-prefix "$1" --acked-out "$OUT/$1.acked.txt" --latencies-out "$OUT/$1.latencies.txt" \
+    > "$OUT/$1.json" 2> "$OUT/$1.txt"
   cat "$OUT/$1.txt"
   # The overload's refused connections linger up to 2 s after it: let them go.
   sleep 3
@@ -100,27 +106,69 @@ run() { # tag connections rate
   awk '/^VmHWM/ {print $2}' "/proc/$WPID/status" > "$OUT/$1.hwm.txt"
 }
 echo "bodies of $BODY bytes; unloaded: $UNLOADED_CONNS connections at $UNLOADED_RATE req/s;" \
-  "overloaded: $OVERLOAD_CONNS connections at $OVERLOAD_RATE req/s; ${DURATION} s each"
-run U "$UNLOADED_CONNS" "$UNLOADED_RATE"
-run O "$OVERLOAD_CONNS" "$OVERLOAD_RATE"
+  "overloaded: $OVERLOAD_CONNS connections at $OVERLOAD_RATE req/s;" \
+  "${DURATION} s each in $ROUNDS interleaved rounds of $ROUND_SECONDS s"
+rm -f "$OUT"/[UO]*.*
+for round in $(seq "$ROUNDS"); do
+  run "U$round" "$UNLOADED_CONNS" "$UNLOADED_RATE"
+  run "O$round" "$OVERLOAD_CONNS" "$OVERLOAD_RATE"
+done
 echo done > "$PHASE_FILE"
 
-python3 - "$OUT" "$ADDR" "$MEMORY_MAX_MIB" "$MAX_CONNECTIONS" "$MAX_INFLIGHT_MIB" <<'PY'
+python3 - "$OUT" "$ADDR" "$MEMORY_MAX_MIB" "$MAX_CONNECTIONS" "$MAX_INFLIGHT_MIB" "$ROUNDS" "$ROUND_SECONDS" <<'PY'
 import http.client, json, sys
-out, addr, memory_max_mib, max_conns, max_inflight_mib = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-res = {t: json.load(open(f"{out}/{t}.json")) for t in "UO"}
+out, addr, memory_max_mib, max_conns, max_inflight_mib, rounds, round_s = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+tags = {t: [f"{t}{r}" for r in range(1, rounds + 1)] for t in "UO"}
+def pct(lat, q):
+    return lat[round((len(lat) - 1) * q)] if lat else 0
+def pooled(t):
+    runs = [json.load(open(f"{out}/{tag}.json")) for tag in tags[t]]
+    statuses = {}
+    for r in runs:
+        for k, v in r["statuses"].items():
+            statuses[k] = statuses.get(k, 0) + v
+    kinds = {}
+    for tag in tags[t]:
+        for line in open(f"{out}/{tag}.latencies.txt"):
+            kind, us = line.split()
+            kinds.setdefault(kind, []).append(int(us))
+    accepted = sorted(us for lat in kinds.values() for us in lat)
+    by = {}
+    for kind in ("ingest", "query"):
+        lat = sorted(us for k, l in kinds.items() if k.startswith(kind) for us in l)
+        by[kind] = (len(lat), pct(lat, 0.5), pct(lat, 0.99))
+    opened = sum(len(l) for k, l in kinds.items() if k.endswith("opened"))
+    return {
+        "statuses": statuses,
+        "errors": sum(r["errors"] for r in runs),
+        "no_retry_after": sum(r["no_retry_after"] for r in runs),
+        "late": sum(r["late"] for r in runs),
+        "rps": sum(r["rps"] for r in runs) / len(runs),
+        "accepted_p50_us": pct(accepted, 0.5),
+        "accepted_p99_us": pct(accepted, 0.99),
+        "by": by,
+        "opened": opened,
+        "round_p99_us": [r["accepted_p99_us"] for r in runs],
+    }
+res = {t: pooled(t) for t in "UO"}
 def reasons(t):
-    def read(name):
+    def read(tag, name):
         d = {}
-        for line in open(f"{out}/{t}.refused_{name}.txt"):
+        for line in open(f"{out}/{tag}.refused_{name}.txt"):
             k, v = line.rsplit(" ", 1)
             d[k.split('reason="')[1].split('"')[0]] = float(v)
         return d
-    b, a = read("before"), read("after")
-    return {k: int(a[k] - b.get(k, 0)) for k in a if a[k] - b.get(k, 0) > 0}
+    total = {}
+    for tag in tags[t]:
+        b, a = read(tag, "before"), read(tag, "after")
+        for k in a:
+            total[k] = total.get(k, 0) + int(a[k] - b.get(k, 0))
+    return {k: v for k, v in total.items() if v > 0}
 rss = [l.split() for l in open(f"{out}/rss.txt")]
 rss_max = {t: max([int(r[2]) for r in rss if r[1] == t] or [0]) for t in "UO"}
-hwm = {t: int(open(f"{out}/{t}.hwm.txt").read().strip() or 0) for t in "UO"}
+# VmHWM only grows: the unloaded figure is the first round's, before any overload.
+hwm_of = lambda tag: int(open(f"{out}/{tag}.hwm.txt").read().strip() or 0)
+hwm = {"U": hwm_of("U1"), "O": max(hwm_of(tag) for tag in tags["O"])}
 
 # The loss check: every 202'd event read back at the offset its answer named.
 host, port = addr.split(":")
@@ -140,8 +188,8 @@ while True:
     cursor = j["next_cursor"]
 twice = sum(1 for v in log.values() if len(v) > 1)
 acked = missing = misplaced = 0
-for t in "UO":
-    for line in open(f"{out}/{t}.acked.txt"):
+for tag in tags["U"] + tags["O"]:
+    for line in open(f"{out}/{tag}.acked.txt"):
         if not line.strip():
             continue
         prefix, answer = line.rstrip("\n").split("\t", 1)
@@ -167,9 +215,13 @@ rows = [
     ("accepted req/s", round(u["rps"]), round(o["rps"])),
     ("accepted p50 / p99 (ms)", f'{u["accepted_p50_us"]/1e3:.1f} / {u["accepted_p99_us"]/1e3:.1f}',
      f'{o["accepted_p50_us"]/1e3:.1f} / {o["accepted_p99_us"]/1e3:.1f}'),
+    *[(f"{kind}: n, p50 / p99 (ms)", *(f'{x["by"][kind][0]}, {x["by"][kind][1]/1e3:.1f} / {x["by"][kind][2]/1e3:.1f}' for x in (u, o)))
+      for kind in ("ingest", "query")],
+    ("accepted on a connection opened for it", u["opened"], o["opened"]),
+    ("accepted p99 by round (ms)", *(" ".join(f"{p/1e3:.1f}" for p in x["round_p99_us"]) for x in (u, o))),
     ("sends >10 ms behind schedule", u["late"], o["late"]),
     ("max VmRSS (MiB)", f"{rss_max['U']/1024:.0f}", f"{rss_max['O']/1024:.0f}"),
-    ("VmHWM at the end (MiB)", f"{hwm['U']/1024:.0f}", f"{hwm['O']/1024:.0f}"),
+    ("VmHWM (MiB; unloaded: after its first round)", f"{hwm['U']/1024:.0f}", f"{hwm['O']/1024:.0f}"),
 ]
 print(f"\n| | unloaded | overloaded |\n|---|---|---|")
 for name, a, b in rows:
@@ -185,7 +237,7 @@ RSS: VmHWM {max(hwm.values())/1024:.0f} MiB against server.memory_max {memory_ma
   pipeline's windows and hot view, and the runtime's baseline; refused connections hold a socket
   and no buffer)
 refusals: {refusals_503} answers 503, {no_retry} without Retry-After, other statuses {other or 'none'}: {'ok' if ok_retry else 'FAILED'}
-accepted p99 overloaded / unloaded: {ratio:.2f} (target < 2): {'ok' if ok_ratio else 'OVER'}
+accepted p99 overloaded / unloaded: {ratio:.2f} (target < 2): {'ok' if ok_ratio else 'OVER'}; ingest {o["by"]["ingest"][2] / max(u["by"]["ingest"][2], 1):.2f}, query {o["by"]["query"][2] / max(u["by"]["query"][2], 1):.2f}
 loss check: {acked} acknowledged events, {missing} missing, {misplaced} at another offset, {twice} ids twice in the log: {'ok' if ok_loss else 'FAILED'}""")
 sys.exit(0 if ok_rss and ok_retry and ok_loss else 1)
 PY

@@ -65,6 +65,12 @@ struct Args {
     /// answer's body (its offsets), for a loss check.
     #[arg(long)]
     acked_out: Option<std::path::PathBuf>,
+    /// Writes one line per 2xx of the measured part: its kind (`ingest_kept`,
+    /// `ingest_opened`, `query_kept`, `query_opened`: on a kept-alive connection or one
+    /// opened for it), a space and its latency in microseconds; runs split in rounds pool
+    /// them for their percentiles (benches/overload.sh).
+    #[arg(long)]
+    latencies_out: Option<std::path::PathBuf>,
     /// Starts every event_id (then the connection number): runs against the same topic
     /// need different prefixes, or dedup takes the second run's events as duplicates.
     #[arg(long, default_value = "L")]
@@ -162,6 +168,8 @@ struct Tally {
     latencies_us: Vec<u32>,
     /// Latencies of the 2xx answers only.
     accepted_us: Vec<u32>,
+    /// The same by kind, indexed by [`Kind::index`]: where an overload's tail comes from.
+    accepted_by_kind: [Vec<u32>; 4],
     /// 503 answers without Retry-After.
     no_retry_after: u64,
     /// Requests that got no answer (connect, write or read failed; the connection closed).
@@ -191,6 +199,9 @@ impl Tally {
         }
         self.latencies_us.extend(t.latencies_us);
         self.accepted_us.extend(t.accepted_us);
+        for (all, some) in self.accepted_by_kind.iter_mut().zip(t.accepted_by_kind) {
+            all.extend(some);
+        }
         self.no_retry_after += t.no_retry_after;
         self.errors += t.errors;
         for (k, v) in t.error_kinds {
@@ -202,6 +213,21 @@ impl Tally {
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// What a request was: an ingest or a query, on a kept-alive connection or on one opened
+/// for it (its latency then includes the connect and the server's accept).
+struct Kind {
+    query: bool,
+    opened: bool,
+}
+
+impl Kind {
+    const NAMES: [&str; 4] = ["ingest_kept", "ingest_opened", "query_kept", "query_opened"];
+
+    fn index(&self) -> usize {
+        usize::from(self.query) * 2 + usize::from(self.opened)
+    }
+}
 
 async fn connect(addr: &str) -> Result<Sender, String> {
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
@@ -279,9 +305,13 @@ async fn connection(args: std::sync::Arc<Args>, conn: usize, start: Instant) -> 
                 .body(Full::new(Bytes::copy_from_slice(&t.body))),
         }
         .expect("a valid request");
+        let mut opened = false;
         let open = match sender.take() {
             Some(s) if !s.is_closed() => Ok(s),
-            _ => connect(&args.addr).await,
+            _ => {
+                opened = true;
+                connect(&args.addr).await
+            }
         };
         let mut s = match open {
             Ok(s) => s,
@@ -331,6 +361,11 @@ async fn connection(args: std::sync::Arc<Args>, conn: usize, start: Instant) -> 
         if (200..300).contains(&status) {
             tally.ok += 1;
             tally.accepted_us.push(us);
+            let kind = Kind {
+                query: query.is_some(),
+                opened,
+            };
+            tally.accepted_by_kind[kind.index()].push(us);
         } else {
             tally.failed += 1;
         }
@@ -369,7 +404,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let total = runtime.block_on(async {
+    let mut total = runtime.block_on(async {
         let start = Instant::now();
         let tasks: Vec<_> = (0..args.connections)
             .map(|c| tokio::spawn(connection(std::sync::Arc::clone(&args), c, start)))
@@ -391,10 +426,35 @@ fn main() {
             std::process::exit(1);
         }
     }
+    if let Some(path) = &args.latencies_out {
+        let mut text = String::new();
+        for (name, lat) in Kind::NAMES.iter().zip(&total.accepted_by_kind) {
+            for us in lat {
+                text.push_str(&format!("{name} {us}\n"));
+            }
+        }
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("cannot write {}: {e}", path.display());
+            std::process::exit(1);
+        }
+    }
     let mut lat = total.latencies_us;
     lat.sort_unstable();
     let mut accepted = total.accepted_us;
     accepted.sort_unstable();
+    let by_kind: Vec<String> = Kind::NAMES
+        .iter()
+        .zip(total.accepted_by_kind.iter_mut())
+        .map(|(name, lat)| {
+            lat.sort_unstable();
+            format!(
+                "\"{name}\":{{\"n\":{},\"p50_us\":{},\"p99_us\":{}}}",
+                lat.len(),
+                pct(lat, 0.5),
+                pct(lat, 0.99)
+            )
+        })
+        .collect();
     let secs = args.duration.as_secs_f64();
     #[allow(clippy::cast_precision_loss, reason = "rates for humans")]
     let (rps, eps) = (
@@ -403,13 +463,14 @@ fn main() {
     );
     eprintln!(
         "{} connections, {} events/request: {rps:.0} req/s, {eps:.0} events/s, p50 {} us, p99 {} us, \
-         accepted p50 {} us p99 {} us, statuses {:?}, 503 without Retry-After {}, errors {} {:?}, late sends {}",
+         accepted p50 {} us p99 {} us ({{{}}}), statuses {:?}, 503 without Retry-After {}, errors {} {:?}, late sends {}",
         args.connections,
         args.events,
         pct(&lat, 0.5),
         pct(&lat, 0.99),
         pct(&accepted, 0.5),
         pct(&accepted, 0.99),
+        by_kind.join(","),
         total.statuses,
         total.no_retry_after,
         total.errors,
@@ -425,7 +486,7 @@ fn main() {
     {
         println!(
             "{{\"rps\":{rps:.1},\"eps\":{eps:.1},\"p50_us\":{},\"p99_us\":{},\"ok\":{},\"failed\":{},\
-             \"accepted_p50_us\":{},\"accepted_p99_us\":{},\"statuses\":{{{}}},\
+             \"accepted_p50_us\":{},\"accepted_p99_us\":{},\"accepted_by_kind\":{{{}}},\"statuses\":{{{}}},\
              \"no_retry_after\":{},\"errors\":{},\"late\":{}}}",
             pct(&lat, 0.5),
             pct(&lat, 0.99),
@@ -433,6 +494,7 @@ fn main() {
             total.failed,
             pct(&accepted, 0.5),
             pct(&accepted, 0.99),
+            by_kind.join(","),
             statuses.join(","),
             total.no_retry_after,
             total.errors,
