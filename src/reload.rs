@@ -277,6 +277,7 @@ pub async fn apply(reloads: &Reloads, running: &mut Running, file: Result<Config
             let problems: Vec<String> = errors.problems.iter().map(ToString::to_string).collect();
             tracing::error!(
                 problems = %problems.join("; "),
+                truncated = errors.truncated,
                 "config reload rejected: the file has problems; the running config is kept"
             );
             return;
