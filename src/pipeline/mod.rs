@@ -5,7 +5,8 @@
 //! `view` is the in-memory hot view of results HTTP answers from (no IO either); `runner`
 //! is the thread per pipeline that reads the log and drives an engine; `checkpointer` the
 //! thread per pipeline that writes its checkpoints; `late` what a pipeline holds for its
-//! `late_topic` and how it appends it; `output` the result rows for its `output_topic`.
+//! `late_topic` and how it appends it; `output` the result rows for its `output_topic`; `readahead` the thread per
+//! pipeline that reads the next chunks of its source partitions ahead of it.
 
 pub mod aggregate;
 pub mod checkpointer;
@@ -13,6 +14,7 @@ pub mod engine;
 pub mod key;
 pub mod late;
 pub mod output;
+pub mod readahead;
 pub mod runner;
 pub mod sketch;
 pub mod view;

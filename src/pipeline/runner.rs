@@ -17,6 +17,11 @@
 //! partition with nothing visible does not hold the others back (that would stall on a
 //! partition that receives nothing).
 //!
+//! The reads themselves (pread, header walk, CRC checks) are done ahead by a second
+//! thread per pipeline ([`ReadAhead`], see `readahead`): the pipeline thread takes a chunk
+//! read ahead when it is the one it would read, and reads itself otherwise, so the order
+//! above and everything `Source::fill` handles do not depend on it.
+//!
 //! Checkpoints (exactly once): every `checkpoint_interval`, and at a stop, the thread
 //! encodes a checkpoint (its input offsets, the engine head, the pane cells changed since
 //! the last one and the rows closed since) and hands it to the pipeline's checkpoint
@@ -47,6 +52,7 @@ use super::engine::{Engine, Input, Spec, Taken, TimeMode};
 use super::key::{Filter, GroupBy};
 use super::late::LateSink;
 use super::output::{OutputRows, OutputTarget};
+use super::readahead::ReadAhead;
 use super::view::{HotView, Row};
 use super::window::WindowKind;
 use crate::config::{Config, PipelineConfig, PipelineTime, WindowConfig};
@@ -60,7 +66,9 @@ use crate::store::{CELL_BUCKETS, Checkpoint, PipelineStore, RowWrite, Store, cel
 
 /// Bytes of whole batches read from one partition at a time. 256 KiB rebuilt about 3%
 /// faster than 1 MiB in an interleaved A/B (the partitions' buffers can stay in L2
-/// between the read's copy, its CRC pass and the decoding), despite 4x the reads.
+/// between the read's copy, its CRC pass and the decoding), despite 4x the reads
+/// (measured before the read-ahead). With it, a partition holds at most two chunks: the
+/// one decoded and the one read ahead.
 pub const READ_CHUNK_BYTES: usize = 256 << 10;
 /// Longest the thread processes before it publishes to the view: bounds how stale an
 /// answer is while input keeps coming.
@@ -535,7 +543,9 @@ struct Source {
 impl Source {
     /// Reads more when the buffer is used up and more is visible. Returns whether a batch
     /// is at the head.
-    fn fill(&mut self, pipeline: &str) -> bool {
+    /// `ahead`, if running, may have read the chunk already; when a chunk is taken and
+    /// more is visible, it is asked for the next one (source `index`).
+    fn fill(&mut self, pipeline: &str, index: usize, mut ahead: Option<&mut ReadAhead>) -> bool {
         if self.head.is_some() {
             return true;
         }
@@ -548,16 +558,30 @@ impl Source {
             if self.next >= visible.end_offset {
                 return false;
             }
-            match self
-                .partition
-                .read_batches(self.next, READ_CHUNK_BYTES, &mut self.buf)
+            let read = match ahead
+                .as_deref_mut()
+                .and_then(|a| a.take(index, self.next, &mut self.buf))
             {
+                Some(next) => Ok(next),
+                None => self
+                    .partition
+                    .read_batches(self.next, READ_CHUNK_BYTES, &mut self.buf),
+            };
+            match read {
                 Ok(next) => {
                     self.pos = 0;
                     self.set_head();
                     if let Some((_, base, _)) = self.head {
                         if base > self.next {
                             self.skipped(pipeline, base);
+                        }
+                        // The next chunk is read while this one is decoded (only when
+                        // more is visible: at the visible end an append wakes the
+                        // thread, which reads itself, as promptly as before).
+                        if let Some(a) = ahead
+                            && next < self.rx.borrow().end_offset
+                        {
+                            a.request(index, next);
                         }
                         return true;
                     }
@@ -689,6 +713,9 @@ struct Task {
     /// The rows changed for the `output_topic`, if set, and the flag its checkpoint-thread
     /// side sets while the topic refuses them (see `output`).
     output: Option<(OutputRows, Arc<AtomicBool>)>,
+    /// The thread reading the sources' next chunks ahead, started by `run`; dropped
+    /// (joined) when the task ends. `None`: the thread reads itself.
+    ahead: Option<ReadAhead>,
 }
 
 impl Task {
@@ -839,6 +866,7 @@ impl Task {
             late,
             catching_up: None,
             output,
+            ahead: None,
         })
     }
 
@@ -853,6 +881,13 @@ impl Task {
             // answer before it first runs.
             std::thread::sleep(Duration::from_millis(ms));
         }
+        self.ahead = ReadAhead::start(
+            &self.name,
+            self.sources
+                .iter()
+                .map(|s| Arc::clone(&s.partition))
+                .collect(),
+        );
         self.catching_up = Some((
             Instant::now(),
             self.sources.iter().map(|s| s.next).collect(),
@@ -916,6 +951,8 @@ impl Task {
         if let Some(c) = self.checkpointer.take() {
             c.finish();
         }
+        // Ends and joins the read-ahead thread.
+        self.ahead = None;
         tracing::info!(pipeline = %self.name, "pipeline stopped");
     }
 
@@ -935,7 +972,7 @@ impl Task {
         }
         let mut best: Option<(i64, usize, i64)> = None;
         for (i, s) in self.sources.iter_mut().enumerate() {
-            let filled = s.fill(&self.name);
+            let filled = s.fill(&self.name, i, self.ahead.as_mut());
             Self::tell_loss(&mut self.engine, s, self.event_lead_ms);
             if !filled {
                 continue;
