@@ -361,10 +361,13 @@ fn slow_clients_beyond_max_connections_get_503_until_header_timeout_frees_their_
         assert!(text.contains(r#""code":"overloaded""#), "{text}");
         answered += 1;
     }
-    assert_eq!(
-        (cut, answered),
-        (MAX, SLOW - MAX),
-        "(cut by header_timeout, refused at accept)"
+    // Every slot went to a slow client, but for the one the last scrape above may still
+    // have held: its client has closed it by then, but weir may not have seen the close
+    // when the slow clients connected (seen once in CI: 63 cut, 37 refused).
+    assert_eq!(cut + answered, SLOW, "(cut, refused) = ({cut}, {answered})");
+    assert!(
+        cut == MAX || cut == MAX - 1,
+        "(cut by header_timeout, refused at accept) = ({cut}, {answered})"
     );
     let counted = w
         .metric("weir_http_refused_total", &["reason=\"connections\""])
