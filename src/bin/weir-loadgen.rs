@@ -166,9 +166,8 @@ struct Tally {
     failed: u64,
     statuses: std::collections::BTreeMap<u16, u64>,
     latencies_us: Vec<u32>,
-    /// Latencies of the 2xx answers only.
-    accepted_us: Vec<u32>,
-    /// The same by kind, indexed by [`Kind::index`]: where an overload's tail comes from.
+    /// Latencies of the 2xx answers, by kind, indexed by [`Kind::index`]: where an
+    /// overload's tail comes from.
     accepted_by_kind: [Vec<u32>; 4],
     /// 503 answers without Retry-After.
     no_retry_after: u64,
@@ -198,7 +197,6 @@ impl Tally {
             *self.statuses.entry(k).or_default() += v;
         }
         self.latencies_us.extend(t.latencies_us);
-        self.accepted_us.extend(t.accepted_us);
         for (all, some) in self.accepted_by_kind.iter_mut().zip(t.accepted_by_kind) {
             all.extend(some);
         }
@@ -360,7 +358,6 @@ async fn connection(args: std::sync::Arc<Args>, conn: usize, start: Instant) -> 
         *tally.statuses.entry(status).or_default() += 1;
         if (200..300).contains(&status) {
             tally.ok += 1;
-            tally.accepted_us.push(us);
             let kind = Kind {
                 query: query.is_some(),
                 opened,
@@ -440,7 +437,7 @@ fn main() {
     }
     let mut lat = total.latencies_us;
     lat.sort_unstable();
-    let mut accepted = total.accepted_us;
+    let mut accepted = total.accepted_by_kind.concat();
     accepted.sort_unstable();
     let by_kind: Vec<String> = Kind::NAMES
         .iter()
