@@ -1668,25 +1668,34 @@ mod close_tests {
 }
 
 #[cfg(test)]
-mod read_batches_tests {
+pub(crate) mod read_batches_tests {
+    use std::path::Path;
     use std::sync::Arc;
 
+    use super::Partition;
     use crate::clock::ManualClock;
     use crate::log::Log;
     use crate::log::batches::batches;
     use crate::log::retention::tests::{append, config};
 
-    #[test]
-    fn every_offset_once_across_segments_from_any_start() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A log in `dir` whose partition 0 holds 40 batches of 1 to 3 records of 100 bytes
+    /// over 1 KiB segments (they roll often, so reads stop at many segment ends): the
+    /// log, the partition and its end offset.
+    pub(crate) fn rolled_partition(dir: &Path) -> (Log, Arc<Partition>, i64) {
         let clock = Arc::new(ManualClock::new(1_000_000));
-        let (log, _) = Log::open(&config(dir.path(), ""), clock).unwrap();
-        // 1 KiB segments: batches of 1 to 3 records of 100 bytes roll often.
+        let (log, _) = Log::open(&config(dir, ""), clock).unwrap();
         let mut end = 0;
         for i in 0..40 {
             end = append(&log, 1 + i % 3, 100) + 1;
         }
         let p = Arc::clone(&log.topic("t").unwrap().partitions[0]);
+        (log, p, end)
+    }
+
+    #[test]
+    fn every_offset_once_across_segments_from_any_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, p, end) = rolled_partition(dir.path());
         assert_eq!(p.visible().end_offset, end);
         for (from, bytes_max) in [(0, 1), (0, 700), (5, 300), (end - 1, 1 << 20), (end, 64)] {
             let mut buf = Vec::new();

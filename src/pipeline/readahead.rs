@@ -191,9 +191,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::ReadAhead;
-    use crate::clock::ManualClock;
-    use crate::log::Log;
-    use crate::log::retention::tests::{append, config};
+    use crate::log::partition::read_batches_tests::rolled_partition;
+    use crate::log::retention::tests::append;
     use crate::pipeline::runner::READ_CHUNK_BYTES;
 
     /// Threads of this process named `name` (Linux keeps 15 bytes of a name).
@@ -208,14 +207,8 @@ mod tests {
     #[test]
     fn chunks_read_ahead_are_the_reads_and_the_thread_ends_when_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(ManualClock::new(1_000_000));
-        let (log, _) = Log::open(&config(dir.path(), ""), clock).unwrap();
-        // 1 KiB segments: reads stop at segment ends, so chunks are of many sizes.
-        let mut end = 0;
-        for i in 0..40 {
-            end = append(&log, 1 + i % 3, 100) + 1;
-        }
-        let p = Arc::clone(&log.topic("t").unwrap().partitions[0]);
+        // Reads stop at segment ends, so chunks are of many sizes.
+        let (log, p, end) = rolled_partition(dir.path());
         let mut ahead = ReadAhead::start("ratst", vec![Arc::clone(&p)]).unwrap();
 
         // Every chunk taken is what the read there returns, bytes and next offset.
