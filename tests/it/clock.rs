@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::util::{Weir, now_ms, request};
+use crate::util::{Weir, now_ms, poll_within, request};
 
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
@@ -808,15 +808,9 @@ fn a_restarted_pipeline_answers_its_restored_watermark_before_it_runs() {
     let producer = Producer::start(&w, "a");
     let path = "/v1/pipelines/by_event/keys/k0?window=last_closed";
     // Until k0 has a closed window, final.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let r = w.get(path);
-        if r.status == 200 && r.json()["window"]["final"] == true {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{}", r.body);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll_within(&w, path, Duration::from_secs(60), |r| {
+        r.status == 200 && r.json()["window"]["final"] == true
+    });
     producer.finish();
     let spans: Spans = vec![(t0 - 5 * SIZE_MS, now_ms() + 5 * SIZE_MS)];
     let spans_all = BTreeMap::from([("by_event", spans.clone()), ("by_ingest", spans.clone())]);

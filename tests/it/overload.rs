@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::util::{Resp, Weir, raise_open_files_limit, try_request};
+use crate::util::{Resp, Weir, poll_within, raise_open_files_limit, try_request};
 
 /// One topic and a pipeline counting its events by page, to query while loading it.
 fn overload_config(server: &str) -> String {
@@ -597,26 +597,13 @@ fn pull_answers_are_charged_to_max_inflight() {
         format!("POST {INGEST} HTTP/1.1\r\nHost: x\r\nContent-Length: 61440\r\n\r\n{{").as_bytes(),
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let r = loop {
-        let r = w.get(large);
-        // The slow request's head may not be read yet: then the pull is served.
-        if r.status != 200 || Instant::now() > deadline {
-            break r;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    // The slow request's head may not be read yet: then the pull is served.
+    let r = poll_within(&w, large, Duration::from_secs(60), |r| r.status != 200);
     assert_refusal(&r, "a pull beyond max_inflight");
     assert_eq!(w.get(small).status, 200, "a pull that fits is served");
     drop(slow);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while w.get(large).status != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "the slow body's bytes never came back"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // The slow body's bytes come back.
+    poll_within(&w, large, Duration::from_secs(60), |r| r.status == 200);
 }
 
 /// A connection's read buffer is bounded (`HTTP_READ_BUFFER_MAX`, 64 KiB; the read that

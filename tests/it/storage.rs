@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::util::{Resp, Weir};
+use crate::util::{Resp, Weir, poll_within};
 
 /// The event time of every event: the pipeline's one-hour windows never close (nothing
 /// later arrives), so their cells are checkpointed again and again.
@@ -205,21 +205,11 @@ fn check_pipeline(w: &Weir, log: &HashMap<String, (i64, i64, String)>) {
         *want.entry(key).or_default() += 1;
     }
     for (key, n) in want {
+        // The pipeline counts the events the log holds for the key.
         let path = format!("/v1/pipelines/counts/keys/{key}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let r = w.get(&path);
-            if r.status == 200 && r.json()["window"]["values"]["count"] == n {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{key}: {n} events in the log, the pipeline says {} {}",
-                r.status,
-                r.body
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll_within(w, &path, Duration::from_secs(60), |r| {
+            r.status == 200 && r.json()["window"]["values"]["count"] == n
+        });
     }
 }
 
