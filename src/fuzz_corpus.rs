@@ -8,7 +8,7 @@
 use std::path::Path;
 
 #[path = "../fuzz/checks/batch_decode.rs"]
-mod batch_decode;
+pub(crate) mod batch_decode;
 #[path = "../fuzz/checks/body_parse.rs"]
 mod body_parse;
 #[path = "../fuzz/checks/config_load.rs"]
