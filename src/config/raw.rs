@@ -326,12 +326,11 @@ pub fn read(text: &str) -> (Option<RawConfig>, Vec<RawProblem>, bool) {
 /// The number of parts of a dotted key at which toml stops with "recursion limit".
 const TOML_KEY_PARTS_MAX: usize = 80;
 
-/// The line of a key of at least [`TOML_KEY_PARTS_MAX`] dotted parts, as a byte range.
-/// First choice: a line with that many dots outside quotes and before a comment (a valid
-/// key is never split over lines). After a syntax error toml's recovery can read a quote
-/// or a comment as part of a key, so failing that: the first line with that many dots at
-/// all, and failing that the line with the most dots. toml counts a part per `.`, so the
-/// text holds at least that many and some line is found.
+/// The line of a key of at least [`TOML_KEY_PARTS_MAX`] dotted parts, as a byte range:
+/// the first line with that many dots outside quotes and before a comment (a valid key is
+/// never split over lines). After a syntax error toml's recovery can read a quote or a
+/// comment as part of a key, so failing that, the line with the most dots at all. toml
+/// counts a part per `.`, so the text holds at least that many and a line is found.
 fn long_dotted_key(text: &str) -> Option<Range<usize>> {
     let mut start = 0;
     let lines: Vec<(&str, Range<usize>)> = text
@@ -343,20 +342,16 @@ fn long_dotted_key(text: &str) -> Option<Range<usize>> {
         })
         .collect();
     let raw_dots = |line: &str| line.bytes().filter(|&b| b == b'.').count();
-    let long = |dots: usize| dots + 1 >= TOML_KEY_PARTS_MAX;
-    let pick = |dots: &dyn Fn(&str) -> usize| {
-        lines
-            .iter()
-            .find(|(line, _)| long(dots(line)))
-            .map(|(_, range)| range.clone())
-    };
-    pick(&key_dots).or_else(|| pick(&raw_dots)).or_else(|| {
-        lines
-            .iter()
-            .filter(|(line, _)| raw_dots(line) > 0)
-            .max_by_key(|(line, _)| raw_dots(line))
-            .map(|(_, range)| range.clone())
-    })
+    let (_, range) = lines
+        .iter()
+        .find(|(line, _)| key_dots(line) + 1 >= TOML_KEY_PARTS_MAX)
+        .or_else(|| {
+            lines
+                .iter()
+                .filter(|(line, _)| raw_dots(line) > 0)
+                .max_by_key(|(line, _)| raw_dots(line))
+        })?;
+    Some(range.clone())
 }
 
 /// The dots of a line outside quotes and before a comment.
