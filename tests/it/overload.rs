@@ -523,6 +523,16 @@ fn overload_at_small_bounds_refuses_with_503_and_loses_nothing_acknowledged() {
     );
 }
 
+/// A connection that has sent `start` (a request head and the first bytes of its body)
+/// and sends nothing more; its answer is read within 60 s.
+fn unfinished_body(w: &Weir, start: &str) -> TcpStream {
+    let mut slow = TcpStream::connect(&w.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    slow.write_all(start.as_bytes()).unwrap();
+    slow
+}
+
 /// A group commit's body is read under the same bounds as an ingest body: cut by
 /// `body_timeout` (408) rather than holding its connection, and refused (503) when its
 /// bytes find no `max_inflight` left.
@@ -535,15 +545,10 @@ fn a_group_commit_body_is_read_under_body_timeout_and_max_inflight() {
     let path = "/v1/groups/g/offsets/clicks";
     // A commit whose body never finishes holds 900 of the 1024 bytes...
     let start_slow = || {
-        let mut slow = TcpStream::connect(&w.addr).unwrap();
-        slow.set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        slow.write_all(
-            format!("PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\n{{\"offsets\":")
-                .as_bytes(),
+        unfinished_body(
+            &w,
+            &format!("PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\n{{\"offsets\":"),
         )
-        .unwrap();
-        slow
     };
     let mut slow = start_slow();
     // ...so another commit cannot have its bytes: 503 overloaded, at once.
@@ -592,11 +597,10 @@ fn pull_answers_are_charged_to_max_inflight() {
     let small = "/v1/topics/clicks/events?partition=0&offset=0&limit=1";
     assert_eq!(w.get(large).status, 200, "alone, the largest pull runs");
     // A body that never finishes holds 60 of the 64 KiB.
-    let mut slow = TcpStream::connect(&w.addr).unwrap();
-    slow.write_all(
-        format!("POST {INGEST} HTTP/1.1\r\nHost: x\r\nContent-Length: 61440\r\n\r\n{{").as_bytes(),
-    )
-    .unwrap();
+    let slow = unfinished_body(
+        &w,
+        &format!("POST {INGEST} HTTP/1.1\r\nHost: x\r\nContent-Length: 61440\r\n\r\n{{"),
+    );
     // The slow request's head may not be read yet: then the pull is served.
     let r = poll_within(&w, large, Duration::from_secs(60), |r| r.status != 200);
     assert_refusal(&r, "a pull beyond max_inflight");
