@@ -59,8 +59,8 @@ fn engine(envelopes: &[String]) -> Engine {
         let records = chunk.iter().zip(base..).map(|(env, offset)| Input {
             offset,
             event_ms: T0 + offset % 1000,
-            event_type: "page.click",
-            envelope: env,
+            event_type: b"page.click",
+            envelope: env.as_bytes(),
         });
         engine.process_batch(0, T0, records, |_, _| {});
     }

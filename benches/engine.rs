@@ -116,8 +116,8 @@ fn run_spec(events: &[(i64, String)], spec: Spec) -> Engine {
         let records = chunk.iter().zip(0i64..).map(|((ms, env), offset)| Input {
             offset,
             event_ms: *ms,
-            event_type: "page.click",
-            envelope: env,
+            event_type: b"page.click",
+            envelope: env.as_bytes(),
         });
         engine.process_batch(partition, append_ms, records, |_, _| counted += 1);
         black_box(engine.take_closed());

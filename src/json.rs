@@ -566,7 +566,18 @@ pub fn pointer_get_tokens<'a>(
 /// JSON the answer is exactly [`pointer_get_tokens`]'s; on anything else it never
 /// panics, but what it finds (or `None`) is unspecified.
 pub fn pointer_get_valid<'a>(json: &'a str, tokens: &[String]) -> Option<&'a str> {
-    let b = json.as_bytes();
+    json.get(pointer_range_valid(json.as_bytes(), tokens)?)
+}
+
+/// [`pointer_get_valid`] over bytes, for records read back from the log: the envelope as a
+/// whole is not checked for UTF-8 (it was at ingest, and it is read under a CRC); the
+/// caller checks the few bytes found where it needs text.
+pub fn pointer_get_valid_bytes<'a>(json: &'a [u8], tokens: &[String]) -> Option<&'a [u8]> {
+    json.get(pointer_range_valid(json, tokens)?)
+}
+
+/// Where [`pointer_get_valid`]'s value is in `b`.
+fn pointer_range_valid(b: &[u8], tokens: &[String]) -> Option<std::ops::Range<usize>> {
     let mut pos = skip_ws_at(b, 0);
     'tokens: for token in tokens {
         match *b.get(pos)? {
@@ -577,9 +588,12 @@ pub fn pointer_get_valid<'a>(json: &'a str, tokens: &[String]) -> Option<&'a str
                 }
                 let (end, escaped) = string_end(b, pos)?;
                 let matches = if escaped {
-                    decode_str(json.get(pos..end)?).is_ok_and(|k| k == token.as_str())
+                    std::str::from_utf8(b.get(pos..end)?)
+                        .ok()
+                        .and_then(|raw| decode_str(raw).ok())
+                        .is_some_and(|k| k == token.as_str())
                 } else {
-                    b.get(pos + 1..end - 1)? == token.as_bytes()
+                    short_eq(b.get(pos + 1..end - 1)?, token.as_bytes())
                 };
                 pos = skip_ws_at(b, end);
                 if b.get(pos) != Some(&b':') {
@@ -612,7 +626,34 @@ pub fn pointer_get_valid<'a>(json: &'a str, tokens: &[String]) -> Option<&'a str
         }
     }
     let end = value_end(b, pos)?;
-    json.get(pos..end)
+    Some(pos..end)
+}
+
+/// `a == b` for the short names of object keys and record headers, without the call to
+/// `memcmp` a slice compare makes: two overlapping word loads up to sixteen bytes.
+#[inline]
+pub fn short_eq(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    let half = |s: &[u8], at: usize| {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&s[at..at + 4]);
+        u32::from_le_bytes(w)
+    };
+    match n {
+        0 => true,
+        1..4 => a.iter().zip(b).all(|(x, y)| x == y),
+        4..8 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        _ => a == b,
+    }
 }
 
 /// The first position at or after `pos` that is not JSON whitespace.
@@ -1001,6 +1042,12 @@ mod tests {
             // Not valid JSON any more: the trusting walk may find anything, but no panic.
             for tokens in [&[][..], &["a".to_string()][..], &["0".to_string(), "1".to_string()][..]] {
                 let _ = pointer_get_valid(&text, tokens);
+                // Bytes that are not UTF-8 either (a record no ingest wrote).
+                let mut bytes = text.clone().into_bytes();
+                if let Some(b) = bytes.get_mut(text.len() / 2) {
+                    *b = 0xff;
+                }
+                let _ = pointer_get_valid_bytes(&bytes, tokens);
             }
             let theirs = serde_json::from_str::<serde::de::IgnoredAny>(&text);
             match (&ours, &theirs) {
@@ -1038,6 +1085,20 @@ mod tests {
                         "{last:?}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn short_eq_is_slice_equality() {
+        for n in 0..40usize {
+            let a: Vec<u8> = (b'a'..=b'z').cycle().take(n).collect();
+            assert!(short_eq(&a, &a.clone()), "{n}");
+            assert!(!short_eq(&a, &a[..n.saturating_sub(1)]) || n == 0, "{n}");
+            for at in 0..n {
+                let mut b = a.clone();
+                b[at] ^= 0x20;
+                assert!(!short_eq(&a, &b), "length {n}, byte {at}");
             }
         }
     }

@@ -545,7 +545,7 @@ impl<'a> Record<'a> {
     pub fn header(&self, key: &str) -> Option<&'a [u8]> {
         for header in self.headers() {
             match header {
-                Ok((k, v)) if k == key.as_bytes() => return v,
+                Ok((k, v)) if crate::json::short_eq(k, key.as_bytes()) => return v,
                 Ok(_) => {}
                 Err(_) => return None,
             }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use super::aggregate::{AggFn, AggState, Aggregate, Position};
 use super::key::{Filter, GroupBy, KeyError};
 use super::watermark::{self, Watermarks};
-use super::window::WindowKind;
+use super::window::{LastPane, WindowKind};
 use crate::json;
 
 mod session;
@@ -55,9 +55,10 @@ pub struct Input<'a> {
     /// The record timestamp.
     pub event_ms: i64,
     /// `weir.type`.
-    pub event_type: &'a str,
-    /// The stored envelope (compact JSON).
-    pub envelope: &'a str,
+    pub event_type: &'a [u8],
+    /// The stored envelope (compact JSON). Not checked for UTF-8 as a whole: it was at
+    /// ingest, and it is read under a CRC; the bytes a key or field takes from it are.
+    pub envelope: &'a [u8],
 }
 
 /// What became of one record.
@@ -143,11 +144,27 @@ pub struct Counters {
     pub refused: u64,
 }
 
+/// A pane's cells by key. hashbrown's own map (std's is the same table) for its
+/// `Equivalent` lookups: a record's key finds its cell by [`KeyText`], without a copy and
+/// without `str`'s `memcmp` call.
+type CellMap = hashbrown::HashMap<Arc<str>, Cell, foldhash::fast::RandomState>;
+
+/// A key's text, to look up a [`CellMap`]: hashes as the `Arc<str>` keys do (both as
+/// `str`), compares with [`json::short_eq`].
+#[derive(Hash)]
+struct KeyText<'a>(&'a str);
+
+impl hashbrown::Equivalent<Arc<str>> for KeyText<'_> {
+    fn equivalent(&self, key: &Arc<str>) -> bool {
+        json::short_eq(self.0.as_bytes(), key.as_bytes())
+    }
+}
+
 pub struct Engine {
     spec: Spec,
     marks: Watermarks,
     /// Pane start -> key -> one state per aggregate.
-    panes: BTreeMap<i64, HashMap<Arc<str>, Cell>>,
+    panes: BTreeMap<i64, CellMap>,
     /// (pane, key) cells changed since the last `take_changed`, each once (its `dirty`
     /// flag says whether it is listed): what the hot view must refresh.
     changed: Vec<(i64, Arc<str>)>,
@@ -157,6 +174,10 @@ pub struct Engine {
     /// Key -> starts of the panes holding state for it: a key's newest window without a
     /// scan.
     key_panes: HashMap<Arc<str>, BTreeSet<i64>>,
+    /// The pane of the last event, and `spec.window.windows_per_pane()`: no division per
+    /// event.
+    last_pane: LastPane,
+    windows_per_pane: i64,
     /// Start of the oldest window that may hold state and is not closed yet.
     next_close_ms: Option<i64>,
     /// Rows of windows closed since the last `take_closed`.
@@ -201,6 +222,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(spec: Spec) -> Engine {
         let marks = Watermarks::new(spec.partitions, spec.out_of_orderness_ms, spec.idle_ms);
+        let windows_per_pane = spec.window.windows_per_pane();
         let sketches = spec
             .aggregates
             .iter()
@@ -212,6 +234,8 @@ impl Engine {
             changed: Vec::new(),
             unsaved: Vec::new(),
             key_panes: HashMap::default(),
+            last_pane: LastPane::default(),
+            windows_per_pane,
             next_close_ms: None,
             closed: Vec::new(),
             counters: Counters::default(),
@@ -364,14 +388,16 @@ impl Engine {
         let lateness = self.spec.allowed_lateness_ms;
         let is_open =
             |start: i64| wm == watermark::NONE || wm < start + window.size_ms() + lateness;
-        let mut open_starts = window.window_starts(ts_ms).filter(|s| is_open(*s));
+        let pane = self.last_pane.of(window, ts_ms);
+        let mut open_starts = window
+            .window_starts_of_pane(pane, self.windows_per_pane)
+            .filter(|s| is_open(*s));
         let Some(first_open) = open_starts.next() else {
             self.counters.late += 1;
             return Taken::Late;
         };
         let open = 1 + open_starts.count();
         self.next_close_ms = Some(self.next_close_ms.map_or(first_open, |n| n.min(first_open)));
-        let pane = window.pane_of(ts_ms);
         let pos = Position {
             ts_ms,
             partition,
@@ -384,7 +410,7 @@ impl Engine {
         let found = match self
             .panes
             .get_mut(&pane)
-            .and_then(|keys| keys.get_mut(key.as_str()))
+            .and_then(|keys| keys.get_mut(&KeyText(key)))
         {
             Some(cell) => {
                 flips = (!cell.unsaved, !cell.dirty);
@@ -825,13 +851,14 @@ fn heap_of(states: &[AggState]) -> usize {
 fn update_states(
     aggregates: &[Aggregate],
     states: &mut [AggState],
-    envelope: &str,
+    envelope: &[u8],
     pos: Position,
 ) -> u64 {
     let mut skipped = 0;
     for (agg, state) in aggregates.iter().zip(states.iter_mut()) {
         let value = match &agg.field {
-            Some(ptr) => json::pointer_get_valid(envelope, ptr.tokens()),
+            Some(ptr) => json::pointer_get_valid_bytes(envelope, ptr.tokens())
+                .and_then(|v| std::str::from_utf8(v).ok()),
             None => None,
         };
         if !state.update(value, pos, agg.field.is_some()) {

@@ -28,13 +28,17 @@ impl Filter {
         f
     }
 
-    pub fn accepts(&self, event_type: &str) -> bool {
+    /// Whether `event_type` (the `weir.type` header's bytes) passes.
+    pub fn accepts(&self, event_type: &[u8]) -> bool {
         (self.exact.is_empty() && self.prefixes.is_empty())
-            || self.exact.iter().any(|e| e == event_type)
+            || self
+                .exact
+                .iter()
+                .any(|e| json::short_eq(e.as_bytes(), event_type))
             || self
                 .prefixes
                 .iter()
-                .any(|p| event_type.starts_with(p.as_str()))
+                .any(|p| event_type.starts_with(p.as_bytes()))
     }
 }
 
@@ -59,16 +63,25 @@ impl GroupBy {
     }
 
     /// Writes the key of `envelope` into `out` (cleared first).
-    pub fn key_into(&self, envelope: &str, out: &mut String) -> Result<(), KeyError> {
+    pub fn key_into(&self, envelope: &[u8], out: &mut String) -> Result<(), KeyError> {
         out.clear();
         for (i, ptr) in self.pointers.iter().enumerate() {
             // Stored envelopes were validated at ingest and are read back under a CRC.
-            let raw = json::pointer_get_valid(envelope, ptr.tokens())
-                .filter(|v| *v != "null")
+            let raw = json::pointer_get_valid_bytes(envelope, ptr.tokens())
+                .filter(|v| *v != b"null")
                 .ok_or_else(|| KeyError::Missing(ptr.as_str().to_string()))?;
             if i > 0 {
                 out.push(',');
             }
+            // Most keys are a string of unreserved characters: copied as they are, with
+            // no UTF-8 check (they are ASCII).
+            if let [b'"', inner @ .., b'"'] = raw
+                && inner.iter().all(|&b| unreserved(b))
+            {
+                out.extend(inner.iter().map(|&b| char::from(b)));
+                continue;
+            }
+            let raw = std::str::from_utf8(raw).map_err(|e| KeyError::NotJson(e.to_string()))?;
             if raw.starts_with('"') {
                 let text = json::decode_str(raw).map_err(|e| KeyError::NotJson(e.to_string()))?;
                 percent_encode_into(&text, out);
@@ -84,10 +97,9 @@ impl GroupBy {
     }
 }
 
-/// RFC 3986 percent-encoding of everything but the unreserved characters, so a key is a
-/// safe URL path segment and `,` only ever separates parts.
-pub fn percent_encode_into(text: &str, out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+/// Whether RFC 3986 leaves `b` unencoded (an ASCII letter or digit, `-`, `.`, `_`, `~`).
+#[inline]
+fn unreserved(b: u8) -> bool {
     const UNRESERVED: [bool; 256] = {
         let mut table = [false; 256];
         let mut c: u8 = 0;
@@ -97,7 +109,13 @@ pub fn percent_encode_into(text: &str, out: &mut String) {
         }
         table
     };
-    let unreserved = |b: u8| UNRESERVED[usize::from(b)];
+    UNRESERVED[usize::from(b)]
+}
+
+/// RFC 3986 percent-encoding of everything but the unreserved characters, so a key is a
+/// safe URL path segment and `,` only ever separates parts.
+pub fn percent_encode_into(text: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     // Keys are mostly plain words: copied whole.
     if text.bytes().all(unreserved) {
         out.push_str(text);
@@ -129,16 +147,16 @@ mod tests {
     #[test]
     fn filters_match_exact_types_and_prefixes() {
         let f = Filter::new(&["page.click", "order.*"]);
-        assert!(f.accepts("page.click"));
-        assert!(f.accepts("order.paid"));
-        assert!(!f.accepts("page.view"));
-        assert!(!f.accepts("orders"));
-        assert!(Filter::new::<&str>(&[]).accepts("anything"));
+        assert!(f.accepts(b"page.click"));
+        assert!(f.accepts(b"order.paid"));
+        assert!(!f.accepts(b"page.view"));
+        assert!(!f.accepts(b"orders"));
+        assert!(Filter::new::<&str>(&[]).accepts(b"anything"));
     }
 
     #[test]
     fn keys_are_percent_encoded_parts_joined_by_commas() {
-        let env = r#"{"payload":{"page":"a b,c","n":12.5,"ok":true,"tags":[1, 2],"nil":null}}"#;
+        let env = br#"{"payload":{"page":"a b,c","n":12.5,"ok":true,"tags":[1, 2],"nil":null}}"#;
         let mut k = String::new();
         group_by(&["/payload/page"]).key_into(env, &mut k).unwrap();
         assert_eq!(k, "a%20b%2Cc");
@@ -161,8 +179,37 @@ mod tests {
                 .is_err()
         );
         group_by(&["/payload/page"])
-            .key_into(r#"{"payload":{"page":"caf\u00e9"}}"#, &mut k)
+            .key_into(br#"{"payload":{"page":"caf\u00e9"}}"#, &mut k)
             .unwrap();
         assert_eq!(k, "caf%C3%A9");
+    }
+
+    #[test]
+    fn keys_check_utf8_only_where_they_are_taken_from() {
+        let by_page = group_by(&["/payload/page"]);
+        let mut k = String::new();
+        // Plain words are copied, multi-byte text percent-encoded byte by byte.
+        by_page
+            .key_into(br#"{"payload":{"page":"page-604"}}"#, &mut k)
+            .unwrap();
+        assert_eq!(k, "page-604");
+        by_page
+            .key_into("{\"payload\":{\"page\":\"café\"}}".as_bytes(), &mut k)
+            .unwrap();
+        assert_eq!(k, "caf%C3%A9");
+        // Bytes that are not UTF-8 (a record no ingest wrote): an error in the key...
+        let mut bad = br#"{"payload":{"page":"caf_"}}"#.to_vec();
+        let at = bad.iter().position(|&b| b == b'_').unwrap();
+        bad[at] = 0xff;
+        assert!(matches!(
+            by_page.key_into(&bad, &mut k),
+            Err(KeyError::NotJson(_))
+        ));
+        // ...and nothing elsewhere in the envelope.
+        let mut elsewhere = br#"{"x":"_","payload":{"page":"p1"}}"#.to_vec();
+        let at = elsewhere.iter().position(|&b| b == b'_').unwrap();
+        elsewhere[at] = 0xff;
+        by_page.key_into(&elsewhere, &mut k).unwrap();
+        assert_eq!(k, "p1");
     }
 }

@@ -9,6 +9,36 @@
 //! here they only give their bounds (`size_ms` is `max_length`, the longest a session
 //! spans) and the width of the slots their stored cells are grouped by (`pane_ms`).
 
+/// The pane of the last event time asked, kept so that the next times (mostly in the same
+/// pane: events come nearly in time order) skip [`WindowKind::pane_of`]'s division.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LastPane {
+    start: i64,
+    /// One past its last millisecond; `start == end` when nothing is kept.
+    end: i64,
+}
+
+impl LastPane {
+    /// `window.pane_of(ts_ms)`.
+    #[inline]
+    pub fn of(&mut self, window: WindowKind, ts_ms: i64) -> i64 {
+        if self.start <= ts_ms && ts_ms < self.end {
+            return self.start;
+        }
+        let start = window.pane_of(ts_ms);
+        let width = window.pane_ms();
+        // Kept only when exact: a multiple of the width at or before `ts_ms` and less
+        // than a width before it is the floor itself (never a saturated bound).
+        match start.checked_add(width) {
+            Some(end) if start.rem_euclid(width) == 0 && start <= ts_ms && ts_ms < end => {
+                *self = LastPane { start, end };
+            }
+            _ => *self = LastPane::default(),
+        }
+        start
+    }
+}
+
 /// How event times map to windows. Sizes are positive and a hopping size is a multiple of
 /// its slide (the config checks both).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,10 +90,20 @@ impl WindowKind {
     /// Starts of the windows holding `ts_ms`, oldest first: `size / pane` of them. Not
     /// for sessions.
     pub fn window_starts(self, ts_ms: i64) -> impl Iterator<Item = i64> {
-        let pane = self.pane_ms();
-        let last = self.pane_of(ts_ms);
-        let first = last.saturating_sub(self.size_ms()).saturating_add(pane);
-        (0..self.size_ms() / pane).map(move |i| first.saturating_add(i * pane))
+        self.window_starts_of_pane(self.pane_of(ts_ms), self.windows_per_pane())
+    }
+
+    /// How many windows hold each pane: `size / pane`.
+    pub fn windows_per_pane(self) -> i64 {
+        self.size_ms() / self.pane_ms()
+    }
+
+    /// [`Self::window_starts`] of the times in the pane starting at `pane`, without a
+    /// division: `per` is [`Self::windows_per_pane`].
+    pub fn window_starts_of_pane(self, pane: i64, per: i64) -> impl Iterator<Item = i64> {
+        let step = self.pane_ms();
+        let first = pane.saturating_sub(self.size_ms()).saturating_add(step);
+        (0..per).map(move |i| first.saturating_add(i * step))
     }
 
     /// Starts of the panes making up the window that starts at `start`.
@@ -88,6 +128,51 @@ impl WindowKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_pane_answers_as_pane_of_does() {
+        let kinds = [
+            WindowKind::Tumbling { size_ms: 60_000 },
+            WindowKind::Hopping {
+                size_ms: 60_000,
+                slide_ms: 7_000,
+            },
+            WindowKind::Tumbling { size_ms: 3 },
+            WindowKind::Tumbling { size_ms: i64::MAX },
+        ];
+        let times = [
+            0,
+            1,
+            59_999,
+            60_000,
+            60_001,
+            -1,
+            -60_000,
+            -60_001,
+            1_795_773_600_000,
+            1_795_773_600_001,
+            1_795_773_599_999,
+            i64::MIN,
+            i64::MIN + 1,
+            i64::MAX,
+            i64::MAX - 1,
+            7,
+            6,
+        ];
+        for w in kinds {
+            let mut last = LastPane::default();
+            // Each time after each other, so every kept pane is asked about every time.
+            for a in times {
+                for b in times {
+                    assert_eq!(last.of(w, a), w.pane_of(a), "{w:?} {a}");
+                    assert_eq!(last.of(w, b), w.pane_of(b), "{w:?} {a} then {b}");
+                }
+            }
+            for ts in (1_795_773_000_000..1_795_773_200_000).step_by(997) {
+                assert_eq!(last.of(w, ts), w.pane_of(ts), "{w:?} {ts}");
+            }
+        }
+    }
 
     #[test]
     fn tumbling_windows_are_aligned_to_the_epoch() {

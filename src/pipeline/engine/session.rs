@@ -227,7 +227,7 @@ impl Engine {
     }
 
     /// Adds the event to the session at `i` of key `id`.
-    fn add_event(&mut self, id: u32, i: usize, ts_ms: i64, envelope: &str, pos: Position) {
+    fn add_event(&mut self, id: u32, i: usize, ts_ms: i64, envelope: &[u8], pos: Position) {
         let (gap, max) = self.gap_max();
         let s = &mut self.keyed[id as usize].list[i];
         self.counters.skipped_values +=
@@ -248,7 +248,7 @@ impl Engine {
         }
     }
 
-    fn open_session(&mut self, id: u32, ts_ms: i64, envelope: &str, pos: Position) {
+    fn open_session(&mut self, id: u32, ts_ms: i64, envelope: &[u8], pos: Position) {
         let (gap, max) = self.gap_max();
         let mut states: Vec<AggState> = self
             .spec

@@ -144,12 +144,12 @@ impl Model {
                 TimeMode::Event => r.event_ms,
                 TimeMode::Ingest => b.append_ms,
             };
-            if !self.spec.filter.accepts(r.event_type) {
+            if !self.spec.filter.accepts(r.event_type.as_bytes()) {
                 taken.push(Taken::Filtered);
                 continue;
             }
             let mut key = String::new();
-            if let Err(e) = self.spec.group_by.key_into(&r.envelope, &mut key) {
+            if let Err(e) = self.spec.group_by.key_into(r.envelope.as_bytes(), &mut key) {
                 taken.push(Taken::NoKey(e));
                 continue;
             }
@@ -278,8 +278,8 @@ proptest! {
             let inputs = b.records.iter().zip(0i64..).map(|(r, i)| Input {
                 offset: i,
                 event_ms: r.event_ms,
-                event_type: r.event_type,
-                envelope: &r.envelope,
+                event_type: r.event_type.as_bytes(),
+                envelope: r.envelope.as_bytes(),
             });
             engine.process_batch(b.partition, b.append_ms, inputs, |_, t| got.push(t.clone()));
             let want = model.batch(b);
@@ -325,8 +325,8 @@ fn a_late_event_is_dropped_and_counted_and_lateness_keeps_windows_open() {
         Input {
             offset: 0,
             event_ms: ts,
-            event_type: "a.x",
-            envelope,
+            event_type: b"a.x",
+            envelope: envelope.as_bytes(),
         }
     }
     e.process_batch(0, 0, [input(3, &a)], |_, _| {});
@@ -375,8 +375,8 @@ fn a_restored_engine_goes_on_as_the_original() {
             .map(|(i, ((t, _), en))| Input {
                 offset: append * 10 + i64::try_from(i).unwrap(),
                 event_ms: *t,
-                event_type: "a.x",
-                envelope: en,
+                event_type: b"a.x",
+                envelope: en.as_bytes(),
             })
             .collect();
         e.process_batch(p, append, inputs, |_, _| {});
@@ -421,8 +421,8 @@ fn a_loss_marks_open_windows_and_windows_up_to_its_bound_incomplete() {
         let input = Input {
             offset: append,
             event_ms: ts,
-            event_type: "a.x",
-            envelope: env,
+            event_type: b"a.x",
+            envelope: env.as_bytes(),
         };
         e.process_batch(0, append, [input], |_, _| {});
     };
@@ -478,8 +478,8 @@ fn beyond_max_cells_an_event_is_refused_and_its_windows_turn_incomplete() {
         let input = Input {
             offset,
             event_ms: ts,
-            event_type: "a.x",
-            envelope: &env,
+            event_type: b"a.x",
+            envelope: env.as_bytes(),
         };
         e.process_batch(0, offset, [input], |_, t| outcomes.push(t.clone()));
     };
@@ -578,12 +578,12 @@ impl SessionModel {
                 TimeMode::Event => r.event_ms,
                 TimeMode::Ingest => b.append_ms,
             };
-            if !self.spec.filter.accepts(r.event_type) {
+            if !self.spec.filter.accepts(r.event_type.as_bytes()) {
                 taken.push(Taken::Filtered);
                 continue;
             }
             let mut key = String::new();
-            if let Err(e) = self.spec.group_by.key_into(&r.envelope, &mut key) {
+            if let Err(e) = self.spec.group_by.key_into(r.envelope.as_bytes(), &mut key) {
                 taken.push(Taken::NoKey(e));
                 continue;
             }
@@ -742,8 +742,8 @@ proptest! {
             let inputs = b.records.iter().zip(0i64..).map(|(r, i)| Input {
                 offset: base + i,
                 event_ms: r.event_ms,
-                event_type: r.event_type,
-                envelope: &r.envelope,
+                event_type: r.event_type.as_bytes(),
+                envelope: r.envelope.as_bytes(),
             });
             engine.process_batch(b.partition, b.append_ms, inputs, |_, t| got.push(t.clone()));
             let want = model.batch(b);
@@ -829,8 +829,8 @@ fn feed_one(e: &mut Engine, offset: i64, ts: i64, k: &str) -> Taken {
     let input = Input {
         offset,
         event_ms: ts,
-        event_type: "a.x",
-        envelope: &env,
+        event_type: b"a.x",
+        envelope: env.as_bytes(),
     };
     e.process_batch(0, offset, [input], |_, t| out = Some(t.clone()));
     out.unwrap()
