@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use metrics::Counter;
 
-use super::batch::BatchBuilder;
+use super::batch::{BATCH_HEADER_LEN, BatchBuilder};
 use super::dedup::{Dedup, IdSet, Ticket};
 use super::partition::{AppendError, Partition};
 use super::partitioner::partition_for_key;
@@ -111,11 +111,7 @@ impl Topic {
         let keyless = self.next_keyless.fetch_add(1, Ordering::Relaxed) % n;
         let mut builders: Vec<Option<(BatchBuilder, Vec<u128>)>> = (0..n).map(|_| None).collect();
         let mut scratch = Vec::with_capacity(512);
-        // Envelopes plus record overhead, spread over the partitions: enough that a
-        // builder rarely reallocates.
-        let envelope_bytes: usize = events.iter().map(|e| e.envelope_len_hint()).sum();
-        let batch_bytes_hint =
-            64 + (envelope_bytes + 64 * events.len()) / events.len().clamp(1, n as usize);
+        let batch_bytes_hint = batch_bytes_hint(events, n);
         let append_bytes = now_ms.to_be_bytes();
         for (event, keep) in events.iter().zip(&admission.append) {
             if !*keep {
@@ -376,6 +372,39 @@ impl Topic {
     }
 }
 
+/// The first allocation of each partition's batch buffer: the request's records
+/// (envelope, key, event type and the rest) spread over the partitions, plus the batch
+/// header. Enough that a builder rarely reallocates; a single event's never.
+fn batch_bytes_hint(events: &[Event<'_>], partitions: u32) -> usize {
+    let record_bytes: usize = events
+        .iter()
+        .map(|e| {
+            e.envelope_len_hint()
+                + e.key.as_deref().map_or(0, str::len)
+                + e.event_type.len()
+                + RECORD_OVERHEAD_MAX
+        })
+        .sum();
+    BATCH_HEADER_LEN + record_bytes / events.len().clamp(1, partitions as usize)
+}
+
+/// The most bytes a record of an ingested event takes beside its key, envelope and event
+/// type: its length, attributes, deltas, lengths and header count as the longest varints,
+/// and the three headers' names, lengths, id hash and append time.
+const RECORD_OVERHEAD_MAX: usize = 5
+    + 1
+    + 10
+    + 5
+    + 5
+    + 5
+    + 5
+    + 3 * (5 + 5)
+    + HEADER_TYPE.len()
+    + HEADER_ID.len()
+    + HEADER_APPEND.len()
+    + 16
+    + 8;
+
 /// A request's batches: (partition, encoded batch, the client ids it carries).
 type Batches = Vec<(u32, Vec<u8>, Vec<u128>)>;
 
@@ -503,6 +532,48 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[tokio::test]
+    async fn a_single_events_batch_fits_its_first_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path());
+        let topic = log.topic("late").unwrap();
+        let long = "x".repeat(300);
+        let bodies = [
+            r#"{"event_type":"a","payload":{}}"#.to_string(),
+            r#"{"event_id":"e-1","event_type":"page.click","timestamp":"1970-01-01T00:16:40.123Z","key":"u-1","payload":{"a":1}}"#.to_string(),
+            // A long client id, key and type, a numeric time, escapes and a control byte.
+            format!(r#"{{"event_id":"{long}","event_type":"{long}\u0001é","timestamp":1000123,"key":"{long}","payload":{{"s":"\u00e9\n"}}}}"#),
+            // No time: weir writes the append time.
+            r#"{"event_type":"t","payload":[1,2,3]}"#.to_string(),
+        ];
+        let rules = topic.rules(1024);
+        let mut events = Vec::new();
+        for (i, body) in bodies.iter().enumerate() {
+            crate::event::parse_body(body.as_bytes(), &rules, None, NOW_MS, &mut events)
+                .unwrap_or_else(|e| panic!("body {i}: {e}"));
+            let hint = batch_bytes_hint(&events, topic.partition_count());
+            let before: Vec<u64> = topic
+                .partitions
+                .iter()
+                .map(|p| p.visible().position)
+                .collect();
+            topic.ingest(&events, NOW_MS).await.unwrap();
+            let grew: Vec<u64> = topic
+                .partitions
+                .iter()
+                .zip(&before)
+                .map(|(p, b)| p.visible().position - b)
+                .filter(|n| *n > 0)
+                .collect();
+            assert_eq!(grew.len(), 1, "body {i}: one batch");
+            assert!(
+                usize::try_from(grew[0]).unwrap() <= hint,
+                "body {i}: batch of {} bytes, hint {hint}",
+                grew[0]
+            );
+        }
     }
 
     #[tokio::test]
