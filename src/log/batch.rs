@@ -252,6 +252,21 @@ impl BatchBuilder {
     }
 }
 
+/// The most bytes [`BatchBuilder::push`] adds for one record: a key of `key_len` bytes, a
+/// value of `value_len` and `headers` as (name, value length), every varint at its
+/// longest (5 bytes, 10 for the timestamp delta).
+pub fn record_len_max(key_len: usize, value_len: usize, headers: &[(&str, usize)]) -> usize {
+    const VARINT: usize = 5;
+    const VARLONG: usize = 10;
+    // Length, attributes, timestamp and offset deltas, key, value, header count.
+    let fixed = VARINT + 1 + VARLONG + VARINT + VARINT + key_len + VARINT + value_len + VARINT;
+    fixed
+        + headers
+            .iter()
+            .map(|(name, len)| VARINT + name.len() + VARINT + len)
+            .sum::<usize>()
+}
+
 /// Writes the base offset of a finished batch. Kafka excludes baseOffset from the CRC, so
 /// the partition assigns offsets under its lock without re-computing the CRC.
 ///

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use metrics::Counter;
 
-use super::batch::{BATCH_HEADER_LEN, BatchBuilder};
+use super::batch::{BATCH_HEADER_LEN, BatchBuilder, record_len_max};
 use super::dedup::{Dedup, IdSet, Ticket};
 use super::partition::{AppendError, Partition};
 use super::partitioner::partition_for_key;
@@ -379,31 +379,21 @@ fn batch_bytes_hint(events: &[Event<'_>], partitions: u32) -> usize {
     let record_bytes: usize = events
         .iter()
         .map(|e| {
-            e.envelope_len_hint()
-                + e.key.as_deref().map_or(0, str::len)
-                + e.event_type.len()
-                + RECORD_OVERHEAD_MAX
+            // The headers `ingest` writes: type, id hash (16 bytes), append time (8).
+            let headers = [
+                (HEADER_TYPE, e.event_type.len()),
+                (HEADER_ID, 16),
+                (HEADER_APPEND, 8),
+            ];
+            record_len_max(
+                e.key.as_deref().map_or(0, str::len),
+                e.envelope_len_hint(),
+                &headers,
+            )
         })
         .sum();
     BATCH_HEADER_LEN + record_bytes / events.len().clamp(1, partitions as usize)
 }
-
-/// The most bytes a record of an ingested event takes beside its key, envelope and event
-/// type: its length, attributes, deltas, lengths and header count as the longest varints,
-/// and the three headers' names, lengths, id hash and append time.
-const RECORD_OVERHEAD_MAX: usize = 5
-    + 1
-    + 10
-    + 5
-    + 5
-    + 5
-    + 5
-    + 3 * (5 + 5)
-    + HEADER_TYPE.len()
-    + HEADER_ID.len()
-    + HEADER_APPEND.len()
-    + 16
-    + 8;
 
 /// A request's batches: (partition, encoded batch, the client ids it carries).
 type Batches = Vec<(u32, Vec<u8>, Vec<u128>)>;
