@@ -76,9 +76,8 @@ impl GroupBy {
             // Most keys are a string of unreserved characters: copied as they are, with
             // no UTF-8 check (they are ASCII).
             if let [b'"', inner @ .., b'"'] = raw
-                && inner.iter().all(|&b| unreserved(b))
+                && push_unreserved(inner, out)
             {
-                out.extend(inner.iter().map(|&b| char::from(b)));
                 continue;
             }
             let raw = std::str::from_utf8(raw).map_err(|e| KeyError::NotJson(e.to_string()))?;
@@ -112,13 +111,21 @@ fn unreserved(b: u8) -> bool {
     UNRESERVED[usize::from(b)]
 }
 
+/// Copies `bytes` into `out` when every one is unreserved (keys are mostly plain words),
+/// and says whether it did.
+fn push_unreserved(bytes: &[u8], out: &mut String) -> bool {
+    if !bytes.iter().all(|&b| unreserved(b)) {
+        return false;
+    }
+    out.extend(bytes.iter().map(|&b| char::from(b)));
+    true
+}
+
 /// RFC 3986 percent-encoding of everything but the unreserved characters, so a key is a
 /// safe URL path segment and `,` only ever separates parts.
 pub fn percent_encode_into(text: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    // Keys are mostly plain words: copied whole.
-    if text.bytes().all(unreserved) {
-        out.push_str(text);
+    if push_unreserved(text.as_bytes(), out) {
         return;
     }
     for &b in text.as_bytes() {
