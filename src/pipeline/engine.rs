@@ -174,10 +174,8 @@ pub struct Engine {
     /// Key -> starts of the panes holding state for it: a key's newest window without a
     /// scan.
     key_panes: HashMap<Arc<str>, BTreeSet<i64>>,
-    /// The pane of the last event, and `spec.window.windows_per_pane()`: no division per
-    /// event.
+    /// The pane of the last event: no division per event.
     last_pane: LastPane,
-    windows_per_pane: i64,
     /// Start of the oldest window that may hold state and is not closed yet.
     next_close_ms: Option<i64>,
     /// Rows of windows closed since the last `take_closed`.
@@ -222,7 +220,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(spec: Spec) -> Engine {
         let marks = Watermarks::new(spec.partitions, spec.out_of_orderness_ms, spec.idle_ms);
-        let windows_per_pane = spec.window.windows_per_pane();
+        let last_pane = LastPane::new(spec.window);
         let sketches = spec
             .aggregates
             .iter()
@@ -234,8 +232,7 @@ impl Engine {
             changed: Vec::new(),
             unsaved: Vec::new(),
             key_panes: HashMap::default(),
-            last_pane: LastPane::default(),
-            windows_per_pane,
+            last_pane,
             next_close_ms: None,
             closed: Vec::new(),
             counters: Counters::default(),
@@ -388,10 +385,8 @@ impl Engine {
         let lateness = self.spec.allowed_lateness_ms;
         let is_open =
             |start: i64| wm == watermark::NONE || wm < start + window.size_ms() + lateness;
-        let pane = self.last_pane.of(window, ts_ms);
-        let mut open_starts = window
-            .window_starts_of_pane(pane, self.windows_per_pane)
-            .filter(|s| is_open(*s));
+        let pane = self.last_pane.of(ts_ms);
+        let mut open_starts = self.last_pane.window_starts(pane).filter(|s| is_open(*s));
         let Some(first_open) = open_starts.next() else {
             self.counters.late += 1;
             return Taken::Late;

@@ -9,33 +9,52 @@
 //! here they only give their bounds (`size_ms` is `max_length`, the longest a session
 //! spans) and the width of the slots their stored cells are grouped by (`pane_ms`).
 
-/// The pane of the last event time asked, kept so that the next times (mostly in the same
-/// pane: events come nearly in time order) skip [`WindowKind::pane_of`]'s division.
-#[derive(Debug, Clone, Copy, Default)]
+/// A window kind with what its per-event questions need at hand: the windows per pane
+/// (computed once) and the pane of the last time asked, kept so that the next times (mostly
+/// in the same pane: events come nearly in time order) skip [`WindowKind::pane_of`]'s
+/// division.
+#[derive(Debug, Clone, Copy)]
 pub struct LastPane {
+    window: WindowKind,
+    /// `window.windows_per_pane()`.
+    per: i64,
     start: i64,
     /// One past its last millisecond; `start == end` when nothing is kept.
     end: i64,
 }
 
 impl LastPane {
+    pub fn new(window: WindowKind) -> LastPane {
+        LastPane {
+            window,
+            per: window.windows_per_pane(),
+            start: 0,
+            end: 0,
+        }
+    }
+
     /// `window.pane_of(ts_ms)`.
     #[inline]
-    pub fn of(&mut self, window: WindowKind, ts_ms: i64) -> i64 {
+    pub fn of(&mut self, ts_ms: i64) -> i64 {
         if self.start <= ts_ms && ts_ms < self.end {
             return self.start;
         }
-        let start = window.pane_of(ts_ms);
-        let width = window.pane_ms();
+        let start = self.window.pane_of(ts_ms);
+        let width = self.window.pane_ms();
         // Kept only when exact: a multiple of the width at or before `ts_ms` and less
         // than a width before it is the floor itself (never a saturated bound).
-        match start.checked_add(width) {
+        (self.start, self.end) = match start.checked_add(width) {
             Some(end) if start.rem_euclid(width) == 0 && start <= ts_ms && ts_ms < end => {
-                *self = LastPane { start, end };
+                (start, end)
             }
-            _ => *self = LastPane::default(),
-        }
+            _ => (0, 0),
+        };
         start
+    }
+
+    /// `window.window_starts` of the times in the pane starting at `pane`.
+    pub fn window_starts(&self, pane: i64) -> impl Iterator<Item = i64> {
+        self.window.window_starts_of_pane(pane, self.per)
     }
 }
 
@@ -100,7 +119,7 @@ impl WindowKind {
 
     /// [`Self::window_starts`] of the times in the pane starting at `pane`, without a
     /// division: `per` is [`Self::windows_per_pane`].
-    pub fn window_starts_of_pane(self, pane: i64, per: i64) -> impl Iterator<Item = i64> {
+    fn window_starts_of_pane(self, pane: i64, per: i64) -> impl Iterator<Item = i64> {
         let step = self.pane_ms();
         let first = pane.saturating_sub(self.size_ms()).saturating_add(step);
         (0..per).map(move |i| first.saturating_add(i * step))
@@ -160,16 +179,16 @@ mod tests {
             6,
         ];
         for w in kinds {
-            let mut last = LastPane::default();
+            let mut last = LastPane::new(w);
             // Each time after each other, so every kept pane is asked about every time.
             for a in times {
                 for b in times {
-                    assert_eq!(last.of(w, a), w.pane_of(a), "{w:?} {a}");
-                    assert_eq!(last.of(w, b), w.pane_of(b), "{w:?} {a} then {b}");
+                    assert_eq!(last.of(a), w.pane_of(a), "{w:?} {a}");
+                    assert_eq!(last.of(b), w.pane_of(b), "{w:?} {a} then {b}");
                 }
             }
             for ts in (1_795_773_000_000..1_795_773_200_000).step_by(997) {
-                assert_eq!(last.of(w, ts), w.pane_of(ts), "{w:?} {ts}");
+                assert_eq!(last.of(ts), w.pane_of(ts), "{w:?} {ts}");
             }
         }
     }
