@@ -533,6 +533,34 @@ fn unfinished_body(w: &Weir, start: &str) -> TcpStream {
     slow
 }
 
+/// Holds `max_inflight` bytes with the unfinished body `start` and sends `request` until
+/// it is refused (or 60 s pass); returns the slow connection, still holding, and the
+/// last answer. Until weir has read the slow request's head, `request` is served; and a
+/// slow body that arrived while `request` held the bytes was itself refused and holds
+/// nothing: it then has an answer, and is started again.
+fn refused_while_held(
+    w: &Weir,
+    start: &str,
+    mut request: impl FnMut() -> Resp,
+) -> (TcpStream, Resp) {
+    let mut slow = unfinished_body(w, start);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = request();
+        if r.status != 200 || Instant::now() > deadline {
+            return (slow, r);
+        }
+        slow.set_nonblocking(true).unwrap();
+        let answered =
+            !matches!(slow.peek(&mut [0u8; 1]), Err(e) if e.kind() == ErrorKind::WouldBlock);
+        slow.set_nonblocking(false).unwrap();
+        if answered {
+            slow = unfinished_body(w, start);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A group commit's body is read under the same bounds as an ingest body: cut by
 /// `body_timeout` (408) rather than holding its connection, and refused (503) when its
 /// bytes find no `max_inflight` left.
@@ -543,34 +571,15 @@ fn a_group_commit_body_is_read_under_body_timeout_and_max_inflight() {
     ));
     prime(&w);
     let path = "/v1/groups/g/offsets/clicks";
-    // A commit whose body never finishes holds 900 of the 1024 bytes...
-    let start_slow = || {
-        unfinished_body(
-            &w,
-            &format!("PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\n{{\"offsets\":"),
-        )
-    };
-    let mut slow = start_slow();
-    // ...so another commit cannot have its bytes: 503 overloaded, at once.
+    // A commit whose body never finishes holds 900 of the 1024 bytes, so another
+    // commit cannot have its bytes: 503 overloaded, at once.
     let body = br#"{"offsets":[{"partition":0,"offset":0}]}"#;
     let padded = [body.as_slice(), &[b' '; 200]].concat();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let r = loop {
-        let r = try_request(&w.addr, "PUT", path, &[], &padded).unwrap();
-        if r.status != 200 || Instant::now() > deadline {
-            break r;
-        }
-        // Served: the slow commit's head was not read yet, or it came while this one
-        // held its bytes and was itself refused (then it has an answer): start it again.
-        slow.set_nonblocking(true).unwrap();
-        let answered =
-            !matches!(slow.peek(&mut [0u8; 1]), Err(e) if e.kind() == ErrorKind::WouldBlock);
-        slow.set_nonblocking(false).unwrap();
-        if answered {
-            slow = start_slow();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (mut slow, r) = refused_while_held(
+        &w,
+        &format!("PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\n{{\"offsets\":"),
+        || try_request(&w.addr, "PUT", path, &[], &padded).unwrap(),
+    );
     assert_refusal(&r, "a commit beyond max_inflight");
     // The slow body is cut by body_timeout: 408, and its bytes are given back.
     let mut answer = String::new();
@@ -597,12 +606,11 @@ fn pull_answers_are_charged_to_max_inflight() {
     let small = "/v1/topics/clicks/events?partition=0&offset=0&limit=1";
     assert_eq!(w.get(large).status, 200, "alone, the largest pull runs");
     // A body that never finishes holds 60 of the 64 KiB.
-    let slow = unfinished_body(
+    let (slow, r) = refused_while_held(
         &w,
         &format!("POST {INGEST} HTTP/1.1\r\nHost: x\r\nContent-Length: 61440\r\n\r\n{{"),
+        || w.get(large),
     );
-    // The slow request's head may not be read yet: then the pull is served.
-    let r = poll_within(&w, large, Duration::from_secs(60), |r| r.status != 200);
     assert_refusal(&r, "a pull beyond max_inflight");
     assert_eq!(w.get(small).status, 200, "a pull that fits is served");
     drop(slow);
