@@ -8,11 +8,12 @@
 use std::fs::{self, File};
 use std::io;
 use std::ops::ControlFlow;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::batch::{self, BatchHeader, Record};
 use super::index::{OFFSET_ENTRY_LEN, TIME_ENTRY_LEN};
-use super::partition::read_batch;
+use super::partition::{read_batch, zeros_to};
 use super::segment::{self, INDEX_EXT, LOG_EXT, TIMEINDEX_EXT};
 
 /// One partition folder of a data dir.
@@ -203,6 +204,8 @@ fn walk_segment(
     while pos < len {
         let h = match read_batch(file, pos, len, buf) {
             Ok(h) => h,
+            // Space allocated ahead of the appends: the end of the data.
+            Err(_) if zeros_to(file, pos, len).unwrap_or(false) => return (next, None),
             Err(batch::DecodeError::Incomplete { needed }) => {
                 let detail = format!("torn batch: {needed} bytes missing at the end");
                 return (
@@ -215,6 +218,19 @@ fn walk_segment(
                 );
             }
             Err(batch::DecodeError::Corrupt { what, at }) => {
+                if ends_in_zeros(file, pos, len) {
+                    // Written into space allocated ahead, and cut short: its end and
+                    // everything after it are still the allocation's zeros.
+                    let detail = format!("torn batch: its end is zeros ({what})");
+                    return (
+                        next,
+                        Some(Bad {
+                            position: pos,
+                            detail,
+                            torn: true,
+                        }),
+                    );
+                }
                 let detail = format!("bad batch: {what} (the field at byte {})", pos + at as u64);
                 return (next, Bad::wrong(pos, detail));
             }
@@ -234,6 +250,20 @@ fn walk_segment(
         pos += h.total_len() as u64;
     }
     (next, None)
+}
+
+/// Whether the batch at `pos` is the last data of the file and ends in zeros: the last
+/// byte its length field claims and everything after it to `len` are zero, as a write
+/// cut short in space allocated ahead leaves it.
+fn ends_in_zeros(file: &File, pos: u64, len: u64) -> bool {
+    // Base offset (8 bytes), then the length of the rest (4 bytes).
+    let mut head = [0u8; 12];
+    if file.read_exact_at(&mut head, pos).is_err() {
+        return false;
+    }
+    let rest = u32::from_be_bytes([head[8], head[9], head[10], head[11]]);
+    let last = pos + 12 + u64::from(rest) - 1;
+    rest > 0 && last < len && zeros_to(file, last, len).unwrap_or(false)
 }
 
 /// Checks a segment's `.index` and `.timeindex` against its batches
@@ -407,7 +437,12 @@ pub fn read_partition(
                 position: pos,
                 detail,
             };
-            let h = read_batch(&file, pos, len, &mut buf).map_err(|e| corrupt(e.to_string()))?;
+            let h = match read_batch(&file, pos, len, &mut buf) {
+                Ok(h) => h,
+                // Space allocated ahead of the appends: the end of the data.
+                Err(_) if zeros_to(&file, pos, len).unwrap_or(false) => break,
+                Err(e) => return Err(corrupt(e.to_string())),
+            };
             if h.next_offset() > from {
                 let records = batch::records(&buf).map_err(|e| corrupt(e.to_string()))?;
                 for r in records {

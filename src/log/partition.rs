@@ -339,6 +339,9 @@ impl Partition {
         let base = inner.next_offset;
         batch::set_base_offset(batch_bytes, base);
         let position = inner.active.len;
+        inner
+            .active
+            .preallocate(position + len, self.segment_size_max());
         if let Err(e) = write_at(&inner.active.file, batch_bytes, position) {
             return Err(self.write_failed(&mut inner, e));
         }
@@ -396,25 +399,31 @@ impl Partition {
         if active.len == 0 {
             return false;
         }
-        let size_max = self.settings.segment_bytes_max.min(SEGMENT_BYTES_MAX);
-        let too_big = active.len + incoming > size_max;
+        let too_big = active.len + incoming > self.segment_size_max();
         let too_old = active
             .first_append_ms
             .is_some_and(|first| now_ms.saturating_sub(first) >= self.settings.segment_age_ms);
         too_big || too_old
     }
 
-    /// Seals the active segment (writing its index files) and starts a new one. The sealed
-    /// data, its indexes and the directory are fsynced by the next round, which runs before
-    /// any offset of the new segment becomes durable.
+    fn segment_size_max(&self) -> u64 {
+        self.settings.segment_bytes_max.min(SEGMENT_BYTES_MAX)
+    }
+
+    /// Seals the active segment (cutting the space allocated past its end and writing its
+    /// index files) and starts a new one. The sealed data, its size, its indexes and the
+    /// directory are fsynced by the next round, which runs before any offset of the new
+    /// segment becomes durable.
     fn roll(&self, inner: &mut Inner) -> io::Result<()> {
         failpoint!("log::roll");
+        inner.active.cut_allocation()?;
         let next = inner.next_offset;
         let old = &inner.active;
         let last_rel = u32::try_from(next - 1 - old.base_offset).unwrap_or(u32::MAX);
         write_index_files(&self.dir, old, last_rel)?;
         failpoint!("log::segment_create");
-        let new = ActiveSegment::create(&self.dir, next)?;
+        let mut new = ActiveSegment::create(&self.dir, next)?;
+        new.preallocating = inner.active.preallocating;
         let old = std::mem::replace(&mut inner.active, new);
         inner
             .unsynced_seals
@@ -436,6 +445,8 @@ impl Partition {
     /// A failed write may have left part of a batch: cut it. If even that fails the file
     /// is in an unknown state and the partition is fenced.
     fn write_failed(&self, inner: &mut Inner, err: io::Error) -> AppendError {
+        // The space allocated ahead goes too: it may be what a full disk needs.
+        inner.active.allocated = inner.active.len;
         if let Err(trunc) = inner.active.file.set_len(inner.active.len) {
             tracing::error!(topic = %self.topic, partition = self.id, error = %err,
                 truncate_error = %trunc, "write failed and the partial batch could not be cut; fencing the partition");
@@ -630,9 +641,15 @@ impl Partition {
     pub fn close(&self) -> io::Result<()> {
         self.inner.lock().closed = true;
         self.sync_round();
-        let inner = self.inner.lock();
+        let mut inner = self.inner.lock();
         if inner.fenced {
             return Err(io::Error::other("partition is fenced"));
+        }
+        if inner.active.allocated > inner.active.len {
+            // A cleanly stopped segment holds only batches; its size is made durable here
+            // (the round above may have had nothing to sync).
+            inner.active.cut_allocation()?;
+            inner.active.file.sync_data()?;
         }
         let active = &inner.active;
         let last_rel =
@@ -1182,6 +1199,24 @@ pub(crate) fn read_batch<R: ReadAt + ?Sized>(
     batch::check_batch(buf, BATCH_BYTES_MAX)
 }
 
+/// Whether `file` holds only zeros from `from` to `end`: space allocated ahead of the
+/// appends that no batch reached (see [`ActiveSegment`]), never a torn write (a batch
+/// starts with its base offset and a length of at least its header's).
+pub(crate) fn zeros_to<R: ReadAt + ?Sized>(file: &R, from: u64, end: u64) -> io::Result<bool> {
+    let mut buf =
+        vec![0u8; (64 << 10).min(usize::try_from(end.saturating_sub(from)).unwrap_or(usize::MAX))];
+    let mut pos = from;
+    while pos < end {
+        let n = usize::try_from(end - pos).map_or(buf.len(), |left| left.min(buf.len()));
+        file.read_exact_from(&mut buf[..n], pos)?;
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        pos += n as u64;
+    }
+    Ok(true)
+}
+
 fn write_at(file: &File, bytes: &[u8], position: u64) -> io::Result<()> {
     failpoint!("log::write");
     file.write_all_at(bytes, position)?;
@@ -1716,5 +1751,95 @@ pub(crate) mod read_batches_tests {
             assert!(buf.is_empty());
         }
         assert!(p.read_batches(end + 1, 10, &mut Vec::new()).is_err());
+    }
+}
+
+#[cfg(test)]
+mod preallocation_tests {
+    use std::fs;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use crate::clock::ManualClock;
+    use crate::log::Log;
+    use crate::log::retention::tests::{append, config};
+    use crate::log::segment;
+
+    /// (base offset, file size) of every segment of partition 0, oldest first.
+    fn segment_files(dir: &Path) -> Vec<(i64, u64)> {
+        let part = dir.join("topics/t/0");
+        let mut out: Vec<(i64, u64)> = fs::read_dir(&part)
+            .unwrap()
+            .filter_map(|e| {
+                let e = e.unwrap();
+                let base = segment::parse_log_name(e.file_name().to_str()?)?;
+                Some((base, e.metadata().unwrap().len()))
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// The active segment's file is allocated ahead of its appends; a roll, a clean stop
+    /// and the recovery after a crash cut what no batch reached, and the recovery counts
+    /// none of it as a truncation: every offset is read back.
+    #[test]
+    fn space_allocated_ahead_is_cut_at_roll_stop_and_recovery_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let (log, _) = Log::open(&config(dir.path(), ""), Arc::clone(&clock) as _).unwrap();
+        append(&log, 1, 100);
+        let p = Arc::clone(&log.topic("t").unwrap().partitions[0]);
+        let len = p.bytes();
+        // 1 KiB segments: allocated to the segment size.
+        assert_eq!(segment_files(dir.path()), vec![(0, 1024)], "written {len}");
+        let mut end = 0;
+        for _ in 0..20 {
+            end = append(&log, 2, 100) + 1;
+        }
+        let files = segment_files(dir.path());
+        assert!(files.len() > 3, "{files:?}");
+        let active_size = files.last().unwrap().1;
+        let sealed: u64 = files[..files.len() - 1].iter().map(|f| f.1).sum();
+        assert_eq!(active_size, 1024, "the active segment is allocated ahead");
+        assert!(
+            sealed < p.bytes(),
+            "sealed segments hold only their batches: {files:?}"
+        );
+        // A crash: the log dropped without a close.
+        drop(p);
+        drop(log);
+        let (log, report) = Log::open(&config(dir.path(), ""), Arc::clone(&clock) as _).unwrap();
+        assert!(!report.clean);
+        assert_eq!(
+            report.truncated_bytes, 0,
+            "zeros allocated ahead are no loss"
+        );
+        let p = Arc::clone(&log.topic("t").unwrap().partitions[0]);
+        assert_eq!(p.visible().end_offset, end);
+        let total: u64 = segment_files(dir.path()).iter().map(|f| f.1).sum();
+        assert_eq!(total, p.bytes(), "recovery cut the zeros");
+        let mut seen = 0;
+        let mut next = 0;
+        while next < end {
+            next = p
+                .read(next, 1000, 1 << 20, &mut |_, _, _| {
+                    seen += 1;
+                })
+                .unwrap();
+        }
+        assert_eq!(seen, end, "every offset is read back");
+        // Appends go on into newly allocated space, and a clean stop cuts it.
+        end = append(&log, 1, 100) + 1;
+        assert_eq!(segment_files(dir.path()).last().unwrap().1, 1024);
+        drop(p);
+        log.close().unwrap();
+        drop(log);
+        let total: u64 = segment_files(dir.path()).iter().map(|f| f.1).sum();
+        let (log, report) = Log::open(&config(dir.path(), ""), clock).unwrap();
+        assert!(report.clean);
+        let p = &log.topic("t").unwrap().partitions[0];
+        assert_eq!(total, p.bytes(), "a clean stop leaves only batches");
+        assert_eq!(p.visible().end_offset, end);
     }
 }

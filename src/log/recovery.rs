@@ -19,7 +19,7 @@ use super::batch_append_ms;
 use super::corrupt;
 use super::datadir::{sync_dir, write_durably};
 use super::index::{self, ActiveIndex};
-use super::partition::{RECOVERY_POINT_FILE, ReadAt, read_batch, write_index_files};
+use super::partition::{RECOVERY_POINT_FILE, ReadAt, read_batch, write_index_files, zeros_to};
 use super::segment::{self, ActiveSegment, INDEX_EXT, LOG_EXT, SealedSegment, TIMEINDEX_EXT};
 use crate::limits::INDEX_INTERVAL_BYTES;
 
@@ -192,6 +192,10 @@ pub(crate) fn recover(dir: &Path, clean: bool) -> io::Result<Recovered> {
             report.truncation = Some(format!("{} at byte {}: {reason}", path.display(), scan.len));
             file.set_len(scan.len)?;
             cut = true;
+        } else if scan.len < file_len {
+            // Zeros allocated ahead of the appends (a crash before a roll or a clean stop
+            // cut them): nothing was lost.
+            file.set_len(scan.len)?;
         }
         file.sync_data()?;
         if let Some((prev_base, prev)) = kept_last.take() {
@@ -337,7 +341,8 @@ pub struct ScanOutcome {
     pub max_timestamp_ms: i64,
     /// The rebuilt offset index of the valid prefix.
     pub index: Vec<index::OffsetEntry>,
-    /// Why the scan stopped before the end, if it did.
+    /// Why the scan stopped before the end, if it did; `None` too when only zeros follow
+    /// the valid prefix (space allocated ahead of the appends, cut without a report).
     pub stop: Option<String>,
 }
 
@@ -389,6 +394,8 @@ fn scan_segment<R: ReadAt + ?Sized>(
         }
         let header: BatchHeader = match read_batch(file, pos, file_len, &mut buf) {
             Ok(h) => h,
+            // Space allocated ahead of the appends: the end of the data, nothing torn.
+            Err(_) if zeros_to(file, pos, file_len).unwrap_or(false) => break None,
             Err(DecodeError::Incomplete { needed }) => {
                 break Some(format!("torn batch ({needed} bytes missing)"));
             }

@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -40,7 +41,20 @@ pub fn parse_index_name(name: &str) -> Option<i64> {
     parse_log_name(&format!("{stem}.{LOG_EXT}"))
 }
 
+/// How far ahead of its appends the active segment's file is allocated (never past the
+/// segment size): see [`ActiveSegment::preallocate`].
+pub const PREALLOCATE_BYTES: u64 = 8 << 20;
+
 /// The segment being appended to. Owned by the partition's lock.
+///
+/// Its file is allocated ahead of the appends with `fallocate(2)`, as Kafka's
+/// `log.preallocate` does: an append into space the file already has leaves the file's
+/// size alone, so the fdatasync after it writes the data without an inode update (on
+/// ext4, without a journal commit per sync: 120 µs against 175 µs for a 512-byte write
+/// here, and fio's own fdatasync baseline writes into a preallocated file). Past `len`
+/// the file holds zeros: a roll and a clean stop cut them, and recovery and the offline
+/// readers take a tail of zeros after the last batch for the end of the data, not for a
+/// torn write (a batch never starts with a zero length).
 #[derive(Debug)]
 pub struct ActiveSegment {
     pub base_offset: i64,
@@ -48,6 +62,10 @@ pub struct ActiveSegment {
     pub file: Arc<File>,
     /// Bytes written (the next batch's position).
     pub len: u64,
+    /// The file's size: `len` plus the zeros allocated ahead.
+    pub allocated: u64,
+    /// Cleared once the file system said it cannot preallocate.
+    pub preallocating: bool,
     pub index: ActiveIndex,
     /// Largest event time in the segment, i64::MIN when empty.
     pub max_timestamp_ms: i64,
@@ -77,12 +95,59 @@ impl ActiveSegment {
             base_offset,
             file: Arc::new(file),
             len,
+            allocated: len,
+            preallocating: true,
             index: ActiveIndex::default(),
             max_timestamp_ms: i64::MIN,
             first_append_ms: None,
             last_append_ms: None,
             last_append_mono_ms: None,
         }
+    }
+
+    /// Allocates the file up to at least `end` (the end of the batch about to be
+    /// written) and, room permitting, [`PREALLOCATE_BYTES`] beyond, never past
+    /// `size_max`. Best effort: if the file system refuses (no support, no space), the
+    /// write extends the file itself, as without preallocation, and its own error is
+    /// the one that counts.
+    pub fn preallocate(&mut self, end: u64, size_max: u64) {
+        if end <= self.allocated || !self.preallocating {
+            return;
+        }
+        let target = end.saturating_add(PREALLOCATE_BYTES).min(size_max).max(end);
+        let (Ok(from), Ok(add)) = (
+            libc::off_t::try_from(self.allocated),
+            libc::off_t::try_from(target - self.allocated),
+        ) else {
+            return;
+        };
+        // SAFETY: fallocate on a descriptor this segment owns; it reads no memory of ours.
+        if unsafe { libc::fallocate(self.file.as_raw_fd(), 0, from, add) } == 0 {
+            self.allocated = target;
+            return;
+        }
+        let err = io::Error::last_os_error();
+        if matches!(
+            err.raw_os_error(),
+            Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
+        ) {
+            tracing::debug!(error = %err, "the file system cannot preallocate segments");
+            self.preallocating = false;
+        }
+        // A refusal part way (ENOSPC) may have grown the file: learn its size.
+        if let Ok(meta) = self.file.metadata() {
+            self.allocated = self.allocated.max(meta.len());
+        }
+    }
+
+    /// Cuts the zeros allocated past `len` (before a roll seals the file, and at a clean
+    /// stop), so sealed segments and a cleanly stopped one hold only batches.
+    pub fn cut_allocation(&mut self) -> io::Result<()> {
+        if self.allocated > self.len {
+            self.file.set_len(self.len)?;
+            self.allocated = self.len;
+        }
+        Ok(())
     }
 }
 

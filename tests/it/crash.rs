@@ -127,6 +127,8 @@ fn kill9_during_concurrent_ingest_loses_no_acknowledged_event() {
     );
 }
 
+/// A torn write (half a batch, then the zeros of space allocated ahead) is cut on restart,
+/// counted and logged, and appends go on after the cut.
 #[test]
 fn a_torn_tail_is_cut_on_restart_and_reported() {
     let mut w = Weir::start(&config("default_event_type = \"x\""));
@@ -139,10 +141,18 @@ fn a_torn_tail_is_cut_on_restart_and_reported() {
     let seg = w
         .data_dir()
         .join(format!("topics/events/{p}/00000000000000000000.log"));
-    let good = std::fs::read(&seg).unwrap();
-    // Half of a copy of the batch: a torn write.
+    let mut good = std::fs::read(&seg).unwrap();
+    let batch_len = weir::log::batch::check_batch(&good, 1 << 30)
+        .unwrap()
+        .total_len();
+    // The segment is allocated ahead of its appends: zeros follow the batch.
+    assert!(good.len() > batch_len, "{} bytes", good.len());
+    assert!(good[batch_len..].iter().all(|b| *b == 0));
+    good.truncate(batch_len);
+    // Half of a copy of the batch, in space allocated ahead: a torn write.
     let mut torn = good.clone();
     torn.extend_from_slice(&good[..good.len() / 2]);
+    torn.resize(torn.len() + 4096, 0);
     std::fs::write(&seg, &torn).unwrap();
     w.restart();
     let log = w.log_text();
@@ -157,7 +167,10 @@ fn a_torn_tail_is_cut_on_restart_and_reported() {
                 && l.contains(&format!("partition=\"{p}\""))
         })
         .expect("truncation metric");
-    assert!(line.ends_with(&format!(" {}", good.len() / 2)), "{line}");
+    assert!(
+        line.ends_with(&format!(" {}", good.len() / 2 + 4096)),
+        "{line}"
+    );
     assert_eq!(w.read_all("events", p).len(), 30);
     assert_eq!(
         w.post("/v1/topics/events/events", &body).status,
