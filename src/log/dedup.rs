@@ -18,7 +18,9 @@
 //! newest append are kept, whatever the wall clock said at the restart (ids appended
 //! before a backward jump then stay until table time passes their append time).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+mod table;
+
+use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -29,6 +31,7 @@ use tokio::sync::futures::Notified;
 
 use crate::clock::SharedClock;
 use crate::metrics as m;
+use table::IdTable;
 
 /// The ids are already xxh3-128 hashes: their low bits are a perfectly good hash.
 #[derive(Default)]
@@ -53,7 +56,6 @@ impl Hasher for IdHasher {
     }
 }
 
-type IdMap<V> = HashMap<Key, V, BuildHasherDefault<IdHasher>>;
 pub type IdSet = HashSet<u128, BuildHasherDefault<IdHasher>>;
 type KeySet = HashSet<Key, BuildHasherDefault<IdHasher>>;
 
@@ -66,13 +68,23 @@ type Key = u64;
 /// it, with a set.
 const IN_REQUEST_SCAN_MAX: usize = 16;
 
+/// How many ids ahead a loop over a request's ids prefetches their table slots: enough
+/// misses in flight to overlap, few enough that the lines are still cached when used.
+const PREFETCH_AHEAD: usize = 16;
+
+/// The table key of an id: its 128 bits folded to 64, never 0 (an empty slot: a fold of
+/// 0 takes an arbitrary constant, as likely as any key to meet another).
 fn key(id: u128) -> Key {
     #[allow(
         clippy::cast_possible_truncation,
         reason = "folding 128 bits into 64 is the point"
     )]
     let folded = (id as u64) ^ ((id >> 64) as u64);
-    folded
+    if folded == 0 {
+        0x9e37_79b9_7f4a_7c15
+    } else {
+        folded
+    }
 }
 
 pub struct Dedup {
@@ -92,7 +104,7 @@ pub struct Dedup {
 #[derive(Default)]
 struct Inner {
     /// id -> append time (ms) of the record that carried it.
-    seen: IdMap<i64>,
+    seen: IdTable,
     /// Insertion order for expiry and eviction; may hold stale pairs, checked on removal.
     order: VecDeque<(Key, i64)>,
     /// ids being appended by requests in flight.
@@ -206,8 +218,12 @@ impl Dedup {
         let mut append = Vec::with_capacity(ids.len());
         let mut new_ids: Vec<u128> = Vec::new();
         // Ids of this request seen so far; a set only for requests with many ids.
-        let mut in_request = KeySet::default();
         let many = ids.len() > IN_REQUEST_SCAN_MAX;
+        let mut in_request = if many {
+            KeySet::with_capacity_and_hasher(ids.len(), BuildHasherDefault::default())
+        } else {
+            KeySet::default()
+        };
         let mut duplicates = 0;
         let mut must_wait = false;
         let mut inner = self.inner.lock();
@@ -215,7 +231,10 @@ impl Dedup {
             WaitGuard::leave(guard, &mut inner);
         }
         self.expire(&mut inner, now_ms);
-        for id in ids {
+        for (i, id) in ids.iter().enumerate() {
+            if let Some(Some(ahead)) = ids.get(i + PREFETCH_AHEAD) {
+                inner.seen.prefetch(key(*ahead));
+            }
             let Some(full) = *id else {
                 append.push(true);
                 continue;
@@ -226,7 +245,7 @@ impl Dedup {
             } else {
                 new_ids.iter().any(|n| key(*n) == id)
             };
-            if repeated || inner.seen.contains_key(&id) {
+            if repeated || inner.seen.contains(id) {
                 append.push(false);
                 duplicates += 1;
             } else if inner.inflight.contains(&id) {
@@ -265,7 +284,7 @@ impl Dedup {
                 break;
             }
             inner.order.pop_front();
-            remove_if_current(&mut inner.seen, id, t);
+            inner.seen.remove_if(id, t);
         }
     }
 
@@ -282,29 +301,20 @@ impl Dedup {
             let Some((old, t)) = inner.order.pop_front() else {
                 break;
             };
-            if remove_if_current(&mut inner.seen, old, t) {
+            // The ids evicted next: their slots are fetched while this one is removed.
+            if let Some((ahead, _)) = inner.order.get(PREFETCH_AHEAD) {
+                inner.seen.prefetch(*ahead);
+            }
+            if inner.seen.remove_if(old, t) {
                 evicted += 1;
             }
         }
         // Stale pairs (ids re-inserted later) must not make `order` grow without bound.
         if inner.order.len() > 2 * self.entries_max.max(1024) {
             let seen = &inner.seen;
-            inner.order.retain(|(id, t)| seen.get(id) == Some(t));
+            inner.order.retain(|(id, t)| seen.get(*id) == Some(*t));
         }
         evicted
-    }
-}
-
-/// Removes `id` if the table still holds it from time `t` (not from a later re-insert).
-/// One probe in the usual case: the table is far bigger than the cache.
-fn remove_if_current(seen: &mut IdMap<i64>, id: Key, t: i64) -> bool {
-    match seen.remove(&id) {
-        Some(held) if held == t => true,
-        Some(held) => {
-            seen.insert(id, held);
-            false
-        }
-        None => false,
     }
 }
 
@@ -336,7 +346,10 @@ impl Ticket {
         };
         let mut inner = dedup.inner.lock();
         let mut evicted = 0;
-        for id in self.ids.drain(..) {
+        for (i, &id) in self.ids.iter().enumerate() {
+            if let Some(ahead) = self.ids.get(i + PREFETCH_AHEAD) {
+                inner.seen.prefetch(key(*ahead));
+            }
             inner.inflight.remove(&key(id));
             if let Some(l) = &landed
                 && (l.appended)(id)
