@@ -296,7 +296,13 @@ impl BodyBounds {
         if let Some(len) = declared {
             permits.take(len)?;
         }
-        let read = read_body(body, self.max, declared.is_none().then_some(&mut permits));
+        let capacity = declared.map_or(0, |len| len.min(self.max));
+        let read = read_body(
+            body,
+            self.max,
+            capacity,
+            declared.is_none().then_some(&mut permits),
+        );
         let bytes = tokio::time::timeout(self.timeout, read)
             .await
             .map_err(|_| {
@@ -309,11 +315,14 @@ impl BodyBounds {
     }
 }
 
-/// Reads the body up to `max` bytes. Without a declared length, each frame takes its
+/// Reads the body up to `max` bytes into one buffer of `capacity` bytes (the declared
+/// length, already charged to `max_inflight`: a body of many frames is copied once, not
+/// again at every doubling). Without a declared length, each frame takes its
 /// `max_inflight` permits as it arrives.
 async fn read_body(
     mut body: axum::body::Body,
     max: u64,
+    capacity: u64,
     mut permits: Option<&mut InflightPermits>,
 ) -> Result<bytes::Bytes, ApiError> {
     let mut buf = bytes::BytesMut::new();
@@ -340,6 +349,11 @@ async fn read_body(
             None if buf.is_empty() => only = Some(data),
             None => buf.extend_from_slice(&data),
             Some(first) => {
+                buf.reserve(
+                    usize::try_from(capacity)
+                        .unwrap_or(0)
+                        .max(first.len() + data.len()),
+                );
                 buf.extend_from_slice(&first);
                 buf.extend_from_slice(&data);
             }
