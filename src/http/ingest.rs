@@ -6,6 +6,7 @@
 //! the free-space reserve (507), then the append. 202 only once the append is as durable as the topic asks.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -297,20 +298,29 @@ impl BodyBounds {
             permits.take(len)?;
         }
         let capacity = declared.map_or(0, |len| len.min(self.max));
-        let read = read_body(
-            body,
-            self.max,
-            capacity,
-            declared.is_none().then_some(&mut permits),
-        );
-        let bytes = tokio::time::timeout(self.timeout, read)
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    ErrorCode::RequestTimeout,
-                    "the body did not arrive within body_timeout",
-                )
-            })??;
+        let bytes = {
+            let mut read = std::pin::pin!(read_body(
+                body,
+                self.max,
+                capacity,
+                declared.is_none().then_some(&mut permits),
+            ));
+            // A small body has usually arrived with its head: it is read without arming
+            // a timer (a clock read, and a timer-wheel entry made and removed).
+            match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
+                Poll::Ready(bytes) => bytes?,
+                Poll::Pending => {
+                    tokio::time::timeout(self.timeout, read)
+                        .await
+                        .map_err(|_| {
+                            ApiError::new(
+                                ErrorCode::RequestTimeout,
+                                "the body did not arrive within body_timeout",
+                            )
+                        })??
+                }
+            }
+        };
         Ok((bytes, permits))
     }
 }
