@@ -216,7 +216,7 @@ impl Dedup {
         waited: Option<WaitGuard<'a>>,
     ) -> Result<Admission, (Notified<'a>, WaitGuard<'a>)> {
         let mut append = Vec::with_capacity(ids.len());
-        let mut new_ids: Vec<u128> = Vec::new();
+        let mut new_ids: Vec<u128> = Vec::with_capacity(ids.len());
         // Ids of this request seen so far; a set only for requests with many ids.
         let many = ids.len() > IN_REQUEST_SCAN_MAX;
         let mut in_request = if many {
@@ -401,6 +401,8 @@ impl Drop for Ticket {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn dedup(window_ms: i64, max: usize) -> Arc<Dedup> {
@@ -500,6 +502,26 @@ mod tests {
             [true],
             "the original failed: append as new"
         );
+    }
+
+    /// A request that must wait for another's id holds none of its own new ids while it
+    /// waits: a third request takes them at once.
+    #[tokio::test]
+    async fn a_request_that_waits_holds_none_of_its_ids() {
+        let d = dedup(1000, 100);
+        let first = d.admit(&[Some(7)], 0).await;
+        let d2 = Arc::clone(&d);
+        let waiter = tokio::spawn(async move { d2.admit(&[Some(8), Some(7)], 0).await.append });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        let third = tokio::time::timeout(Duration::from_secs(5), d.admit(&[Some(8)], 0))
+            .await
+            .expect("id 8 is not held by the waiting request");
+        assert_eq!(third.append, [true]);
+        third.ticket.settle(&|_| true, 0, 0);
+        first.ticket.settle(&|_| true, 0, 0);
+        assert_eq!(waiter.await.unwrap(), [false, false]);
+        assert!(d.inner.lock().inflight.is_empty());
     }
 
     #[tokio::test]
