@@ -245,6 +245,7 @@ pub fn encode_checkpoint(
         oldest_slot,
         rows,
         rows_before,
+        rows_slot_ms: sessions_kind.then(|| engine.spec().window.pane_ms()),
         outbox: None,
     }
 }
