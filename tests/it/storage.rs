@@ -511,7 +511,7 @@ fn wait_free_above(w: &Weir, above: u64) {
 #[test]
 fn a_small_real_file_system_filling_up_loses_and_corrupts_nothing() {
     const RESERVE: u64 = 4 << 20;
-    let fs = match Tmpfs::mount("16m") {
+    let fs = match Tmpfs::mount("24m") {
         Ok(fs) => fs,
         Err(why) => {
             eprintln!("not tested here: cannot mount a tmpfs ({why})");
@@ -520,8 +520,11 @@ fn a_small_real_file_system_filling_up_loses_and_corrupts_nothing() {
     };
     let data = fs.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    // Room for about 5 MiB of data before the 4 MiB reserve.
-    fs.ballast("ballast0", 7 << 20);
+    // Room for about 5 MiB of data before the 4 MiB reserve. Once the ballast goes,
+    // the store reopens only with 4 MiB beyond the reserve (`REOPEN_FREE_BYTES`), and
+    // each active segment holds up to its size (512 KiB here) allocated ahead: 24 MiB
+    // leave that room with a margin however many rounds the full disk takes below.
+    fs.ballast("ballast0", 15 << 20);
     let config = config(
         "free_space_reserve = \"4MiB\"",
         2,
