@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use super::batch::{self, BatchHeader, Record};
 use super::index::{OFFSET_ENTRY_LEN, TIME_ENTRY_LEN};
-use super::partition::{read_batch, zeros_to};
+use super::partition::{read_batch_or_end, zeros_to};
 use super::segment::{self, INDEX_EXT, LOG_EXT, TIMEINDEX_EXT};
 
 /// One partition folder of a data dir.
@@ -187,6 +187,14 @@ impl Bad {
             torn: false,
         })
     }
+
+    fn torn(position: u64, detail: String) -> Option<Bad> {
+        Some(Bad {
+            position,
+            detail,
+            torn: true,
+        })
+    }
 }
 
 /// Reads the batches of one segment from its start, calling `each` with the position
@@ -202,34 +210,20 @@ fn walk_segment(
     let mut pos = 0u64;
     let mut next = base;
     while pos < len {
-        let h = match read_batch(file, pos, len, buf) {
-            Ok(h) => h,
+        let h = match read_batch_or_end(file, pos, len, buf) {
+            Ok(Some(h)) => h,
             // Space allocated ahead of the appends: the end of the data.
-            Err(_) if zeros_to(file, pos, len).unwrap_or(false) => return (next, None),
+            Ok(None) => return (next, None),
             Err(batch::DecodeError::Incomplete { needed }) => {
                 let detail = format!("torn batch: {needed} bytes missing at the end");
-                return (
-                    next,
-                    Some(Bad {
-                        position: pos,
-                        detail,
-                        torn: true,
-                    }),
-                );
+                return (next, Bad::torn(pos, detail));
             }
             Err(batch::DecodeError::Corrupt { what, at }) => {
                 if ends_in_zeros(file, pos, len) {
                     // Written into space allocated ahead, and cut short: its end and
                     // everything after it are still the allocation's zeros.
                     let detail = format!("torn batch: its end is zeros ({what})");
-                    return (
-                        next,
-                        Some(Bad {
-                            position: pos,
-                            detail,
-                            torn: true,
-                        }),
-                    );
+                    return (next, Bad::torn(pos, detail));
                 }
                 let detail = format!("bad batch: {what} (the field at byte {})", pos + at as u64);
                 return (next, Bad::wrong(pos, detail));
@@ -437,10 +431,10 @@ pub fn read_partition(
                 position: pos,
                 detail,
             };
-            let h = match read_batch(&file, pos, len, &mut buf) {
-                Ok(h) => h,
+            let h = match read_batch_or_end(&file, pos, len, &mut buf) {
+                Ok(Some(h)) => h,
                 // Space allocated ahead of the appends: the end of the data.
-                Err(_) if zeros_to(&file, pos, len).unwrap_or(false) => break,
+                Ok(None) => break,
                 Err(e) => return Err(corrupt(e.to_string())),
             };
             if h.next_offset() > from {

@@ -645,10 +645,9 @@ impl Partition {
         if inner.fenced {
             return Err(io::Error::other("partition is fenced"));
         }
-        if inner.active.allocated > inner.active.len {
-            // A cleanly stopped segment holds only batches; its size is made durable here
-            // (the round above may have had nothing to sync).
-            inner.active.cut_allocation()?;
+        // A cleanly stopped segment holds only batches; its size is made durable here
+        // (the round above may have had nothing to sync).
+        if inner.active.cut_allocation()? {
             inner.active.file.sync_data()?;
         }
         let active = &inner.active;
@@ -1197,6 +1196,21 @@ pub(crate) fn read_batch<R: ReadAt + ?Sized>(
     file.read_exact_from(&mut buf[head_len..], pos + head_len as u64)
         .map_err(|_| batch::DecodeError::Incomplete { needed: 1 })?;
     batch::check_batch(buf, BATCH_BYTES_MAX)
+}
+
+/// [`read_batch`], or `Ok(None)` where the data ends in space allocated ahead of the
+/// appends: no batch at `pos`, and only zeros from there to `limit`.
+pub(crate) fn read_batch_or_end<R: ReadAt + ?Sized>(
+    file: &R,
+    pos: u64,
+    limit: u64,
+    buf: &mut Vec<u8>,
+) -> Result<Option<BatchHeader>, batch::DecodeError> {
+    match read_batch(file, pos, limit, buf) {
+        Ok(h) => Ok(Some(h)),
+        Err(_) if zeros_to(file, pos, limit).unwrap_or(false) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Whether `file` holds only zeros from `from` to `end`: space allocated ahead of the

@@ -19,7 +19,9 @@ use super::batch_append_ms;
 use super::corrupt;
 use super::datadir::{sync_dir, write_durably};
 use super::index::{self, ActiveIndex};
-use super::partition::{RECOVERY_POINT_FILE, ReadAt, read_batch, write_index_files, zeros_to};
+use super::partition::{
+    RECOVERY_POINT_FILE, ReadAt, read_batch, read_batch_or_end, write_index_files,
+};
 use super::segment::{self, ActiveSegment, INDEX_EXT, LOG_EXT, SealedSegment, TIMEINDEX_EXT};
 use crate::limits::INDEX_INTERVAL_BYTES;
 
@@ -392,10 +394,10 @@ fn scan_segment<R: ReadAt + ?Sized>(
         if pos == file_len {
             break None;
         }
-        let header: BatchHeader = match read_batch(file, pos, file_len, &mut buf) {
-            Ok(h) => h,
+        let header: BatchHeader = match read_batch_or_end(file, pos, file_len, &mut buf) {
+            Ok(Some(h)) => h,
             // Space allocated ahead of the appends: the end of the data, nothing torn.
-            Err(_) if zeros_to(file, pos, file_len).unwrap_or(false) => break None,
+            Ok(None) => break None,
             Err(DecodeError::Incomplete { needed }) => {
                 break Some(format!("torn batch ({needed} bytes missing)"));
             }

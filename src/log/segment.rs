@@ -141,13 +141,15 @@ impl ActiveSegment {
     }
 
     /// Cuts the zeros allocated past `len` (before a roll seals the file, and at a clean
-    /// stop), so sealed segments and a cleanly stopped one hold only batches.
-    pub fn cut_allocation(&mut self) -> io::Result<()> {
-        if self.allocated > self.len {
-            self.file.set_len(self.len)?;
-            self.allocated = self.len;
+    /// stop), so sealed segments and a cleanly stopped one hold only batches. True if
+    /// there were any (the file's size changed).
+    pub fn cut_allocation(&mut self) -> io::Result<bool> {
+        if self.allocated <= self.len {
+            return Ok(false);
         }
-        Ok(())
+        self.file.set_len(self.len)?;
+        self.allocated = self.len;
+        Ok(true)
     }
 }
 
