@@ -451,6 +451,18 @@ pub struct Checkpoint {
     pub outbox: Option<Vec<u8>>,
 }
 
+impl Checkpoint {
+    /// The oldest row slot `rows_before` keeps: whole slots only, so a session slot goes
+    /// once its newest possible start (slot + gap - 1) is before `rows_before`.
+    fn rows_kept_from(&self) -> Option<i64> {
+        let before = self.rows_before?;
+        Some(match self.rows_slot_ms {
+            Some(gap) => before.saturating_sub(gap.max(1)).saturating_add(1),
+            None => before,
+        })
+    }
+}
+
 impl PipelineStore {
     fn key(&self, kind: u8, at: Option<i64>, rest: &[u8]) -> Vec<u8> {
         let mut k = Vec::with_capacity(self.prefix.len() + 9 + rest.len());
@@ -738,15 +750,9 @@ impl PipelineStore {
                 batch.insert(k, sessions.as_slice());
             }
         }
-        if let Some(before) = c.rows_before {
-            // Whole slots only: a session slot is dropped once its newest possible start
-            // (slot + gap - 1) is before `before`.
-            let before = match c.rows_slot_ms {
-                Some(gap) => before.saturating_sub(gap.max(1)).saturating_add(1),
-                None => before,
-            };
+        if let Some(kept_from) = c.rows_kept_from() {
             let from = self.key(b'r', None, &[]);
-            let to = self.key(b'r', Some(before), &[]);
+            let to = self.key(b'r', Some(kept_from), &[]);
             for k in tree.range(from..to).keys() {
                 batch.remove(k?);
             }
@@ -788,12 +794,7 @@ impl PipelineStore {
                 .or_default()
                 .push(row);
         }
-        let expired = |slot: i64| {
-            c.rows_before.is_some_and(|before| match c.rows_slot_ms {
-                Some(gap) => slot.saturating_add(gap.max(1)) <= before,
-                None => slot < before,
-            })
-        };
+        let expired = |slot: i64| c.rows_kept_from().is_some_and(|kept| slot < kept);
         let mut fresh: hashbrown::HashSet<(i64, &str), foldhash::fast::RandomState> =
             hashbrown::HashSet::default();
         for ((slot, bucket), mut rows) in groups {
@@ -965,26 +966,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1 << 20).unwrap();
         let p = store.pipeline("p");
-        let row = |start_ms: i64, key: &str, n: u64| {
-            let mut states = Vec::new();
-            Writer(&mut states).states(&[AggState::Count(n)]);
-            RowWrite {
-                start_ms,
-                key: Arc::from(key),
-                end_ms: start_ms + 10,
-                complete: true,
-                states,
-            }
-        };
         p.commit(&Checkpoint {
             offsets: vec![1],
             head: Vec::new(),
             rows: vec![
-                row(0, "a", 1),
-                row(0, "b", 2),
-                row(10, "a", 3),
-                row(20, "a", 4),
-                row(20, "b", 5),
+                row_write(0, "a", 1),
+                row_write(0, "b", 2),
+                row_write(10, "a", 3),
+                row_write(20, "a", 4),
+                row_write(20, "b", 5),
             ],
             ..Checkpoint::default()
         })
