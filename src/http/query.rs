@@ -348,13 +348,10 @@ async fn answer_stored(
 ) -> Result<Vec<u8>, ApiError> {
     let store = p.store.clone();
     let key_owned = key.to_string();
-    // Session rows are stored in slots of the gap (see `store`), as the engine's panes.
-    let gap_ms = match p.config.window {
-        crate::config::WindowConfig::Session { gap, .. } => {
-            i64::try_from(gap.as_millis()).unwrap_or(i64::MAX)
-        }
-        _ => 1,
-    };
+    // Session rows are stored in slots of the gap (see `store`).
+    let slot_ms = crate::pipeline::runner::window_kind(&p.config.window)
+        .row_slot_ms()
+        .unwrap_or(1);
     let rows = tokio::task::spawn_blocking(move || {
         let Some(step) = range.step else {
             return store.key_rows_scan(
@@ -363,7 +360,7 @@ async fn answer_stored(
                 range.newest,
                 range.n,
                 QUERY_STORED_SCAN_MAX,
-                gap_ms,
+                slot_ms,
             );
         };
         let starts = std::iter::successors(Some(range.newest), |s| {

@@ -74,8 +74,8 @@ pub const READ_CHUNK_BYTES: usize = 256 << 10;
 /// answer is while input keeps coming.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(10);
 /// Shortest time between two wake-ups of an idle thread by appends. Under a stream of
-/// small appends (single-event requests) the thread then takes what arrived in the last
-/// millisecond in one go, instead of waking for every few events: each wake-up costs an
+/// small appends (single-event requests) the thread then takes what arrived since in one
+/// go, instead of waking for every few events: each wake-up costs an
 /// appender a futex wake and this thread a context switch and a publish. Adds at most
 /// this to how soon an event shows; none when appends are further apart.
 pub const WAKE_SPACING: Duration = Duration::from_millis(4);
@@ -106,21 +106,27 @@ pub fn fingerprint(c: &PipelineConfig) -> u64 {
     xxhash_rust::xxh3::xxh3_64(text.as_bytes())
 }
 
+/// The engine's window of a configured one.
+pub fn window_kind(window: &WindowConfig) -> WindowKind {
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    match *window {
+        WindowConfig::Tumbling { size } => WindowKind::Tumbling { size_ms: ms(size) },
+        WindowConfig::Hopping { size, slide } => WindowKind::Hopping {
+            size_ms: ms(size),
+            slide_ms: ms(slide),
+        },
+        WindowConfig::Session { gap, max_length } => WindowKind::Session {
+            gap_ms: ms(gap),
+            max_ms: ms(max_length),
+        },
+    }
+}
+
 /// The engine's spec for a configured pipeline over a topic of `partitions`.
 pub fn spec_of(config: &PipelineConfig, partitions: usize) -> Spec {
     let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     Spec {
-        window: match config.window {
-            WindowConfig::Tumbling { size } => WindowKind::Tumbling { size_ms: ms(size) },
-            WindowConfig::Hopping { size, slide } => WindowKind::Hopping {
-                size_ms: ms(size),
-                slide_ms: ms(slide),
-            },
-            WindowConfig::Session { gap, max_length } => WindowKind::Session {
-                gap_ms: ms(gap),
-                max_ms: ms(max_length),
-            },
-        },
+        window: window_kind(&config.window),
         time: match config.time {
             PipelineTime::Event => TimeMode::Event,
             PipelineTime::Ingest => TimeMode::Ingest,
@@ -245,7 +251,7 @@ pub fn encode_checkpoint(
         oldest_slot,
         rows,
         rows_before,
-        rows_slot_ms: sessions_kind.then(|| engine.spec().window.pane_ms()),
+        rows_slot_ms: engine.spec().window.row_slot_ms(),
         outbox: None,
     }
 }

@@ -117,6 +117,13 @@ impl WindowKind {
         self.size_ms() / self.pane_ms()
     }
 
+    /// The width of the slots a pipeline's closed rows are stored by (see `store`):
+    /// session rows by their start rounded down to the gap; `None` for aligned windows,
+    /// whose rows go by their start itself.
+    pub fn row_slot_ms(self) -> Option<i64> {
+        self.is_session().then(|| self.pane_ms())
+    }
+
     /// [`Self::window_starts`] of the times in the pane starting at `pane`, without a
     /// division: `per` is [`Self::windows_per_pane`].
     fn window_starts_of_pane(self, pane: i64, per: i64) -> impl Iterator<Item = i64> {
