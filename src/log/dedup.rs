@@ -3,10 +3,14 @@
 //! Derived from the log (rebuilt at start from the `weir.id` record headers of the last
 //! `dedup_window` of append time, before ingest is accepted), bounded by
 //! `max_dedup_entries` (oldest evicted, counted). Only client-supplied ids enter it.
-//! An id being appended by a request still in flight is held in `inflight`: a duplicate
-//! of it waits for that request's outcome, then is a duplicate if the original landed or
-//! new if it failed. Waiting is rare, so it costs the common path nothing: waiters share
-//! one `Notify`, woken only when a request settles while some wait.
+//! An id being appended by a request still in flight is held in the table itself, as a
+//! pending entry marked with that request's ticket ([`pending_mark`]): a duplicate of it
+//! in another request waits for that request's outcome, then is a duplicate if the
+//! original landed or new if it failed; a repeat within the same request finds its own
+//! mark and is a duplicate. So an id costs one table lookup at admission (which also
+//! claims its slot) and one at the settle (the same slot, turned into an entry with its
+//! append time, or emptied). Waiting is rare, so it costs the common path nothing:
+//! waiters share one `Notify`, woken only when a request settles while some wait.
 //!
 //! Time. Entries expire by the table's own time ([`Dedup::now_ms`]), never by the wall
 //! clock: table time advances with the monotonic clock, from the wall-clock reading when
@@ -57,16 +61,21 @@ impl Hasher for IdHasher {
 }
 
 pub type IdSet = HashSet<u128, BuildHasherDefault<IdHasher>>;
-type KeySet = HashSet<Key, BuildHasherDefault<IdHasher>>;
 
 /// The table keeps 64 of the id hash's 128 bits: half the memory, so more of a
 /// million-entry table stays in cache. A new id is taken for a duplicate only if its
 /// 64 bits equal those of one of the n ids held: about n / 2^64 per lookup.
 type Key = u64;
 
-/// Up to this many ids, a request's repeats are found by scanning its new ids; beyond
-/// it, with a set.
-const IN_REQUEST_SCAN_MAX: usize = 16;
+/// Times below this mark pending entries (`pending_mark`); append times are clamped to
+/// it (it is 146 million years before 1970).
+const TIME_MIN: i64 = i64::MIN + (1 << 62);
+
+/// The time a pending entry of ticket `n` holds: below every append time, and its own.
+fn pending_mark(n: u64) -> i64 {
+    debug_assert!(n < 1 << 62);
+    i64::MIN.wrapping_add_unsigned(n)
+}
 
 /// How many ids ahead a loop over a request's ids prefetches their table slots: enough
 /// misses in flight to overlap, few enough that the lines are still cached when used.
@@ -103,12 +112,15 @@ pub struct Dedup {
 
 #[derive(Default)]
 struct Inner {
-    /// id -> append time (ms) of the record that carried it.
+    /// id -> append time (ms) of the record that carried it, or the pending mark of the
+    /// request in flight appending it.
     seen: IdTable,
+    /// Pending entries in `seen`: the ids of requests in flight.
+    pending: usize,
+    /// The next request's ticket number (its pending mark: `pending_mark`).
+    next_ticket: u64,
     /// Insertion order for expiry and eviction; may hold stale pairs, checked on removal.
     order: VecDeque<(Key, i64)>,
-    /// ids being appended by requests in flight.
-    inflight: KeySet,
     /// Admissions waiting for an in-flight id to settle.
     waiting: usize,
 }
@@ -157,8 +169,10 @@ impl Dedup {
         self.window_ms > 0 && self.entries_max > 0
     }
 
+    /// Ids held (in flight ones not counted).
     pub fn len(&self) -> usize {
-        self.inner.lock().seen.len()
+        let inner = self.inner.lock();
+        inner.seen.len() - inner.pending
     }
 
     pub fn is_empty(&self) -> bool {
@@ -179,7 +193,8 @@ impl Dedup {
             evicted += self.insert(&mut inner, id, t, now_ms);
         }
         self.evictions.increment(evicted);
-        self.entries_gauge.set(inner.seen.len() as f64);
+        self.entries_gauge
+            .set((inner.seen.len() - inner.pending) as f64);
     }
 
     /// Classifies a request's events by their id hashes (None: generated id, always new).
@@ -191,6 +206,7 @@ impl Dedup {
                 ticket: Ticket {
                     dedup: None,
                     ids: Vec::new(),
+                    mark: 0,
                 },
             };
         }
@@ -217,13 +233,6 @@ impl Dedup {
     ) -> Result<Admission, (Notified<'a>, WaitGuard<'a>)> {
         let mut append = Vec::with_capacity(ids.len());
         let mut new_ids: Vec<u128> = Vec::with_capacity(ids.len());
-        // Ids of this request seen so far; a set only for requests with many ids.
-        let many = ids.len() > IN_REQUEST_SCAN_MAX;
-        let mut in_request = if many {
-            KeySet::with_capacity_and_hasher(ids.len(), BuildHasherDefault::default())
-        } else {
-            KeySet::default()
-        };
         let mut duplicates = 0;
         let mut must_wait = false;
         let mut inner = self.inner.lock();
@@ -231,6 +240,8 @@ impl Dedup {
             WaitGuard::leave(guard, &mut inner);
         }
         self.expire(&mut inner, now_ms);
+        let mark = pending_mark(inner.next_ticket);
+        inner.next_ticket += 1;
         for (i, id) in ids.iter().enumerate() {
             if let Some(Some(ahead)) = ids.get(i + PREFETCH_AHEAD) {
                 inner.seen.prefetch(key(*ahead));
@@ -239,40 +250,40 @@ impl Dedup {
                 append.push(true);
                 continue;
             };
-            let id = key(full);
-            let repeated = if many {
-                in_request.contains(&id)
-            } else {
-                new_ids.iter().any(|n| key(*n) == id)
-            };
-            if repeated || inner.seen.contains(id) {
-                append.push(false);
-                duplicates += 1;
-            } else if inner.inflight.contains(&id) {
-                must_wait = true;
-                append.push(false);
-            } else {
-                if many {
-                    in_request.insert(id);
+            match inner.seen.get_or_insert(key(full), mark) {
+                None => {
+                    new_ids.push(full);
+                    append.push(true);
                 }
-                new_ids.push(full);
-                append.push(true);
+                // In flight in another request.
+                Some(t) if t < TIME_MIN && t != mark => {
+                    must_wait = true;
+                    append.push(false);
+                }
+                // Held, or a repeat within this request.
+                Some(_) => {
+                    append.push(false);
+                    duplicates += 1;
+                }
             }
         }
         if must_wait {
+            // Nothing of a request that waits stays claimed.
+            for id in &new_ids {
+                inner.seen.remove_if(key(*id), mark);
+            }
             let notified = self.settled.notified();
             inner.waiting += 1;
             return Err((notified, WaitGuard { dedup: self }));
         }
-        for id in &new_ids {
-            inner.inflight.insert(key(*id));
-        }
+        inner.pending += new_ids.len();
         Ok(Admission {
             append,
             duplicates,
             ticket: Ticket {
                 dedup: Some(Arc::clone(self)),
                 ids: new_ids,
+                mark,
             },
         })
     }
@@ -288,16 +299,19 @@ impl Dedup {
         }
     }
 
-    /// Returns how many entries `max_dedup_entries` evicted.
+    /// Holds `id` as appended at `append_ms` (replacing a pending entry of it), unless
+    /// that is already outside the window. Returns how many entries `max_dedup_entries`
+    /// evicted.
     fn insert(&self, inner: &mut Inner, id: u128, append_ms: i64, now_ms: i64) -> u64 {
         let id = key(id);
         if append_ms < now_ms.saturating_sub(self.window_ms) {
             return 0;
         }
+        let append_ms = append_ms.max(TIME_MIN);
         inner.seen.insert(id, append_ms);
         inner.order.push_back((id, append_ms));
         let mut evicted = 0u64;
-        while inner.seen.len() > self.entries_max {
+        while inner.seen.len() - inner.pending > self.entries_max {
             let Some((old, t)) = inner.order.pop_front() else {
                 break;
             };
@@ -323,6 +337,8 @@ impl Dedup {
 pub struct Ticket {
     dedup: Option<Arc<Dedup>>,
     ids: Vec<u128>,
+    /// Its ids' pending entries hold this (`pending_mark`).
+    mark: i64,
 }
 
 impl Ticket {
@@ -350,11 +366,17 @@ impl Ticket {
             if let Some(ahead) = self.ids.get(i + PREFETCH_AHEAD) {
                 inner.seen.prefetch(key(*ahead));
             }
-            inner.inflight.remove(&key(id));
-            if let Some(l) = &landed
-                && (l.appended)(id)
-            {
-                evicted += dedup.insert(&mut inner, id, l.append_ms, l.now_ms);
+            inner.pending -= 1;
+            match &landed {
+                Some(l)
+                    if (l.appended)(id)
+                        && l.append_ms >= l.now_ms.saturating_sub(dedup.window_ms) =>
+                {
+                    evicted += dedup.insert(&mut inner, id, l.append_ms, l.now_ms);
+                }
+                _ => {
+                    inner.seen.remove_if(key(id), self.mark);
+                }
             }
         }
         if evicted > 0 {
@@ -521,7 +543,37 @@ mod tests {
         third.ticket.settle(&|_| true, 0, 0);
         first.ticket.settle(&|_| true, 0, 0);
         assert_eq!(waiter.await.unwrap(), [false, false]);
-        assert!(d.inner.lock().inflight.is_empty());
+        assert_eq!(d.inner.lock().pending, 0);
+        assert_eq!(d.len(), 2);
+    }
+
+    /// Ids in flight are held in the table but are not entries: they neither count in
+    /// `len` nor push held ids out under `max_dedup_entries`, and an id that does not
+    /// stay (failed, or landed outside the window) leaves nothing behind.
+    #[tokio::test]
+    async fn ids_in_flight_evict_nothing_until_they_land() {
+        let d = dedup(1000, 2);
+        let a = d.admit(&[Some(1), Some(2)], 0).await;
+        a.ticket.settle(&|_| true, 0, 0);
+        let b = d.admit(&[Some(3), Some(4), Some(5)], 10).await;
+        assert_eq!(b.append, [true; 3]);
+        assert_eq!(d.len(), 2);
+        let c = d.admit(&[Some(1), Some(2)], 10).await;
+        assert_eq!(c.append, [false, false], "held while 3, 4, 5 are in flight");
+        b.ticket.settle(&|id| id != 4, 10, 10);
+        assert_eq!(d.len(), 2, "3 and 5 landed and evicted 1 and 2");
+        let e = d.admit(&[Some(1), Some(3), Some(4), Some(5)], 20).await;
+        assert_eq!(e.append, [true, false, true, false]);
+        drop(e.ticket);
+        let f = d.admit(&[Some(9)], 5000).await;
+        f.ticket.settle(&|_| true, 3000, 5000);
+        let inner = d.inner.lock();
+        assert_eq!(inner.pending, 0);
+        assert_eq!(
+            inner.seen.len(),
+            0,
+            "everything expired; no pending entry left"
+        );
     }
 
     #[tokio::test]
@@ -550,6 +602,6 @@ mod tests {
             "the dropped waiter uncounted itself"
         );
         first.ticket.settle(&|_| true, 0, 0);
-        assert!(d.inner.lock().inflight.is_empty());
+        assert_eq!(d.inner.lock().pending, 0);
     }
 }

@@ -179,8 +179,18 @@ impl IdTable {
         }
     }
 
-    pub fn contains(&self, key: u64) -> bool {
-        self.find(key).1
+    /// `key`'s time if held; else adds it with `time` (one probe for both).
+    pub fn get_or_insert(&mut self, key: u64, time: i64) -> Option<i64> {
+        if (self.len + 1) * 2 > self.slots.len() {
+            self.grow();
+        }
+        let (i, found) = self.find(key);
+        if found {
+            return Some(self.slots[i].time);
+        }
+        self.slots[i] = Slot { key, time };
+        self.len += 1;
+        None
     }
 
     /// Sets `key`'s time, adding it if absent.
@@ -290,6 +300,11 @@ mod tests {
                         if want {
                             model.remove(&key);
                         }
+                    }
+                    3 => {
+                        let want = model.get(&key).copied();
+                        assert_eq!(t.get_or_insert(key, step), want, "step {step}");
+                        model.entry(key).or_insert(step);
                     }
                     _ => assert_eq!(t.get(key), model.get(&key).copied(), "step {step}"),
                 }
