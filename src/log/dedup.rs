@@ -125,6 +125,13 @@ struct Inner {
     waiting: usize,
 }
 
+impl Inner {
+    /// Ids held: the table's entries but the pending ones.
+    fn held(&self) -> usize {
+        self.seen.len() - self.pending
+    }
+}
+
 /// What to do with each event of a request, and the ticket that settles its ids.
 pub struct Admission {
     /// `true`: append it; `false`: duplicate.
@@ -171,8 +178,7 @@ impl Dedup {
 
     /// Ids held (in flight ones not counted).
     pub fn len(&self) -> usize {
-        let inner = self.inner.lock();
-        inner.seen.len() - inner.pending
+        self.inner.lock().held()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -193,8 +199,7 @@ impl Dedup {
             evicted += self.insert(&mut inner, id, t, now_ms);
         }
         self.evictions.increment(evicted);
-        self.entries_gauge
-            .set((inner.seen.len() - inner.pending) as f64);
+        self.entries_gauge.set(inner.held() as f64);
     }
 
     /// Classifies a request's events by their id hashes (None: generated id, always new).
@@ -299,19 +304,24 @@ impl Dedup {
         }
     }
 
+    /// Whether an id appended at `append_ms` is still within the window at `now_ms`.
+    fn in_window(&self, append_ms: i64, now_ms: i64) -> bool {
+        append_ms >= now_ms.saturating_sub(self.window_ms)
+    }
+
     /// Holds `id` as appended at `append_ms` (replacing a pending entry of it), unless
     /// that is already outside the window. Returns how many entries `max_dedup_entries`
     /// evicted.
     fn insert(&self, inner: &mut Inner, id: u128, append_ms: i64, now_ms: i64) -> u64 {
         let id = key(id);
-        if append_ms < now_ms.saturating_sub(self.window_ms) {
+        if !self.in_window(append_ms, now_ms) {
             return 0;
         }
         let append_ms = append_ms.max(TIME_MIN);
         inner.seen.insert(id, append_ms);
         inner.order.push_back((id, append_ms));
         let mut evicted = 0u64;
-        while inner.seen.len() - inner.pending > self.entries_max {
+        while inner.held() > self.entries_max {
             let Some((old, t)) = inner.order.pop_front() else {
                 break;
             };
@@ -368,10 +378,7 @@ impl Ticket {
             }
             inner.pending -= 1;
             match &landed {
-                Some(l)
-                    if (l.appended)(id)
-                        && l.append_ms >= l.now_ms.saturating_sub(dedup.window_ms) =>
-                {
+                Some(l) if (l.appended)(id) && dedup.in_window(l.append_ms, l.now_ms) => {
                     evicted += dedup.insert(&mut inner, id, l.append_ms, l.now_ms);
                 }
                 _ => {
