@@ -106,9 +106,13 @@ pub fn fingerprint(c: &PipelineConfig) -> u64 {
     xxhash_rust::xxh3::xxh3_64(text.as_bytes())
 }
 
+/// A configured duration in ms, saturating.
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// The engine's window of a configured one.
 pub fn window_kind(window: &WindowConfig) -> WindowKind {
-    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     match *window {
         WindowConfig::Tumbling { size } => WindowKind::Tumbling { size_ms: ms(size) },
         WindowConfig::Hopping { size, slide } => WindowKind::Hopping {
@@ -124,7 +128,6 @@ pub fn window_kind(window: &WindowConfig) -> WindowKind {
 
 /// The engine's spec for a configured pipeline over a topic of `partitions`.
 pub fn spec_of(config: &PipelineConfig, partitions: usize) -> Spec {
-    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     Spec {
         window: window_kind(&config.window),
         time: match config.time {
