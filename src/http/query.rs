@@ -390,7 +390,7 @@ async fn answer_stored(
             closed: true,
             is_final: true,
             complete: r.complete,
-            values: r.values.into_boxed_slice(),
+            values: crate::pipeline::aggregate::States::from_vec(r.values),
         };
         write_window(&p.view, r.start_ms, &row, &mut out);
     }

@@ -181,6 +181,10 @@ fn write_f64(f: f64, out: &mut String) {
 }
 
 /// The state of one aggregate in one (pane, key), or in one window after merging panes.
+/// One state per aggregate, in spec order: inline for a single aggregate, so a window's
+/// states take no allocation of their own (a session is mostly one or two events).
+pub type States = smallvec::SmallVec<[AggState; 1]>;
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum AggState {
     Count(u64),

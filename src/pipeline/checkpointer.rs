@@ -341,7 +341,7 @@ mod tests {
                     closed: true,
                     is_final: false,
                     complete: true,
-                    values: vec![AggState::Count(1)].into_boxed_slice(),
+                    values: crate::pipeline::aggregate::States::from_elem(AggState::Count(1), 1),
                 },
             );
         });

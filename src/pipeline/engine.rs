@@ -11,8 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use foldhash::HashMap;
 use std::sync::Arc;
 
-use super::aggregate::{AggFn, AggState, Aggregate, Position};
+use super::aggregate::{AggFn, AggState, Aggregate, Position, States};
 use super::key::{Filter, GroupBy, KeyError};
+use super::view::Hint;
 use super::watermark::{self, Watermarks};
 use super::window::{LastPane, WindowKind};
 use crate::json;
@@ -84,9 +85,11 @@ pub struct ClosedRow {
     pub end_ms: i64,
     pub key: Arc<str>,
     /// One per aggregate, in spec order.
-    pub values: Vec<AggState>,
+    pub values: States,
     /// False when events of the window may have been removed by retention unread.
     pub complete: bool,
+    /// Where the hot view holds the key's rows, if the engine knows (sessions).
+    pub view: Hint,
 }
 
 /// Windows that records removed by retention before the pipeline read them could have
@@ -113,7 +116,7 @@ pub const TAINTS_MAX: usize = 64;
 #[derive(Debug, Clone)]
 struct Cell {
     /// One per aggregate, in spec order.
-    states: Vec<AggState>,
+    states: States,
     /// Listed in `Engine::changed`.
     dirty: bool,
     /// Listed in `Engine::unsaved`.
@@ -191,10 +194,12 @@ pub struct Engine {
     sketches: bool,
     /// Heap bytes the cells' states hold (sketches, first/last texts) when `sketches`.
     heap_bytes: usize,
-    /// Session windows: key -> its id, an index into `keyed` (see `session`). An id whose
-    /// sessions all closed is freed by the next `take_unsaved`, so nothing listing ids
-    /// (`session_unsaved`) can see it reused.
-    key_ids: HashMap<Arc<str>, u32>,
+    /// Session windows: key -> its id, an index into `keyed` (see `session`), hashed with
+    /// `key_hasher` and compared with the key's slot. An id whose sessions all closed is
+    /// freed by the next `take_unsaved`, so nothing listing ids (`session_unsaved`) can
+    /// see it reused.
+    key_index: hashbrown::HashTable<u32>,
+    key_hasher: foldhash::fast::RandomState,
     /// Session windows: per key id, the key and its open sessions, by start.
     keyed: Vec<session::Keyed>,
     /// Session windows: ids free for a new key.
@@ -210,7 +215,7 @@ pub struct Engine {
     /// Session windows: (end, start, key id) of sessions to close, smallest first; an
     /// entry whose session grew is queued again with its end, one whose session is gone
     /// is skipped (an entry closes only a session of its end: see `close_sessions`).
-    close_queue: BTreeSet<(i64, i64, u32)>,
+    close_queue: session::CloseQueue,
     /// Session windows: rows (start, key) of sessions merged away or moved since the
     /// last `take_removed`.
     removed: Vec<(i64, Arc<str>)>,
@@ -241,13 +246,14 @@ impl Engine {
             key_buf: String::new(),
             sketches,
             heap_bytes: 0,
-            key_ids: HashMap::default(),
+            key_index: hashbrown::HashTable::new(),
+            key_hasher: foldhash::fast::RandomState::default(),
             keyed: Vec::new(),
             free_ids: Vec::new(),
             emptied_ids: Vec::new(),
             session_changed: Vec::new(),
             session_unsaved: Vec::new(),
-            close_queue: BTreeSet::new(),
+            close_queue: session::CloseQueue::default(),
             removed: Vec::new(),
             cand_buf: Vec::new(),
         }
@@ -433,8 +439,7 @@ impl Engine {
             self.cells += 1;
             let key = self.intern(pane, key);
             let aggregates = &self.spec.aggregates;
-            let mut states: Vec<AggState> =
-                aggregates.iter().map(|a| AggState::new(a.func)).collect();
+            let mut states: States = aggregates.iter().map(|a| AggState::new(a.func)).collect();
             self.counters.skipped_values +=
                 update_states(aggregates, &mut states, input.envelope, pos);
             if self.sketches {
@@ -541,7 +546,7 @@ impl Engine {
             && closes(start)
         {
             let end = start + size;
-            let mut rows: BTreeMap<Arc<str>, Vec<AggState>> = BTreeMap::new();
+            let mut rows: BTreeMap<Arc<str>, States> = BTreeMap::new();
             for (_, keys) in self.panes.range(start..end) {
                 for (key, cell) in keys {
                     match rows.get_mut(key) {
@@ -563,6 +568,7 @@ impl Engine {
                     key,
                     values,
                     complete,
+                    view: Hint::NONE,
                 }));
             // The next window with state: the next one, or the first holding a later pane.
             let next = start + pane_ms;
@@ -623,12 +629,12 @@ impl Engine {
     }
 
     /// Values of `key` in the open window starting at `start_ms`, merged from its panes.
-    pub fn window_values(&self, key: &str, start_ms: i64) -> Option<Vec<AggState>> {
+    pub fn window_values(&self, key: &str, start_ms: i64) -> Option<States> {
         if self.spec.window.is_session() {
             return self.session(key, start_ms).map(|s| s.states.clone());
         }
         let end = start_ms + self.spec.window.size_ms();
-        let mut merged: Option<Vec<AggState>> = None;
+        let mut merged: Option<States> = None;
         for (_, keys) in self.panes.range(start_ms..end) {
             if let Some(cell) = keys.get(key) {
                 match &mut merged {
@@ -642,17 +648,19 @@ impl Engine {
 
     /// Calls `visit(start, key, values)` once for every open (window, key) whose values
     /// changed since the last call, with its values merged from its panes.
-    pub fn take_changed(&mut self, mut visit: impl FnMut(i64, &Arc<str>, Vec<AggState>)) {
-        self.take_changed_rows(|start, _, key, values, _| visit(start, key, values));
+    pub fn take_changed(&mut self, mut visit: impl FnMut(i64, &Arc<str>, States)) {
+        self.take_changed_rows(|start, _, key, values, _, _| visit(start, key, values));
     }
 
-    /// Calls `visit(start, end, key, values, complete)` once for every open (window, key)
-    /// whose values changed since the last call. Rows to remove first: [`take_removed`].
+    /// Calls `visit(start, end, key, values, complete, at)` once for every open (window,
+    /// key) whose values changed since the last call; `at` is, for sessions, the key's id
+    /// and its view hint (see [`set_view_hint`](Self::set_view_hint)). Rows to remove
+    /// first: [`take_removed`].
     ///
     /// [`take_removed`]: Self::take_removed
     pub fn take_changed_rows(
         &mut self,
-        mut visit: impl FnMut(i64, i64, &Arc<str>, Vec<AggState>, bool),
+        mut visit: impl FnMut(i64, i64, &Arc<str>, States, bool, Option<(u32, Hint)>),
     ) {
         if self.spec.window.is_session() {
             let mut changed = std::mem::take(&mut self.session_changed);
@@ -672,7 +680,7 @@ impl Engine {
                 s.dirty = false;
                 let (end, values) = (s.end, s.states.clone());
                 let complete = span_complete(&self.taints, start, end);
-                visit(start, end, &k.key, values, complete);
+                visit(start, end, &k.key, values, complete, Some((id, k.view)));
             }
             self.session_changed = changed;
             return;
@@ -701,7 +709,7 @@ impl Engine {
         for (start, key) in windows {
             if let Some(values) = self.window_values(&key, start) {
                 let complete = self.is_complete(start);
-                visit(start, start + size, &key, values, complete);
+                visit(start, start + size, &key, values, complete, None);
             }
         }
     }
@@ -805,7 +813,7 @@ impl Engine {
             let key = e.intern(pane, &key);
             e.changed.push((pane, Arc::clone(&key)));
             let cell = Cell {
-                states,
+                states: States::from_vec(states),
                 dirty: true,
                 unsaved: false,
             };

@@ -46,14 +46,14 @@ use parking_lot::Mutex;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
-use super::aggregate::Aggregate;
+use super::aggregate::{Aggregate, States};
 use super::checkpointer::{Checkpointer, Job, Outcome};
 use super::engine::{Engine, Input, Spec, Taken, TimeMode};
 use super::key::{Filter, GroupBy};
 use super::late::LateSink;
 use super::output::{OutputRows, OutputTarget};
 use super::readahead::ReadAhead;
-use super::view::{HotView, Row};
+use super::view::{Hint, HotView, Row};
 use super::window::WindowKind;
 use crate::config::{Config, PipelineConfig, PipelineTime, WindowConfig};
 use crate::disk::DiskSpace;
@@ -811,7 +811,7 @@ impl Task {
                                 closed: true,
                                 is_final: true,
                                 complete: row.complete,
-                                values: row.values.into_boxed_slice(),
+                                values: States::from_vec(row.values),
                             },
                         );
                     }
@@ -1084,10 +1084,10 @@ impl Task {
 
     /// Hands what changed to the view: values gathered first, then one write lock.
     fn publish(&mut self, prune: bool) {
-        let mut rows: Vec<(i64, Arc<str>, Row)> = Vec::new();
+        let mut rows: Vec<Publish> = Vec::new();
         let removed = self.engine.take_removed();
         self.engine
-            .take_changed_rows(|start, end_ms, key, values, complete| {
+            .take_changed_rows(|start, end_ms, key, values, complete, at| {
                 rows.push((
                     start,
                     Arc::clone(key),
@@ -1096,12 +1096,14 @@ impl Task {
                         closed: false,
                         is_final: false,
                         complete,
-                        values: values.into_boxed_slice(),
+                        values,
                     },
+                    at.map(|(id, _)| id),
+                    at.map_or(Hint::NONE, |(_, hint)| hint),
                 ));
             });
         if let Some((out, _)) = &mut self.output {
-            for (start, key, _) in &rows {
+            for (start, key, ..) in &rows {
                 out.open(*start, key);
             }
         }
@@ -1127,8 +1129,10 @@ impl Task {
                     closed: true,
                     is_final: false,
                     complete: c.complete,
-                    values: c.values.into_boxed_slice(),
+                    values: c.values,
                 },
+                None,
+                c.view,
             ));
         }
         let watermark = self.engine.watermark();
@@ -1162,12 +1166,18 @@ impl Task {
             #[allow(clippy::cast_precision_loss, reason = "a gauge")]
             g.set((s.partition.visible().end_offset - s.next).max(0) as f64);
         }
+        let mut hints = Vec::new();
         let view_rows = self.view.write(|v| {
             for (start, key) in &removed {
                 v.remove(*start, key);
             }
-            for (start, key, row) in rows {
-                v.upsert(start, &key, row);
+            for (start, key, row, id, hint) in rows {
+                let held = v.upsert_hinted(start, &key, row, hint);
+                if let Some(id) = id
+                    && held != hint
+                {
+                    hints.push((id, key, held));
+                }
             }
             v.watermark = watermark;
             v.open_windows = open_windows;
@@ -1181,6 +1191,9 @@ impl Task {
         });
         #[allow(clippy::cast_precision_loss, reason = "a gauge")]
         pm.view_rows.set(view_rows as f64);
+        for (id, key, hint) in hints {
+            self.engine.set_view_hint(id, &key, hint);
+        }
     }
 
     /// Encodes a checkpoint if anything was taken since the last one and hands it to the
@@ -1297,6 +1310,10 @@ impl Task {
         self.last_woken = Instant::now();
     }
 }
+
+/// A row for the view: window start, key, the row, and for sessions the key's id in the
+/// engine and its view hint, to keep the hint the apply returns.
+type Publish = (i64, Arc<str>, Row, Option<u32>, Hint);
 
 /// How soon a checkpoint is due while closed rows are at their bound.
 const FORCED_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);

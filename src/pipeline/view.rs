@@ -6,11 +6,13 @@
 //! read lock for the time of one lookup, so HTTP never waits for the pipeline thread's
 //! work, only for an apply. No IO.
 //!
-//! Rows live per key in `keys` (key -> its rows, by start: a handful, so a key's answer
-//! is one hash lookup and a short walk); `windows` lists, per window start, the keys with
-//! a row there, for the order rows leave in and for `top`. Applying a row is one hash
-//! lookup, plus one B-tree insert when it is new: with session windows nearly every
-//! session is a row of its own start. Bounds: a window leaves once its end +
+//! Rows live per key in a slot of `slots` (its rows, by start: a handful, so a key's
+//! answer is one hash lookup in `keys` and a short walk); `windows` lists, per window
+//! start, the slots with a row there, for the order rows leave in and for `top`. Applying
+//! a row is one hash lookup, or none when the writer brings the [`Hint`] the last apply
+//! of its key returned (the session engine keeps one per key: with session windows
+//! nearly every session is a row of its own, applied open, then closed, then pruned),
+//! plus one B-tree insert when the row is new. Bounds: a window leaves once its end +
 //! `retain_results` is behind the watermark, and beyond `max_view_rows` rows the oldest
 //! windows whose rows are all final leave (whole windows, oldest first): the result store
 //! holds them, and `evicted_through` tells readers which windows to ask it for.
@@ -23,7 +25,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::aggregate::AggState;
+use super::aggregate::States;
 use super::watermark;
 
 /// One (window, key) result.
@@ -37,7 +39,7 @@ pub struct Row {
     /// False when events of the window may be missing (removed by retention unread).
     pub complete: bool,
     /// One per aggregate, in spec order.
-    pub values: Box<[AggState]>,
+    pub values: States,
 }
 
 /// Which window of a key (or of the whole pipeline) a query means.
@@ -77,10 +79,13 @@ pub struct ViewState {
     pub state_bytes: u64,
     /// The pipeline thread has published at least once since start.
     pub published: bool,
-    /// Key -> its rows, oldest start first.
-    keys: HashMap<Arc<str>, VecDeque<(i64, Row)>>,
-    /// Window start -> the keys with a row of it (one, mostly, for sessions).
-    windows: BTreeMap<i64, SmallVec<[Arc<str>; 1]>>,
+    /// Key -> its slot in `slots`.
+    keys: HashMap<Arc<str>, u32>,
+    /// Per key with rows, its rows; slots of keys without rows are free (`free`).
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// Window start -> the slots (keys) with a row of it (one, mostly, for sessions).
+    windows: BTreeMap<i64, SmallVec<[u32; 1]>>,
     /// Start of the newest window with a closed row.
     last_closed_start: Option<i64>,
     /// Rows held in `windows`.
@@ -90,6 +95,36 @@ pub struct ViewState {
     pub evicted_through: Option<i64>,
     /// Rows of one window start may end at different times (sessions).
     varying_ends: bool,
+}
+
+/// A key's rows, oldest start first. `era` counts the times the slot was freed: a
+/// [`Hint`] names a slot and its generation.
+#[derive(Debug, Default)]
+struct Slot {
+    key: Option<Arc<str>>,
+    era: u32,
+    rows: VecDeque<(i64, Row)>,
+}
+
+/// Where the last apply found a key's rows (slot and generation), for the next apply of
+/// the same key to skip the hash lookup; [`Hint::NONE`] when unknown. A stale hint
+/// (the slot freed since) is detected and costs the lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hint(u64);
+
+impl Hint {
+    /// Slot `u32::MAX` is never handed out.
+    pub const NONE: Hint = Hint(u64::MAX);
+
+    fn new(slot: u32, era: u32) -> Hint {
+        Hint(u64::from(slot) << 32 | u64::from(era))
+    }
+
+    fn get(self) -> Option<(u32, u32)> {
+        let slot = u32::try_from(self.0 >> 32).ok()?;
+        let era = u32::try_from(self.0 & u64::from(u32::MAX)).ok()?;
+        (self != Hint::NONE).then_some((slot, era))
+    }
 }
 
 impl HotView {
@@ -137,46 +172,97 @@ impl HotView {
 impl ViewState {
     /// Sets the row of (window `start`, `key`).
     pub fn upsert(&mut self, start: i64, key: &Arc<str>, row: Row) {
+        self.upsert_hinted(start, key, row, Hint::NONE);
+    }
+
+    /// Sets the row of (window `start`, `key`), looking the key up by `hint` if it is
+    /// still good; returns the hint for the key's next apply.
+    pub fn upsert_hinted(&mut self, start: i64, key: &Arc<str>, row: Row, hint: Hint) -> Hint {
         if row.closed {
             self.last_closed_start = Some(self.last_closed_start.map_or(start, |s| s.max(start)));
         }
-        let rows = match self.keys.get_mut(&**key) {
-            Some(rows) => rows,
-            None => self.keys.entry(Arc::clone(key)).or_default(),
-        };
+        let slot = self.slot_for(key, hint);
+        let held = &mut self.slots[slot as usize];
+        let hint = Hint::new(slot, held.era);
+        let rows = &mut held.rows;
         // Mostly an open row again, one of the key's newest: replaced in place.
         let at = match rows.binary_search_by_key(&start, |(s, _)| *s) {
             Ok(i) => {
                 rows[i].1 = row;
-                return;
+                return hint;
             }
             Err(at) => at,
         };
         rows.insert(at, (start, row));
         self.rows += 1;
-        self.windows.entry(start).or_default().push(Arc::clone(key));
+        self.windows.entry(start).or_default().push(slot);
+        hint
+    }
+
+    /// The slot of `key`: the hinted one if it still holds the key, else by lookup, else
+    /// a free one given to it.
+    fn slot_for(&mut self, key: &Arc<str>, hint: Hint) -> u32 {
+        if let Some((slot, era)) = hint.get()
+            && let Some(held) = self.slots.get(slot as usize)
+            && held.era == era
+            && held.key.is_some()
+        {
+            return slot;
+        }
+        if let Some(slot) = self.keys.get(&**key) {
+            return *slot;
+        }
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(Slot::default());
+                u32::try_from(self.slots.len() - 1).expect("fewer view keys than u32::MAX")
+            }
+        };
+        self.slots[slot as usize].key = Some(Arc::clone(key));
+        self.keys.insert(Arc::clone(key), slot);
+        slot
+    }
+
+    /// Frees `slot` if it holds no rows: its key leaves `keys`, its hints go stale.
+    fn release_if_empty(&mut self, slot: u32) {
+        let held = &mut self.slots[slot as usize];
+        if !held.rows.is_empty() {
+            return;
+        }
+        if let Some(key) = held.key.take() {
+            self.keys.remove(&key);
+        }
+        held.era = held.era.wrapping_add(1);
+        held.rows = VecDeque::new();
+        self.free.push(slot);
+    }
+
+    /// The rows of `key`, if it has any.
+    fn rows_of(&self, key: &str) -> Option<&VecDeque<(i64, Row)>> {
+        let slot = self.keys.get(key)?;
+        Some(&self.slots[*slot as usize].rows)
     }
 
     /// Removes the row of (window `start`, `key`), if held: a session merged into
     /// another, or whose start moved.
     pub fn remove(&mut self, start: i64, key: &str) {
-        let Some(rows) = self.keys.get_mut(key) else {
+        let Some(&slot) = self.keys.get(key) else {
             return;
         };
+        let rows = &mut self.slots[slot as usize].rows;
         let Ok(i) = rows.binary_search_by_key(&start, |(s, _)| *s) else {
             return;
         };
         rows.remove(i);
-        if rows.is_empty() {
-            self.keys.remove(key);
-        }
+        self.release_if_empty(slot);
         self.rows -= 1;
-        if let Some(keys) = self.windows.get_mut(&start) {
-            // Few keys: this is for sessions, whose rows mostly have a start of their own.
-            if let Some(j) = keys.iter().position(|k| **k == *key) {
-                keys.swap_remove(j);
+        if let Some(slots) = self.windows.get_mut(&start) {
+            // Few slots: this is for sessions, whose rows mostly have a start of their own.
+            if let Some(j) = slots.iter().position(|s| *s == slot) {
+                slots.swap_remove(j);
             }
-            if keys.is_empty() {
+            if slots.is_empty() {
                 self.windows.remove(&start);
             }
         }
@@ -187,9 +273,9 @@ impl ViewState {
         self.rows
     }
 
-    /// The row of (`start`, `key`), if held.
-    fn row(&self, start: i64, key: &str) -> Option<&Row> {
-        let rows = self.keys.get(key)?;
+    /// The row of (`start`, the key in `slot`), if held.
+    fn row(&self, start: i64, slot: u32) -> Option<&Row> {
+        let rows = &self.slots.get(slot as usize)?.rows;
         let i = rows.binary_search_by_key(&start, |(s, _)| *s).ok()?;
         Some(&rows[i].1)
     }
@@ -202,13 +288,13 @@ impl ViewState {
         while let Some((&start, keys)) = self.windows.first_key_value() {
             let end = if self.varying_ends {
                 keys.iter()
-                    .filter_map(|k| self.row(start, k))
+                    .filter_map(|k| self.row(start, *k))
                     .map(|r| r.end_ms)
                     .max()
                     .unwrap_or(start)
             } else {
                 keys.first()
-                    .and_then(|k| self.row(start, k))
+                    .and_then(|k| self.row(start, *k))
                     .map_or(start, |r| r.end_ms)
             };
             let expired = wm != watermark::NONE && end.saturating_add(retain_ms) <= wm;
@@ -218,28 +304,24 @@ impl ViewState {
                 && self.last_closed_start.is_some_and(|c| start < c)
                 && keys
                     .iter()
-                    .all(|k| self.row(start, k).is_none_or(|r| r.is_final));
+                    .all(|k| self.row(start, *k).is_none_or(|r| r.is_final));
             if !(expired || over) {
                 break;
             }
             if over {
                 self.evicted_through = Some(self.evicted_through.map_or(start, |e| e.max(start)));
             }
-            let Some((_, keys)) = self.windows.pop_first() else {
+            let Some((_, slots)) = self.windows.pop_first() else {
                 break;
             };
-            for key in keys {
-                let Some(rows) = self.keys.get_mut(&*key) else {
-                    continue;
-                };
+            for slot in slots {
+                let rows = &mut self.slots[slot as usize].rows;
                 // The oldest start held: the first row of the key.
                 if let Ok(i) = rows.binary_search_by_key(&start, |(s, _)| *s) {
                     rows.remove(i);
                     self.rows -= 1;
                 }
-                if rows.is_empty() {
-                    self.keys.remove(&*key);
-                }
+                self.release_if_empty(slot);
             }
         }
     }
@@ -247,7 +329,8 @@ impl ViewState {
     /// Marks the rows of (start, key) final: a durable checkpoint holds their close.
     pub fn mark_final(&mut self, rows: &[(i64, Arc<str>)]) {
         for (start, key) in rows {
-            if let Some(held) = self.keys.get_mut(&**key)
+            if let Some(slot) = self.keys.get(&**key)
+                && let held = &mut self.slots[*slot as usize].rows
                 && let Ok(i) = held.binary_search_by_key(start, |(s, _)| *s)
             {
                 held[i].1.is_final = true;
@@ -262,7 +345,7 @@ impl ViewState {
 
     /// `key`'s window as `which` says, with its start.
     pub fn key_window(&self, key: &str, which: Which) -> Option<(i64, &Row)> {
-        let rows = self.keys.get(key)?;
+        let rows = self.rows_of(key)?;
         let found = match which {
             Which::Latest => rows.back(),
             // Closed windows are older than open ones: a few steps back at most.
@@ -284,7 +367,7 @@ impl ViewState {
 
     /// `key`'s newest `n` windows, newest first.
     pub fn key_newest(&self, key: &str, n: usize) -> Vec<(i64, &Row)> {
-        let Some(rows) = self.keys.get(key) else {
+        let Some(rows) = self.rows_of(key) else {
             return Vec::new();
         };
         rows.iter().rev().take(n).map(|(s, r)| (*s, r)).collect()
@@ -292,7 +375,7 @@ impl ViewState {
 
     /// `key`'s windows starting in `[from_ms, to_ms)`, newest first, at most `n`.
     pub fn key_range(&self, key: &str, from_ms: i64, to_ms: i64, n: usize) -> Vec<(i64, &Row)> {
-        let Some(rows) = self.keys.get(key) else {
+        let Some(rows) = self.rows_of(key) else {
             return Vec::new();
         };
         if from_ms >= to_ms {
@@ -324,7 +407,7 @@ impl ViewState {
                     .rev()
                     .find(|(s, keys)| {
                         keys.first()
-                            .and_then(|k| self.row(**s, k))
+                            .and_then(|k| self.row(**s, *k))
                             .is_some_and(|r| r.end_ms > wm)
                     })
                     .map(|(s, _)| *s)
@@ -341,8 +424,9 @@ impl ViewState {
         let mut rows: Vec<(f64, &Arc<str>, &Row)> = keys
             .iter()
             .filter_map(|k| {
-                let r = self.row(start, k)?;
-                Some((r.values.get(by)?.sort_value()?, k, r))
+                let r = self.row(start, *k)?;
+                let key = self.slots.get(*k as usize)?.key.as_ref()?;
+                Some((r.values.get(by)?.sort_value()?, key, r))
             })
             .collect();
         let cmp = |a: &(f64, &Arc<str>, &Row), b: &(f64, &Arc<str>, &Row)| {
@@ -361,6 +445,7 @@ impl ViewState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::aggregate::AggState;
 
     fn row(end_ms: i64, closed: bool, count: u64) -> Row {
         Row {
@@ -368,7 +453,7 @@ mod tests {
             closed,
             is_final: false,
             complete: true,
-            values: vec![AggState::Count(count)].into_boxed_slice(),
+            values: States::from_elem(AggState::Count(count), 1),
         }
     }
 
@@ -440,6 +525,36 @@ mod tests {
                 "the newest closed and the open stay"
             );
             assert_eq!(s.key_window("b", Which::Latest), None);
+        });
+    }
+
+    /// A hint skips the key lookup while its slot holds the key; once the key's rows all
+    /// left and the slot went to another key, the stale hint is noticed: the apply finds
+    /// the key by its text and writes nothing into the other key's rows.
+    #[test]
+    fn a_stale_hint_never_reaches_another_key() {
+        let view = HotView::new(vec!["count".into()], 10, 0, 1, 1000);
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        view.write(|s| {
+            let hint_a = s.upsert_hinted(0, &a, row(10, false, 1), Hint::NONE);
+            assert_eq!(s.upsert_hinted(0, &a, row(10, false, 2), hint_a), hint_a);
+            s.remove(0, &a);
+            // b takes the slot a left.
+            let hint_b = s.upsert_hinted(20, &b, row(30, false, 7), Hint::NONE);
+            assert_ne!(hint_b, hint_a, "the slot's era moved on");
+            let again = s.upsert_hinted(40, &a, row(50, false, 3), hint_a);
+            assert_ne!(again, hint_b);
+            assert_eq!(s.rows(), 2);
+        });
+        view.read(|s| {
+            let count = |k: &str| {
+                s.key_newest(k, 10)
+                    .iter()
+                    .map(|(st, r)| (*st, r.values[0].clone()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(count("a"), [(40, AggState::Count(3))]);
+            assert_eq!(count("b"), [(20, AggState::Count(7))]);
         });
     }
 

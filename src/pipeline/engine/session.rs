@@ -30,10 +30,16 @@
 //! event time whose own window is open, later than the start of every closed session
 //! of the key (whose end, at least `start + gap`, the watermark passed).
 
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use super::{Engine, Input, Taint, Taken, update_states};
-use crate::pipeline::aggregate::{AggState, Position};
+use crate::json::short_eq;
+use crate::pipeline::aggregate::{AggState, Position, States};
+use crate::pipeline::view::Hint;
 use crate::pipeline::watermark;
 use crate::pipeline::window::WindowKind;
 
@@ -44,18 +50,128 @@ pub(super) struct Session {
     /// The newest event time in it.
     pub last: i64,
     pub end: i64,
-    pub states: Vec<AggState>,
+    pub states: States,
     /// Listed in `Engine::session_changed` as `(start, id)`.
     pub dirty: bool,
     /// Listed in `Engine::session_unsaved` as `(slot of start, id)`.
     pub unsaved: bool,
 }
 
-/// A key's open sessions, by start, under its id.
+/// A key's open sessions, by start, under its id. Most keys hold one open session at a
+/// time: it lives inline, so an event touches the key's slot and nothing behind it.
 #[derive(Debug)]
 pub(super) struct Keyed {
     pub key: Arc<str>,
-    pub list: Vec<Session>,
+    /// The key's hash in `Engine::key_index`.
+    hash: u64,
+    /// The key's text when it fits: the index compares against it without reading the
+    /// `Arc` (one cache miss fewer per event).
+    short: ShortKey,
+    pub list: SmallVec<[Session; 1]>,
+    /// Where the hot view keeps the key's rows, as its last apply said.
+    pub view: Hint,
+}
+
+impl Keyed {
+    fn new(key: Arc<str>, hash: u64) -> Keyed {
+        Keyed {
+            short: ShortKey::of(&key),
+            key,
+            hash,
+            list: SmallVec::new(),
+            view: Hint::NONE,
+        }
+    }
+
+    fn is(&self, text: &str) -> bool {
+        match self.short.get() {
+            Some(short) => short_eq(short, text.as_bytes()),
+            None => short_eq(self.key.as_bytes(), text.as_bytes()),
+        }
+    }
+}
+
+/// A key's text inline, when it is at most [`ShortKey::MAX`] bytes.
+#[derive(Debug, Clone, Copy)]
+struct ShortKey {
+    /// `u8::MAX`: the key is longer, compare with the `Arc`.
+    len: u8,
+    bytes: [u8; ShortKey::MAX],
+}
+
+impl ShortKey {
+    const MAX: usize = 23;
+
+    fn of(key: &str) -> ShortKey {
+        let mut bytes = [0; ShortKey::MAX];
+        match bytes.get_mut(..key.len()) {
+            Some(to) => {
+                to.copy_from_slice(key.as_bytes());
+                ShortKey {
+                    len: u8::try_from(key.len()).unwrap_or(u8::MAX),
+                    bytes,
+                }
+            }
+            None => ShortKey {
+                len: u8::MAX,
+                bytes,
+            },
+        }
+    }
+
+    fn get(&self) -> Option<&[u8]> {
+        self.bytes.get(..usize::from(self.len))
+    }
+}
+
+/// Sessions to close, by end: buckets of [`CLOSE_BUCKET_MS`] of end time, each a list of
+/// (end, start, key id). A push is an append to a recent bucket (no ordered insert per
+/// session); the front bucket is sorted once when the watermark reaches into it.
+#[derive(Debug, Default)]
+pub(super) struct CloseQueue {
+    buckets: BTreeMap<i64, Bucket>,
+}
+
+#[derive(Debug, Default)]
+struct Bucket {
+    /// Sorted descending (the smallest at the back) while `sorted`.
+    entries: Vec<(i64, i64, u32)>,
+    sorted: bool,
+}
+
+/// Width of a close-queue bucket, in end time.
+const CLOSE_BUCKET_MS: i64 = 1000;
+
+impl CloseQueue {
+    /// Queues (end, start, key id).
+    pub(super) fn push(&mut self, entry: (i64, i64, u32)) {
+        let end = entry.0;
+        let b = self
+            .buckets
+            .entry(end.div_euclid(CLOSE_BUCKET_MS))
+            .or_default();
+        b.entries.push(entry);
+        b.sorted = false;
+    }
+
+    /// Takes the smallest entry if its end is at or before `through`.
+    fn pop_through(&mut self, through: i64) -> Option<(i64, i64, u32)> {
+        loop {
+            let mut first = self.buckets.first_entry()?;
+            let b = first.get_mut();
+            if !b.sorted {
+                b.entries.sort_unstable_by(|a, b| b.cmp(a));
+                b.sorted = true;
+            }
+            match b.entries.last() {
+                None => {
+                    first.remove();
+                }
+                Some(e) if e.0 <= through => return b.entries.pop(),
+                Some(_) => return None,
+            }
+        }
+    }
 }
 
 /// A stored session: key, start, last event, end, states.
@@ -74,31 +190,48 @@ impl Engine {
         self.spec.window.pane_of(start)
     }
 
+    /// The id of `key`, if it has one: one probe of the index, which compares with the
+    /// key's slot in `keyed` (read next anyway).
+    fn id_of(&self, key: &str, hash: u64) -> Option<u32> {
+        let keyed = &self.keyed;
+        self.key_index
+            .find(hash, |id| keyed[*id as usize].is(key))
+            .copied()
+    }
+
+    fn key_hash(&self, key: &str) -> u64 {
+        self.key_hasher.hash_one(key)
+    }
+
     /// The id of `key`, given one if it has none.
-    fn id_for(&mut self, key: &str) -> u32 {
-        if let Some(id) = self.key_ids.get(key) {
-            return *id;
+    fn id_for(&mut self, key: &str, hash: u64) -> u32 {
+        if let Some(id) = self.id_of(key, hash) {
+            return id;
         }
-        let key: Arc<str> = key.into();
+        let slot = Keyed::new(key.into(), hash);
         let id = match self.free_ids.pop() {
             Some(id) => {
-                self.keyed[id as usize] = Keyed {
-                    key: Arc::clone(&key),
-                    list: Vec::new(),
-                };
+                self.keyed[id as usize] = slot;
                 id
             }
             None => {
                 let id = u32::try_from(self.keyed.len()).expect("fewer keys than u32::MAX");
-                self.keyed.push(Keyed {
-                    key: Arc::clone(&key),
-                    list: Vec::new(),
-                });
+                self.keyed.push(slot);
                 id
             }
         };
-        self.key_ids.insert(key, id);
+        let keyed = &self.keyed;
+        self.key_index
+            .insert_unique(hash, id, |id| keyed[*id as usize].hash);
         id
+    }
+
+    /// Forgets the id of `key` (its slot is free for another key).
+    fn drop_id(&mut self, id: u32) {
+        let hash = self.keyed[id as usize].hash;
+        if let Ok(entry) = self.key_index.find_entry(hash, |i| *i == id) {
+            entry.remove();
+        }
     }
 
     pub(super) fn take_session(
@@ -122,7 +255,8 @@ impl Engine {
         };
         let mut cands = std::mem::take(&mut self.cand_buf);
         cands.clear();
-        let id = self.key_ids.get(key).copied();
+        let hash = self.key_hash(key);
+        let id = self.id_of(key, hash);
         let at = match id {
             Some(id) => {
                 let list = &self.keyed[id as usize].list;
@@ -160,7 +294,7 @@ impl Engine {
                 } else {
                     let id = match id {
                         Some(id) => id,
-                        None => self.id_for(key),
+                        None => self.id_for(key, hash),
                     };
                     self.open_session(id, ts_ms, input.envelope, pos);
                     Taken::Counted(1)
@@ -187,7 +321,7 @@ impl Engine {
         if !(moved || merging) {
             return;
         }
-        let mut gone: Vec<Session> = Vec::new();
+        let mut gone: SmallVec<[Session; 2]> = SmallVec::new();
         for i in cands[1..].iter().rev() {
             gone.push(k.list.remove(*i));
         }
@@ -212,7 +346,7 @@ impl Engine {
         let mut removed: Vec<i64> = gone.iter().map(|g| g.start).collect();
         if moved {
             removed.push(old_start);
-            self.close_queue.insert((end, new_start, id));
+            self.close_queue.push((end, new_start, id));
         }
         for start in removed {
             self.removed.push((start, Arc::clone(&k.key)));
@@ -250,7 +384,7 @@ impl Engine {
 
     fn open_session(&mut self, id: u32, ts_ms: i64, envelope: &[u8], pos: Position) {
         let (gap, max) = self.gap_max();
-        let mut states: Vec<AggState> = self
+        let mut states: States = self
             .spec
             .aggregates
             .iter()
@@ -271,7 +405,7 @@ impl Engine {
         let at = list.partition_point(|s| s.start < ts_ms);
         list.insert(at, session);
         self.cells += 1;
-        self.close_queue.insert((end, ts_ms, id));
+        self.close_queue.push((end, ts_ms, id));
         self.session_changed.push((ts_ms, id));
         let slot = self.slot_of(ts_ms);
         self.session_unsaved.push((slot, id));
@@ -318,12 +452,8 @@ impl Engine {
         let lateness = self.spec.allowed_lateness_ms;
         let width = self.spec.window.pane_ms();
         let from = self.closed.len();
-        while let Some((end, _, _)) = self.close_queue.first()
-            && end.saturating_add(lateness) <= wm
+        while let Some((end, start, id)) = self.close_queue.pop_through(wm.saturating_sub(lateness))
         {
-            let Some((end, start, id)) = self.close_queue.pop_first() else {
-                break;
-            };
             let Some(k) = self.keyed.get_mut(id as usize) else {
                 continue;
             };
@@ -336,7 +466,7 @@ impl Engine {
             // session ending by the entry's end closes.
             if k.list[i].end > end {
                 let actual = k.list[i].end;
-                self.close_queue.insert((actual, start, id));
+                self.close_queue.push((actual, start, id));
                 continue;
             }
             let s = k.list.remove(i);
@@ -353,6 +483,7 @@ impl Engine {
                 key: Arc::clone(&k.key),
                 values: s.states,
                 complete,
+                view: k.view,
             });
         }
         // Popped in (end, start, id) order: ties of (end, start), if any, go in key
@@ -368,10 +499,19 @@ impl Engine {
         }
     }
 
+    /// Keeps `hint` as where the view holds the rows of key `id`, if `id` is still `key`.
+    pub fn set_view_hint(&mut self, id: u32, key: &Arc<str>, hint: Hint) {
+        if let Some(k) = self.keyed.get_mut(id as usize)
+            && Arc::ptr_eq(&k.key, key)
+        {
+            k.view = hint;
+        }
+    }
+
     /// The open sessions of `key`, by start.
     pub(super) fn sessions_of(&self, key: &str) -> Option<&[Session]> {
-        let id = self.key_ids.get(key)?;
-        Some(&self.keyed[*id as usize].list)
+        let id = self.id_of(key, self.key_hash(key))?;
+        Some(&self.keyed[id as usize].list)
     }
 
     /// The session of `key` starting at `start`, if open.
@@ -416,8 +556,8 @@ impl Engine {
             if !k.list.is_empty() {
                 continue;
             }
-            self.key_ids.remove(&k.key);
-            k.key = Arc::from("");
+            self.drop_id(id);
+            self.keyed[id as usize] = Keyed::new(Arc::from(""), 0);
             self.free_ids.push(id);
         }
         self.emptied_ids = emptied;
@@ -463,7 +603,7 @@ impl Engine {
     /// filled from it.
     pub fn restore_session(&mut self, cell: SessionCell) {
         let (key, start, last, end, states) = cell;
-        let id = self.id_for(&key);
+        let id = self.id_for(&key, self.key_hash(&key));
         let list = &mut self.keyed[id as usize].list;
         let at = list.partition_point(|s| s.start < start);
         if list.get(at).is_some_and(|s| s.start == start) {
@@ -475,13 +615,13 @@ impl Engine {
                 start,
                 last,
                 end,
-                states,
+                states: States::from_vec(states),
                 dirty: true,
                 unsaved: false,
             },
         );
         self.cells += 1;
-        self.close_queue.insert((end, start, id));
+        self.close_queue.push((end, start, id));
         self.session_changed.push((start, id));
     }
 }

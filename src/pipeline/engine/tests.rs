@@ -753,7 +753,7 @@ proptest! {
             for (start, key) in engine.take_removed() {
                 view.remove(&(start, key.to_string()));
             }
-            engine.take_changed_rows(|start, end, key, values, _| {
+            engine.take_changed_rows(|start, end, key, values, _, _| {
                 view.insert((start, key.to_string()), (end, values_json(&values), false));
             });
             for row in engine.take_closed() {
