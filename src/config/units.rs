@@ -42,6 +42,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(millis))
 }
 
+/// A configured duration in milliseconds, as the engine, log and queries count time;
+/// saturating at `i64::MAX` (a duration that long means "never").
+pub fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// Parses `"512B"`, `"4KiB"`, `"64MiB"`, `"1GiB"`, `"10MB"` into bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let (number, multiplier) = split(text, SIZE_UNITS, "size", SIZE_HELP)?;
@@ -113,6 +119,12 @@ fn split(text: &str, units: &[(&str, u64)], what: &str, help: &str) -> Result<(u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn millis_saturates() {
+        assert_eq!(millis(Duration::from_millis(1_500)), 1_500);
+        assert_eq!(millis(Duration::from_secs(u64::MAX)), i64::MAX);
+    }
 
     #[test]
     fn durations() {

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::errors::{ApiError, ErrorCode};
 use super::{SharedState, write_num};
+use crate::config::units::millis;
 use crate::config::{QueryWindow, RouteConfig, RouteResponse, RouteTarget};
 use crate::event::{format_rfc3339_ms, parse_timestamp};
 use crate::json::write_str_into;
@@ -292,13 +293,9 @@ fn stored_range(
     let Some(evicted) = s.evicted_through else {
         return Ok(None);
     };
-    let step = p
-        .config
-        .window
-        .stride()
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1));
+    let step = p.config.window.stride().map(|d| millis(d).max(1));
     let size = p.view.window_size_ms;
-    let retain = i64::try_from(p.config.retain_results.as_millis()).unwrap_or(i64::MAX);
+    let retain = millis(p.config.retain_results);
     let kept_from = if s.watermark == watermark::NONE {
         i64::MIN
     } else {

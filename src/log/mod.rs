@@ -37,6 +37,7 @@ use sync::SyncPool;
 use topic::Topic;
 
 use crate::clock::SharedClock;
+use crate::config::units::millis;
 use crate::config::{Config, TopicConfig};
 use crate::metrics as m;
 
@@ -448,7 +449,7 @@ fn open_partition(
     let settings = PartitionSettings {
         fsync: tc.fsync,
         segment_bytes_max: tc.segment_size,
-        segment_age_ms: i64::try_from(tc.segment_age.as_millis()).unwrap_or(i64::MAX),
+        segment_age_ms: millis(tc.segment_age),
     };
     let dir = datadir.topic_dir(&tc.name).join(p.to_string());
     let inner = partition::inner_from_recovery(rec.sealed, rec.active, rec.next_offset);
@@ -554,7 +555,7 @@ fn trusted_time(datadir: &DataDir, clock: &SharedClock) -> RetentionClock {
 /// that long, the ids of the last window before it are kept for one more window: a
 /// duplicate kept longer is harmless, an event appended twice is not.
 fn dedup_ids_from_log(topic: &Topic, now_ms: i64) -> (Vec<(i64, u128)>, i64) {
-    let window_ms = i64::try_from(topic.config.dedup_window.as_millis()).unwrap_or(i64::MAX);
+    let window_ms = millis(topic.config.dedup_window);
     let entries_max = topic.config.max_dedup_entries;
     let mut walkers: Vec<_> = topic
         .partitions

@@ -55,9 +55,7 @@ pub struct Policy {
 impl Policy {
     pub fn of(config: &TopicConfig) -> Policy {
         Policy {
-            age_ms: config
-                .retention_age
-                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            age_ms: config.retention_age.map(crate::config::units::millis),
             bytes_max: config.retention_size,
         }
     }

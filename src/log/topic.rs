@@ -10,6 +10,7 @@ use super::dedup::{Dedup, IdSet, Ticket};
 use super::partition::{AppendError, Partition};
 use super::partitioner::partition_for_key;
 use super::{HEADER_APPEND, HEADER_ID, HEADER_TYPE};
+use crate::config::units::millis;
 use crate::config::{FsyncMode, TopicConfig};
 use crate::event::{Event, TopicRules};
 use crate::metrics as m;
@@ -58,7 +59,7 @@ impl Topic {
         clock: crate::clock::SharedClock,
     ) -> Topic {
         let name: Arc<str> = config.name.as_str().into();
-        let window_ms = i64::try_from(config.dedup_window.as_millis()).unwrap_or(i64::MAX);
+        let window_ms = millis(config.dedup_window);
         let dedup = Arc::new(Dedup::new(
             Arc::clone(&name),
             window_ms,
@@ -80,7 +81,7 @@ impl Topic {
 
     /// The envelope rules of this topic, for the body parser.
     pub fn rules(&self, key_len_max: usize) -> TopicRules<'_> {
-        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let ms = millis;
         TopicRules {
             wrap: self.config.wrap,
             key_field: self.config.key_field.as_ref(),

@@ -55,6 +55,7 @@ use super::output::{OutputRows, OutputTarget};
 use super::readahead::ReadAhead;
 use super::view::{Hint, HotView, Row};
 use super::window::WindowKind;
+use crate::config::units::millis;
 use crate::config::{Config, PipelineConfig, PipelineTime, WindowConfig};
 use crate::disk::DiskSpace;
 use crate::log::Log;
@@ -106,22 +107,19 @@ pub fn fingerprint(c: &PipelineConfig) -> u64 {
     xxhash_rust::xxh3::xxh3_64(text.as_bytes())
 }
 
-/// A configured duration in ms, saturating.
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// The engine's window of a configured one.
 pub fn window_kind(window: &WindowConfig) -> WindowKind {
     match *window {
-        WindowConfig::Tumbling { size } => WindowKind::Tumbling { size_ms: ms(size) },
+        WindowConfig::Tumbling { size } => WindowKind::Tumbling {
+            size_ms: millis(size),
+        },
         WindowConfig::Hopping { size, slide } => WindowKind::Hopping {
-            size_ms: ms(size),
-            slide_ms: ms(slide),
+            size_ms: millis(size),
+            slide_ms: millis(slide),
         },
         WindowConfig::Session { gap, max_length } => WindowKind::Session {
-            gap_ms: ms(gap),
-            max_ms: ms(max_length),
+            gap_ms: millis(gap),
+            max_ms: millis(max_length),
         },
     }
 }
@@ -134,9 +132,9 @@ pub fn spec_of(config: &PipelineConfig, partitions: usize) -> Spec {
             PipelineTime::Event => TimeMode::Event,
             PipelineTime::Ingest => TimeMode::Ingest,
         },
-        out_of_orderness_ms: ms(config.max_out_of_orderness),
-        idle_ms: ms(config.idle_timeout),
-        allowed_lateness_ms: ms(config.allowed_lateness),
+        out_of_orderness_ms: millis(config.max_out_of_orderness),
+        idle_ms: millis(config.idle_timeout),
+        allowed_lateness_ms: millis(config.allowed_lateness),
         filter: Filter::new(&config.filter),
         group_by: GroupBy::new(config.group_by.clone()),
         aggregates: config
@@ -421,9 +419,7 @@ impl Pipelines {
                 .topics
                 .iter()
                 .find(|t| t.name == pc.source)
-                .map_or(i64::MAX, |t| {
-                    i64::try_from(t.max_event_lead.as_millis()).unwrap_or(i64::MAX)
-                });
+                .map_or(i64::MAX, |t| millis(t.max_event_lead));
             let late = match &pc.late_topic {
                 None => None,
                 Some(name) => {
@@ -874,7 +870,7 @@ impl Task {
             sources,
             stop,
             runtime,
-            retain_ms: i64::try_from(config.retain_results.as_millis()).unwrap_or(i64::MAX),
+            retain_ms: millis(config.retain_results),
             event_lead_ms,
             checkpointer: Some(checkpointer),
             checkpoint_interval: config.checkpoint_interval,
