@@ -724,6 +724,15 @@ impl Engine {
         removed
     }
 
+    /// Session windows: calls `visit(slot, bucket)` per slot and key bucket
+    /// ([`crate::pipeline::key::cell_bucket`]) holding a changed, new, merged-away or
+    /// closed session, without reading the keys' text (see [`take_unsaved`]).
+    ///
+    /// [`take_unsaved`]: Self::take_unsaved
+    pub fn take_unsaved_buckets(&mut self, mut visit: impl FnMut(i64, u16)) {
+        self.take_unsaved_sessions(|slot, _, bucket| visit(slot, bucket));
+    }
+
     /// Calls `visit(pane, key, states)` for every cell changed since the last call that
     /// still exists: what a checkpoint writes. Cells of dropped panes are older than
     /// [`oldest_pane`](Self::oldest_pane).
@@ -733,7 +742,7 @@ impl Engine {
     /// [`slot_sessions`]: Self::slot_sessions
     pub fn take_unsaved(&mut self, mut visit: impl FnMut(i64, &Arc<str>, &[AggState])) {
         if self.spec.window.is_session() {
-            self.take_unsaved_sessions(|slot, key| visit(slot, key, &[]));
+            self.take_unsaved_sessions(|slot, key, _| visit(slot, key, &[]));
             return;
         }
         let mut unsaved = std::mem::take(&mut self.unsaved);

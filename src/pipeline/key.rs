@@ -7,6 +7,16 @@
 
 use crate::json::{self, JsonPointer};
 
+/// Buckets the cells of a pane are grouped in (see `store`): with 100,000 keys in a pane
+/// about 100 cells (a few KiB) per value, so a checkpoint is ~1,000 inserts per pane
+/// changed, and a single changed cell rewrites ~1/1000 of its pane.
+pub const CELL_BUCKETS: u16 = 1024;
+
+/// The bucket of `key`'s stored state (xxh3: stable across builds and runs).
+pub fn cell_bucket(key: &str) -> u16 {
+    u16::try_from(xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % u64::from(CELL_BUCKETS)).unwrap_or(0)
+}
+
 /// `filter = ["page.click", "order.*"]`: exact types and prefixes; empty takes all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {

@@ -166,19 +166,23 @@ pub fn encode_checkpoint(
     // The buckets with a changed cell, per pane; then each such bucket whole, from one
     // walk over its pane's cells (see `store`: cells are stored a bucket per value).
     let mut dirty: std::collections::BTreeMap<i64, Vec<bool>> = std::collections::BTreeMap::new();
-    engine.take_unsaved(|pane, key, _| {
+    let mut mark = |pane: i64, bucket: u16| {
         dirty
             .entry(pane)
-            .or_insert_with(|| vec![false; usize::from(CELL_BUCKETS)])
-            [usize::from(cell_bucket(key))] = true;
-    });
+            .or_insert_with(|| vec![false; usize::from(CELL_BUCKETS)])[usize::from(bucket)] = true;
+    };
+    if engine.spec().window.is_session() {
+        engine.take_unsaved_buckets(&mut mark);
+    } else {
+        engine.take_unsaved(|pane, key, _| mark(pane, cell_bucket(key)));
+    }
     let mut cells = Vec::new();
     let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); usize::from(CELL_BUCKETS)];
     let sessions_kind = engine.spec().window.is_session();
     let mut sessions = Vec::new();
     if sessions_kind {
-        // One walk over the open sessions (key by key, so a key is hashed once) fills
-        // the dirty buckets; every dirty bucket is written, an empty one too: its
+        // One walk over the open sessions (each key's bucket kept in its slot) fills the
+        // dirty buckets; every dirty bucket is written, an empty one too: its
         // sessions merged or closed.
         let mut slots: std::collections::BTreeMap<i64, (Vec<bool>, Vec<Vec<u8>>)> =
             std::mem::take(&mut dirty)
@@ -188,20 +192,12 @@ pub fn encode_checkpoint(
                 })
                 .collect();
         let width = engine.spec().window.pane_ms();
-        let mut hashed: Option<(*const u8, usize)> = None;
-        engine.each_session(|key, start, last, end, states| {
+        engine.each_session(|key, bucket, start, last, end, states| {
             let slot = start.div_euclid(width).saturating_mul(width);
             let Some((buckets, bufs)) = slots.get_mut(&slot) else {
                 return;
             };
-            let b = match hashed {
-                Some((at, b)) if std::ptr::eq(at, key.as_ptr()) => b,
-                _ => {
-                    let b = usize::from(cell_bucket(key));
-                    hashed = Some((key.as_ptr(), b));
-                    b
-                }
-            };
+            let b = usize::from(bucket);
             if buckets[b] {
                 let mut w = Writer(&mut bufs[b]);
                 w.bytes(key.as_bytes());

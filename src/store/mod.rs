@@ -260,15 +260,9 @@ impl Shared {
 /// grouped in buckets of slots too.
 pub const LAYOUT: u8 = 3;
 
-/// Buckets the cells of a pane are grouped in: with 100,000 keys in a pane about 100
-/// cells (a few KiB) per value, so a checkpoint is ~1,000 inserts per pane changed, and a
-/// single changed cell rewrites ~1/1000 of its pane.
-pub const CELL_BUCKETS: u16 = 1024;
-
-/// The bucket of `key`'s cells (xxh3: stable across builds and runs).
-pub fn cell_bucket(key: &str) -> u16 {
-    u16::try_from(xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % u64::from(CELL_BUCKETS)).unwrap_or(0)
-}
+/// Buckets the cells of a pane are grouped in, and a key's bucket (`pipeline::key`, where
+/// the session engine computes it once per key).
+pub use crate::pipeline::key::{CELL_BUCKETS, cell_bucket};
 
 /// The meta value of a definition: its fingerprint and the layout.
 fn meta(fingerprint: u64) -> [u8; 9] {

@@ -39,6 +39,7 @@ use smallvec::SmallVec;
 use super::{Engine, Input, Taint, Taken, update_states};
 use crate::json::short_eq;
 use crate::pipeline::aggregate::{AggState, Position, States};
+use crate::pipeline::key::cell_bucket;
 use crate::pipeline::view::Hint;
 use crate::pipeline::watermark;
 use crate::pipeline::window::WindowKind;
@@ -70,12 +71,16 @@ pub(super) struct Keyed {
     pub list: SmallVec<[Session; 1]>,
     /// Where the hot view keeps the key's rows, as its last apply said.
     pub view: Hint,
+    /// The key's bucket in the store (`cell_bucket`): a checkpoint reads it here instead
+    /// of hashing the key's text again.
+    bucket: u16,
 }
 
 impl Keyed {
     fn new(key: Arc<str>, hash: u64) -> Keyed {
         Keyed {
             short: ShortKey::of(&key),
+            bucket: cell_bucket(&key),
             key,
             hash,
             list: SmallVec::new(),
@@ -536,9 +541,10 @@ impl Engine {
             .map(|k| (&k.key, k.list.as_slice()))
     }
 
-    /// Calls `visit(slot, key)` per entry of `session_unsaved` (their flags cleared),
-    /// then frees the ids of keys left without sessions: nothing lists them any more.
-    pub(super) fn take_unsaved_sessions(&mut self, mut visit: impl FnMut(i64, &Arc<str>)) {
+    /// Calls `visit(slot, key, its bucket)` per entry of `session_unsaved` (their flags
+    /// cleared), then frees the ids of keys left without sessions: nothing lists them any
+    /// more.
+    pub(super) fn take_unsaved_sessions(&mut self, mut visit: impl FnMut(i64, &Arc<str>, u16)) {
         let width = self.spec.window.pane_ms();
         let mut unsaved = std::mem::take(&mut self.session_unsaved);
         for (slot, id) in unsaved.drain(..) {
@@ -550,7 +556,7 @@ impl Engine {
             {
                 s.unsaved = false;
             }
-            visit(slot, &k.key);
+            visit(slot, &k.key, k.bucket);
         }
         self.session_unsaved = unsaved;
         let mut emptied = std::mem::take(&mut self.emptied_ids);
@@ -588,19 +594,19 @@ impl Engine {
         mut visit: impl FnMut(&Arc<str>, i64, i64, i64, &[AggState]),
     ) {
         let width = self.spec.window.pane_ms();
-        self.each_session(|key, start, last, end, states| {
+        self.each_session(|key, _, start, last, end, states| {
             if (slot..slot.saturating_add(width)).contains(&start) {
                 visit(key, start, last, end, states);
             }
         });
     }
 
-    /// Calls `visit(key, start, last, end, states)` for every open session, key by key:
-    /// a checkpoint takes what it writes in one walk.
-    pub fn each_session(&self, mut visit: impl FnMut(&Arc<str>, i64, i64, i64, &[AggState])) {
+    /// Calls `visit(key, its bucket, start, last, end, states)` for every open session,
+    /// key by key: a checkpoint takes what it writes in one walk.
+    pub fn each_session(&self, mut visit: impl FnMut(&Arc<str>, u16, i64, i64, i64, &[AggState])) {
         for k in &self.keyed {
             for s in &k.list {
-                visit(&k.key, s.start, s.last, s.end, &s.states);
+                visit(&k.key, k.bucket, s.start, s.last, s.end, &s.states);
             }
         }
     }
