@@ -108,7 +108,9 @@ struct Slot {
 
 /// Where the last apply found a key's rows (slot and generation), for the next apply of
 /// the same key to skip the hash lookup; [`Hint::NONE`] when unknown. A stale hint
-/// (the slot freed since) is detected and costs the lookup.
+/// (the slot freed since) is detected and costs the lookup. A hint is only good for the
+/// view that gave it: a pipeline's engine and view are made together and never outlive
+/// each other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hint(u64);
 
