@@ -216,9 +216,14 @@ impl Engine {
 
     /// The id of `key`, given one if it has none.
     fn id_for(&mut self, key: &str, hash: u64) -> u32 {
-        if let Some(id) = self.id_of(key, hash) {
-            return id;
+        match self.id_of(key, hash) {
+            Some(id) => id,
+            None => self.new_id(key, hash),
         }
+    }
+
+    /// Gives `key`, which has no id, one.
+    fn new_id(&mut self, key: &str, hash: u64) -> u32 {
         let slot = Keyed::new(key.into(), hash);
         let id = match self.free_ids.pop() {
             Some(id) => {
@@ -237,7 +242,7 @@ impl Engine {
         id
     }
 
-    /// Forgets the id of `key` (its slot is free for another key).
+    /// Takes `id` out of the index (its slot is free for another key).
     fn drop_id(&mut self, id: u32) {
         let hash = self.keyed[id as usize].hash;
         if let Ok(entry) = self.key_index.find_entry(hash, |i| *i == id) {
@@ -303,9 +308,10 @@ impl Engine {
                     self.refuse_session(partition, ts_ms);
                     Taken::Refused
                 } else {
+                    // `id_of` above found none: no second probe.
                     let id = match id {
                         Some(id) => id,
-                        None => self.id_for(key, hash),
+                        None => self.new_id(key, hash),
                     };
                     self.open_session(id, ts_ms, input.envelope, pos);
                     Taken::Counted(1)
