@@ -81,14 +81,13 @@ impl Topic {
 
     /// The envelope rules of this topic, for the body parser.
     pub fn rules(&self, key_len_max: usize) -> TopicRules<'_> {
-        let ms = millis;
         TopicRules {
             wrap: self.config.wrap,
             key_field: self.config.key_field.as_ref(),
             timestamp_field: self.config.timestamp_field.as_ref(),
             default_event_type: self.config.default_event_type.as_deref(),
-            max_event_age_ms: ms(self.config.max_event_age),
-            max_event_lead_ms: ms(self.config.max_event_lead),
+            max_event_age_ms: millis(self.config.max_event_age),
+            max_event_lead_ms: millis(self.config.max_event_lead),
             clamp_bad_time: self.config.on_bad_time == crate::config::OnBadTime::Clamp,
             key_len_max,
         }

@@ -166,19 +166,19 @@ pub fn encode_checkpoint(
     // The buckets with a changed cell, per pane; then each such bucket whole, from one
     // walk over its pane's cells (see `store`: cells are stored a bucket per value).
     let mut dirty: std::collections::BTreeMap<i64, Vec<bool>> = std::collections::BTreeMap::new();
+    let sessions_kind = engine.spec().window.is_session();
     let mut mark = |pane: i64, bucket: u16| {
         dirty
             .entry(pane)
             .or_insert_with(|| vec![false; usize::from(CELL_BUCKETS)])[usize::from(bucket)] = true;
     };
-    if engine.spec().window.is_session() {
+    if sessions_kind {
         engine.take_unsaved_buckets(&mut mark);
     } else {
         engine.take_unsaved(|pane, key, _| mark(pane, cell_bucket(key)));
     }
     let mut cells = Vec::new();
     let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); usize::from(CELL_BUCKETS)];
-    let sessions_kind = engine.spec().window.is_session();
     let mut sessions = Vec::new();
     if sessions_kind {
         // One walk over the open sessions (each key's bucket kept in its slot) fills the

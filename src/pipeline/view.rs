@@ -287,15 +287,17 @@ impl ViewState {
     /// (closed and durable in the result store: nothing is lost to readers).
     pub fn prune(&mut self, retain_ms: i64, max_rows: usize) {
         let wm = self.watermark;
-        while let Some((&start, keys)) = self.windows.first_key_value() {
+        while let Some((&start, slots)) = self.windows.first_key_value() {
             let end = if self.varying_ends {
-                keys.iter()
+                slots
+                    .iter()
                     .filter_map(|k| self.row(start, *k))
                     .map(|r| r.end_ms)
                     .max()
                     .unwrap_or(start)
             } else {
-                keys.first()
+                slots
+                    .first()
                     .and_then(|k| self.row(start, *k))
                     .map_or(start, |r| r.end_ms)
             };
@@ -304,7 +306,7 @@ impl ViewState {
             let over = !expired
                 && self.rows > max_rows
                 && self.last_closed_start.is_some_and(|c| start < c)
-                && keys
+                && slots
                     .iter()
                     .all(|k| self.row(start, *k).is_none_or(|r| r.is_final));
             if !(expired || over) {
