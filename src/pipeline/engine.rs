@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use super::aggregate::{AggFn, AggState, Aggregate, Position, States};
 use super::key::{Filter, GroupBy, KeyError};
+use super::prefetch::{AHEAD, prefetch_all};
 use super::view::Hint;
 use super::watermark::{self, Watermarks};
 use super::window::{LastPane, WindowKind};
@@ -90,6 +91,43 @@ pub struct ClosedRow {
     pub complete: bool,
     /// Where the hot view holds the key's rows, if the engine knows (sessions).
     pub view: Hint,
+}
+
+/// What takes the changed open rows of [`Engine::take_changed_rows`]: the hot view.
+pub trait RowSink {
+    /// The row of (window `start`, `key`) now holds `values`. For sessions, `hint` is
+    /// where the view held the key's rows at its last apply, and the answer where it holds
+    /// them now, kept for the next; for windows of fixed size `hint` is [`Hint::NONE`]
+    /// and the answer is dropped.
+    fn row(
+        &mut self,
+        start: i64,
+        end: i64,
+        key: &Arc<str>,
+        values: States,
+        complete: bool,
+        hint: Hint,
+    ) -> Hint;
+
+    /// Sessions: the hint of the row [`AHEAD`](super::prefetch::AHEAD) rows before its
+    /// `row`, for the view to ask for its slot early.
+    fn ahead(&mut self, hint: Hint) {
+        let _ = hint;
+    }
+}
+
+impl<F: FnMut(i64, i64, &Arc<str>, States, bool, Hint) -> Hint> RowSink for F {
+    fn row(
+        &mut self,
+        start: i64,
+        end: i64,
+        key: &Arc<str>,
+        values: States,
+        complete: bool,
+        hint: Hint,
+    ) -> Hint {
+        self(start, end, key, values, complete, hint)
+    }
 }
 
 /// Windows that records removed by retention before the pipeline read them could have
@@ -649,22 +687,30 @@ impl Engine {
     /// Calls `visit(start, key, values)` once for every open (window, key) whose values
     /// changed since the last call, with its values merged from its panes.
     pub fn take_changed(&mut self, mut visit: impl FnMut(i64, &Arc<str>, States)) {
-        self.take_changed_rows(|start, _, key, values, _, _| visit(start, key, values));
+        self.take_changed_rows(&mut |start, _, key: &Arc<str>, values, _, hint| {
+            visit(start, key, values);
+            hint
+        });
     }
 
-    /// Calls `visit(start, end, key, values, complete, at)` once for every open (window,
-    /// key) whose values changed since the last call; `at` is, for sessions, the key's id
-    /// and its view hint (see [`set_view_hint`](Self::set_view_hint)). Rows to remove
-    /// first: [`take_removed`].
+    /// Hands `sink` every open (window, key) whose values changed since the last call,
+    /// once each (see [`RowSink`]). Rows to remove first: [`take_removed`].
     ///
     /// [`take_removed`]: Self::take_removed
-    pub fn take_changed_rows(
-        &mut self,
-        mut visit: impl FnMut(i64, i64, &Arc<str>, States, bool, Option<(u32, Hint)>),
-    ) {
+    pub fn take_changed_rows(&mut self, sink: &mut impl RowSink) {
         if self.spec.window.is_session() {
-            let mut changed = std::mem::take(&mut self.session_changed);
-            for (start, id) in changed.drain(..) {
+            let changed = std::mem::take(&mut self.session_changed);
+            for (i, &(start, id)) in changed.iter().enumerate() {
+                // The key's slot two strides ahead, its view hint (then in cache) one.
+                if let Some((_, far)) = changed.get(i + 2 * AHEAD) {
+                    prefetch_all(self.keyed.as_ptr().wrapping_add(*far as usize));
+                }
+                if let Some(k) = changed
+                    .get(i + AHEAD)
+                    .and_then(|(_, near)| self.keyed.get(*near as usize))
+                {
+                    sink.ahead(k.view);
+                }
                 // An id is not reused before `take_unsaved`; if it was since, a session of
                 // the new key at this start is listed too and visited once (`dirty`).
                 let Some(k) = self.keyed.get_mut(id as usize) else {
@@ -680,8 +726,10 @@ impl Engine {
                 s.dirty = false;
                 let (end, values) = (s.end, s.states.clone());
                 let complete = span_complete(&self.taints, start, end);
-                visit(start, end, &k.key, values, complete, Some((id, k.view)));
+                k.view = sink.row(start, end, &k.key, values, complete, k.view);
             }
+            let mut changed = changed;
+            changed.clear();
             self.session_changed = changed;
             return;
         }
@@ -709,7 +757,7 @@ impl Engine {
         for (start, key) in windows {
             if let Some(values) = self.window_values(&key, start) {
                 let complete = self.is_complete(start);
-                visit(start, start + size, &key, values, complete, None);
+                sink.row(start, start + size, &key, values, complete, Hint::NONE);
             }
         }
     }

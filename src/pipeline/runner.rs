@@ -48,12 +48,13 @@ use tokio::sync::watch;
 
 use super::aggregate::{Aggregate, States};
 use super::checkpointer::{Checkpointer, Job, Outcome};
-use super::engine::{Engine, Input, Spec, Taken, TimeMode};
+use super::engine::{Engine, Input, RowSink, Spec, Taken, TimeMode};
 use super::key::{Filter, GroupBy};
 use super::late::LateSink;
 use super::output::{OutputRows, OutputTarget};
+use super::prefetch::AHEAD;
 use super::readahead::ReadAhead;
-use super::view::{Hint, HotView, Row};
+use super::view::{Hint, HotView, Row, ViewState};
 use super::window::WindowKind;
 use crate::config::units::millis;
 use crate::config::{Config, PipelineConfig, PipelineTime, WindowConfig};
@@ -1074,31 +1075,12 @@ impl Task {
         }
     }
 
-    /// Hands what changed to the view: values gathered first, then one write lock.
+    /// Hands what changed to the view under one write lock: the closed rows gathered
+    /// before it, the changed open rows read from the engine while it is held (no copy
+    /// of each key in between: with sessions that is a row per event).
     fn publish(&mut self, prune: bool) {
         let mut rows: Vec<Publish> = Vec::new();
         let removed = self.engine.take_removed();
-        self.engine
-            .take_changed_rows(|start, end_ms, key, values, complete, at| {
-                rows.push((
-                    start,
-                    Arc::clone(key),
-                    Row {
-                        end_ms,
-                        closed: false,
-                        is_final: false,
-                        complete,
-                        values,
-                    },
-                    at.map(|(id, _)| id),
-                    at.map_or(Hint::NONE, |(_, hint)| hint),
-                ));
-            });
-        if let Some((out, _)) = &mut self.output {
-            for (start, key, ..) in &rows {
-                out.open(*start, key);
-            }
-        }
         for c in self.engine.take_closed() {
             self.metrics.rows_closed += 1;
             if let Some((out, _)) = &mut self.output {
@@ -1123,7 +1105,6 @@ impl Task {
                     complete: c.complete,
                     values: c.values,
                 },
-                None,
                 c.view,
             ));
         }
@@ -1158,18 +1139,25 @@ impl Task {
             #[allow(clippy::cast_precision_loss, reason = "a gauge")]
             g.set((s.partition.visible().end_offset - s.next).max(0) as f64);
         }
-        let mut hints = Vec::new();
+        let (engine, output) = (&mut self.engine, &mut self.output);
         let view_rows = self.view.write(|v| {
             for (start, key) in &removed {
                 v.remove(*start, key);
             }
-            for (start, key, row, id, hint) in rows {
-                let held = v.upsert_hinted(start, &key, row, hint);
-                if let Some(id) = id
-                    && held != hint
-                {
-                    hints.push((id, key, held));
+            engine.take_changed_rows(&mut OpenRows {
+                view: v,
+                output: output.as_mut().map(|(o, _)| o),
+                near: std::collections::VecDeque::new(),
+            });
+            let ahead: Vec<Hint> = rows.iter().map(|r| r.3).collect();
+            for (i, (start, key, row, hint)) in rows.into_iter().enumerate() {
+                if let Some(h) = ahead.get(i + AHEAD) {
+                    v.prefetch_slot(*h);
                 }
+                if let Some(h) = ahead.get(i + AHEAD / 2) {
+                    v.prefetch_rows(*h);
+                }
+                v.upsert_hinted(start, &key, row, hint);
             }
             v.watermark = watermark;
             v.open_windows = open_windows;
@@ -1183,9 +1171,6 @@ impl Task {
         });
         #[allow(clippy::cast_precision_loss, reason = "a gauge")]
         pm.view_rows.set(view_rows as f64);
-        for (id, key, hint) in hints {
-            self.engine.set_view_hint(id, &key, hint);
-        }
     }
 
     /// Encodes a checkpoint if anything was taken since the last one and hands it to the
@@ -1303,9 +1288,53 @@ impl Task {
     }
 }
 
-/// A row for the view: window start, key, the row, and for sessions the key's id in the
-/// engine and its view hint, to keep the hint the apply returns.
-type Publish = (i64, Arc<str>, Row, Option<u32>, Hint);
+/// The changed open rows on their way into the view (under its write lock), and into the
+/// output_topic's list if the pipeline has one.
+struct OpenRows<'a> {
+    view: &'a mut ViewState,
+    output: Option<&'a mut OutputRows>,
+    /// Hints whose slots were asked for, whose rows are asked for [`AHEAD`] / 2 rows
+    /// later (the slot read then is in cache).
+    near: std::collections::VecDeque<Hint>,
+}
+
+impl RowSink for OpenRows<'_> {
+    fn row(
+        &mut self,
+        start: i64,
+        end_ms: i64,
+        key: &Arc<str>,
+        values: States,
+        complete: bool,
+        hint: Hint,
+    ) -> Hint {
+        if let Some(out) = self.output.as_deref_mut() {
+            out.open(start, key);
+        }
+        let row = Row {
+            end_ms,
+            closed: false,
+            is_final: false,
+            complete,
+            values,
+        };
+        self.view.upsert_hinted(start, key, row, hint)
+    }
+
+    fn ahead(&mut self, hint: Hint) {
+        self.view.prefetch_slot(hint);
+        self.near.push_back(hint);
+        if self.near.len() > AHEAD / 2
+            && let Some(h) = self.near.pop_front()
+        {
+            self.view.prefetch_rows(h);
+        }
+    }
+}
+
+/// A closed row for the view: window start, key, the row, and where the view holds the
+/// key's rows (sessions), if the engine knows.
+type Publish = (i64, Arc<str>, Row, Hint);
 
 /// How soon a checkpoint is due while closed rows are at their bound.
 const FORCED_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);

@@ -201,6 +201,25 @@ impl ViewState {
         hint
     }
 
+    /// Asks for the cache line of the slot `hint` names, some rows ahead of its apply.
+    pub fn prefetch_slot(&self, hint: Hint) {
+        if let Some((slot, _)) = hint.get() {
+            super::prefetch::prefetch(self.slots.as_ptr().wrapping_add(slot as usize));
+        }
+    }
+
+    /// Asks for the rows of the slot `hint` names (the slot itself already asked for by
+    /// [`prefetch_slot`](Self::prefetch_slot) earlier: this reads it).
+    pub fn prefetch_rows(&self, hint: Hint) {
+        if let Some((slot, _)) = hint.get()
+            && let Some(held) = self.slots.get(slot as usize)
+        {
+            let (front, back) = held.rows.as_slices();
+            super::prefetch::prefetch(front.as_ptr());
+            super::prefetch::prefetch(back.as_ptr());
+        }
+    }
+
     /// The slot of `key`: the hinted one if it still holds the key, else by lookup, else
     /// a free one given to it.
     fn slot_for(&mut self, key: &Arc<str>, hint: Hint) -> u32 {

@@ -516,15 +516,6 @@ impl Engine {
         }
     }
 
-    /// Keeps `hint` as where the view holds the rows of key `id`, if `id` is still `key`.
-    pub fn set_view_hint(&mut self, id: u32, key: &Arc<str>, hint: Hint) {
-        if let Some(k) = self.keyed.get_mut(id as usize)
-            && Arc::ptr_eq(&k.key, key)
-        {
-            k.view = hint;
-        }
-    }
-
     /// The open sessions of `key`, by start.
     pub(super) fn sessions_of(&self, key: &str) -> Option<&[Session]> {
         let id = self.id_of(key, self.key_hash(key))?;

@@ -753,9 +753,12 @@ proptest! {
             for (start, key) in engine.take_removed() {
                 view.remove(&(start, key.to_string()));
             }
-            engine.take_changed_rows(|start, end, key, values, _, _| {
-                view.insert((start, key.to_string()), (end, values_json(&values), false));
-            });
+            engine.take_changed_rows(
+                &mut |start, end, key: &Arc<str>, values: States, _, hint: Hint| {
+                    view.insert((start, key.to_string()), (end, values_json(&values), false));
+                    hint
+                },
+            );
             for row in engine.take_closed() {
                 let k = (row.start_ms, row.key.to_string());
                 let v = (row.end_ms, values_json(&row.values));
