@@ -201,6 +201,26 @@ impl hashbrown::Equivalent<Arc<str>> for KeyText<'_> {
     }
 }
 
+/// A record read ahead of its take: whether the filter passes it, its key and hash.
+#[derive(Debug)]
+struct Ahead {
+    filtered: bool,
+    key: Result<(), KeyError>,
+    text: String,
+    hash: u64,
+}
+
+impl Default for Ahead {
+    fn default() -> Ahead {
+        Ahead {
+            filtered: false,
+            key: Ok(()),
+            text: String::new(),
+            hash: 0,
+        }
+    }
+}
+
 pub struct Engine {
     spec: Spec,
     marks: Watermarks,
@@ -228,6 +248,8 @@ pub struct Engine {
     /// (pane, key) cells held; open sessions for session windows.
     cells: usize,
     key_buf: String,
+    /// Session windows: the keys of the records read ahead (see `session_batch`).
+    ahead_keys: Vec<Ahead>,
     /// Whether an aggregate keeps a sketch, whose size `heap_bytes` follows.
     sketches: bool,
     /// Heap bytes the cells' states hold (sketches, first/last texts) when `sketches`.
@@ -282,6 +304,7 @@ impl Engine {
             taints: Vec::new(),
             cells: 0,
             key_buf: String::new(),
+            ahead_keys: Vec::new(),
             sketches,
             heap_bytes: 0,
             key_index: hashbrown::HashTable::new(),
@@ -312,17 +335,15 @@ impl Engine {
     ) {
         let p = partition as usize;
         self.marks.on_batch(p, append_ms);
-        for input in records {
-            let ts_ms = match self.spec.time {
-                TimeMode::Event => input.event_ms,
-                TimeMode::Ingest => append_ms,
-            };
-            let outcome = self.take(partition, ts_ms, &input);
-            // A refused event still moves the watermark: windows close and free cells.
-            if matches!(outcome, Taken::Counted(_) | Taken::Late | Taken::Refused) {
-                self.marks.on_event(p, ts_ms);
+        if self.spec.window.is_session() {
+            self.session_batch(partition, append_ms, records, &mut taken);
+        } else {
+            for input in records {
+                let ts_ms = self.time_of(&input, append_ms);
+                let outcome = self.take(partition, ts_ms, &input);
+                self.taken(p, ts_ms, &outcome);
+                taken(&input, &outcome);
             }
-            taken(&input, &outcome);
         }
         let wm = self.marks.advance();
         if self.spec.window.is_session() {
@@ -399,6 +420,89 @@ impl Engine {
             .retain(|t| t.max_start_ms.saturating_add(reach) > wm);
     }
 
+    fn time_of(&self, input: &Input<'_>, append_ms: i64) -> i64 {
+        match self.spec.time {
+            TimeMode::Event => input.event_ms,
+            TimeMode::Ingest => append_ms,
+        }
+    }
+
+    /// After a record was taken: a refused event still moves the watermark (windows
+    /// close and free cells).
+    fn taken(&mut self, partition: usize, ts_ms: i64, outcome: &Taken) {
+        if matches!(outcome, Taken::Counted(_) | Taken::Late | Taken::Refused) {
+            self.marks.on_event(partition, ts_ms);
+        }
+    }
+
+    /// A batch of a session pipeline. Each event touches its key's slot among all the
+    /// keys' (a cache miss of its own, the most of an event's time), so the records are
+    /// taken through a ring of [`AHEAD`]: a record's key is read and its slot asked for
+    /// while the ones before it are taken.
+    fn session_batch<'a>(
+        &mut self,
+        partition: u32,
+        append_ms: i64,
+        records: impl IntoIterator<Item = Input<'a>>,
+        taken: &mut impl FnMut(&Input<'a>, &Taken),
+    ) {
+        const RING: usize = AHEAD + 1;
+        let mut keys = std::mem::take(&mut self.ahead_keys);
+        keys.resize_with(RING, Ahead::default);
+        let mut inputs: [Option<Input<'a>>; RING] = [None; RING];
+        let mut records = records.into_iter();
+        let (mut next, mut read) = (0usize, 0usize);
+        loop {
+            while read - next < RING {
+                let Some(input) = records.next() else { break };
+                self.look_ahead(&input, &mut keys[read % RING]);
+                inputs[read % RING] = Some(input);
+                read += 1;
+            }
+            let Some(input) = inputs[next % RING].take() else {
+                break;
+            };
+            let ts_ms = self.time_of(&input, append_ms);
+            let outcome = match &keys[next % RING] {
+                Ahead { filtered: true, .. } => {
+                    self.counters.filtered += 1;
+                    Taken::Filtered
+                }
+                Ahead { key: Err(e), .. } => {
+                    self.counters.no_key += 1;
+                    Taken::NoKey(e.clone())
+                }
+                Ahead {
+                    text,
+                    hash,
+                    key: Ok(()),
+                    ..
+                } => self.take_session(partition, ts_ms, &input, text, *hash),
+            };
+            self.taken(partition as usize, ts_ms, &outcome);
+            taken(&input, &outcome);
+            next += 1;
+        }
+        self.ahead_keys = keys;
+    }
+
+    /// Reads the key of a record taken [`AHEAD`] records later, and asks for its slot.
+    fn look_ahead(&self, input: &Input<'_>, into: &mut Ahead) {
+        into.filtered = !self.spec.filter.accepts(input.event_type);
+        if into.filtered {
+            return;
+        }
+        into.key = self.spec.group_by.key_into(input.envelope, &mut into.text);
+        if into.key.is_ok() {
+            into.hash = self.key_hash(&into.text);
+            // The first id under the hash's tag: the key's, mostly (the slot is not read
+            // here to check; the take looks it up for real).
+            if let Some(id) = self.key_index.find(into.hash, |_| true) {
+                prefetch_all(self.keyed.as_ptr().wrapping_add(*id as usize));
+            }
+        }
+    }
+
     fn take(&mut self, partition: u32, ts_ms: i64, input: &Input<'_>) -> Taken {
         if !self.spec.filter.accepts(input.event_type) {
             self.counters.filtered += 1;
@@ -420,9 +524,6 @@ impl Engine {
         if let Err(e) = self.spec.group_by.key_into(input.envelope, key) {
             self.counters.no_key += 1;
             return Taken::NoKey(e);
-        }
-        if self.spec.window.is_session() {
-            return self.take_session(partition, ts_ms, input, key);
         }
         let wm = self.marks.current();
         let window = self.spec.window;

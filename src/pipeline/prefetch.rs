@@ -32,4 +32,4 @@ pub fn prefetch_all<T>(p: *const T) {
 
 /// How many steps ahead a loop prefetches: far enough for a miss (a few hundred cycles) to
 /// land before the step that needs it, near enough that the line is still there.
-pub const AHEAD: usize = 8;
+pub const AHEAD: usize = 16;

@@ -40,6 +40,7 @@ use super::{Engine, Input, Taint, Taken, update_states};
 use crate::json::short_eq;
 use crate::pipeline::aggregate::{AggState, Position, States};
 use crate::pipeline::key::cell_bucket;
+use crate::pipeline::prefetch::{AHEAD, prefetch, prefetch_all};
 use crate::pipeline::view::Hint;
 use crate::pipeline::watermark;
 use crate::pipeline::window::WindowKind;
@@ -165,6 +166,17 @@ impl CloseQueue {
         }
     }
 
+    /// The key id of the entry `n` places after the smallest, if the front bucket is
+    /// sorted and holds it: what a close takes soon, for its slot to be asked for.
+    fn peek(&self, n: usize) -> Option<u32> {
+        let (_, b) = self.buckets.first_key_value()?;
+        if !b.sorted {
+            return None;
+        }
+        let at = b.entries.len().checked_sub(1 + n)?;
+        Some(b.entries[at].2)
+    }
+
     /// Takes the smallest entry if its end is at or before `through`.
     fn pop_through(&mut self, through: i64) -> Option<(i64, i64, u32)> {
         loop {
@@ -210,7 +222,7 @@ impl Engine {
             .copied()
     }
 
-    fn key_hash(&self, key: &str) -> u64 {
+    pub(super) fn key_hash(&self, key: &str) -> u64 {
         self.key_hasher.hash_one(key)
     }
 
@@ -256,6 +268,7 @@ impl Engine {
         ts_ms: i64,
         input: &Input<'_>,
         key: &str,
+        hash: u64,
     ) -> Taken {
         let (gap, max) = self.gap_max();
         let wm = self.marks.current();
@@ -271,7 +284,6 @@ impl Engine {
         };
         let mut cands = std::mem::take(&mut self.cand_buf);
         cands.clear();
-        let hash = self.key_hash(key);
         let id = self.id_of(key, hash);
         let at = match id {
             Some(id) => {
@@ -471,6 +483,18 @@ impl Engine {
         let from = self.closed.len();
         while let Some((end, start, id)) = self.close_queue.pop_through(wm.saturating_sub(lateness))
         {
+            // The slots of the keys closing next, and (their slots then in cache) the
+            // keys' text, whose count the row's copy of it touches.
+            if let Some(far) = self.close_queue.peek(AHEAD) {
+                prefetch_all(self.keyed.as_ptr().wrapping_add(far as usize));
+            }
+            if let Some(k) = self
+                .close_queue
+                .peek(AHEAD / 2)
+                .and_then(|near| self.keyed.get(near as usize))
+            {
+                prefetch(Arc::as_ptr(&k.key).cast::<u8>().wrapping_sub(16));
+            }
             let Some(k) = self.keyed.get_mut(id as usize) else {
                 continue;
             };
@@ -544,7 +568,10 @@ impl Engine {
     pub(super) fn take_unsaved_sessions(&mut self, mut visit: impl FnMut(i64, &Arc<str>, u16)) {
         let width = self.spec.window.pane_ms();
         let mut unsaved = std::mem::take(&mut self.session_unsaved);
-        for (slot, id) in unsaved.drain(..) {
+        for (i, &(slot, id)) in unsaved.iter().enumerate() {
+            if let Some((_, ahead)) = unsaved.get(i + AHEAD) {
+                prefetch_all(self.keyed.as_ptr().wrapping_add(*ahead as usize));
+            }
             let k = &mut self.keyed[id as usize];
             let lo = k.list.partition_point(|s| s.start < slot);
             for s in k.list[lo..]
@@ -555,6 +582,7 @@ impl Engine {
             }
             visit(slot, &k.key, k.bucket);
         }
+        unsaved.clear();
         self.session_unsaved = unsaved;
         let mut emptied = std::mem::take(&mut self.emptied_ids);
         emptied.sort_unstable();
