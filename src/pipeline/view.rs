@@ -214,9 +214,16 @@ impl ViewState {
         if let Some((slot, _)) = hint.get()
             && let Some(held) = self.slots.get(slot as usize)
         {
-            let (front, back) = held.rows.as_slices();
-            super::prefetch::prefetch(front.as_ptr());
-            super::prefetch::prefetch(back.as_ptr());
+            // An apply mostly replaces the newest row (the open session) or goes after it;
+            // a closed one may be the one before.
+            if let Some(newest) = held.rows.back() {
+                super::prefetch::prefetch_all(newest);
+            }
+            if held.rows.len() > 1
+                && let Some(before) = held.rows.get(held.rows.len() - 2)
+            {
+                super::prefetch::prefetch_all(before);
+            }
         }
     }
 
