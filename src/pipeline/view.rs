@@ -312,48 +312,83 @@ impl ViewState {
     /// more than `max_rows` rows are held, the oldest windows whose rows are all final
     /// (closed and durable in the result store: nothing is lost to readers).
     pub fn prune(&mut self, retain_ms: i64, max_rows: usize) {
-        let wm = self.watermark;
-        while let Some((&start, slots)) = self.windows.first_key_value() {
-            let end = if self.varying_ends {
-                slots
+        use super::prefetch::AHEAD;
+        // The windows are taken a stretch at a time, so the slots of the ones after the
+        // window weighed now can be asked for ahead (with sessions, each its own key).
+        let mut next: Vec<(i64, SmallVec<[u32; 1]>)> = Vec::new();
+        loop {
+            next.clear();
+            next.extend(
+                self.windows
                     .iter()
-                    .filter_map(|k| self.row(start, *k))
-                    .map(|r| r.end_ms)
-                    .max()
-                    .unwrap_or(start)
-            } else {
-                slots
-                    .first()
-                    .and_then(|k| self.row(start, *k))
-                    .map_or(start, |r| r.end_ms)
-            };
-            let expired = wm != watermark::NONE && end.saturating_add(retain_ms) <= wm;
-            // The newest closed window stays: `last_closed` and `top` answer from it.
-            let over = !expired
-                && self.rows > max_rows
-                && self.last_closed_start.is_some_and(|c| start < c)
-                && slots
-                    .iter()
-                    .all(|k| self.row(start, *k).is_none_or(|r| r.is_final));
-            if !(expired || over) {
-                break;
+                    .take(4 * AHEAD)
+                    .map(|(start, slots)| (*start, slots.clone())),
+            );
+            if next.is_empty() {
+                return;
             }
-            if over {
-                self.evicted_through = Some(self.evicted_through.map_or(start, |e| e.max(start)));
-            }
-            let Some((_, slots)) = self.windows.pop_first() else {
-                break;
-            };
-            for slot in slots {
-                let rows = &mut self.slots[slot as usize].rows;
-                // The oldest start held: the first row of the key.
-                if let Ok(i) = rows.binary_search_by_key(&start, |(s, _)| *s) {
-                    rows.remove(i);
-                    self.rows -= 1;
+            for (j, (start, slots)) in next.iter().enumerate() {
+                for slot in next.get(j + AHEAD).into_iter().flat_map(|(_, s)| s) {
+                    super::prefetch::prefetch(self.slots.as_ptr().wrapping_add(*slot as usize));
                 }
-                self.release_if_empty(slot);
+                for slot in next.get(j + AHEAD / 2).into_iter().flat_map(|(_, s)| s) {
+                    if let Some(oldest) =
+                        self.slots.get(*slot as usize).and_then(|h| h.rows.front())
+                    {
+                        super::prefetch::prefetch_all(oldest);
+                    }
+                }
+                if !self.prune_first(*start, slots, retain_ms, max_rows) {
+                    return;
+                }
             }
         }
+    }
+
+    /// Drops the oldest window, `start` held by `slots`, if it expired or is over the
+    /// row bound (see [`prune`](Self::prune)); false if it stays.
+    fn prune_first(&mut self, start: i64, slots: &[u32], retain_ms: i64, max_rows: usize) -> bool {
+        let wm = self.watermark;
+        let end = if self.varying_ends {
+            slots
+                .iter()
+                .filter_map(|k| self.row(start, *k))
+                .map(|r| r.end_ms)
+                .max()
+                .unwrap_or(start)
+        } else {
+            slots
+                .first()
+                .and_then(|k| self.row(start, *k))
+                .map_or(start, |r| r.end_ms)
+        };
+        let expired = wm != watermark::NONE && end.saturating_add(retain_ms) <= wm;
+        // The newest closed window stays: `last_closed` and `top` answer from it.
+        let over = !expired
+            && self.rows > max_rows
+            && self.last_closed_start.is_some_and(|c| start < c)
+            && slots
+                .iter()
+                .all(|k| self.row(start, *k).is_none_or(|r| r.is_final));
+        if !(expired || over) {
+            return false;
+        }
+        if over {
+            self.evicted_through = Some(self.evicted_through.map_or(start, |e| e.max(start)));
+        }
+        if self.windows.pop_first().is_none() {
+            return false;
+        }
+        for slot in slots {
+            let rows = &mut self.slots[*slot as usize].rows;
+            // The oldest start held: the first row of the key.
+            if let Ok(i) = rows.binary_search_by_key(&start, |(s, _)| *s) {
+                rows.remove(i);
+                self.rows -= 1;
+            }
+            self.release_if_empty(*slot);
+        }
+        true
     }
 
     /// Marks the rows of (start, key) final: a durable checkpoint holds their close.
