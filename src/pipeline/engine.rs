@@ -262,6 +262,8 @@ pub struct Engine {
     key_hasher: foldhash::fast::RandomState,
     /// Session windows: per key id, the key and its open sessions, by start.
     keyed: Vec<session::Keyed>,
+    /// Session windows: per key id, its store bucket (see `session::bucket_of`).
+    key_buckets: Vec<u16>,
     /// Session windows: ids free for a new key.
     free_ids: Vec<u32>,
     /// Session windows: ids whose last session closed since the last `take_unsaved`.
@@ -272,6 +274,9 @@ pub struct Engine {
     /// Session windows: (slot of start, key id) of sessions changed, opened, merged away
     /// or closed since the last `take_unsaved`.
     session_unsaved: Vec<(i64, u32)>,
+    /// Session windows: the epoch sessions listed in `session_unsaved` carry (see
+    /// `Session::listed`).
+    unsaved_epoch: u32,
     /// Session windows: (end, start, key id) of sessions to close, smallest first; an
     /// entry whose session grew is queued again with its end, one whose session is gone
     /// is skipped (an entry closes only a session of its end: see `close_sessions`).
@@ -310,10 +315,12 @@ impl Engine {
             key_index: hashbrown::HashTable::new(),
             key_hasher: foldhash::fast::RandomState::default(),
             keyed: Vec::new(),
+            key_buckets: Vec::new(),
             free_ids: Vec::new(),
             emptied_ids: Vec::new(),
             session_changed: Vec::new(),
             session_unsaved: Vec::new(),
+            unsaved_epoch: 1,
             close_queue: session::CloseQueue::default(),
             removed: Vec::new(),
             cand_buf: Vec::new(),
@@ -879,7 +886,7 @@ impl Engine {
     ///
     /// [`take_unsaved`]: Self::take_unsaved
     pub fn take_unsaved_buckets(&mut self, mut visit: impl FnMut(i64, u16)) {
-        self.take_unsaved_sessions(|slot, _, bucket| visit(slot, bucket));
+        self.take_unsaved_sessions(|e, slot, id| visit(slot, e.bucket_of(id)));
     }
 
     /// Calls `visit(pane, key, states)` for every cell changed since the last call that
@@ -891,7 +898,7 @@ impl Engine {
     /// [`slot_sessions`]: Self::slot_sessions
     pub fn take_unsaved(&mut self, mut visit: impl FnMut(i64, &Arc<str>, &[AggState])) {
         if self.spec.window.is_session() {
-            self.take_unsaved_sessions(|slot, key, _| visit(slot, key, &[]));
+            self.take_unsaved_sessions(|e, slot, id| visit(slot, e.key_of(id), &[]));
             return;
         }
         let mut unsaved = std::mem::take(&mut self.unsaved);
@@ -918,10 +925,12 @@ impl Engine {
     pub fn mark_all_unsaved(&mut self) {
         self.unsaved.clear();
         self.session_unsaved.clear();
+        self.unsaved_epoch = session::next_epoch(self.unsaved_epoch);
+        let epoch = self.unsaved_epoch;
         let width = self.spec.window.pane_ms();
         for (id, k) in (0u32..).zip(&mut self.keyed) {
             for s in k.list.iter_mut() {
-                s.unsaved = true;
+                s.listed = epoch;
                 let slot = s.start.div_euclid(width).saturating_mul(width);
                 self.session_unsaved.push((slot, id));
             }

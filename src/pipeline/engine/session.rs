@@ -55,8 +55,10 @@ pub(super) struct Session {
     pub states: States,
     /// Listed in `Engine::session_changed` as `(start, id)`.
     pub dirty: bool,
-    /// Listed in `Engine::session_unsaved` as `(slot of start, id)`.
-    pub unsaved: bool,
+    /// Listed in `Engine::session_unsaved` as `(slot of start, id)` while this is
+    /// `Engine::unsaved_epoch` (a checkpoint's take moves the epoch on: every session is
+    /// unlisted at once, without a visit).
+    pub listed: u32,
 }
 
 /// A key's open sessions, by start, under its id. Most keys hold one open session at a
@@ -72,16 +74,12 @@ pub(super) struct Keyed {
     pub list: SmallVec<[Session; 1]>,
     /// Where the hot view keeps the key's rows, as its last apply said.
     pub view: Hint,
-    /// The key's bucket in the store (`cell_bucket`): a checkpoint reads it here instead
-    /// of hashing the key's text again.
-    bucket: u16,
 }
 
 impl Keyed {
     fn new(key: Arc<str>, hash: u64) -> Keyed {
         Keyed {
             short: ShortKey::of(&key),
-            bucket: cell_bucket(&key),
             key,
             hash,
             list: SmallVec::new(),
@@ -237,14 +235,17 @@ impl Engine {
     /// Gives `key`, which has no id, one.
     fn new_id(&mut self, key: &str, hash: u64) -> u32 {
         let slot = Keyed::new(key.into(), hash);
+        let bucket = cell_bucket(key);
         let id = match self.free_ids.pop() {
             Some(id) => {
                 self.keyed[id as usize] = slot;
+                self.key_buckets[id as usize] = bucket;
                 id
             }
             None => {
                 let id = u32::try_from(self.keyed.len()).expect("fewer keys than u32::MAX");
                 self.keyed.push(slot);
+                self.key_buckets.push(bucket);
                 id
             }
         };
@@ -343,6 +344,7 @@ impl Engine {
         let (gap, max) = self.gap_max();
         let width = self.spec.window.pane_ms();
         let slot_of = |start: i64| start.div_euclid(width).saturating_mul(width);
+        let epoch = self.unsaved_epoch;
         let k = &mut self.keyed[id as usize];
         let old_start = k.list[first].start;
         let moved = ts_ms < old_start;
@@ -367,9 +369,9 @@ impl Engine {
         }
         s.end = s.last.saturating_add(gap).min(s.start.saturating_add(max));
         let new_start = s.start;
-        let (end, was_dirty, was_unsaved) = (s.end, s.dirty, s.unsaved);
+        let (end, was_dirty, was_unsaved) = (s.end, s.dirty, s.listed == epoch);
         s.dirty = true;
-        s.unsaved = true;
+        s.listed = epoch;
         self.cells -= gone.len();
         // Rows and stored cells of the starts that are gone.
         let mut removed: Vec<i64> = gone.iter().map(|g| g.start).collect();
@@ -399,9 +401,9 @@ impl Engine {
             s.last = ts_ms;
             s.end = s.last.saturating_add(gap).min(s.start.saturating_add(max));
         }
-        let (start, flips) = (s.start, (!s.dirty, !s.unsaved));
+        let (start, flips) = (s.start, (!s.dirty, s.listed != self.unsaved_epoch));
         s.dirty = true;
-        s.unsaved = true;
+        s.listed = self.unsaved_epoch;
         if flips.0 {
             self.session_changed.push((start, id));
         }
@@ -427,7 +429,7 @@ impl Engine {
             end: ts_ms.saturating_add(gap.min(max)),
             states,
             dirty: true,
-            unsaved: true,
+            listed: self.unsaved_epoch,
         };
         let end = session.end;
         let list = &mut self.keyed[id as usize].list;
@@ -562,28 +564,18 @@ impl Engine {
             .map(|k| (&k.key, k.list.as_slice()))
     }
 
-    /// Calls `visit(slot, key, its bucket)` per entry of `session_unsaved` (their flags
-    /// cleared), then frees the ids of keys left without sessions: nothing lists them any
-    /// more.
-    pub(super) fn take_unsaved_sessions(&mut self, mut visit: impl FnMut(i64, &Arc<str>, u16)) {
-        let width = self.spec.window.pane_ms();
-        let mut unsaved = std::mem::take(&mut self.session_unsaved);
-        for (i, &(slot, id)) in unsaved.iter().enumerate() {
-            if let Some((_, ahead)) = unsaved.get(i + AHEAD) {
-                prefetch_all(self.keyed.as_ptr().wrapping_add(*ahead as usize));
-            }
-            let k = &mut self.keyed[id as usize];
-            let lo = k.list.partition_point(|s| s.start < slot);
-            for s in k.list[lo..]
-                .iter_mut()
-                .take_while(|s| s.start < slot + width)
-            {
-                s.unsaved = false;
-            }
-            visit(slot, &k.key, k.bucket);
+    /// Calls `visit(slot, id)` per entry of `session_unsaved` and unlists every session
+    /// (the epoch moves on), then frees the ids of keys left without sessions: nothing
+    /// lists them any more.
+    pub(super) fn take_unsaved_sessions(&mut self, mut visit: impl FnMut(&Engine, i64, u32)) {
+        let unsaved = std::mem::take(&mut self.session_unsaved);
+        for &(slot, id) in &unsaved {
+            visit(self, slot, id);
         }
+        let mut unsaved = unsaved;
         unsaved.clear();
         self.session_unsaved = unsaved;
+        self.unsaved_epoch = next_epoch(self.unsaved_epoch);
         let mut emptied = std::mem::take(&mut self.emptied_ids);
         emptied.sort_unstable();
         emptied.dedup();
@@ -629,9 +621,9 @@ impl Engine {
     /// Calls `visit(key, its bucket, start, last, end, states)` for every open session,
     /// key by key: a checkpoint takes what it writes in one walk.
     pub fn each_session(&self, mut visit: impl FnMut(&Arc<str>, u16, i64, i64, i64, &[AggState])) {
-        for k in &self.keyed {
+        for (k, bucket) in self.keyed.iter().zip(&self.key_buckets) {
             for s in &k.list {
-                visit(&k.key, k.bucket, s.start, s.last, s.end, &s.states);
+                visit(&k.key, *bucket, s.start, s.last, s.end, &s.states);
             }
         }
     }
@@ -654,12 +646,36 @@ impl Engine {
                 end,
                 states: States::from_vec(states),
                 dirty: true,
-                unsaved: false,
+                listed: NEVER_LISTED,
             },
         );
         self.cells += 1;
         self.close_queue.push((end, start, id));
         self.session_changed.push((start, id));
+    }
+}
+
+/// A session restored from a checkpoint is saved: listed in no epoch.
+pub(super) const NEVER_LISTED: u32 = 0;
+
+/// The epoch after `epoch`, never [`NEVER_LISTED`].
+pub(super) fn next_epoch(epoch: u32) -> u32 {
+    match epoch.wrapping_add(1) {
+        NEVER_LISTED => 1,
+        next => next,
+    }
+}
+
+impl Engine {
+    /// The store bucket of key `id` (`cell_bucket` of its text), from a list small
+    /// enough to stay in cache: a checkpoint learns which buckets changed without
+    /// touching the keys' slots.
+    pub(super) fn bucket_of(&self, id: u32) -> u16 {
+        self.key_buckets[id as usize]
+    }
+
+    pub(super) fn key_of(&self, id: u32) -> &Arc<str> {
+        &self.keyed[id as usize].key
     }
 }
 
