@@ -19,6 +19,7 @@ use super::watermark::{self, Watermarks};
 use super::window::{LastPane, WindowKind};
 use crate::json;
 
+mod key_index;
 mod session;
 pub use session::SessionCell;
 use session::span_complete;
@@ -258,7 +259,7 @@ pub struct Engine {
     /// `key_hasher` and compared with the key's slot. An id whose sessions all closed is
     /// freed by the next `take_unsaved`, so nothing listing ids (`session_unsaved`) can
     /// see it reused.
-    key_index: hashbrown::HashTable<u32>,
+    key_index: key_index::KeyIndex,
     key_hasher: foldhash::fast::RandomState,
     /// Session windows: per key id, the key and its open sessions, by start.
     keyed: Vec<session::Keyed>,
@@ -312,7 +313,7 @@ impl Engine {
             ahead_keys: Vec::new(),
             sketches,
             heap_bytes: 0,
-            key_index: hashbrown::HashTable::new(),
+            key_index: key_index::KeyIndex::default(),
             key_hasher: foldhash::fast::RandomState::default(),
             keyed: Vec::new(),
             key_buckets: Vec::new(),
@@ -464,6 +465,9 @@ impl Engine {
                 let Some(input) = records.next() else { break };
                 self.look_ahead(&input, &mut keys[read % RING]);
                 inputs[read % RING] = Some(input);
+                if let Some(mid) = read.checked_sub(AHEAD / 2).filter(|m| *m >= next) {
+                    self.ask_slot(&keys[mid % RING]);
+                }
                 read += 1;
             }
             let Some(input) = inputs[next % RING].take() else {
@@ -493,7 +497,8 @@ impl Engine {
         self.ahead_keys = keys;
     }
 
-    /// Reads the key of a record taken [`AHEAD`] records later, and asks for its slot.
+    /// Reads the key of a record taken [`AHEAD`] records later, and asks for its place
+    /// in the key index.
     fn look_ahead(&self, input: &Input<'_>, into: &mut Ahead) {
         into.filtered = !self.spec.filter.accepts(input.event_type);
         if into.filtered {
@@ -502,11 +507,19 @@ impl Engine {
         into.key = self.spec.group_by.key_into(input.envelope, &mut into.text);
         if into.key.is_ok() {
             into.hash = self.key_hash(&into.text);
-            // The first id under the hash's tag: the key's, mostly (the slot is not read
-            // here to check; the take looks it up for real).
-            if let Some(id) = self.key_index.find(into.hash, |_| true) {
-                prefetch_all(self.keyed.as_ptr().wrapping_add(*id as usize));
-            }
+            self.key_index.prefetch(into.hash);
+        }
+    }
+
+    /// Asks for the slot of a record read ahead, [`AHEAD`] / 2 records after its index
+    /// place was asked for: the first id under its hash's tag, the key's mostly (the
+    /// take looks it up for real).
+    fn ask_slot(&self, ahead: &Ahead) {
+        if !ahead.filtered
+            && ahead.key.is_ok()
+            && let Some(id) = self.key_index.candidate(ahead.hash)
+        {
+            prefetch_all(self.keyed.as_ptr().wrapping_add(id as usize));
         }
     }
 

@@ -215,9 +215,7 @@ impl Engine {
     /// key's slot in `keyed` (read next anyway).
     fn id_of(&self, key: &str, hash: u64) -> Option<u32> {
         let keyed = &self.keyed;
-        self.key_index
-            .find(hash, |id| keyed[*id as usize].is(key))
-            .copied()
+        self.key_index.find(hash, |id| keyed[id as usize].is(key))
     }
 
     pub(super) fn key_hash(&self, key: &str) -> u64 {
@@ -251,16 +249,16 @@ impl Engine {
         };
         let keyed = &self.keyed;
         self.key_index
-            .insert_unique(hash, id, |id| keyed[*id as usize].hash);
+            .insert(hash, id, |id| keyed[id as usize].hash);
         id
     }
 
     /// Takes `id` out of the index (its slot is free for another key).
     fn drop_id(&mut self, id: u32) {
         let hash = self.keyed[id as usize].hash;
-        if let Ok(entry) = self.key_index.find_entry(hash, |i| *i == id) {
-            entry.remove();
-        }
+        let keyed = &self.keyed;
+        self.key_index
+            .remove(hash, id, |id| keyed[id as usize].hash);
     }
 
     pub(super) fn take_session(
