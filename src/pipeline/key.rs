@@ -8,9 +8,12 @@
 use crate::json::{self, JsonPointer};
 
 /// Buckets the cells of a pane are grouped in (see `store`): with 100,000 keys in a pane
-/// about 100 cells (a few KiB) per value, so a checkpoint is ~1,000 inserts per pane
-/// changed, and a single changed cell rewrites ~1/1000 of its pane.
-pub const CELL_BUCKETS: u16 = 1024;
+/// about 400 cells (some KiB) per value, so a checkpoint is at most 256 inserts per pane
+/// or session slot changed, and a single changed cell rewrites 1/256 of its pane. 1,024
+/// (layout 3) left the checkpoint thread of a session rebuild twice as busy: sled's
+/// cost is per value written (2M-event rebuild at the 8M file's density, checkpoint
+/// thread CPU medians of 3: 2.47 s at 1,024, 1.13 s at 256, 1.14 s at 128).
+pub const CELL_BUCKETS: u16 = 256;
 
 /// The bucket of `key`'s stored state (xxh3: stable across builds and runs).
 pub fn cell_bucket(key: &str) -> u16 {

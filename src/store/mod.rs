@@ -22,7 +22,9 @@
 //!   slots), so a session slot's rows close over several checkpoints: a checkpoint reads
 //!   each (slot, bucket) it has rows for and writes it merged, a row of the same (start,
 //!   key) replacing the stored one. Session windows close about a row per event, and a
-//!   sled insert per row (layout 2) made the checkpoint thread the pipeline's pace.
+//!   sled insert per row (layout 2) made the checkpoint thread the pipeline's pace;
+//!   layout 3 had 1,024 buckets, layout 4 has [`CELL_BUCKETS`] = 256 (fewer, larger
+//!   values: sled's cost is per value).
 //!   Expired rows go a whole slot at a time: a session slot only once its newest
 //!   possible start (slot + gap - 1) is before the retention bound, so retention of
 //!   session results is approximate by at most one slot (a gap) longer.
@@ -258,7 +260,7 @@ impl Shared {
 
 /// Layout of a pipeline's keys and values; 2: cells grouped in buckets; 3: closed rows
 /// grouped in buckets of slots too.
-pub const LAYOUT: u8 = 3;
+pub const LAYOUT: u8 = 4;
 
 /// Buckets the cells of a pane are grouped in, and a key's bucket (`pipeline::key`, where
 /// the session engine computes it once per key).
@@ -1250,13 +1252,17 @@ mod tests {
     }
 
     /// A checkpoint of an earlier layout (1: meta of a fingerprint alone, a key per cell;
-    /// 2: a key per closed row) is not read as this one: the pipeline is rebuilt from the
+    /// 2: a key per closed row; 3: 1,024 buckets) is not read as this one: the pipeline is rebuilt from the
     /// log, its old keys cleared.
     #[test]
     fn a_store_of_a_previous_layout_is_rebuilt() {
-        let mut layout2 = 1u64.to_le_bytes().to_vec();
-        layout2.push(2);
-        for old_meta in [1u64.to_le_bytes().to_vec(), layout2] {
+        let layout = |n: u8| {
+            let mut meta = 1u64.to_le_bytes().to_vec();
+            meta.push(n);
+            meta
+        };
+        // Layout 3 had 1,024 buckets: its values would sit beside the new ones.
+        for old_meta in [1u64.to_le_bytes().to_vec(), layout(2), layout(3)] {
             let dir = tempfile::tempdir().unwrap();
             let store = Store::open(dir.path(), 1 << 20).unwrap();
             let p = store.pipeline("p");
