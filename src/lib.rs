@@ -17,6 +17,7 @@
 //!   HTTP, shut down in order.
 //! - [`ops`]: the operator commands on a stopped data dir: verify, dump, pipeline reset.
 //! - [`metrics`], [`limits`], [`clock`]: metric names, hard bounds, injected time.
+//! - [`prefetch`]: the cache-line hint the dedup table and the session path ask ahead with.
 //! - [`failpoint`]: named failure and crash points of the write path, for tests (the
 //!   `fail` feature only).
 //! - [`systemd`], [`cgroup`]: sd_notify (ready, watchdog, stopping) and the cgroup
@@ -38,6 +39,7 @@ pub mod log;
 pub mod metrics;
 pub mod ops;
 pub mod pipeline;
+pub mod prefetch;
 pub mod reload;
 pub mod store;
 pub mod systemd;

@@ -13,11 +13,11 @@ use std::sync::Arc;
 
 use super::aggregate::{AggFn, AggState, Aggregate, Position, States};
 use super::key::{Filter, GroupBy, KeyError};
-use super::prefetch::{AHEAD, prefetch_all};
 use super::view::Hint;
 use super::watermark::{self, Watermarks};
 use super::window::{LastPane, WindowKind};
 use crate::json;
+use crate::prefetch::{AHEAD, prefetch_all};
 
 mod key_index;
 mod session;
@@ -110,7 +110,7 @@ pub trait RowSink {
         hint: Hint,
     ) -> Hint;
 
-    /// Sessions: the hint of the row [`AHEAD`](super::prefetch::AHEAD) rows before its
+    /// Sessions: the hint of the row [`AHEAD`](crate::prefetch::AHEAD) rows before its
     /// `row`, for the view to ask for its slot early.
     fn ahead(&mut self, hint: Hint) {
         let _ = hint;

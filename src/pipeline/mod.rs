@@ -14,7 +14,6 @@ pub mod engine;
 pub mod key;
 pub mod late;
 pub mod output;
-pub(crate) mod prefetch;
 pub mod readahead;
 pub mod runner;
 pub mod sketch;

@@ -52,7 +52,6 @@ use super::engine::{Engine, Input, RowSink, Spec, Taken, TimeMode};
 use super::key::{Filter, GroupBy};
 use super::late::LateSink;
 use super::output::{OutputRows, OutputTarget};
-use super::prefetch::AHEAD;
 use super::readahead::ReadAhead;
 use super::view::{Hint, HotView, Row, ViewState};
 use super::window::WindowKind;
@@ -63,6 +62,7 @@ use crate::log::Log;
 use crate::log::batches::BatchView;
 use crate::log::partition::{Partition, ReadError, Visible};
 use crate::metrics as m;
+use crate::prefetch::AHEAD;
 use crate::store::codec::Writer;
 use crate::store::{CELL_BUCKETS, Checkpoint, PipelineStore, RowWrite, Store, cell_bucket};
 

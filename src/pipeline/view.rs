@@ -204,7 +204,7 @@ impl ViewState {
     /// Asks for the cache line of the slot `hint` names, some rows ahead of its apply.
     pub fn prefetch_slot(&self, hint: Hint) {
         if let Some((slot, _)) = hint.get() {
-            super::prefetch::prefetch(self.slots.as_ptr().wrapping_add(slot as usize));
+            crate::prefetch::prefetch(self.slots.as_ptr().wrapping_add(slot as usize));
         }
     }
 
@@ -217,12 +217,12 @@ impl ViewState {
             // An apply mostly replaces the newest row (the open session) or goes after it;
             // a closed one may be the one before.
             if let Some(newest) = held.rows.back() {
-                super::prefetch::prefetch_all(newest);
+                crate::prefetch::prefetch_all(newest);
             }
             if held.rows.len() > 1
                 && let Some(before) = held.rows.get(held.rows.len() - 2)
             {
-                super::prefetch::prefetch_all(before);
+                crate::prefetch::prefetch_all(before);
             }
         }
     }
@@ -312,7 +312,7 @@ impl ViewState {
     /// more than `max_rows` rows are held, the oldest windows whose rows are all final
     /// (closed and durable in the result store: nothing is lost to readers).
     pub fn prune(&mut self, retain_ms: i64, max_rows: usize) {
-        use super::prefetch::AHEAD;
+        use crate::prefetch::AHEAD;
         // The windows are taken a stretch at a time, so the slots of the ones after the
         // window weighed now can be asked for ahead (with sessions, each its own key).
         let mut next: Vec<(i64, SmallVec<[u32; 1]>)> = Vec::new();
@@ -329,13 +329,13 @@ impl ViewState {
             }
             for (j, (start, slots)) in next.iter().enumerate() {
                 for slot in next.get(j + AHEAD).into_iter().flat_map(|(_, s)| s) {
-                    super::prefetch::prefetch(self.slots.as_ptr().wrapping_add(*slot as usize));
+                    crate::prefetch::prefetch(self.slots.as_ptr().wrapping_add(*slot as usize));
                 }
                 for slot in next.get(j + AHEAD / 2).into_iter().flat_map(|(_, s)| s) {
                     if let Some(oldest) =
                         self.slots.get(*slot as usize).and_then(|h| h.rows.front())
                     {
-                        super::prefetch::prefetch_all(oldest);
+                        crate::prefetch::prefetch_all(oldest);
                     }
                 }
                 if !self.prune_first(*start, slots, retain_ms, max_rows) {

@@ -158,18 +158,7 @@ impl IdTable {
     /// Asks the CPU to fetch `key`'s home slot into the cache; a later lookup of it then
     /// finds it there. A hint only: it changes no result.
     pub fn prefetch(&self, key: u64) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let slot: *const Slot = &raw const self.slots[self.home(key)];
-            // SAFETY: prefetching reads nothing and cannot fault; the pointer is in bounds.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    slot.cast::<i8>(),
-                );
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = key;
+        crate::prefetch::prefetch(&raw const self.slots[self.home(key)]);
     }
 
     pub fn get(&self, key: u64) -> Option<i64> {

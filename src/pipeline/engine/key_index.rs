@@ -50,7 +50,7 @@ impl KeyIndex {
 
     /// Asks for the line where a lookup of `hash` starts.
     pub(super) fn prefetch(&self, hash: u64) {
-        crate::pipeline::prefetch::prefetch(self.entries.as_ptr().wrapping_add(self.home(hash)));
+        crate::prefetch::prefetch(self.entries.as_ptr().wrapping_add(self.home(hash)));
     }
 
     /// The id of `hash` for which `is(id)` holds, if any.

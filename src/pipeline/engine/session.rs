@@ -40,10 +40,10 @@ use super::{Engine, Input, Taint, Taken, update_states};
 use crate::json::short_eq;
 use crate::pipeline::aggregate::{AggState, Position, States};
 use crate::pipeline::key::cell_bucket;
-use crate::pipeline::prefetch::{AHEAD, prefetch, prefetch_all};
 use crate::pipeline::view::Hint;
 use crate::pipeline::watermark;
 use crate::pipeline::window::WindowKind;
+use crate::prefetch::{AHEAD, prefetch, prefetch_all};
 
 /// One open session of a key.
 #[derive(Debug, Clone)]

@@ -1,9 +1,10 @@
 //! A hint to the CPU to load a cache line ahead of its use.
 //!
-//! The session path touches a few structures per event or row at random places (the key's
-//! slot in the engine, its rows in the view), each a cache miss on its own. Where a loop
-//! knows the next places ahead (ids queued, hints carried), it asks for them some steps
-//! before it gets there, so the misses overlap instead of queueing one after another.
+//! Lookups at random places in large tables (the dedup table's slots; the session path's
+//! key slots in the engine and rows in the view) are each a cache miss of their own.
+//! Where a loop knows the next places ahead (ids queued, hints carried, a request's
+//! next ids), it asks for them some steps before it gets there, so the misses overlap
+//! instead of queueing one after another.
 
 /// Asks for the cache line holding `*p`. Never reads it as far as the program can tell:
 /// any address, even a dangling or null one, is fine.
@@ -30,6 +31,6 @@ pub fn prefetch_all<T>(p: *const T) {
     }
 }
 
-/// How many steps ahead a loop prefetches: far enough for a miss (a few hundred cycles) to
+/// How many steps ahead the pipelines' loops prefetch: far enough for a miss (a few hundred cycles) to
 /// land before the step that needs it, near enough that the line is still there.
 pub const AHEAD: usize = 16;
