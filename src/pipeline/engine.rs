@@ -110,10 +110,11 @@ pub trait RowSink {
         hint: Hint,
     ) -> Hint;
 
-    /// Sessions: the hint of the row [`AHEAD`](crate::prefetch::AHEAD) rows before its
-    /// `row`, for the view to ask for its slot early.
-    fn ahead(&mut self, hint: Hint) {
-        let _ = hint;
+    /// Sessions, before each `row`: the hints of the rows [`AHEAD`](crate::prefetch::AHEAD)
+    /// and `AHEAD` / 2 on ([`Hint::NONE`] past the end), for the view to ask for their
+    /// slots early (see [`ViewState::prefetch_ahead`](super::view::ViewState::prefetch_ahead)).
+    fn ahead(&mut self, far: Hint, near: Hint) {
+        let _ = (far, near);
     }
 }
 
@@ -822,16 +823,18 @@ impl Engine {
         if self.spec.window.is_session() {
             let changed = std::mem::take(&mut self.session_changed);
             for (i, &(start, id)) in changed.iter().enumerate() {
-                // The key's slot two strides ahead, its view hint (then in cache) one.
+                // The key's slot two strides ahead; its view hint (then in cache) one
+                // stride and half a stride ahead.
                 if let Some((_, far)) = changed.get(i + 2 * AHEAD) {
                     prefetch_all(self.keyed.as_ptr().wrapping_add(*far as usize));
                 }
-                if let Some(k) = changed
-                    .get(i + AHEAD)
-                    .and_then(|(_, near)| self.keyed.get(*near as usize))
-                {
-                    sink.ahead(k.view);
-                }
+                let hint = |at: usize| {
+                    changed
+                        .get(at)
+                        .and_then(|(_, id)| self.keyed.get(*id as usize))
+                        .map_or(Hint::NONE, |k| k.view)
+                };
+                sink.ahead(hint(i + AHEAD), hint(i + AHEAD / 2));
                 // An id is not reused before `take_unsaved`; if it was since, a session of
                 // the new key at this start is listed too and visited once (`dirty`).
                 let Some(k) = self.keyed.get_mut(id as usize) else {

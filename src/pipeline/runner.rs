@@ -1147,17 +1147,12 @@ impl Task {
             engine.take_changed_rows(&mut OpenRows {
                 view: v,
                 output: output.as_mut().map(|(o, _)| o),
-                near: std::collections::VecDeque::new(),
             });
-            let ahead: Vec<Hint> = rows.iter().map(|r| r.3).collect();
-            for (i, (start, key, row, hint)) in rows.into_iter().enumerate() {
-                if let Some(h) = ahead.get(i + AHEAD) {
-                    v.prefetch_slot(*h);
-                }
-                if let Some(h) = ahead.get(i + AHEAD / 2) {
-                    v.prefetch_rows(*h);
-                }
-                v.upsert_hinted(start, &key, row, hint);
+            let hints: Vec<Hint> = rows.iter().map(|r| r.3).collect();
+            let hint = |at: usize| hints.get(at).copied().unwrap_or(Hint::NONE);
+            for (i, (start, key, row, at)) in rows.into_iter().enumerate() {
+                v.prefetch_ahead(hint(i + AHEAD), hint(i + AHEAD / 2));
+                v.upsert_hinted(start, &key, row, at);
             }
             v.watermark = watermark;
             v.open_windows = open_windows;
@@ -1293,9 +1288,6 @@ impl Task {
 struct OpenRows<'a> {
     view: &'a mut ViewState,
     output: Option<&'a mut OutputRows>,
-    /// Hints whose slots were asked for, whose rows are asked for [`AHEAD`] / 2 rows
-    /// later (the slot read then is in cache).
-    near: std::collections::VecDeque<Hint>,
 }
 
 impl RowSink for OpenRows<'_> {
@@ -1321,14 +1313,8 @@ impl RowSink for OpenRows<'_> {
         self.view.upsert_hinted(start, key, row, hint)
     }
 
-    fn ahead(&mut self, hint: Hint) {
-        self.view.prefetch_slot(hint);
-        self.near.push_back(hint);
-        if self.near.len() > AHEAD / 2
-            && let Some(h) = self.near.pop_front()
-        {
-            self.view.prefetch_rows(h);
-        }
+    fn ahead(&mut self, far: Hint, near: Hint) {
+        self.view.prefetch_ahead(far, near);
     }
 }
 

@@ -201,17 +201,15 @@ impl ViewState {
         hint
     }
 
-    /// Asks for the cache line of the slot `hint` names, some rows ahead of its apply.
-    pub fn prefetch_slot(&self, hint: Hint) {
-        if let Some((slot, _)) = hint.get() {
-            crate::prefetch::prefetch(self.slots.as_ptr().wrapping_add(slot as usize));
+    /// Asks, ahead of a run of applies, for the slot of the row `far` steps on and (that
+    /// slot asked for as many steps before, so in cache now) the newest rows of the slot
+    /// of the row `near` steps on: the misses of the applies overlap. [`Hint::NONE`]:
+    /// nothing to ask for.
+    pub fn prefetch_ahead(&self, far: Hint, near: Hint) {
+        if let Some((slot, _)) = far.get() {
+            self.prefetch_slot(slot);
         }
-    }
-
-    /// Asks for the rows of the slot `hint` names (the slot itself already asked for by
-    /// [`prefetch_slot`](Self::prefetch_slot) earlier: this reads it).
-    pub fn prefetch_rows(&self, hint: Hint) {
-        if let Some((slot, _)) = hint.get()
+        if let Some((slot, _)) = near.get()
             && let Some(held) = self.slots.get(slot as usize)
         {
             // An apply mostly replaces the newest row (the open session) or goes after it;
@@ -225,6 +223,10 @@ impl ViewState {
                 crate::prefetch::prefetch_all(before);
             }
         }
+    }
+
+    fn prefetch_slot(&self, slot: u32) {
+        crate::prefetch::prefetch(self.slots.as_ptr().wrapping_add(slot as usize));
     }
 
     /// The slot of `key`: the hinted one if it still holds the key, else by lookup, else
@@ -329,7 +331,7 @@ impl ViewState {
             }
             for (j, (start, slots)) in next.iter().enumerate() {
                 for slot in next.get(j + AHEAD).into_iter().flat_map(|(_, s)| s) {
-                    crate::prefetch::prefetch(self.slots.as_ptr().wrapping_add(*slot as usize));
+                    self.prefetch_slot(*slot);
                 }
                 for slot in next.get(j + AHEAD / 2).into_iter().flat_map(|(_, s)| s) {
                     if let Some(oldest) =
