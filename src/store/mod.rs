@@ -1252,8 +1252,8 @@ mod tests {
     }
 
     /// A checkpoint of an earlier layout (1: meta of a fingerprint alone, a key per cell;
-    /// 2: a key per closed row; 3: 1,024 buckets) is not read as this one: the pipeline is rebuilt from the
-    /// log, its old keys cleared.
+    /// 2: a key per closed row; 3: 1,024 buckets) is not read as this one: the pipeline
+    /// is rebuilt from the log, its old keys cleared.
     #[test]
     fn a_store_of_a_previous_layout_is_rebuilt() {
         let layout = |n: u8| {

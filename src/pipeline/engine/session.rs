@@ -253,6 +253,17 @@ impl Engine {
         id
     }
 
+    /// The store bucket of key `id` (`cell_bucket` of its text), from a list small
+    /// enough to stay in cache: a checkpoint learns which buckets changed without
+    /// touching the keys' slots.
+    pub(super) fn bucket_of(&self, id: u32) -> u16 {
+        self.key_buckets[id as usize]
+    }
+
+    pub(super) fn key_of(&self, id: u32) -> &Arc<str> {
+        &self.keyed[id as usize].key
+    }
+
     /// Takes `id` out of the index (its slot is free for another key).
     fn drop_id(&mut self, id: u32) {
         let hash = self.keyed[id as usize].hash;
@@ -484,7 +495,8 @@ impl Engine {
         while let Some((end, start, id)) = self.close_queue.pop_through(wm.saturating_sub(lateness))
         {
             // The slots of the keys closing next, and (their slots then in cache) the
-            // keys' text, whose count the row's copy of it touches.
+            // reference counts of the keys' text, which the closed row's copy touches:
+            // an `Arc`'s two counts lie just before the text it points to.
             if let Some(far) = self.close_queue.peek(AHEAD) {
                 prefetch_all(self.keyed.as_ptr().wrapping_add(far as usize));
             }
@@ -493,7 +505,8 @@ impl Engine {
                 .peek(AHEAD / 2)
                 .and_then(|near| self.keyed.get(near as usize))
             {
-                prefetch(Arc::as_ptr(&k.key).cast::<u8>().wrapping_sub(16));
+                let counts = 2 * std::mem::size_of::<usize>();
+                prefetch(Arc::as_ptr(&k.key).cast::<u8>().wrapping_sub(counts));
             }
             let Some(k) = self.keyed.get_mut(id as usize) else {
                 continue;
@@ -566,11 +579,10 @@ impl Engine {
     /// (the epoch moves on), then frees the ids of keys left without sessions: nothing
     /// lists them any more.
     pub(super) fn take_unsaved_sessions(&mut self, mut visit: impl FnMut(&Engine, i64, u32)) {
-        let unsaved = std::mem::take(&mut self.session_unsaved);
+        let mut unsaved = std::mem::take(&mut self.session_unsaved);
         for &(slot, id) in &unsaved {
             visit(self, slot, id);
         }
-        let mut unsaved = unsaved;
         unsaved.clear();
         self.session_unsaved = unsaved;
         self.unsaved_epoch = next_epoch(self.unsaved_epoch);
@@ -661,19 +673,6 @@ pub(super) fn next_epoch(epoch: u32) -> u32 {
     match epoch.wrapping_add(1) {
         NEVER_LISTED => 1,
         next => next,
-    }
-}
-
-impl Engine {
-    /// The store bucket of key `id` (`cell_bucket` of its text), from a list small
-    /// enough to stay in cache: a checkpoint learns which buckets changed without
-    /// touching the keys' slots.
-    pub(super) fn bucket_of(&self, id: u32) -> u16 {
-        self.key_buckets[id as usize]
-    }
-
-    pub(super) fn key_of(&self, id: u32) -> &Arc<str> {
-        &self.keyed[id as usize].key
     }
 }
 
