@@ -158,7 +158,7 @@ fn keep_extreme(held: &mut Option<Num>, value: Option<&str>, want: Ordering) -> 
 
 /// Keeps `value` if its position is further than the held one's in direction `want`.
 fn keep_ordered(
-    held: &mut Option<(Position, Box<str>)>,
+    held: &mut Option<Box<Ordered>>,
     value: Option<&str>,
     pos: Position,
     want: Ordering,
@@ -166,10 +166,63 @@ fn keep_ordered(
     let Some(v) = value else {
         return false;
     };
-    if held.as_ref().is_none_or(|(p, _)| pos.cmp(p) == want) {
-        *held = Some((pos, v.into()));
+    match held {
+        // The box is reused: `last` over events in order replaces it at every event.
+        Some(o) if pos.cmp(&o.pos) == want => {
+            o.pos = pos;
+            o.value = v.into();
+        }
+        Some(_) => {}
+        None => {
+            *held = Some(Box::new(Ordered {
+                pos,
+                value: v.into(),
+            }));
+        }
     }
     true
+}
+
+/// What `first` or `last` holds: the value's raw JSON text and where its event was.
+/// Boxed in [`AggState`], which it would make 48 bytes instead of 32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ordered {
+    pub pos: Position,
+    pub value: Box<str>,
+}
+
+/// An exact integer sum: an `i128` kept as two 8-byte halves, so [`AggState`] stays
+/// 8-aligned (an `i128` field made every state 64 bytes, where 32 do). `i128::MIN`
+/// stands for "not exact" (a float was summed, or the sum overflowed): a sum of `i64`
+/// values reaches it only after 2^64 of them, and a sum that lands on it exactly is
+/// taken for an overflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExactSum([u64; 2]);
+
+impl ExactSum {
+    pub const ZERO: ExactSum = ExactSum([0, 0]);
+
+    pub fn new(value: Option<i128>) -> ExactSum {
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "the two halves of the bits"
+        )]
+        let v = value.unwrap_or(i128::MIN) as u128;
+        #[allow(clippy::cast_possible_truncation, reason = "the low half")]
+        ExactSum([v as u64, (v >> 64) as u64])
+    }
+
+    pub fn get(self) -> Option<i128> {
+        #[allow(clippy::cast_possible_wrap, reason = "the bits back")]
+        let v = (u128::from(self.0[1]) << 64 | u128::from(self.0[0])) as i128;
+        (v != i128::MIN).then_some(v)
+    }
+
+    /// The sum with `other` added (`None`: not exact).
+    fn plus(self, other: Option<i128>) -> ExactSum {
+        ExactSum::new(self.get().zip(other).and_then(|(a, b)| a.checked_add(b)))
+    }
 }
 
 fn write_f64(f: f64, out: &mut String) {
@@ -188,11 +241,12 @@ pub type States = smallvec::SmallVec<[AggState; 1]>;
 #[derive(Debug, Clone, PartialEq)]
 pub enum AggState {
     Count(u64),
-    /// `exact` while every value was an integer; `float` always; `n` values taken.
+    /// `exact` while every value was an integer; `float` always; `taken` once a value
+    /// was.
     Sum {
-        exact: Option<i128>,
+        exact: ExactSum,
         float: f64,
-        n: u64,
+        taken: bool,
     },
     Min(Option<Num>),
     Max(Option<Num>),
@@ -200,8 +254,8 @@ pub enum AggState {
         sum: f64,
         n: u64,
     },
-    First(Option<(Position, Box<str>)>),
-    Last(Option<(Position, Box<str>)>),
+    First(Option<Box<Ordered>>),
+    Last(Option<Box<Ordered>>),
     CountDistinct(Hll),
     Quantiles(Box<DdSketch>),
 }
@@ -211,9 +265,9 @@ impl AggState {
         match func {
             AggFn::Count => AggState::Count(0),
             AggFn::Sum => AggState::Sum {
-                exact: Some(0),
+                exact: ExactSum::ZERO,
                 float: 0.0,
-                n: 0,
+                taken: false,
             },
             AggFn::Min => AggState::Min(None),
             AggFn::Max => AggState::Max(None),
@@ -237,16 +291,20 @@ impl AggState {
                 }
                 *c += 1;
             }
-            AggState::Sum { exact, float, n } => {
+            AggState::Sum {
+                exact,
+                float,
+                taken,
+            } => {
                 let Some(num) = value.and_then(Num::parse) else {
                     return false;
                 };
-                *exact = match (num, *exact) {
-                    (Num::Int(i), Some(e)) => e.checked_add(i128::from(i)),
-                    _ => None,
-                };
+                *exact = exact.plus(match num {
+                    Num::Int(i) => Some(i128::from(i)),
+                    Num::Float(_) => None,
+                });
                 *float += num.as_f64();
-                *n += 1;
+                *taken = true;
             }
             AggState::Min(m) => return keep_extreme(m, value, Ordering::Less),
             AggState::Max(m) => return keep_extreme(m, value, Ordering::Greater),
@@ -280,19 +338,20 @@ impl AggState {
         match (self, other) {
             (AggState::Count(a), AggState::Count(b)) => *a += b,
             (
-                AggState::Sum { exact, float, n },
+                AggState::Sum {
+                    exact,
+                    float,
+                    taken,
+                },
                 AggState::Sum {
                     exact: e2,
                     float: f2,
-                    n: n2,
+                    taken: t2,
                 },
             ) => {
-                *exact = match (*exact, *e2) {
-                    (Some(a), Some(b)) => a.checked_add(b),
-                    _ => None,
-                };
+                *exact = exact.plus(e2.get());
                 *float += f2;
-                *n += n2;
+                *taken |= t2;
             }
             (AggState::Min(a), AggState::Min(b)) => {
                 if let Some(b) = b
@@ -313,17 +372,17 @@ impl AggState {
                 *n += n2;
             }
             (AggState::First(a), AggState::First(b)) => {
-                if let Some((pb, vb)) = b
-                    && a.as_ref().is_none_or(|(pa, _)| pb < pa)
+                if let Some(b) = b
+                    && a.as_ref().is_none_or(|a| b.pos < a.pos)
                 {
-                    *a = Some((*pb, vb.clone()));
+                    *a = Some(b.clone());
                 }
             }
             (AggState::Last(a), AggState::Last(b)) => {
-                if let Some((pb, vb)) = b
-                    && a.as_ref().is_none_or(|(pa, _)| pb > pa)
+                if let Some(b) = b
+                    && a.as_ref().is_none_or(|a| b.pos > a.pos)
                 {
-                    *a = Some((*pb, vb.clone()));
+                    *a = Some(b.clone());
                 }
             }
             (AggState::CountDistinct(a), AggState::CountDistinct(b)) => a.merge(b),
@@ -338,14 +397,13 @@ impl AggState {
         #[allow(clippy::cast_precision_loss, reason = "ranking only")]
         match self {
             AggState::Count(c) => Some(*c as f64),
-            AggState::Sum { n: 0, .. } | AggState::Avg { n: 0, .. } => None,
-            AggState::Sum { exact: Some(e), .. } => Some(*e as f64),
-            AggState::Sum { float, .. } => Some(*float),
+            AggState::Sum { taken: false, .. } | AggState::Avg { n: 0, .. } => None,
+            AggState::Sum { exact, float, .. } => Some(exact.get().map_or(*float, |e| e as f64)),
             AggState::Avg { sum, n } => Some(sum / *n as f64),
             AggState::Min(m) | AggState::Max(m) => m.map(Num::as_f64),
             AggState::First(v) | AggState::Last(v) => v
                 .as_ref()
-                .and_then(|(_, raw)| Num::parse(raw))
+                .and_then(|o| Num::parse(&o.value))
                 .map(Num::as_f64),
             AggState::CountDistinct(hll) => Some(hll.estimate().round()),
             // Ranked by the median, whichever quantiles are configured.
@@ -358,7 +416,9 @@ impl AggState {
         match self {
             AggState::CountDistinct(hll) => hll.heap_bytes(),
             AggState::Quantiles(sketch) => std::mem::size_of::<DdSketch>() + sketch.heap_bytes(),
-            AggState::First(Some((_, v))) | AggState::Last(Some((_, v))) => v.len(),
+            AggState::First(Some(o)) | AggState::Last(Some(o)) => {
+                std::mem::size_of::<Ordered>() + o.value.len()
+            }
             _ => 0,
         }
     }
@@ -368,18 +428,20 @@ impl AggState {
     pub fn write_json(&self, quantiles: &[f64], out: &mut String) {
         match self {
             AggState::Count(c) => out.push_str(itoa::Buffer::new().format(*c)),
-            AggState::Sum { n: 0, .. }
+            AggState::Sum { taken: false, .. }
             | AggState::Avg { n: 0, .. }
             | AggState::Min(None)
             | AggState::Max(None)
             | AggState::First(None)
             | AggState::Last(None) => out.push_str("null"),
-            AggState::Sum { exact: Some(e), .. } => out.push_str(itoa::Buffer::new().format(*e)),
-            AggState::Sum { float, .. } => write_f64(*float, out),
+            AggState::Sum { exact, float, .. } => match exact.get() {
+                Some(e) => out.push_str(itoa::Buffer::new().format(e)),
+                None => write_f64(*float, out),
+            },
             AggState::Min(Some(m)) | AggState::Max(Some(m)) => m.write_json(out),
             #[allow(clippy::cast_precision_loss, reason = "an average is a float")]
             AggState::Avg { sum, n } => write_f64(sum / *n as f64, out),
-            AggState::First(Some((_, v))) | AggState::Last(Some((_, v))) => out.push_str(v),
+            AggState::First(Some(o)) | AggState::Last(Some(o)) => out.push_str(&o.value),
             AggState::CountDistinct(hll) => {
                 #[allow(
                     clippy::cast_possible_truncation,
@@ -472,6 +534,43 @@ mod tests {
             (2 * i128::from(i64::MAX)).to_string(),
             "integer sums are exact beyond i64"
         );
+    }
+
+    #[test]
+    fn an_exact_sum_holds_every_i128_but_its_sentinel() {
+        for v in [0, 1, -1, i128::from(i64::MIN), i128::MAX, i128::MIN + 1] {
+            assert_eq!(ExactSum::new(Some(v)).get(), Some(v));
+        }
+        assert_eq!(ExactSum::new(None).get(), None);
+        assert_eq!(ExactSum::new(Some(i128::MIN)).get(), None);
+        // Overflow and the sentinel both leave the sum inexact, for good.
+        assert_eq!(ExactSum::new(Some(i128::MAX)).plus(Some(1)).get(), None);
+        assert_eq!(
+            ExactSum::new(Some(i128::MIN + 1)).plus(Some(-1)).get(),
+            None
+        );
+        assert_eq!(ExactSum::new(None).plus(Some(1)).get(), None);
+        assert_eq!(ExactSum::ZERO.plus(Some(-5)).plus(Some(7)).get(), Some(2));
+    }
+
+    #[test]
+    fn a_sum_past_i128_answers_its_float() {
+        let mut s = AggState::new(AggFn::Sum);
+        if let AggState::Sum { exact, .. } = &mut s {
+            *exact = ExactSum::new(Some(i128::MAX - 1));
+        }
+        s.update(Some("2"), pos(1, 0, 0), true);
+        let mut out = String::new();
+        s.write_json(&[], &mut out);
+        assert_eq!(out, "2.0", "the float sum of the values taken");
+    }
+
+    #[test]
+    fn a_state_takes_32_bytes() {
+        // Every open window and every row of the hot view holds one per aggregate: a
+        // field that grows it is a cost to every pipeline, not only its own function's.
+        assert_eq!(std::mem::size_of::<AggState>(), 32);
+        assert_eq!(std::mem::size_of::<States>(), 40);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! engine head. Little-endian fixed-width integers, a tag byte per enum, lengths before
 //! bytes. Decoding checks every length: a corrupt value is an error, never a panic.
 
-use crate::pipeline::aggregate::{AggState, Num, Position};
+use crate::pipeline::aggregate::{AggState, ExactSum, Num, Ordered, Position};
 use crate::pipeline::engine::{Counters, EngineHead, Taint};
 use crate::pipeline::sketch::{DdSketch, Hll};
 use crate::pipeline::watermark::{PartitionMark, Watermarks};
@@ -49,15 +49,15 @@ impl Writer<'_> {
             }
         }
     }
-    fn positioned(&mut self, v: Option<&(Position, Box<str>)>) {
+    fn positioned(&mut self, v: Option<&Ordered>) {
         match v {
             None => self.u8(0),
-            Some((p, s)) => {
+            Some(Ordered { pos: p, value }) => {
                 self.u8(1);
                 self.i64(p.ts_ms);
                 self.u64(u64::from(p.partition));
                 self.i64(p.offset);
-                self.bytes(s.as_bytes());
+                self.bytes(value.as_bytes());
             }
         }
     }
@@ -73,9 +73,13 @@ impl Writer<'_> {
                     self.u8(0);
                     self.u64(*c);
                 }
-                AggState::Sum { exact, float, n } => {
+                AggState::Sum {
+                    exact,
+                    float,
+                    taken,
+                } => {
                     self.u8(1);
-                    match exact {
+                    match exact.get() {
                         Some(e) => {
                             self.u8(1);
                             self.0.extend_from_slice(&e.to_le_bytes());
@@ -83,7 +87,8 @@ impl Writer<'_> {
                         None => self.u8(0),
                     }
                     self.u64(float.to_bits());
-                    self.u64(*n);
+                    // Once a count of the values taken; only whether any was is kept.
+                    self.u64(u64::from(*taken));
                 }
                 AggState::Min(m) => {
                     self.u8(2);
@@ -100,11 +105,11 @@ impl Writer<'_> {
                 }
                 AggState::First(v) => {
                     self.u8(5);
-                    self.positioned(v.as_ref());
+                    self.positioned(v.as_deref());
                 }
                 AggState::Last(v) => {
                     self.u8(6);
-                    self.positioned(v.as_ref());
+                    self.positioned(v.as_deref());
                 }
                 AggState::CountDistinct(hll) => {
                     self.u8(7);
@@ -205,7 +210,7 @@ impl<'a> Reader<'a> {
             _ => Err(CodecError("number tag")),
         }
     }
-    fn positioned(&mut self) -> Result<Option<(Position, Box<str>)>, CodecError> {
+    fn positioned(&mut self) -> Result<Option<Box<Ordered>>, CodecError> {
         match self.u8()? {
             0 => Ok(None),
             1 => {
@@ -214,14 +219,14 @@ impl<'a> Reader<'a> {
                 let offset = self.i64()?;
                 let n = self.len()?;
                 let text = std::str::from_utf8(self.take(n)?).map_err(|_| CodecError("utf-8"))?;
-                Ok(Some((
-                    Position {
+                Ok(Some(Box::new(Ordered {
+                    pos: Position {
                         ts_ms,
                         partition,
                         offset,
                     },
-                    text.into(),
-                )))
+                    value: text.into(),
+                })))
             }
             _ => Err(CodecError("option tag")),
         }
@@ -242,9 +247,9 @@ impl<'a> Reader<'a> {
                         _ => return Err(CodecError("option tag")),
                     };
                     AggState::Sum {
-                        exact,
+                        exact: ExactSum::new(exact),
                         float: f64::from_bits(self.u64()?),
-                        n: self.u64()?,
+                        taken: self.u64()? > 0,
                     }
                 }
                 2 => AggState::Min(self.num()?),
@@ -352,20 +357,23 @@ mod tests {
         let states = vec![
             AggState::Count(7),
             AggState::Sum {
-                exact: Some(i128::from(i64::MAX) * 3),
+                exact: ExactSum::new(Some(i128::from(i64::MAX) * 3)),
                 float: 1.5,
-                n: 2,
+                taken: true,
             },
             AggState::Sum {
-                exact: None,
+                exact: ExactSum::new(None),
                 float: 2.25,
-                n: 1,
+                taken: true,
             },
             AggState::Min(Some(Num::Int(-3))),
             AggState::Max(Some(Num::Float(9.5))),
             AggState::Min(None),
             AggState::Avg { sum: 3.0, n: 4 },
-            AggState::First(Some((pos, "\"é\"".into()))),
+            AggState::First(Some(Box::new(Ordered {
+                pos,
+                value: "\"é\"".into(),
+            }))),
             AggState::Last(None),
             sketch_of(AggFn::CountDistinct, 100),
             sketch_of(AggFn::CountDistinct, 5_000),
