@@ -72,17 +72,17 @@ fn quantiles_of(view: &HotView, i: usize) -> &[f64] {
 }
 
 /// `{"start","end","final","complete","values":{...}}`.
-fn write_window(view: &HotView, start: i64, row: &Row, out: &mut Vec<u8>) {
+fn write_window(view: &HotView, start: i64, row: &Row, is_final: bool, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"start\":");
     write_time(start, out);
     out.extend_from_slice(b",\"end\":");
     write_time(row.end_ms, out);
-    out.extend_from_slice(if row.is_final {
+    out.extend_from_slice(if is_final {
         b",\"final\":true"
     } else {
         b",\"final\":false"
     });
-    out.extend_from_slice(if row.complete {
+    out.extend_from_slice(if row.complete() {
         b",\"complete\":true,\"values\":{"
     } else {
         b",\"complete\":false,\"values\":{"
@@ -244,7 +244,7 @@ fn key_answer(
             KeyAsk::One(which) => {
                 let (start, row) = s.key_window(key, *which).ok_or_else(|| no_window(key))?;
                 out.extend_from_slice(b",\"window\":");
-                write_window(view, start, row, &mut out);
+                write_window(view, start, row, s.is_final(row), &mut out);
                 out.push(b'}');
                 return Ok::<_, ApiError>(None);
             }
@@ -260,7 +260,7 @@ fn key_answer(
             if i > 0 {
                 out.push(b',');
             }
-            write_window(view, start, row, &mut out);
+            write_window(view, start, row, s.is_final(row), &mut out);
         }
         if stored.is_none() {
             out.extend_from_slice(b"]}");
@@ -382,14 +382,13 @@ async fn answer_stored(
             out.push(b',');
         }
         first = false;
-        let row = Row {
-            end_ms: r.end_ms,
-            closed: true,
-            is_final: true,
-            complete: r.complete,
-            values: crate::pipeline::aggregate::States::from_vec(r.values),
-        };
-        write_window(&p.view, r.start_ms, &row, &mut out);
+        let row = Row::closed(
+            r.end_ms,
+            crate::pipeline::aggregate::States::from_vec(r.values),
+            r.complete,
+            Row::FINAL,
+        );
+        write_window(&p.view, r.start_ms, &row, true, &mut out);
     }
     out.extend_from_slice(b"]}");
     Ok(out)
@@ -499,7 +498,7 @@ pub async fn top(
             out.extend_from_slice(b"{\"key\":");
             write_str_into(key, &mut out);
             out.extend_from_slice(b",\"window\":");
-            write_window(view, start, row, &mut out);
+            write_window(view, start, row, s.is_final(row), &mut out);
             out.push(b'}');
         }
         out.extend_from_slice(b"]}");

@@ -12,7 +12,8 @@
 //!    `late_topic` partition through what the pipeline appended to it before (so late
 //!    events the checkpoint passes are in the log);
 //! 2. one atomic sled batch (`PipelineStore::commit`), then `flush`;
-//! 3. the rows it closed turn `final` in the hot view;
+//! 3. the rows it closed turn `final` in the hot view: the view's durable sequence
+//!    number moves to the checkpoint's ([`Job::seq`]), no row is visited;
 //! 4. the outcome is reported back; a failure returns the rows, so the next checkpoint
 //!    writes them (and every cell, as the pipeline thread marks all unsaved).
 //!
@@ -66,6 +67,9 @@ impl FailureLog {
 /// One checkpoint to write.
 pub struct Job {
     pub checkpoint: Checkpoint,
+    /// Its sequence number: the rows it holds (and those of any failed one before it,
+    /// which it holds again) were closed in the view with this number or a smaller one.
+    pub seq: u64,
     /// When the pipeline thread began it: the duration metric covers encode to flush.
     pub started: Instant,
     /// The `late_topic` partitions the pipeline appended to, each with the offset
@@ -215,6 +219,7 @@ fn write(
 ) -> Outcome {
     let Job {
         mut checkpoint,
+        seq,
         started,
         late,
         outbox,
@@ -254,12 +259,7 @@ fn write(
             if let (Some(sink), Some(outbox)) = (output, outbox) {
                 sink.committed(outbox);
             }
-            let done: Vec<(i64, Arc<str>)> = checkpoint
-                .rows
-                .into_iter()
-                .map(|r| (r.start_ms, r.key))
-                .collect();
-            view.write(|v| v.mark_final(&done));
+            view.write(|v| v.mark_durable(seq));
             tally.failures_log = FailureLog::default();
             tally.seconds.record(started.elapsed().as_secs_f64());
             tracing::debug!(
@@ -336,13 +336,12 @@ mod tests {
             v.upsert(
                 0,
                 &key,
-                Row {
-                    end_ms: 10,
-                    closed: true,
-                    is_final: false,
-                    complete: true,
-                    values: crate::pipeline::aggregate::States::from_elem(AggState::Count(1), 1),
-                },
+                Row::closed(
+                    10,
+                    crate::pipeline::aggregate::States::from_elem(AggState::Count(1), 1),
+                    true,
+                    1,
+                ),
             );
         });
         let mut c = Checkpointer::start(
@@ -355,11 +354,12 @@ mod tests {
             None,
         )
         .unwrap();
-        let job = |rows: Vec<RowWrite>| Job {
+        let job = |seq: u64, rows: Vec<RowWrite>| Job {
             checkpoint: Checkpoint {
                 rows,
                 ..Checkpoint::default()
             },
+            seq,
             started: Instant::now(),
             late: Vec::new(),
             outbox: None,
@@ -373,17 +373,23 @@ mod tests {
             complete: true,
             states,
         };
-        assert!(c.submit(job(vec![row])).is_none());
+        let is_final = || {
+            view.read(|v| {
+                v.key_window("a", crate::pipeline::view::Which::Latest)
+                    .map(|(_, r)| v.is_final(r))
+            })
+        };
+        assert_eq!(is_final(), Some(false));
+        assert!(c.submit(job(1, vec![row])).is_none());
         assert!(c.in_flight());
-        assert!(c.submit(job(Vec::new())).is_some(), "one in flight at most");
+        assert!(
+            c.submit(job(2, Vec::new())).is_some(),
+            "one in flight at most"
+        );
         assert!(matches!(c.outcome(true), Some(Outcome::Committed)));
         assert!(!c.in_flight());
-        let is_final = view.read(|v| {
-            v.key_window("a", crate::pipeline::view::Which::Latest)
-                .map(|(_, r)| r.is_final)
-        });
-        assert_eq!(is_final, Some(true));
-        assert!(c.submit(job(Vec::new())).is_none());
+        assert_eq!(is_final(), Some(true));
+        assert!(c.submit(job(2, Vec::new())).is_none());
         assert!(c.outcome(true).is_some());
         c.finish();
         assert_eq!(store.pipeline("p").rows(10).unwrap().0.len(), 1);

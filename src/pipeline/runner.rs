@@ -709,6 +709,9 @@ struct Task {
     checkpoint_interval: Duration,
     /// Rows closed since the last checkpoint: written by the next, then final.
     pending_rows: Vec<RowWrite>,
+    /// The sequence number the next checkpoint handed over takes; rows closed now are
+    /// final once it (or a later one, which holds them if it fails) is durable.
+    checkpoint_seq: u64,
     /// At this many pending rows the thread takes no input until a checkpoint has them
     /// (`limits::PENDING_ROWS_MAX`).
     pending_rows_max: usize,
@@ -799,13 +802,12 @@ impl Task {
                         v.upsert(
                             row.start_ms,
                             &row.key,
-                            Row {
-                                end_ms: row.end_ms,
-                                closed: true,
-                                is_final: true,
-                                complete: row.complete,
-                                values: States::from_vec(row.values),
-                            },
+                            Row::closed(
+                                row.end_ms,
+                                States::from_vec(row.values),
+                                row.complete,
+                                Row::FINAL,
+                            ),
                         );
                     }
                 });
@@ -872,6 +874,7 @@ impl Task {
             checkpointer: Some(checkpointer),
             checkpoint_interval: config.checkpoint_interval,
             pending_rows: Vec::new(),
+            checkpoint_seq: 1,
             pending_rows_max: pending_rows_max(),
             unsaved: true,
             late,
@@ -1098,13 +1101,7 @@ impl Task {
             rows.push((
                 c.start_ms,
                 c.key,
-                Row {
-                    end_ms: c.end_ms,
-                    closed: true,
-                    is_final: false,
-                    complete: c.complete,
-                    values: c.values,
-                },
+                Row::closed(c.end_ms, c.values, c.complete, self.checkpoint_seq),
                 c.view,
             ));
         }
@@ -1199,11 +1196,15 @@ impl Task {
         let outbox = self.output.as_mut().map(|(o, _)| o.encode(&self.engine));
         match checkpointer.submit(Job {
             checkpoint,
+            seq: self.checkpoint_seq,
             started,
             late,
             outbox,
         }) {
-            None => self.unsaved = false,
+            None => {
+                self.unsaved = false;
+                self.checkpoint_seq += 1;
+            }
             Some(job) => {
                 // Not handed over (the thread is gone): keep everything for the next.
                 self.pending_rows = job.checkpoint.rows;
@@ -1303,14 +1304,8 @@ impl RowSink for OpenRows<'_> {
         if let Some(out) = self.output.as_deref_mut() {
             out.open(start, key);
         }
-        let row = Row {
-            end_ms,
-            closed: false,
-            is_final: false,
-            complete,
-            values,
-        };
-        self.view.upsert_hinted(start, key, row, hint)
+        self.view
+            .upsert_hinted(start, key, Row::open(end_ms, values, complete), hint)
     }
 
     fn ahead(&mut self, far: Hint, near: Hint) {

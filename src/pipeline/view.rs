@@ -28,18 +28,60 @@ use parking_lot::RwLock;
 use super::aggregate::States;
 use super::watermark;
 
-/// One (window, key) result.
+/// One (window, key) result: 56 bytes, so with its start one cache line (a test pins
+/// it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     pub end_ms: i64,
-    /// The watermark passed end + allowed_lateness: these are the values it closed with.
-    pub closed: bool,
-    /// A checkpoint holding the close is durable (never before exactly-once checkpoints).
-    pub is_final: bool,
-    /// False when events of the window may be missing (removed by retention unread).
-    pub complete: bool,
     /// One per aggregate, in spec order.
     pub values: States,
+    /// Bit 63: complete. Bits 0-62: the sequence number of the checkpoint that holds the
+    /// close, [`Row::FINAL`] for a row read from the result store, `OPEN` for an open
+    /// row. The row is final once the view's `durable_seq` reaches it
+    /// ([`ViewState::is_final`]): a checkpoint makes its rows final by moving one number,
+    /// without visiting them.
+    mark: u64,
+}
+
+impl Row {
+    /// The checkpoint number of a row read from the result store: final already.
+    pub const FINAL: u64 = 0;
+    /// The checkpoint number of an open row: never final as it is.
+    const OPEN: u64 = Row::COMPLETE - 1;
+    const COMPLETE: u64 = 1 << 63;
+
+    /// An open row; `complete` false when events of the window may be missing (removed
+    /// by retention unread, refused over `max_open_windows`).
+    pub fn open(end_ms: i64, values: States, complete: bool) -> Row {
+        Row::with_mark(end_ms, values, complete, Row::OPEN)
+    }
+
+    /// A closed row (the watermark passed end + allowed_lateness: these are the values it
+    /// closed with), final once checkpoint `final_at` is durable ([`Row::FINAL`]: final).
+    pub fn closed(end_ms: i64, values: States, complete: bool, final_at: u64) -> Row {
+        Row::with_mark(end_ms, values, complete, final_at.min(Row::OPEN - 1))
+    }
+
+    fn with_mark(end_ms: i64, values: States, complete: bool, final_at: u64) -> Row {
+        Row {
+            end_ms,
+            values,
+            mark: final_at | if complete { Row::COMPLETE } else { 0 },
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.final_at() != Row::OPEN
+    }
+
+    /// False when events of the window may be missing.
+    pub fn complete(&self) -> bool {
+        self.mark & Row::COMPLETE != 0
+    }
+
+    fn final_at(&self) -> u64 {
+        self.mark & !Row::COMPLETE
+    }
 }
 
 /// Which window of a key (or of the whole pipeline) a query means.
@@ -79,6 +121,9 @@ pub struct ViewState {
     pub state_bytes: u64,
     /// The pipeline thread has published at least once since start.
     pub published: bool,
+    /// The sequence number of the newest checkpoint that is durable (0: none yet): rows
+    /// closed into it or an earlier one are final.
+    durable_seq: u64,
     /// Key -> its slot in `slots`.
     keys: HashMap<Arc<str>, u32>,
     /// Per key with rows, its rows; slots of keys without rows are free (`free`).
@@ -180,7 +225,7 @@ impl ViewState {
     /// Sets the row of (window `start`, `key`), looking the key up by `hint` if it is
     /// still good; returns the hint for the key's next apply.
     pub fn upsert_hinted(&mut self, start: i64, key: &Arc<str>, row: Row, hint: Hint) -> Hint {
-        if row.closed {
+        if row.is_closed() {
             self.last_closed_start = Some(self.last_closed_start.map_or(start, |s| s.max(start)));
         }
         let slot = self.slot_for(key, hint);
@@ -371,7 +416,7 @@ impl ViewState {
             && self.last_closed_start.is_some_and(|c| start < c)
             && slots
                 .iter()
-                .all(|k| self.row(start, *k).is_none_or(|r| r.is_final));
+                .all(|k| self.row(start, *k).is_none_or(|r| self.is_final(r)));
         if !(expired || over) {
             return false;
         }
@@ -393,16 +438,15 @@ impl ViewState {
         true
     }
 
-    /// Marks the rows of (start, key) final: a durable checkpoint holds their close.
-    pub fn mark_final(&mut self, rows: &[(i64, Arc<str>)]) {
-        for (start, key) in rows {
-            if let Some(slot) = self.keys.get(&**key)
-                && let held = &mut self.slots[*slot as usize].rows
-                && let Ok(i) = held.binary_search_by_key(start, |(s, _)| *s)
-            {
-                held[i].1.is_final = true;
-            }
-        }
+    /// Checkpoint `seq` is durable: the rows closed into it, and into every earlier
+    /// one, are final.
+    pub fn mark_durable(&mut self, seq: u64) {
+        self.durable_seq = self.durable_seq.max(seq);
+    }
+
+    /// Whether `row`'s close is durable in the result store.
+    pub fn is_final(&self, row: &Row) -> bool {
+        row.final_at() <= self.durable_seq
     }
 
     /// Windows held.
@@ -416,7 +460,7 @@ impl ViewState {
         let found = match which {
             Which::Latest => rows.back(),
             // Closed windows are older than open ones: a few steps back at most.
-            Which::LastClosed => rows.iter().rev().find(|(_, r)| r.closed),
+            Which::LastClosed => rows.iter().rev().find(|(_, r)| r.is_closed()),
             Which::Current => {
                 let wm = self.watermark;
                 if wm == watermark::NONE {
@@ -515,13 +559,31 @@ mod tests {
     use crate::pipeline::aggregate::AggState;
 
     fn row(end_ms: i64, closed: bool, count: u64) -> Row {
-        Row {
-            end_ms,
-            closed,
-            is_final: false,
-            complete: true,
-            values: States::from_elem(AggState::Count(count), 1),
+        let values = States::from_elem(AggState::Count(count), 1);
+        if closed {
+            Row::closed(end_ms, values, true, 1)
+        } else {
+            Row::open(end_ms, values, true)
         }
+    }
+
+    #[test]
+    fn a_row_and_its_start_fill_one_cache_line() {
+        assert_eq!(std::mem::size_of::<(i64, Row)>(), 64);
+        let values = States::from_elem(AggState::Count(1), 1);
+        let open = Row::open(10, values.clone(), false);
+        assert!(!open.is_closed() && !open.complete());
+        let closed = Row::closed(10, values, true, 7);
+        assert!(closed.is_closed() && closed.complete());
+        let view = HotView::new(vec!["count".into()], 10, 0, 1, 1000);
+        view.write(|s| {
+            s.mark_durable(6);
+            assert!(!s.is_final(&closed) && !s.is_final(&open));
+            s.mark_durable(7);
+            assert!(s.is_final(&closed) && !s.is_final(&open));
+            s.mark_durable(3);
+            assert!(s.is_final(&closed), "the durable number never goes back");
+        });
     }
 
     #[test]
@@ -567,9 +629,13 @@ mod tests {
     fn the_row_bound_evicts_whole_final_windows_oldest_first() {
         let view = HotView::new(vec!["count".into()], 10, 0, 1, 3);
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
-        let fin = |end, count| Row {
-            is_final: true,
-            ..row(end, true, count)
+        let fin = |end, count| {
+            Row::closed(
+                end,
+                States::from_elem(AggState::Count(count), 1),
+                true,
+                Row::FINAL,
+            )
         };
         view.write(|s| {
             s.upsert(0, &a, fin(10, 1));
@@ -583,7 +649,12 @@ mod tests {
             assert_eq!((s.rows(), s.evicted_through), (3, Some(0)));
             s.prune(1000, 1);
             assert_eq!(s.rows(), 3, "window 10 is not final yet: it stays");
-            s.mark_final(&[(10, Arc::clone(&a))]);
+            // Window 10 closed into checkpoint 1; the open window never turns final.
+            s.mark_durable(1);
+            assert!(
+                s.key_window("a", Which::Latest)
+                    .is_some_and(|(_, r)| !s.is_final(r))
+            );
             s.prune(1000, 1);
             assert_eq!((s.rows(), s.evicted_through), (2, Some(10)));
             assert_eq!(
