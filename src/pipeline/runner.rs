@@ -181,6 +181,8 @@ pub fn encode_checkpoint(
     let mut cells = Vec::new();
     let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); usize::from(CELL_BUCKETS)];
     let mut sessions = Vec::new();
+    // Sessions: the start of the oldest open one, found by the same walk.
+    let mut oldest_start: Option<i64> = None;
     if sessions_kind {
         // One walk over the open sessions (each key's bucket kept in its slot) fills the
         // dirty buckets; every dirty bucket is written, an empty one too: its
@@ -194,6 +196,7 @@ pub fn encode_checkpoint(
                 .collect();
         let width = engine.spec().window.pane_ms();
         engine.each_session(|key, bucket, start, last, end, states| {
+            oldest_start = Some(oldest_start.map_or(start, |o| o.min(start)));
             let slot = start.div_euclid(width).saturating_mul(width);
             let Some((buckets, bufs)) = slots.get_mut(&slot) else {
                 return;
@@ -236,7 +239,7 @@ pub fn encode_checkpoint(
     let rows_before =
         (wm != super::watermark::NONE).then(|| wm.saturating_sub(retain_ms).saturating_sub(size));
     let (oldest_pane, oldest_slot) = if sessions_kind {
-        (None, engine.oldest_pane())
+        (None, oldest_start.map(|s| engine.spec().window.pane_of(s)))
     } else {
         (engine.oldest_pane(), None)
     };

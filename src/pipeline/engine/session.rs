@@ -606,17 +606,6 @@ impl Engine {
         self.emptied_ids = emptied;
     }
 
-    /// Start of the oldest slot holding an open session.
-    pub(super) fn oldest_slot(&self) -> Option<i64> {
-        let oldest = self
-            .keyed
-            .iter()
-            .filter_map(|k| k.list.first())
-            .map(|s| s.start)
-            .min()?;
-        Some(self.slot_of(oldest))
-    }
-
     /// Calls `visit(key, start, last, end, states)` for every open session starting in
     /// `slot`: what a checkpoint writes of that slot.
     pub fn slot_sessions(
