@@ -122,7 +122,8 @@ pub struct ViewState {
     /// The pipeline thread has published at least once since start.
     pub published: bool,
     /// The sequence number of the newest checkpoint that is durable (0: none yet): rows
-    /// closed into it or an earlier one are final.
+    /// closed into it or an earlier one are final. The numbers are those of the pipeline
+    /// thread the view was made with (a restart makes both anew).
     durable_seq: u64,
     /// Key -> its slot in `slots`.
     keys: HashMap<Arc<str>, u32>,
