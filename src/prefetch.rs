@@ -31,6 +31,7 @@ pub fn prefetch_all<T>(p: *const T) {
     }
 }
 
-/// How many steps ahead the pipelines' loops prefetch: far enough for a miss (a few hundred cycles) to
-/// land before the step that needs it, near enough that the line is still there.
+/// How many steps ahead the pipelines' loops prefetch: far enough for a miss (a few
+/// hundred cycles) to land before the step that needs it, near enough that the line is
+/// still there.
 pub const AHEAD: usize = 16;

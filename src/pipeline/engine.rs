@@ -943,12 +943,11 @@ impl Engine {
         self.session_unsaved.clear();
         self.unsaved_epoch = session::next_epoch(self.unsaved_epoch);
         let epoch = self.unsaved_epoch;
-        let width = self.spec.window.pane_ms();
+        let window = self.spec.window;
         for (id, k) in (0u32..).zip(&mut self.keyed) {
             for s in k.list.iter_mut() {
                 s.listed = epoch;
-                let slot = s.start.div_euclid(width).saturating_mul(width);
-                self.session_unsaved.push((slot, id));
+                self.session_unsaved.push((window.pane_of(s.start), id));
             }
         }
         for (pane, keys) in &mut self.panes {

@@ -181,8 +181,8 @@ pub fn encode_checkpoint(
     let mut cells = Vec::new();
     let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); usize::from(CELL_BUCKETS)];
     let mut sessions = Vec::new();
-    // Sessions: the start of the oldest open one, found by the same walk.
-    let mut oldest_start: Option<i64> = None;
+    // Sessions: the slot of the oldest open one, found by the same walk.
+    let mut oldest_slot: Option<i64> = None;
     if sessions_kind {
         // One walk over the open sessions (each key's bucket kept in its slot) fills the
         // dirty buckets; every dirty bucket is written, an empty one too: its
@@ -194,10 +194,10 @@ pub fn encode_checkpoint(
                     (slot, (buckets, vec![Vec::new(); usize::from(CELL_BUCKETS)]))
                 })
                 .collect();
-        let width = engine.spec().window.pane_ms();
+        let window = engine.spec().window;
         engine.each_session(|key, bucket, start, last, end, states| {
-            oldest_start = Some(oldest_start.map_or(start, |o| o.min(start)));
-            let slot = start.div_euclid(width).saturating_mul(width);
+            let slot = window.pane_of(start);
+            oldest_slot = Some(oldest_slot.map_or(slot, |o| o.min(slot)));
             let Some((buckets, bufs)) = slots.get_mut(&slot) else {
                 return;
             };
@@ -238,10 +238,10 @@ pub fn encode_checkpoint(
     let size = engine.spec().window.size_ms();
     let rows_before =
         (wm != super::watermark::NONE).then(|| wm.saturating_sub(retain_ms).saturating_sub(size));
-    let (oldest_pane, oldest_slot) = if sessions_kind {
-        (None, oldest_start.map(|s| engine.spec().window.pane_of(s)))
+    let oldest_pane = if sessions_kind {
+        None
     } else {
-        (engine.oldest_pane(), None)
+        engine.oldest_pane()
     };
     Checkpoint {
         offsets,

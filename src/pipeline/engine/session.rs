@@ -355,8 +355,7 @@ impl Engine {
     /// `first`, and moves its start back to `ts_ms` if earlier.
     fn merge_into(&mut self, id: u32, first: usize, cands: &[usize], ts_ms: i64) {
         let (gap, max) = self.gap_max();
-        let width = self.spec.window.pane_ms();
-        let slot_of = |start: i64| start.div_euclid(width).saturating_mul(width);
+        let window = self.spec.window;
         let epoch = self.unsaved_epoch;
         let k = &mut self.keyed[id as usize];
         let old_start = k.list[first].start;
@@ -394,13 +393,13 @@ impl Engine {
         }
         for start in removed {
             self.removed.push((start, Arc::clone(&k.key)));
-            self.session_unsaved.push((slot_of(start), id));
+            self.session_unsaved.push((window.pane_of(start), id));
         }
         if moved || !was_dirty {
             self.session_changed.push((new_start, id));
         }
         if moved || !was_unsaved {
-            self.session_unsaved.push((slot_of(new_start), id));
+            self.session_unsaved.push((window.pane_of(new_start), id));
         }
     }
 
@@ -494,7 +493,6 @@ impl Engine {
             return;
         }
         let lateness = self.spec.allowed_lateness_ms;
-        let width = self.spec.window.pane_ms();
         let from = self.closed.len();
         while let Some((end, start, id)) = self.close_queue.pop_through(wm.saturating_sub(lateness))
         {
@@ -533,7 +531,7 @@ impl Engine {
             }
             self.cells -= 1;
             self.session_unsaved
-                .push((start.div_euclid(width).saturating_mul(width), id));
+                .push((self.spec.window.pane_of(start), id));
             let complete = span_complete(&self.taints, s.start, s.end);
             self.closed.push(super::ClosedRow {
                 start_ms: s.start,
