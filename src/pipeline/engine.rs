@@ -270,9 +270,8 @@ pub struct Engine {
     free_ids: Vec<u32>,
     /// Session windows: ids whose last session closed since the last `take_unsaved`.
     emptied_ids: Vec<u32>,
-    /// Session windows: (start, key id) of sessions changed since the last
-    /// `take_changed_rows`, each once (its `dirty` flag).
-    session_changed: Vec<(i64, u32)>,
+    /// Session windows: the sessions changed since the last `take_changed_rows`.
+    session_changed: session::Changed,
     /// Session windows: (slot of start, key id) of sessions changed, opened, merged away
     /// or closed since the last `take_unsaved`.
     session_unsaved: Vec<(i64, u32)>,
@@ -320,7 +319,7 @@ impl Engine {
             key_buckets: Vec::new(),
             free_ids: Vec::new(),
             emptied_ids: Vec::new(),
-            session_changed: Vec::new(),
+            session_changed: session::Changed::default(),
             session_unsaved: Vec::new(),
             unsaved_epoch: 1,
             close_queue: session::CloseQueue::default(),
@@ -390,10 +389,11 @@ impl Engine {
                 }
             }
         }
+        let keys = self.keyed.len();
         for (id, k) in (0u32..).zip(&mut self.keyed) {
             for s in k.list.iter_mut().filter(|s| !s.dirty) {
                 s.dirty = true;
-                self.session_changed.push((s.start, id));
+                self.session_changed.push((s.start, id), keys);
             }
         }
     }
@@ -821,7 +821,7 @@ impl Engine {
     /// [`take_removed`]: Self::take_removed
     pub fn take_changed_rows(&mut self, sink: &mut impl RowSink) {
         if self.spec.window.is_session() {
-            let changed = std::mem::take(&mut self.session_changed);
+            let changed = self.session_changed.take(&self.keyed);
             for (i, &(start, id)) in changed.iter().enumerate() {
                 // The key's slot two strides ahead; its view hint (then in cache) one
                 // stride and half a stride ahead.
@@ -852,9 +852,7 @@ impl Engine {
                 let complete = span_complete(&self.taints, start, end);
                 k.view = sink.row(start, end, &k.key, values, complete, k.view);
             }
-            let mut changed = changed;
-            changed.clear();
-            self.session_changed = changed;
+            self.session_changed.recycle(changed);
             return;
         }
         let size = self.spec.window.size_ms();
@@ -884,6 +882,14 @@ impl Engine {
                 sink.row(start, start + size, &key, values, complete, Hint::NONE);
             }
         }
+    }
+
+    /// How many open rows are listed as changed since the last
+    /// [`take_changed_rows`](Self::take_changed_rows), some maybe closed since (session
+    /// windows: 0 once past their list's bound, see `session::Changed`).
+    #[cfg(test)]
+    fn changed_len(&self) -> usize {
+        self.changed.len() + self.session_changed.len()
     }
 
     /// Rows (start, key) that left since the last call without closing: sessions merged

@@ -86,6 +86,14 @@ pub const IDLE_WAIT: Duration = Duration::from_millis(200);
 /// Refusals over `max_open_windows` are logged at most this often.
 const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
+/// While the thread is behind its input (a whole [`PUBLISH_INTERVAL`] of work and more
+/// to read: a rebuild, a burst), how often the open rows it changed refresh in the view,
+/// instead of at every publish. Closed rows, the watermark and the lag still publish at
+/// every one. With session windows nearly every event of a rebuild changes a row no
+/// earlier publish had, so copying each into the view took a quarter of the thread's
+/// time, for answers the next events replaced.
+pub const BEHIND_OPEN_ROWS_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Longest the thread waits after a read error before retrying.
 pub const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 /// How often the view drops expired windows.
@@ -473,7 +481,7 @@ impl Pipelines {
             // listener is up: a query never sees a restored pipeline without its
             // watermark (`last_closed` would find no closed window, the seed's route
             // would answer 0).
-            task.publish(false);
+            task.publish(false, true);
             let thread = std::thread::Builder::new()
                 .name(format!("weir-pipe-{}", pc.name))
                 .spawn(move || task.run())
@@ -733,6 +741,10 @@ struct Task {
     ahead: Option<ReadAhead>,
     /// When an append last woke the idle thread (see [`WAKE_SPACING`]).
     last_woken: Instant,
+    /// When the open rows last went to the view (see [`BEHIND_OPEN_ROWS_INTERVAL`]).
+    open_published: Instant,
+    /// Open rows changed since then wait for the next (the thread is behind).
+    open_stale: bool,
 }
 
 impl Task {
@@ -885,6 +897,8 @@ impl Task {
             output,
             ahead: None,
             last_woken: Instant::now(),
+            open_published: Instant::now(),
+            open_stale: false,
         })
     }
 
@@ -916,7 +930,13 @@ impl Task {
             self.collect(false);
             let started = Instant::now();
             let mut taken = 0usize;
-            while started.elapsed() < PUBLISH_INTERVAL && self.step() {
+            // Still more to read when the interval is up.
+            let mut behind = true;
+            while started.elapsed() < PUBLISH_INTERVAL {
+                if !self.step() {
+                    behind = false;
+                    break;
+                }
                 taken += 1;
             }
             if let Some(late) = &mut self.late {
@@ -925,7 +945,8 @@ impl Task {
             self.unsaved |= taken > 0;
             let prune = last_prune.elapsed() >= PRUNE_INTERVAL;
             if taken > 0 || prune {
-                self.publish(prune);
+                let open = !behind || self.open_published.elapsed() >= BEHIND_OPEN_ROWS_INTERVAL;
+                self.publish(prune, open);
                 if prune {
                     last_prune = Instant::now();
                 }
@@ -956,7 +977,7 @@ impl Task {
                 }
             }
         }
-        self.publish(false);
+        self.publish(false, true);
         if let Some(late) = &mut self.late
             && !late.flush(true)
         {
@@ -1084,7 +1105,7 @@ impl Task {
     /// Hands what changed to the view under one write lock: the closed rows gathered
     /// before it, the changed open rows read from the engine while it is held (no copy
     /// of each key in between: with sessions that is a row per event).
-    fn publish(&mut self, prune: bool) {
+    fn publish(&mut self, prune: bool, open: bool) {
         let mut rows: Vec<Publish> = Vec::new();
         let removed = self.engine.take_removed();
         for c in self.engine.take_closed() {
@@ -1144,10 +1165,14 @@ impl Task {
             for (start, key) in &removed {
                 v.remove(*start, key);
             }
-            engine.take_changed_rows(&mut OpenRows {
-                view: v,
-                output: output.as_mut().map(|(o, _)| o),
-            });
+            if open {
+                // Their output rows too: an `output_topic` gets the open rows changed by
+                // every checkpoint's offsets (see `checkpoint`).
+                engine.take_changed_rows(&mut OpenRows {
+                    view: v,
+                    output: output.as_mut().map(|(o, _)| o),
+                });
+            }
             let hints: Vec<Hint> = rows.iter().map(|r| r.3).collect();
             let hint = |at: usize| hints.get(at).copied().unwrap_or(Hint::NONE);
             for (i, (start, key, row, at)) in rows.into_iter().enumerate() {
@@ -1166,6 +1191,10 @@ impl Task {
         });
         #[allow(clippy::cast_precision_loss, reason = "a gauge")]
         pm.view_rows.set(view_rows as f64);
+        if open {
+            self.open_published = Instant::now();
+        }
+        self.open_stale = !open;
     }
 
     /// Encodes a checkpoint if anything was taken since the last one and hands it to the
@@ -1173,7 +1202,7 @@ impl Task {
     /// turns its rows final. Returns false (nothing done) while one is still in flight.
     fn checkpoint(&mut self) -> bool {
         let stalled = self.output_stalled();
-        let Some(checkpointer) = &mut self.checkpointer else {
+        let Some(checkpointer) = &self.checkpointer else {
             return true;
         };
         if checkpointer.in_flight() {
@@ -1187,6 +1216,12 @@ impl Task {
         if self.late.as_ref().is_some_and(LateSink::holding) {
             return false;
         }
+        if self.open_stale && self.output.is_some() {
+            self.publish(false, true);
+        }
+        let Some(checkpointer) = &mut self.checkpointer else {
+            return true;
+        };
         let started = Instant::now();
         let offsets: Vec<i64> = self.sources.iter().map(|s| s.next).collect();
         let checkpoint = encode_checkpoint(

@@ -53,7 +53,7 @@ pub(super) struct Session {
     pub last: i64,
     pub end: i64,
     pub states: States,
-    /// Listed in `Engine::session_changed` as `(start, id)`.
+    /// Changed since the view last took it: listed in `Engine::session_changed`.
     pub dirty: bool,
     /// Listed in `Engine::session_unsaved` as `(slot of start, id)` while this is
     /// `Engine::unsaved_epoch` (a checkpoint's take moves the epoch on: every session is
@@ -129,6 +129,60 @@ impl ShortKey {
 
     fn get(&self) -> Option<&[u8]> {
         self.bytes.get(..usize::from(self.len))
+    }
+}
+
+/// The sessions changed since the last `take_changed_rows`, each once (its `dirty`
+/// flag), as (start, key id). Bounded: past one entry per key slot (and [`CHANGED_MIN`])
+/// it stops listing (`all`: the entries of closed sessions would pile up while the view
+/// is not refreshed, see `runner::BEHIND_OPEN_ROWS_INTERVAL`), and the take walks every
+/// open session for the dirty ones instead.
+#[derive(Debug, Default)]
+pub(super) struct Changed {
+    list: Vec<(i64, u32)>,
+    all: bool,
+}
+
+/// Entries [`Changed`] always has room for, however few keys.
+const CHANGED_MIN: usize = 4096;
+
+impl Changed {
+    /// Lists a session that just turned dirty; `keys` is the number of key slots.
+    pub(super) fn push(&mut self, entry: (i64, u32), keys: usize) {
+        if self.all {
+            return;
+        }
+        if self.list.len() >= keys.max(CHANGED_MIN) {
+            self.all = true;
+            self.list.clear();
+            return;
+        }
+        self.list.push(entry);
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// The listed sessions, or (past the bound) every dirty one of `keyed`; empty after.
+    pub(super) fn take(&mut self, keyed: &[Keyed]) -> Vec<(i64, u32)> {
+        let mut list = std::mem::take(&mut self.list);
+        if std::mem::take(&mut self.all) {
+            list.clear();
+            for (id, k) in (0u32..).zip(keyed) {
+                list.extend(k.list.iter().filter(|s| s.dirty).map(|s| (s.start, id)));
+            }
+        }
+        list
+    }
+
+    /// Gives back the list's allocation after a take.
+    pub(super) fn recycle(&mut self, mut list: Vec<(i64, u32)>) {
+        if self.list.is_empty() && !self.all {
+            list.clear();
+            self.list = list;
+        }
     }
 }
 
@@ -396,7 +450,7 @@ impl Engine {
             self.session_unsaved.push((window.pane_of(start), id));
         }
         if moved || !was_dirty {
-            self.session_changed.push((new_start, id));
+            self.session_changed.push((new_start, id), self.keyed.len());
         }
         if moved || !was_unsaved {
             self.session_unsaved.push((window.pane_of(new_start), id));
@@ -417,7 +471,7 @@ impl Engine {
         s.dirty = true;
         s.listed = self.unsaved_epoch;
         if flips.0 {
-            self.session_changed.push((start, id));
+            self.session_changed.push((start, id), self.keyed.len());
         }
         if flips.1 {
             let slot = self.slot_of(start);
@@ -449,7 +503,7 @@ impl Engine {
         list.insert(at, session);
         self.cells += 1;
         self.close_queue.push((end, ts_ms, id));
-        self.session_changed.push((ts_ms, id));
+        self.session_changed.push((ts_ms, id), self.keyed.len());
         let slot = self.slot_of(ts_ms);
         self.session_unsaved.push((slot, id));
     }
@@ -476,11 +530,12 @@ impl Engine {
         self.push_taint(taint);
         // Rare (once per slot while over the bound): a walk over every open session.
         let taints = &self.taints;
+        let keys = self.keyed.len();
         for (id, k) in (0u32..).zip(&mut self.keyed) {
             for s in k.list.iter_mut() {
                 if !s.dirty && !span_complete(taints, s.start, s.end) {
                     s.dirty = true;
-                    self.session_changed.push((s.start, id));
+                    self.session_changed.push((s.start, id), keys);
                 }
             }
         }
@@ -652,7 +707,7 @@ impl Engine {
         );
         self.cells += 1;
         self.close_queue.push((end, start, id));
-        self.session_changed.push((start, id));
+        self.session_changed.push((start, id), self.keyed.len());
     }
 }
 

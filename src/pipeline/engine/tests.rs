@@ -936,3 +936,34 @@ fn max_length_bounds_a_key_that_never_pauses() {
     feed_one(&mut e, 4, 121, "a");
     assert_eq!(spans(&e, "a"), [(120, 131), (130, 160)]);
 }
+
+/// The list of changed sessions stops at its bound while the view is not refreshed
+/// (entries of sessions closed since pile up): the take then finds every dirty open
+/// session by a walk, each once, and the list works again after it.
+#[test]
+fn changed_sessions_past_the_lists_bound_are_found_by_a_walk() {
+    let mut e = session_engine(10, 1000, 0);
+    // One key, 5,000 sessions one after another: each closes when the next opens, and
+    // every one was listed as changed. Two keys with an open session at the end.
+    for i in 0..5_000i64 {
+        feed_one(&mut e, i, 100 + 20 * i, "a");
+    }
+    feed_one(&mut e, 5_000, 100 + 20 * 4_999 + 1, "b");
+    assert!(e.changed_len() < 5_000, "the list is bounded");
+    let mut rows = Vec::new();
+    e.take_changed(|start, key, _| rows.push((start, key.to_string())));
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            (100 + 20 * 4_999, "a".to_string()),
+            (100 + 20 * 4_999 + 1, "b".to_string())
+        ]
+    );
+    e.take_changed(|start, _, _| panic!("{start} taken twice"));
+    feed_one(&mut e, 5_001, 100 + 20 * 5_000, "a");
+    assert_eq!(e.changed_len(), 1, "listed again after the walk");
+    let mut starts = Vec::new();
+    e.take_changed(|start, _, _| starts.push(start));
+    assert_eq!(starts, [100 + 20 * 5_000]);
+}
