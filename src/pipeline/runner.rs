@@ -930,14 +930,19 @@ impl Task {
             self.collect(false);
             let started = Instant::now();
             let mut taken = 0usize;
-            // Still more to read when the interval is up.
+            // At least one step a round (a thread kept off its core past the interval
+            // would otherwise end the round with input waiting and sleep); still more
+            // to read when the interval is up: behind.
             let mut behind = true;
-            while started.elapsed() < PUBLISH_INTERVAL {
+            loop {
                 if !self.step() {
                     behind = false;
                     break;
                 }
                 taken += 1;
+                if started.elapsed() >= PUBLISH_INTERVAL {
+                    break;
+                }
             }
             if let Some(late) = &mut self.late {
                 late.flush(false);
