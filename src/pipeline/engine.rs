@@ -389,11 +389,10 @@ impl Engine {
                 }
             }
         }
-        let keys = self.keyed.len();
         for (id, k) in (0u32..).zip(&mut self.keyed) {
             for s in k.list.iter_mut().filter(|s| !s.dirty) {
                 s.dirty = true;
-                self.session_changed.push((s.start, id), keys);
+                self.session_changed.push((s.start, id));
             }
         }
     }

@@ -133,26 +133,28 @@ impl ShortKey {
 }
 
 /// The sessions changed since the last `take_changed_rows`, each once (its `dirty`
-/// flag), as (start, key id). Bounded: past one entry per key slot (and [`CHANGED_MIN`])
-/// it stops listing (`all`: the entries of closed sessions would pile up while the view
+/// flag), as (start, key id). Bounded: past one entry per key slot (and [`CHANGED_MIN`];
+/// `new_id` tells it how many there are) it stops listing (`all`: the entries of closed sessions would pile up while the view
 /// is not refreshed, see `runner::BEHIND_OPEN_ROWS_INTERVAL`), and the take walks every
 /// open session for the dirty ones instead.
 #[derive(Debug, Default)]
 pub(super) struct Changed {
     list: Vec<(i64, u32)>,
     all: bool,
+    /// Key slots: `Engine::keyed`'s length, which only grows.
+    keys: usize,
 }
 
 /// Entries [`Changed`] always has room for, however few keys.
 const CHANGED_MIN: usize = 4096;
 
 impl Changed {
-    /// Lists a session that just turned dirty; `keys` is the number of key slots.
-    pub(super) fn push(&mut self, entry: (i64, u32), keys: usize) {
+    /// Lists a session that just turned dirty.
+    pub(super) fn push(&mut self, entry: (i64, u32)) {
         if self.all {
             return;
         }
-        if self.list.len() >= keys.max(CHANGED_MIN) {
+        if self.list.len() >= self.keys.max(CHANGED_MIN) {
             self.all = true;
             self.list.clear();
             return;
@@ -302,6 +304,7 @@ impl Engine {
                 let id = u32::try_from(self.keyed.len()).expect("fewer keys than u32::MAX");
                 self.keyed.push(slot);
                 self.key_buckets.push(bucket);
+                self.session_changed.keys = self.keyed.len();
                 id
             }
         };
@@ -450,7 +453,7 @@ impl Engine {
             self.session_unsaved.push((window.pane_of(start), id));
         }
         if moved || !was_dirty {
-            self.session_changed.push((new_start, id), self.keyed.len());
+            self.session_changed.push((new_start, id));
         }
         if moved || !was_unsaved {
             self.session_unsaved.push((window.pane_of(new_start), id));
@@ -471,7 +474,7 @@ impl Engine {
         s.dirty = true;
         s.listed = self.unsaved_epoch;
         if flips.0 {
-            self.session_changed.push((start, id), self.keyed.len());
+            self.session_changed.push((start, id));
         }
         if flips.1 {
             let slot = self.slot_of(start);
@@ -503,7 +506,7 @@ impl Engine {
         list.insert(at, session);
         self.cells += 1;
         self.close_queue.push((end, ts_ms, id));
-        self.session_changed.push((ts_ms, id), self.keyed.len());
+        self.session_changed.push((ts_ms, id));
         let slot = self.slot_of(ts_ms);
         self.session_unsaved.push((slot, id));
     }
@@ -530,12 +533,11 @@ impl Engine {
         self.push_taint(taint);
         // Rare (once per slot while over the bound): a walk over every open session.
         let taints = &self.taints;
-        let keys = self.keyed.len();
         for (id, k) in (0u32..).zip(&mut self.keyed) {
             for s in k.list.iter_mut() {
                 if !s.dirty && !span_complete(taints, s.start, s.end) {
                     s.dirty = true;
-                    self.session_changed.push((s.start, id), keys);
+                    self.session_changed.push((s.start, id));
                 }
             }
         }
@@ -707,7 +709,7 @@ impl Engine {
         );
         self.cells += 1;
         self.close_queue.push((end, start, id));
-        self.session_changed.push((start, id), self.keyed.len());
+        self.session_changed.push((start, id));
     }
 }
 
