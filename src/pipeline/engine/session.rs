@@ -190,7 +190,9 @@ impl Changed {
 
 /// Sessions to close, by end: buckets of [`CLOSE_BUCKET_MS`] of end time, each a list of
 /// (end, start, key id). A push is an append to a recent bucket (no ordered insert per
-/// session); the front bucket is sorted once when the watermark reaches into it.
+/// session); the front bucket is sorted once when the watermark reaches into it. An entry
+/// is packed into one `u128` ordered as the triple (see [`Bucket::pack`]), so that sort
+/// compares integers.
 #[derive(Debug, Default)]
 pub(super) struct CloseQueue {
     buckets: BTreeMap<i64, Bucket>,
@@ -198,29 +200,48 @@ pub(super) struct CloseQueue {
 
 #[derive(Debug, Default)]
 struct Bucket {
-    /// Sorted descending (the smallest at the back) while `sorted`.
-    entries: Vec<(i64, i64, u32)>,
+    /// Packed entries, sorted descending (the smallest at the back) while `sorted`.
+    entries: Vec<u128>,
     sorted: bool,
 }
 
 /// Width of a close-queue bucket, in end time.
 const CLOSE_BUCKET_MS: i64 = 1000;
 
+impl Bucket {
+    /// (end, start, id) of a bucket starting at end time `base` as one integer in the
+    /// same order: the end's offset in the bucket (10 bits), the start with its sign bit
+    /// flipped (64), the id (32).
+    fn pack(base: i64, (end, start, id): (i64, i64, u32)) -> u128 {
+        let offset = u128::try_from(end - base).unwrap_or(0);
+        let start = u128::from(start.cast_unsigned() ^ (1 << 63));
+        offset << 96 | start << 32 | u128::from(id)
+    }
+
+    fn unpack(base: i64, packed: u128) -> (i64, i64, u32) {
+        #[allow(clippy::cast_possible_truncation, reason = "fields of the packing")]
+        let (offset, start, id) = (
+            (packed >> 96) as i64,
+            ((packed >> 32) as u64 ^ (1 << 63)).cast_signed(),
+            packed as u32,
+        );
+        (base + offset, start, id)
+    }
+}
+
 impl CloseQueue {
     /// Queues (end, start, key id).
     pub(super) fn push(&mut self, entry: (i64, i64, u32)) {
-        let end = entry.0;
-        let b = self
-            .buckets
-            .entry(end.div_euclid(CLOSE_BUCKET_MS))
-            .or_default();
+        let index = entry.0.div_euclid(CLOSE_BUCKET_MS);
+        let packed = Bucket::pack(index.saturating_mul(CLOSE_BUCKET_MS), entry);
+        let b = self.buckets.entry(index).or_default();
         if b.sorted {
             // Into its place (a grown session queued again while its bucket is being
             // closed): no sort of the whole bucket per entry.
-            let at = b.entries.partition_point(|e| *e > entry);
-            b.entries.insert(at, entry);
+            let at = b.entries.partition_point(|e| *e > packed);
+            b.entries.insert(at, packed);
         } else {
-            b.entries.push(entry);
+            b.entries.push(packed);
         }
     }
 
@@ -232,13 +253,15 @@ impl CloseQueue {
             return None;
         }
         let at = b.entries.len().checked_sub(1 + n)?;
-        Some(b.entries[at].2)
+        #[allow(clippy::cast_possible_truncation, reason = "the id is the low 32 bits")]
+        Some(b.entries[at] as u32)
     }
 
     /// Takes the smallest entry if its end is at or before `through`.
     fn pop_through(&mut self, through: i64) -> Option<(i64, i64, u32)> {
         loop {
             let mut first = self.buckets.first_entry()?;
+            let base = first.key().saturating_mul(CLOSE_BUCKET_MS);
             let b = first.get_mut();
             if !b.sorted {
                 b.entries.sort_unstable_by(|a, b| b.cmp(a));
@@ -248,7 +271,9 @@ impl CloseQueue {
                 None => {
                     first.remove();
                 }
-                Some(e) if e.0 <= through => return b.entries.pop(),
+                Some(e) if Bucket::unpack(base, *e).0 <= through => {
+                    return b.entries.pop().map(|e| Bucket::unpack(base, e));
+                }
                 Some(_) => return None,
             }
         }
@@ -599,16 +624,21 @@ impl Engine {
                 view: k.view,
             });
         }
-        // Popped in (end, start, id) order: ties of (end, start), if any, go in key
-        // order. The check reads a key's text only at a tie.
-        let order = |a: &super::ClosedRow, b: &super::ClosedRow| {
-            (a.end_ms, a.start_ms)
-                .cmp(&(b.end_ms, b.start_ms))
-                .then_with(|| a.key.cmp(&b.key))
-        };
+        // Popped in (end, start, id) order: only the keys of a run of equal (end,
+        // start), if any, are put in order, so a key's text is read only at a tie.
         let rows = &mut self.closed[from..];
-        if !rows.is_sorted_by(|a, b| order(a, b).is_le()) {
-            rows.sort_unstable_by(order);
+        if rows.is_sorted_by_key(|r| (r.end_ms, r.start_ms)) {
+            for tie in rows.chunk_by_mut(|a, b| (a.end_ms, a.start_ms) == (b.end_ms, b.start_ms)) {
+                if tie.len() > 1 {
+                    tie.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+                }
+            }
+        } else {
+            rows.sort_unstable_by(|a, b| {
+                (a.end_ms, a.start_ms)
+                    .cmp(&(b.end_ms, b.start_ms))
+                    .then_with(|| a.key.cmp(&b.key))
+            });
         }
     }
 
@@ -771,6 +801,32 @@ mod close_queue_tests {
                 (5_000, 1, 1)
             ]
         );
+    }
+
+    /// Negative times (before 1970) and the full range of starts and ids keep the
+    /// (end, start, id) order through the packing.
+    #[test]
+    fn packing_keeps_the_order_of_negative_times_and_extremes() {
+        let mut entries = vec![
+            (2_000, -5, 3),
+            (2_000, 7, 1),
+            (2_000, -5, 1),
+            (-1_500, -2_000, 9),
+            (-1_001, i64::MIN, u32::MAX),
+            (-1_001, i64::MIN, 0),
+            (2_999, i64::MAX, 0),
+            (-1, -1, 1),
+        ];
+        let mut q = CloseQueue::default();
+        for e in &entries {
+            q.push(*e);
+        }
+        entries.sort_unstable();
+        let mut out = Vec::new();
+        while let Some(e) = q.pop_through(i64::MAX) {
+            out.push(e);
+        }
+        assert_eq!(out, entries);
     }
 }
 
