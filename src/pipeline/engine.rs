@@ -765,6 +765,13 @@ impl Engine {
         std::mem::take(&mut self.closed)
     }
 
+    /// [`take_closed`](Self::take_closed) into `into`, which must be empty: the lists
+    /// swap, so each keeps its allocation for the next round.
+    pub fn swap_closed(&mut self, into: &mut Vec<ClosedRow>) {
+        debug_assert!(into.is_empty());
+        std::mem::swap(&mut self.closed, into);
+    }
+
     pub fn watermark(&self) -> i64 {
         self.marks.current()
     }

@@ -48,7 +48,7 @@ use tokio::sync::watch;
 
 use super::aggregate::{Aggregate, States};
 use super::checkpointer::{Checkpointer, Job, Outcome};
-use super::engine::{Engine, Input, RowSink, Spec, Taken, TimeMode};
+use super::engine::{ClosedRow, Engine, Input, RowSink, Spec, Taken, TimeMode};
 use super::key::{Filter, GroupBy};
 use super::late::LateSink;
 use super::output::{OutputRows, OutputTarget};
@@ -745,6 +745,29 @@ struct Task {
     open_published: Instant,
     /// Open rows changed since then wait for the next (the thread is behind).
     open_stale: bool,
+    /// `publish`'s lists, empty between calls, kept for their allocations: with
+    /// sessions a round closes thousands of rows.
+    buffers: PublishBuffers,
+}
+
+/// See [`Task::buffers`].
+#[derive(Default)]
+struct PublishBuffers {
+    closed: Vec<ClosedRow>,
+    rows: Vec<Publish>,
+    hints: Vec<Hint>,
+}
+
+impl PublishBuffers {
+    /// Most entries a list keeps its allocation for; a larger one (a burst) is freed.
+    const KEEP: usize = 1 << 16;
+
+    fn recycle<T>(list: &mut Vec<T>) {
+        list.clear();
+        if list.capacity() > Self::KEEP {
+            *list = Vec::new();
+        }
+    }
 }
 
 impl Task {
@@ -899,6 +922,7 @@ impl Task {
             last_woken: Instant::now(),
             open_published: Instant::now(),
             open_stale: false,
+            buffers: PublishBuffers::default(),
         })
     }
 
@@ -1111,28 +1135,35 @@ impl Task {
     /// before it, the changed open rows read from the engine while it is held (no copy
     /// of each key in between: with sessions that is a row per event).
     fn publish(&mut self, prune: bool, open: bool) {
-        let mut rows: Vec<Publish> = Vec::new();
+        let PublishBuffers {
+            mut closed,
+            mut rows,
+            mut hints,
+        } = std::mem::take(&mut self.buffers);
         let removed = self.engine.take_removed();
-        for c in self.engine.take_closed() {
+        self.engine.swap_closed(&mut closed);
+        for c in closed.drain(..) {
             self.metrics.rows_closed += 1;
             if let Some((out, _)) = &mut self.output {
                 out.closed(c.start_ms, &c.key, c.end_ms, &c.values);
             }
             let mut states = Vec::new();
             Writer(&mut states).states(&c.values);
+            // The view finds the key in the row the checkpoint takes: no second count on
+            // its `Arc`, whose line is long out of cache by now.
+            rows.push((
+                c.start_ms,
+                self.pending_rows.len(),
+                Row::closed(c.end_ms, c.values, c.complete, self.checkpoint_seq),
+                c.view,
+            ));
             self.pending_rows.push(RowWrite {
                 start_ms: c.start_ms,
-                key: Arc::clone(&c.key),
+                key: c.key,
                 end_ms: c.end_ms,
                 complete: c.complete,
                 states,
             });
-            rows.push((
-                c.start_ms,
-                c.key,
-                Row::closed(c.end_ms, c.values, c.complete, self.checkpoint_seq),
-                c.view,
-            ));
         }
         let watermark = self.engine.watermark();
         let open_windows = self.engine.open_windows();
@@ -1165,7 +1196,7 @@ impl Task {
             #[allow(clippy::cast_precision_loss, reason = "a gauge")]
             g.set((s.partition.visible().end_offset - s.next).max(0) as f64);
         }
-        let (engine, output) = (&mut self.engine, &mut self.output);
+        let (engine, output, pending) = (&mut self.engine, &mut self.output, &self.pending_rows);
         let view_rows = self.view.write(|v| {
             for (start, key) in &removed {
                 v.remove(*start, key);
@@ -1178,11 +1209,11 @@ impl Task {
                     output: output.as_mut().map(|(o, _)| o),
                 });
             }
-            let hints: Vec<Hint> = rows.iter().map(|r| r.3).collect();
+            hints.extend(rows.iter().map(|r| r.3));
             let hint = |at: usize| hints.get(at).copied().unwrap_or(Hint::NONE);
-            for (i, (start, key, row, at)) in rows.into_iter().enumerate() {
+            for (i, (start, row_at, row, at)) in rows.drain(..).enumerate() {
                 v.prefetch_ahead(hint(i + AHEAD), hint(i + AHEAD / 2));
-                v.upsert_hinted(start, &key, row, at);
+                v.upsert_hinted(start, &pending[row_at].key, row, at);
             }
             v.watermark = watermark;
             v.open_windows = open_windows;
@@ -1196,6 +1227,14 @@ impl Task {
         });
         #[allow(clippy::cast_precision_loss, reason = "a gauge")]
         pm.view_rows.set(view_rows as f64);
+        PublishBuffers::recycle(&mut closed);
+        PublishBuffers::recycle(&mut rows);
+        PublishBuffers::recycle(&mut hints);
+        self.buffers = PublishBuffers {
+            closed,
+            rows,
+            hints,
+        };
         if open {
             self.open_published = Instant::now();
         }
@@ -1356,9 +1395,10 @@ impl RowSink for OpenRows<'_> {
     }
 }
 
-/// A closed row for the view: window start, key, the row, and where the view holds the
-/// key's rows (sessions), if the engine knows.
-type Publish = (i64, Arc<str>, Row, Hint);
+/// A closed row for the view: window start, its place in `Task::pending_rows` (which
+/// holds its key), the row, and where the view holds the key's rows (sessions), if the
+/// engine knows.
+type Publish = (i64, usize, Row, Hint);
 
 /// How soon a checkpoint is due while closed rows are at their bound.
 const FORCED_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
