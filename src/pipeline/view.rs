@@ -7,12 +7,13 @@
 //! work, only for an apply. No IO.
 //!
 //! Rows live per key in a slot of `slots` (its rows, by start: a handful, so a key's
-//! answer is one hash lookup in `keys` and a short walk); `windows` lists, per window
-//! start, the slots with a row there, for the order rows leave in and for `top`. Applying
-//! a row is one hash lookup, or none when the writer brings the [`Hint`] the last apply
-//! of its key returned (the session engine keeps one per key: with session windows
-//! nearly every session is a row of its own, applied open, then closed, then pruned),
-//! plus one B-tree insert when the row is new. Bounds: a window leaves once its end +
+//! answer is one hash lookup in `keys` and a short walk); `windows` lists the (start,
+//! slot) of every row in buckets of start time, for the order rows leave in and for
+//! `top`. Applying a row is one hash lookup, or none when the writer brings the [`Hint`]
+//! the last apply of its key returned (the session engine keeps one per key: with
+//! session windows nearly every session is a row of its own, applied open, then closed,
+//! then pruned), plus, when the row is new, an append to its bucket: a bucket is sorted
+//! only once prune reaches it, so an apply never searches an ordered map of every start. Bounds: a window leaves once its end +
 //! `retain_results` is behind the watermark, and beyond `max_view_rows` rows the oldest
 //! windows whose rows are all final leave (whole windows, oldest first): the result store
 //! holds them, and `evicted_through` tells readers which windows to ask it for.
@@ -130,8 +131,12 @@ pub struct ViewState {
     /// Per key with rows, its rows; slots of keys without rows are free (`free`).
     slots: Vec<Slot>,
     free: Vec<u32>,
-    /// Window start -> the slots (keys) with a row of it (one, mostly, for sessions).
-    windows: BTreeMap<i64, SmallVec<[u32; 1]>>,
+    /// The (start, slot) of every row, in buckets of `bucket_ms` of start (see
+    /// [`Starts`]).
+    windows: BTreeMap<i64, Starts>,
+    /// Width of a bucket of `windows`: the window size (a bucket per window, a few for
+    /// hopping windows), or [`SESSION_START_BUCKET_MS`].
+    bucket_ms: i64,
     /// Start of the newest window with a closed row.
     last_closed_start: Option<i64>,
     /// Rows held in `windows`.
@@ -142,6 +147,51 @@ pub struct ViewState {
     /// Rows of one window start may end at different times (sessions).
     varying_ends: bool,
 }
+
+/// The rows of a bucket of starts, as (start, slot): appended as they come, sorted
+/// (descending, so the oldest leaves from the back) once prune reaches the bucket; a row
+/// new to a sorted bucket goes into its place.
+#[derive(Debug, Default)]
+struct Starts {
+    rows: Vec<(i64, u32)>,
+    sorted: bool,
+}
+
+impl Starts {
+    fn add(&mut self, entry: (i64, u32)) {
+        if self.sorted {
+            let at = self.rows.partition_point(|e| *e > entry);
+            self.rows.insert(at, entry);
+        } else {
+            self.rows.push(entry);
+        }
+    }
+
+    fn remove(&mut self, entry: (i64, u32)) {
+        if self.sorted {
+            if let Ok(i) = self.rows.binary_search_by(|e| entry.cmp(e)) {
+                self.rows.remove(i);
+            }
+        } else if let Some(i) = self.rows.iter().position(|e| *e == entry) {
+            self.rows.swap_remove(i);
+        }
+    }
+
+    fn sort(&mut self) {
+        if !self.sorted {
+            self.rows.sort_unstable_by(|a, b| b.cmp(a));
+            self.sorted = true;
+        }
+    }
+
+    /// The newest start held.
+    fn newest(&self) -> Option<i64> {
+        self.rows.iter().map(|(s, _)| *s).max()
+    }
+}
+
+/// Width of a bucket of starts for session windows, whose starts are event times.
+const SESSION_START_BUCKET_MS: i64 = 1000;
 
 /// A key's rows, oldest start first. `era` counts the times the slot was freed: a
 /// [`Hint`] names a slot and its generation.
@@ -193,6 +243,7 @@ impl HotView {
             state: RwLock::new(ViewState {
                 watermark: watermark::NONE,
                 next_offsets: vec![0; partitions],
+                bucket_ms: window_size_ms.max(1),
                 ..ViewState::default()
             }),
         }
@@ -202,7 +253,9 @@ impl HotView {
     #[must_use]
     pub fn with_sessions(mut self) -> HotView {
         self.sessions = true;
-        self.state.get_mut().varying_ends = true;
+        let state = self.state.get_mut();
+        state.varying_ends = true;
+        state.bucket_ms = SESSION_START_BUCKET_MS;
         self
     }
 
@@ -243,7 +296,10 @@ impl ViewState {
         };
         rows.insert(at, (start, row));
         self.rows += 1;
-        self.windows.entry(start).or_default().push(slot);
+        self.windows
+            .entry(start.div_euclid(self.bucket_ms))
+            .or_default()
+            .add((start, slot));
         hint
     }
 
@@ -333,13 +389,12 @@ impl ViewState {
         rows.remove(i);
         self.release_if_empty(slot);
         self.rows -= 1;
-        if let Some(slots) = self.windows.get_mut(&start) {
-            // Few slots: this is for sessions, whose rows mostly have a start of their own.
-            if let Some(j) = slots.iter().position(|s| *s == slot) {
-                slots.swap_remove(j);
-            }
-            if slots.is_empty() {
-                self.windows.remove(&start);
+        let bucket = start.div_euclid(self.bucket_ms);
+        if let Some(starts) = self.windows.get_mut(&bucket) {
+            // For sessions: a bucket holds about a second of starts.
+            starts.remove((start, slot));
+            if starts.rows.is_empty() {
+                self.windows.remove(&bucket);
             }
         }
     }
@@ -361,40 +416,54 @@ impl ViewState {
     /// (closed and durable in the result store: nothing is lost to readers).
     pub fn prune(&mut self, retain_ms: i64, max_rows: usize) {
         use crate::prefetch::AHEAD;
-        // The windows are taken a stretch at a time, so the slots of the ones after the
-        // window weighed now can be asked for ahead (with sessions, each its own key).
-        let mut next: Vec<(i64, SmallVec<[u32; 1]>)> = Vec::new();
+        let mut slots: SmallVec<[u32; 4]> = SmallVec::new();
         loop {
-            next.clear();
-            next.extend(
-                self.windows
+            let Some(mut first) = self.windows.first_entry() else {
+                return;
+            };
+            let starts = first.get_mut();
+            starts.sort();
+            let Some(&(start, _)) = starts.rows.last() else {
+                first.remove();
+                continue;
+            };
+            // The window's slots (with sessions, mostly one), and those of the windows
+            // after it asked for ahead: with sessions each is a key of its own.
+            slots.clear();
+            slots.extend(
+                starts
+                    .rows
                     .iter()
-                    .take(4 * AHEAD)
-                    .map(|(start, slots)| (*start, slots.clone())),
+                    .rev()
+                    .take_while(|(s, _)| *s == start)
+                    .map(|(_, slot)| *slot),
             );
-            if next.is_empty() {
+            let left = starts.rows.len() - slots.len();
+            let ahead = |n: usize| left.checked_sub(n).map(|i| starts.rows[i].1);
+            if let Some(far) = ahead(AHEAD) {
+                crate::prefetch::prefetch(self.slots.as_ptr().wrapping_add(far as usize));
+            }
+            if let Some(oldest) = ahead(AHEAD / 2)
+                .and_then(|near| self.slots.get(near as usize))
+                .and_then(|h| h.rows.front())
+            {
+                crate::prefetch::prefetch_all(oldest);
+            }
+            if !self.prune_first(start, &slots, retain_ms, max_rows) {
                 return;
             }
-            for (j, (start, slots)) in next.iter().enumerate() {
-                for slot in next.get(j + AHEAD).into_iter().flat_map(|(_, s)| s) {
-                    self.prefetch_slot(*slot);
-                }
-                for slot in next.get(j + AHEAD / 2).into_iter().flat_map(|(_, s)| s) {
-                    if let Some(oldest) =
-                        self.slots.get(*slot as usize).and_then(|h| h.rows.front())
-                    {
-                        crate::prefetch::prefetch_all(oldest);
-                    }
-                }
-                if !self.prune_first(*start, slots, retain_ms, max_rows) {
-                    return;
+            if let Some(mut first) = self.windows.first_entry() {
+                first.get_mut().rows.truncate(left);
+                if left == 0 {
+                    first.remove();
                 }
             }
         }
     }
 
     /// Drops the oldest window, `start` held by `slots`, if it expired or is over the
-    /// row bound (see [`prune`](Self::prune)); false if it stays.
+    /// row bound (see [`prune`](Self::prune)); false if it stays. The caller takes it
+    /// out of `windows`.
     fn prune_first(&mut self, start: i64, slots: &[u32], retain_ms: i64, max_rows: usize) -> bool {
         let wm = self.watermark;
         let end = if self.varying_ends {
@@ -424,9 +493,6 @@ impl ViewState {
         if over {
             self.evicted_through = Some(self.evicted_through.map_or(start, |e| e.max(start)));
         }
-        if self.windows.pop_first().is_none() {
-            return false;
-        }
         for slot in slots {
             let rows = &mut self.slots[*slot as usize].rows;
             // The oldest start held: the first row of the key.
@@ -448,11 +514,6 @@ impl ViewState {
     /// Whether `row`'s close is durable in the result store.
     pub fn is_final(&self, row: &Row) -> bool {
         row.final_at() <= self.durable_seq
-    }
-
-    /// Windows held.
-    pub fn windows_held(&self) -> usize {
-        self.windows.len()
     }
 
     /// `key`'s window as `which` says, with its start.
@@ -507,22 +568,35 @@ impl ViewState {
     /// The start of the pipeline's window as `which` says (`Latest` is the newest held).
     pub fn pipeline_window(&self, which: Which) -> Option<i64> {
         match which {
-            Which::Latest => self.windows.last_key_value().map(|(s, _)| *s),
+            Which::Latest => self.windows.last_key_value().and_then(|(_, s)| s.newest()),
             Which::LastClosed => self.last_closed_start,
             Which::Current => {
                 let wm = self.watermark;
                 if wm == watermark::NONE {
                     return None;
                 }
-                self.windows
-                    .range(..=wm)
-                    .rev()
-                    .find(|(s, keys)| {
-                        keys.first()
-                            .and_then(|k| self.row(**s, *k))
-                            .is_some_and(|r| r.end_ms > wm)
-                    })
-                    .map(|(s, _)| *s)
+                // The newest start at or before the watermark whose window holds it.
+                let holds = |s: i64, slot: u32| self.row(s, slot).is_some_and(|r| r.end_ms > wm);
+                let mut buckets = self.windows.range(..=wm.div_euclid(self.bucket_ms)).rev();
+                if !self.varying_ends {
+                    // Windows of one size: if the newest does not hold it, none does.
+                    return buckets.find_map(|(_, starts)| {
+                        let (s, slot) = starts.rows.iter().filter(|(s, _)| *s <= wm).max()?;
+                        Some(holds(*s, *slot).then_some(*s))
+                    })?;
+                }
+                buckets.find_map(|(_, starts)| {
+                    let mut held: Vec<(i64, u32)> = starts
+                        .rows
+                        .iter()
+                        .filter(|(s, _)| *s <= wm)
+                        .copied()
+                        .collect();
+                    held.sort_unstable_by(|a, b| b.cmp(a));
+                    held.into_iter()
+                        .find(|(s, slot)| holds(*s, *slot))
+                        .map(|(s, _)| s)
+                })
             }
         }
     }
@@ -530,11 +604,14 @@ impl ViewState {
     /// The `n` keys of window `start` with the largest value of aggregate `by`
     /// (ties by key), largest first.
     pub fn top(&self, start: i64, by: usize, n: usize) -> Vec<(&Arc<str>, &Row)> {
-        let Some(keys) = self.windows.get(&start) else {
+        let Some(starts) = self.windows.get(&start.div_euclid(self.bucket_ms)) else {
             return Vec::new();
         };
-        let mut rows: Vec<(f64, &Arc<str>, &Row)> = keys
+        let mut rows: Vec<(f64, &Arc<str>, &Row)> = starts
+            .rows
             .iter()
+            .filter(|(s, _)| *s == start)
+            .map(|(_, k)| k)
             .filter_map(|k| {
                 let r = self.row(start, *k)?;
                 let key = self.slots.get(*k as usize)?.key.as_ref()?;
@@ -695,6 +772,57 @@ mod tests {
             assert_eq!(count("a"), [(40, AggState::Count(3))]);
             assert_eq!(count("b"), [(20, AggState::Count(7))]);
         });
+    }
+
+    /// Session rows come in any order of start and end; they leave oldest start first,
+    /// a window staying while any of its rows does not expire, and a row applied to a
+    /// bucket prune has already sorted finds its place.
+    #[test]
+    fn session_rows_leave_by_start_whatever_order_they_came_in() {
+        let view = HotView::new(vec!["count".into()], 0, 0, 1, 1000).with_sessions();
+        let k: Vec<Arc<str>> = (0..7).map(|i| Arc::from(format!("k{i}"))).collect();
+        view.write(|s| {
+            for (key, start, end) in [
+                (0, 1_500, 1_600),
+                (1, 200, 1_000),
+                (2, 900, 950),
+                (3, 1_200, 1_300),
+                (4, 200, 260),
+                (5, 2_100, 2_400),
+            ] {
+                s.upsert(start, &k[key], row(end, true, 1));
+            }
+            assert_eq!(s.pipeline_window(Which::Latest), Some(2_100));
+            s.watermark = 1_250;
+            assert_eq!(s.pipeline_window(Which::Current), Some(1_200));
+            s.remove(1_200, "k3");
+            assert_eq!(
+                s.pipeline_window(Which::Current),
+                None,
+                "no row holds 1,250"
+            );
+            s.watermark = 1_000;
+            s.prune(0, 1000);
+            // 200 (both rows end by 1,000) and 900 left; 1,500 ends at 1,600.
+            assert_eq!(s.rows(), 2);
+            assert_eq!(s.key_window("k1", Which::Latest), None);
+            assert!(s.key_window("k0", Which::Latest).is_some());
+            // Into the bucket of 1,000-1,999, sorted by the prune.
+            s.upsert(1_100, &k[6], row(1_150, true, 1));
+            s.upsert(1_900, &k[6], row(1_950, true, 1));
+            s.remove(1_900, "k6");
+            s.watermark = 1_700;
+            s.prune(0, 1000);
+            assert_eq!(s.rows(), 1, "1,100 and 1,500 expired; 2,100 stays");
+            assert_eq!(s.pipeline_window(Which::Latest), Some(2_100));
+        });
+        let top: Vec<String> = view.read(|s| {
+            s.top(2_100, 0, 3)
+                .iter()
+                .map(|(k, _)| k.to_string())
+                .collect()
+        });
+        assert_eq!(top, ["k5"]);
     }
 
     #[test]
