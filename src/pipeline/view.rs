@@ -202,6 +202,11 @@ struct Slot {
     rows: VecDeque<(i64, Row)>,
 }
 
+impl Slot {
+    /// Most rows a free slot keeps room for (256 bytes).
+    const KEEP_ROWS: usize = 4;
+}
+
 /// Where the last apply found a key's rows (slot and generation), for the next apply of
 /// the same key to skip the hash lookup; [`Hint::NONE`] when unknown. A stale hint
 /// (the slot freed since) is detected and costs the lookup. A hint is only good for the
@@ -366,7 +371,11 @@ impl ViewState {
             self.keys.remove(&key);
         }
         held.era = held.era.wrapping_add(1);
-        held.rows = VecDeque::new();
+        // A small allocation stays for the slot's next key (with sessions, a slot is
+        // freed and taken again about once per session); a larger one is given back.
+        if held.rows.capacity() > Slot::KEEP_ROWS {
+            held.rows = VecDeque::new();
+        }
         self.free.push(slot);
     }
 
