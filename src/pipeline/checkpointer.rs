@@ -82,11 +82,12 @@ pub struct Job {
 
 /// What became of a job.
 pub enum Outcome {
-    Committed,
+    /// Written. `spare` is its row list emptied, for the pipeline thread to fill next: a
+    /// list of up to `PENDING_ROWS_MAX` rows is not regrown from empty (and its pages
+    /// faulted in anew) per checkpoint.
+    Committed { spare: Vec<RowWrite> },
     /// Not written; the rows it held go into the next one.
-    Failed {
-        rows: Vec<RowWrite>,
-    },
+    Failed { rows: Vec<RowWrite> },
 }
 
 /// The pipeline thread's side of its checkpoint thread.
@@ -267,7 +268,9 @@ fn write(
                 seconds = started.elapsed().as_secs_f64(),
                 "checkpoint"
             );
-            Outcome::Committed
+            let mut spare = std::mem::take(&mut checkpoint.rows);
+            spare.clear();
+            Outcome::Committed { spare }
         }
         Err(e) => {
             if let Some(not_logged) = tally.failures_log.due() {
@@ -386,7 +389,7 @@ mod tests {
             c.submit(job(2, Vec::new())).is_some(),
             "one in flight at most"
         );
-        assert!(matches!(c.outcome(true), Some(Outcome::Committed)));
+        assert!(matches!(c.outcome(true), Some(Outcome::Committed { .. })));
         assert!(!c.in_flight());
         assert_eq!(is_final(), Some(true));
         assert!(c.submit(job(2, Vec::new())).is_none());

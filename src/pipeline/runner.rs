@@ -720,6 +720,9 @@ struct Task {
     checkpoint_interval: Duration,
     /// Rows closed since the last checkpoint: written by the next, then final.
     pending_rows: Vec<RowWrite>,
+    /// The last committed checkpoint's row list, emptied: `pending_rows` once the next
+    /// checkpoint takes that (two lists go back and forth).
+    spare_rows: Vec<RowWrite>,
     /// The sequence number the next checkpoint handed over takes; rows closed now are
     /// final once it (or a later one, which holds them if it fails) is durable.
     checkpoint_seq: u64,
@@ -912,6 +915,7 @@ impl Task {
             checkpointer: Some(checkpointer),
             checkpoint_interval: config.checkpoint_interval,
             pending_rows: Vec::new(),
+            spare_rows: Vec::new(),
             checkpoint_seq: 1,
             pending_rows_max: pending_rows_max(),
             unsaved: true,
@@ -1271,7 +1275,7 @@ impl Task {
         let checkpoint = encode_checkpoint(
             &mut self.engine,
             offsets,
-            std::mem::take(&mut self.pending_rows),
+            std::mem::replace(&mut self.pending_rows, std::mem::take(&mut self.spare_rows)),
             self.retain_ms,
         );
         let late = self.late.as_ref().map(LateSink::ends).unwrap_or_default();
@@ -1316,7 +1320,8 @@ impl Task {
                     o.failed();
                 }
             }
-            Some(Outcome::Committed) => {
+            Some(Outcome::Committed { spare }) => {
+                self.spare_rows = spare;
                 if let Some((o, _)) = &mut self.output {
                     o.committed();
                 }
