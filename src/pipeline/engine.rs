@@ -468,6 +468,9 @@ impl Engine {
                 if let Some(mid) = read.checked_sub(AHEAD / 2).filter(|m| *m >= next) {
                     self.ask_slot(&keys[mid % RING]);
                 }
+                if let Some(near) = read.checked_sub(AHEAD - AHEAD / 4).filter(|n| *n >= next) {
+                    self.ask_sessions(&keys[near % RING]);
+                }
                 read += 1;
             }
             let Some(input) = inputs[next % RING].take() else {
@@ -520,6 +523,24 @@ impl Engine {
             && let Some(id) = self.key_index.candidate(ahead.hash)
         {
             prefetch_all(self.keyed.as_ptr().wrapping_add(id as usize));
+        }
+    }
+
+    /// Asks for the open sessions of a record read ahead when they live outside its
+    /// key's slot (a key with more than one open session, common: a session stays open
+    /// for `gap` + `allowed_lateness` after its last event), [`AHEAD`] / 4 records
+    /// before its take: the slot, asked for by [`ask_slot`](Self::ask_slot) a quarter
+    /// of the way earlier, is in cache and says where they are.
+    fn ask_sessions(&self, ahead: &Ahead) {
+        if !ahead.filtered
+            && ahead.key.is_ok()
+            && let Some(id) = self.key_index.candidate(ahead.hash)
+            && let Some(k) = self.keyed.get(id as usize)
+            && k.list.spilled()
+        {
+            for s in k.list.iter().take(2) {
+                prefetch_all(s);
+            }
         }
     }
 
