@@ -1321,7 +1321,11 @@ impl Task {
                 }
             }
             Some(Outcome::Committed { spare }) => {
-                self.spare_rows = spare;
+                // Kept while rows close at a rebuild's pace; once they close at a live
+                // pace, a list a rebuild grew is given back.
+                if spare.capacity() <= SPARE_ROWS_KEEP.max(4 * self.pending_rows.len()) {
+                    self.spare_rows = spare;
+                }
                 if let Some((o, _)) = &mut self.output {
                     o.committed();
                 }
@@ -1404,6 +1408,9 @@ impl RowSink for OpenRows<'_> {
 /// holds its key), the row, and where the view holds the key's rows (sessions), if the
 /// engine knows.
 type Publish = (i64, usize, Row, Hint);
+
+/// Rows a spare row list keeps room for whatever the pace (see `Task::collect`).
+const SPARE_ROWS_KEEP: usize = 4096;
 
 /// How soon a checkpoint is due while closed rows are at their bound.
 const FORCED_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
