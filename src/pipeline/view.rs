@@ -13,10 +13,11 @@
 //! the last apply of its key returned (the session engine keeps one per key: with
 //! session windows nearly every session is a row of its own, applied open, then closed,
 //! then pruned), plus, when the row is new, an append to its bucket: a bucket is sorted
-//! only once prune reaches it, so an apply never searches an ordered map of every start. Bounds: a window leaves once its end +
-//! `retain_results` is behind the watermark, and beyond `max_view_rows` rows the oldest
-//! windows whose rows are all final leave (whole windows, oldest first): the result store
-//! holds them, and `evicted_through` tells readers which windows to ask it for.
+//! only once prune reaches it, so an apply never searches an ordered map of every start.
+//! Bounds: a window leaves once its end + `retain_results` is behind the watermark, and
+//! beyond `max_view_rows` rows the oldest windows whose rows are all final leave (whole
+//! windows, oldest first): the result store holds them, and `evicted_through` tells
+//! readers which windows to ask it for.
 
 use std::collections::{BTreeMap, VecDeque};
 
