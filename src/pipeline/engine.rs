@@ -529,8 +529,8 @@ impl Engine {
     /// Asks for the open sessions of a record read ahead when they live outside its
     /// key's slot (a key with more than one open session, common: a session stays open
     /// for `gap` + `allowed_lateness` after its last event), [`AHEAD`] / 4 records
-    /// before its take: the slot, asked for by [`ask_slot`](Self::ask_slot) a quarter
-    /// of the way earlier, is in cache and says where they are.
+    /// before its take: the slot, asked for by [`ask_slot`](Self::ask_slot) `AHEAD` / 4
+    /// records earlier, is in cache by then and says where they are.
     fn ask_sessions(&self, ahead: &Ahead) {
         if !ahead.filtered
             && ahead.key.is_ok()
