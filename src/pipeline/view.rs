@@ -28,6 +28,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use super::aggregate::States;
+use super::lazy_sorted::LazySorted;
 use super::watermark;
 
 /// One (window, key) result: 56 bytes, so with its start one cache line (a test pins
@@ -132,9 +133,9 @@ pub struct ViewState {
     /// Per key with rows, its rows; slots of keys without rows are free (`free`).
     slots: Vec<Slot>,
     free: Vec<u32>,
-    /// The (start, slot) of every row, in buckets of `bucket_ms` of start (see
-    /// [`Starts`]).
-    windows: BTreeMap<i64, Starts>,
+    /// The (start, slot) of every row, in buckets of `bucket_ms` of start, each sorted
+    /// once prune reaches it.
+    windows: BTreeMap<i64, LazySorted<(i64, u32)>>,
     /// Width of a bucket of `windows`: the window size (a bucket per window, a few for
     /// hopping windows), or [`SESSION_START_BUCKET_MS`].
     bucket_ms: i64,
@@ -147,48 +148,6 @@ pub struct ViewState {
     pub evicted_through: Option<i64>,
     /// Rows of one window start may end at different times (sessions).
     varying_ends: bool,
-}
-
-/// The rows of a bucket of starts, as (start, slot): appended as they come, sorted
-/// (descending, so the oldest leaves from the back) once prune reaches the bucket; a row
-/// new to a sorted bucket goes into its place.
-#[derive(Debug, Default)]
-struct Starts {
-    rows: Vec<(i64, u32)>,
-    sorted: bool,
-}
-
-impl Starts {
-    fn add(&mut self, entry: (i64, u32)) {
-        if self.sorted {
-            let at = self.rows.partition_point(|e| *e > entry);
-            self.rows.insert(at, entry);
-        } else {
-            self.rows.push(entry);
-        }
-    }
-
-    fn remove(&mut self, entry: (i64, u32)) {
-        if self.sorted {
-            if let Ok(i) = self.rows.binary_search_by(|e| entry.cmp(e)) {
-                self.rows.remove(i);
-            }
-        } else if let Some(i) = self.rows.iter().position(|e| *e == entry) {
-            self.rows.swap_remove(i);
-        }
-    }
-
-    fn sort(&mut self) {
-        if !self.sorted {
-            self.rows.sort_unstable_by(|a, b| b.cmp(a));
-            self.sorted = true;
-        }
-    }
-
-    /// The newest start held.
-    fn newest(&self) -> Option<i64> {
-        self.rows.iter().map(|(s, _)| *s).max()
-    }
 }
 
 /// Width of a bucket of starts for session windows, whose starts are event times.
@@ -403,7 +362,7 @@ impl ViewState {
         if let Some(starts) = self.windows.get_mut(&bucket) {
             // For sessions: a bucket holds about a second of starts.
             starts.remove((start, slot));
-            if starts.rows.is_empty() {
+            if starts.is_empty() {
                 self.windows.remove(&bucket);
             }
         }
@@ -431,9 +390,8 @@ impl ViewState {
             let Some(mut first) = self.windows.first_entry() else {
                 return;
             };
-            let starts = first.get_mut();
-            starts.sort();
-            let Some(&(start, _)) = starts.rows.last() else {
+            let starts = first.get_mut().sorted();
+            let Some(&(start, _)) = starts.last() else {
                 first.remove();
                 continue;
             };
@@ -442,14 +400,13 @@ impl ViewState {
             slots.clear();
             slots.extend(
                 starts
-                    .rows
                     .iter()
                     .rev()
                     .take_while(|(s, _)| *s == start)
                     .map(|(_, slot)| *slot),
             );
-            let left = starts.rows.len() - slots.len();
-            let ahead = |n: usize| left.checked_sub(n).map(|i| starts.rows[i].1);
+            let left = starts.len() - slots.len();
+            let ahead = |n: usize| left.checked_sub(n).map(|i| starts[i].1);
             if let Some(far) = ahead(AHEAD) {
                 crate::prefetch::prefetch(self.slots.as_ptr().wrapping_add(far as usize));
             }
@@ -463,7 +420,7 @@ impl ViewState {
                 return;
             }
             if let Some(mut first) = self.windows.first_entry() {
-                first.get_mut().rows.truncate(left);
+                first.get_mut().truncate(left);
                 if left == 0 {
                     first.remove();
                 }
@@ -578,7 +535,10 @@ impl ViewState {
     /// The start of the pipeline's window as `which` says (`Latest` is the newest held).
     pub fn pipeline_window(&self, which: Which) -> Option<i64> {
         match which {
-            Which::Latest => self.windows.last_key_value().and_then(|(_, s)| s.newest()),
+            Which::Latest => self
+                .windows
+                .last_key_value()
+                .and_then(|(_, s)| s.items().iter().map(|(s, _)| *s).max()),
             Which::LastClosed => self.last_closed_start,
             Which::Current => {
                 let wm = self.watermark;
@@ -591,21 +551,17 @@ impl ViewState {
                 if !self.varying_ends {
                     // Windows of one size: if the newest does not hold it, none does.
                     return buckets.find_map(|(_, starts)| {
-                        let (s, slot) = starts.rows.iter().filter(|(s, _)| *s <= wm).max()?;
+                        let (s, slot) = starts.items().iter().filter(|(s, _)| *s <= wm).max()?;
                         Some(holds(*s, *slot).then_some(*s))
                     })?;
                 }
                 buckets.find_map(|(_, starts)| {
-                    let mut held: Vec<(i64, u32)> = starts
-                        .rows
+                    starts
+                        .items()
                         .iter()
-                        .filter(|(s, _)| *s <= wm)
-                        .copied()
-                        .collect();
-                    held.sort_unstable_by(|a, b| b.cmp(a));
-                    held.into_iter()
-                        .find(|(s, slot)| holds(*s, *slot))
-                        .map(|(s, _)| s)
+                        .filter(|(s, slot)| *s <= wm && holds(*s, *slot))
+                        .map(|(s, _)| *s)
+                        .max()
                 })
             }
         }
@@ -618,7 +574,7 @@ impl ViewState {
             return Vec::new();
         };
         let mut rows: Vec<(f64, &Arc<str>, &Row)> = starts
-            .rows
+            .items()
             .iter()
             .filter(|(s, _)| *s == start)
             .map(|(_, k)| k)

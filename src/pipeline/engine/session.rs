@@ -40,6 +40,7 @@ use super::{Engine, Input, Taint, Taken, update_states};
 use crate::json::short_eq;
 use crate::pipeline::aggregate::{AggState, Position, States};
 use crate::pipeline::key::cell_bucket;
+use crate::pipeline::lazy_sorted::LazySorted;
 use crate::pipeline::view::Hint;
 use crate::pipeline::watermark;
 use crate::pipeline::window::WindowKind;
@@ -189,21 +190,16 @@ impl Changed {
 }
 
 /// Sessions to close, by end: buckets of [`CLOSE_BUCKET_MS`] of end time, each a list of
-/// (end, start, key id). A push is an append to a recent bucket (no ordered insert per
-/// session); the front bucket is sorted once when the watermark reaches into it. An entry
-/// is packed into one `u128` ordered as the triple (see [`Bucket::pack`]), so that sort
-/// compares integers.
+/// (end, start, key id) sorted once the watermark reaches into it ([`LazySorted`]). An
+/// entry is packed into one `u128` ordered as the triple (see [`Bucket::pack`]), so that
+/// sort compares integers.
 #[derive(Debug, Default)]
 pub(super) struct CloseQueue {
-    buckets: BTreeMap<i64, Bucket>,
+    buckets: BTreeMap<i64, LazySorted<u128>>,
 }
 
-#[derive(Debug, Default)]
-struct Bucket {
-    /// Packed entries, sorted descending (the smallest at the back) while `sorted`.
-    entries: Vec<u128>,
-    sorted: bool,
-}
+/// The packing of a close-queue entry.
+struct Bucket;
 
 /// Width of a close-queue bucket, in end time.
 const CLOSE_BUCKET_MS: i64 = 1000;
@@ -234,27 +230,20 @@ impl CloseQueue {
     pub(super) fn push(&mut self, entry: (i64, i64, u32)) {
         let index = entry.0.div_euclid(CLOSE_BUCKET_MS);
         let packed = Bucket::pack(index.saturating_mul(CLOSE_BUCKET_MS), entry);
-        let b = self.buckets.entry(index).or_default();
-        if b.sorted {
-            // Into its place (a grown session queued again while its bucket is being
-            // closed): no sort of the whole bucket per entry.
-            let at = b.entries.partition_point(|e| *e > packed);
-            b.entries.insert(at, packed);
-        } else {
-            b.entries.push(packed);
-        }
+        // Into its place if the bucket is being closed (a grown session queued again).
+        self.buckets.entry(index).or_default().add(packed);
     }
 
     /// The key id of the entry `n` places after the smallest, if the front bucket is
     /// sorted and holds it: what a close takes soon, for its slot to be asked for.
     fn peek(&self, n: usize) -> Option<u32> {
         let (_, b) = self.buckets.first_key_value()?;
-        if !b.sorted {
+        if !b.is_sorted() {
             return None;
         }
-        let at = b.entries.len().checked_sub(1 + n)?;
-        #[allow(clippy::cast_possible_truncation, reason = "the id is the low 32 bits")]
-        Some(b.entries[at] as u32)
+        let entries = b.items();
+        let at = entries.len().checked_sub(1 + n)?;
+        Some(Bucket::unpack(0, entries[at]).2)
     }
 
     /// Takes the smallest entry if its end is at or before `through`.
@@ -263,16 +252,12 @@ impl CloseQueue {
             let mut first = self.buckets.first_entry()?;
             let base = first.key().saturating_mul(CLOSE_BUCKET_MS);
             let b = first.get_mut();
-            if !b.sorted {
-                b.entries.sort_unstable_by(|a, b| b.cmp(a));
-                b.sorted = true;
-            }
-            match b.entries.last() {
+            match b.sorted().last() {
                 None => {
                     first.remove();
                 }
                 Some(e) if Bucket::unpack(base, *e).0 <= through => {
-                    return b.entries.pop().map(|e| Bucket::unpack(base, e));
+                    return b.pop().map(|e| Bucket::unpack(base, e));
                 }
                 Some(_) => return None,
             }
