@@ -758,7 +758,6 @@ struct Task {
 struct PublishBuffers {
     closed: Vec<ClosedRow>,
     rows: Vec<Publish>,
-    hints: Vec<Hint>,
 }
 
 impl PublishBuffers {
@@ -1144,7 +1143,6 @@ impl Task {
         let PublishBuffers {
             mut closed,
             mut rows,
-            mut hints,
         } = std::mem::take(&mut self.buffers);
         let removed = self.engine.take_removed();
         self.engine.swap_closed(&mut closed);
@@ -1215,10 +1213,12 @@ impl Task {
                     output: output.as_mut().map(|(o, _)| o),
                 });
             }
-            hints.extend(rows.iter().map(|r| r.3));
-            let hint = |at: usize| hints.get(at).copied().unwrap_or(Hint::NONE);
-            for (i, (start, row_at, row, at)) in rows.drain(..).enumerate() {
-                v.prefetch_ahead(hint(i + AHEAD), hint(i + AHEAD / 2));
+            let mut rows = rows.drain(..);
+            while let Some((start, row_at, row, at)) = rows.next() {
+                // The hints of the rows `n` places on, among those not applied yet.
+                let ahead = rows.as_slice();
+                let hint = |n: usize| ahead.get(n - 1).map_or(Hint::NONE, |r| r.3);
+                v.prefetch_ahead(hint(AHEAD), hint(AHEAD / 2));
                 v.upsert_hinted(start, &pending[row_at].key, row, at);
             }
             v.watermark = watermark;
@@ -1235,12 +1235,7 @@ impl Task {
         pm.view_rows.set(view_rows as f64);
         PublishBuffers::recycle(&mut closed);
         PublishBuffers::recycle(&mut rows);
-        PublishBuffers::recycle(&mut hints);
-        self.buffers = PublishBuffers {
-            closed,
-            rows,
-            hints,
-        };
+        self.buffers = PublishBuffers { closed, rows };
         if open {
             self.open_published = Instant::now();
         }

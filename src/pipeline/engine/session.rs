@@ -135,9 +135,10 @@ impl ShortKey {
 
 /// The sessions changed since the last `take_changed_rows`, each once (its `dirty`
 /// flag), as (start, key id). Bounded: past one entry per key slot (and [`CHANGED_MIN`];
-/// `new_id` tells it how many there are) it stops listing (`all`: the entries of closed sessions would pile up while the view
-/// is not refreshed, see `runner::BEHIND_OPEN_ROWS_INTERVAL`), and the take walks every
-/// open session for the dirty ones instead.
+/// `new_id` tells it how many there are) it stops listing (`all`: the entries of closed
+/// sessions would pile up while the view is not refreshed, see
+/// `runner::BEHIND_OPEN_ROWS_INTERVAL`), and the take walks every open session for the
+/// dirty ones instead.
 #[derive(Debug, Default)]
 pub(super) struct Changed {
     list: Vec<(i64, u32)>,
@@ -612,18 +613,13 @@ impl Engine {
         // Popped in (end, start, id) order: only the keys of a run of equal (end,
         // start), if any, are put in order, so a key's text is read only at a tie.
         let rows = &mut self.closed[from..];
-        if rows.is_sorted_by_key(|r| (r.end_ms, r.start_ms)) {
-            for tie in rows.chunk_by_mut(|a, b| (a.end_ms, a.start_ms) == (b.end_ms, b.start_ms)) {
-                if tie.len() > 1 {
-                    tie.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-                }
+        if !rows.is_sorted_by_key(|r| (r.end_ms, r.start_ms)) {
+            rows.sort_unstable_by_key(|r| (r.end_ms, r.start_ms));
+        }
+        for tie in rows.chunk_by_mut(|a, b| (a.end_ms, a.start_ms) == (b.end_ms, b.start_ms)) {
+            if tie.len() > 1 {
+                tie.sort_unstable_by(|a, b| a.key.cmp(&b.key));
             }
-        } else {
-            rows.sort_unstable_by(|a, b| {
-                (a.end_ms, a.start_ms)
-                    .cmp(&(b.end_ms, b.start_ms))
-                    .then_with(|| a.key.cmp(&b.key))
-            });
         }
     }
 
