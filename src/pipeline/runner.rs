@@ -963,9 +963,12 @@ impl Task {
             // would otherwise end the round with input waiting and sleep); still more
             // to read when the interval is up: behind.
             let mut behind = true;
+            // Stopped by closed rows at their bound rather than by the end of the input.
+            let mut held = false;
             loop {
                 if !self.step() {
                     behind = false;
+                    held = self.rows_full();
                     break;
                 }
                 taken += 1;
@@ -997,17 +1000,25 @@ impl Task {
                 last_checkpoint = Instant::now();
             }
             if taken == 0 {
-                if self.rows_full()
-                    && self
-                        .checkpointer
-                        .as_ref()
-                        .is_some_and(Checkpointer::in_flight)
+                if !self.rows_full() {
+                    // Unless the checkpoint just sent took the rows that held the input
+                    // back: then read on.
+                    if !held {
+                        self.wait();
+                    }
+                } else if self
+                    .checkpointer
+                    .as_ref()
+                    .is_some_and(Checkpointer::in_flight)
                 {
                     // No input until the checkpoint in flight is reported and the next
                     // one takes the rows.
                     self.collect(true);
                 } else {
-                    self.wait();
+                    // No input until the next checkpoint takes the rows: it is due soon
+                    // (an append would not wake a thread that cannot take it).
+                    let until = due.saturating_sub(last_checkpoint.elapsed());
+                    std::thread::sleep(until.max(Duration::from_millis(1)));
                 }
             }
         }
