@@ -61,6 +61,7 @@ fn engine(envelopes: &[String]) -> Engine {
             event_ms: T0 + offset % 1000,
             event_type: b"page.click",
             envelope: env.as_bytes(),
+            prepared: None,
         });
         engine.process_batch(0, T0, records, |_, _| {});
     }

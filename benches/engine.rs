@@ -118,6 +118,7 @@ fn run_spec(events: &[(i64, String)], spec: Spec) -> Engine {
             event_ms: *ms,
             event_type: b"page.click",
             envelope: env.as_bytes(),
+            prepared: None,
         });
         engine.process_batch(partition, append_ms, records, |_, _| counted += 1);
         black_box(engine.take_closed());

@@ -62,9 +62,23 @@ pub struct Input<'a> {
     /// The stored envelope (compact JSON). Not checked for UTF-8 as a whole: it was at
     /// ingest, and it is read under a CRC; the bytes a key or field takes from it are.
     pub envelope: &'a [u8],
+    /// The filter's answer and the key, when read ahead of the take (see
+    /// `pipeline::decoded`); `None`: the engine reads them.
+    pub prepared: Option<Prepared<'a>>,
 }
 
-/// What became of one record.
+/// A record's filter answer and key, read before the take: what the engine would read.
+#[derive(Debug, Clone, Copy)]
+pub enum Prepared<'a> {
+    /// Its event_type does not pass the filter.
+    Filtered,
+    NoKey(&'a KeyError),
+    /// The key's text and its hash by the engine's key hasher (0 when the engine does
+    /// not hash keys: windows of fixed size).
+    Key(&'a str, u64),
+}
+
+/// What becomes of one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Taken {
     /// Counted in this many open windows.
@@ -332,6 +346,20 @@ impl Engine {
         &self.spec
     }
 
+    /// What reads this engine's records ahead of it: its filter, its key and (for
+    /// session windows, which find a key by hash) its key hasher.
+    pub fn preparer(&self) -> super::decoded::Preparer {
+        super::decoded::Preparer {
+            filter: self.spec.filter.clone(),
+            group_by: self.spec.group_by.clone(),
+            hasher: self
+                .spec
+                .window
+                .is_session()
+                .then(|| self.key_hasher.clone()),
+        }
+    }
+
     /// Takes one batch of `partition`, appended at `append_ms`, then advances the
     /// watermark and closes the windows it passed. Returns what became of each record.
     pub fn process_batch<'a>(
@@ -503,6 +531,21 @@ impl Engine {
     /// Reads the key of a record taken [`AHEAD`] records later, and asks for its place
     /// in the key index.
     fn look_ahead(&self, input: &Input<'_>, into: &mut Ahead) {
+        if let Some(prepared) = input.prepared {
+            into.filtered = matches!(prepared, Prepared::Filtered);
+            into.key = match prepared {
+                Prepared::Filtered => Ok(()),
+                Prepared::NoKey(e) => Err(e.clone()),
+                Prepared::Key(text, hash) => {
+                    into.text.clear();
+                    into.text.push_str(text);
+                    into.hash = hash;
+                    self.key_index.prefetch(hash);
+                    Ok(())
+                }
+            };
+            return;
+        }
         into.filtered = !self.spec.filter.accepts(input.event_type);
         if into.filtered {
             return;
@@ -545,27 +588,35 @@ impl Engine {
     }
 
     fn take(&mut self, partition: u32, ts_ms: i64, input: &Input<'_>) -> Taken {
-        if !self.spec.filter.accepts(input.event_type) {
-            self.counters.filtered += 1;
-            return Taken::Filtered;
-        }
-        let mut key = std::mem::take(&mut self.key_buf);
-        let outcome = self.take_keyed(partition, ts_ms, input, &mut key);
-        self.key_buf = key;
+        let mut buf = std::mem::take(&mut self.key_buf);
+        // `None`: filtered out.
+        let key = match input.prepared {
+            Some(Prepared::Filtered) => Ok(None),
+            Some(Prepared::NoKey(e)) => Err(e.clone()),
+            Some(Prepared::Key(text, _)) => Ok(Some(text)),
+            None if !self.spec.filter.accepts(input.event_type) => Ok(None),
+            None => self
+                .spec
+                .group_by
+                .key_into(input.envelope, &mut buf)
+                .map(|()| Some(buf.as_str())),
+        };
+        let outcome = match key {
+            Ok(None) => {
+                self.counters.filtered += 1;
+                Taken::Filtered
+            }
+            Err(e) => {
+                self.counters.no_key += 1;
+                Taken::NoKey(e)
+            }
+            Ok(Some(key)) => self.take_keyed(partition, ts_ms, input, key),
+        };
+        self.key_buf = buf;
         outcome
     }
 
-    fn take_keyed(
-        &mut self,
-        partition: u32,
-        ts_ms: i64,
-        input: &Input<'_>,
-        key: &mut String,
-    ) -> Taken {
-        if let Err(e) = self.spec.group_by.key_into(input.envelope, key) {
-            self.counters.no_key += 1;
-            return Taken::NoKey(e);
-        }
+    fn take_keyed(&mut self, partition: u32, ts_ms: i64, input: &Input<'_>, key: &str) -> Taken {
         let wm = self.marks.current();
         let window = self.spec.window;
         let lateness = self.spec.allowed_lateness_ms;
@@ -639,7 +690,7 @@ impl Engine {
             let shared = self
                 .panes
                 .get(&pane)
-                .and_then(|keys| keys.get_key_value(key.as_str()))
+                .and_then(|keys| keys.get_key_value(key))
                 .map(|(k, _)| Arc::clone(k));
             if let Some(shared) = shared {
                 if flips.0 {

@@ -1,6 +1,7 @@
 //! A pipeline's read-ahead: a thread (`weir-read-<pipeline>`) that reads the next chunk
 //! of a source partition (`Partition::read_batches`: the pread, the header walk and the
-//! CRC checks) while the pipeline thread decodes and aggregates the current one.
+//! CRC checks) and prepares its records (`decoded`: decoded, filtered, keys read) while
+//! the pipeline thread aggregates the current one.
 //!
 //! It changes who reads and when, never what the engine sees: the pipeline thread asks
 //! for the chunk after the one it just got ([`ReadAhead::request`]) only while more of the
@@ -14,8 +15,9 @@
 //!
 //! Bound: at most one request in flight or one answer waiting per source partition, so
 //! two buffers of up to `READ_CHUNK_BYTES` (plus one batch larger than that) per
-//! partition: the one the pipeline thread decodes and the one read ahead. The buffers
-//! go back and forth; none is allocated per chunk once both exist.
+//! partition, each with its table of prepared records: the one the pipeline thread
+//! takes and the one read ahead. The buffers go back and forth; none is allocated per
+//! chunk once both exist.
 //!
 //! The thread ends when the `ReadAhead` is dropped (its request channel closes), which
 //! joins it: the pipeline thread owns it and drops it before it ends.
@@ -24,6 +26,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
+use super::decoded::{Decoded, Preparer};
 use super::runner::READ_CHUNK_BYTES;
 use crate::log::partition::{Partition, ReadError};
 
@@ -32,6 +35,7 @@ struct Request {
     source: usize,
     from: i64,
     buf: Vec<u8>,
+    decoded: Decoded,
 }
 
 /// A read done: what `read_batches` returned and the buffer it filled.
@@ -40,12 +44,14 @@ struct Done {
     from: i64,
     read: Result<i64, ReadError>,
     buf: Vec<u8>,
+    /// The records of `buf`, prepared.
+    decoded: Decoded,
 }
 
 /// Per source partition, where its second buffer is.
 enum Slot {
     /// With the pipeline thread, unused (`None` until first needed).
-    Spare(Option<Vec<u8>>),
+    Spare(Option<(Vec<u8>, Decoded)>),
     /// With the reader thread.
     InFlight,
     /// Read, waiting to be taken.
@@ -62,8 +68,13 @@ pub struct ReadAhead {
 
 impl ReadAhead {
     /// Starts the reader thread of `pipeline` over its source `partitions` (in source
-    /// order). `None` if the thread cannot be started: the pipeline thread reads itself.
-    pub fn start(pipeline: &str, partitions: Vec<Arc<Partition>>) -> Option<ReadAhead> {
+    /// order), preparing records with `preparer`. `None` if the thread cannot be
+    /// started: the pipeline thread reads itself.
+    pub fn start(
+        pipeline: &str,
+        partitions: Vec<Arc<Partition>>,
+        preparer: Preparer,
+    ) -> Option<ReadAhead> {
         // One request per partition at most (`slots`), so neither channel ever fills.
         let n = partitions.len().max(1);
         let (requests, requests_rx) = sync_channel::<Request>(n);
@@ -76,14 +87,19 @@ impl ReadAhead {
                     source,
                     from,
                     mut buf,
+                    mut decoded,
                 }) = requests_rx.recv()
                 {
                     let read = partitions[source].read_batches(from, READ_CHUNK_BYTES, &mut buf);
+                    if read.is_ok() {
+                        preparer.prepare(&buf, &mut decoded);
+                    }
                     let done = Done {
                         source,
                         from,
                         read,
                         buf,
+                        decoded,
                     };
                     if done_tx.send(done).is_err() {
                         return;
@@ -109,25 +125,37 @@ impl ReadAhead {
         let Slot::Spare(spare) = &mut self.slots[source] else {
             return;
         };
-        let buf = spare.take().unwrap_or_default();
+        let (buf, decoded) = spare.take().unwrap_or_default();
         let Some(requests) = &self.requests else {
             return;
         };
-        match requests.try_send(Request { source, from, buf }) {
+        match requests.try_send(Request {
+            source,
+            from,
+            buf,
+            decoded,
+        }) {
             Ok(()) => self.slots[source] = Slot::InFlight,
             // Full cannot happen (one per source); gone: the thread ended (a panic).
             Err(e) => {
                 let (std::sync::mpsc::TrySendError::Full(r)
                 | std::sync::mpsc::TrySendError::Disconnected(r)) = e;
-                self.slots[source] = Slot::Spare(Some(r.buf));
+                self.slots[source] = Slot::Spare(Some((r.buf, r.decoded)));
             }
         }
     }
 
     /// The chunk of `source` from `from` read ahead, waiting for it if in flight: on a
-    /// usable answer, `buf` is swapped with the chunk (its old bytes become the spare)
-    /// and what `read_batches` returned is given. `None`: nothing usable, the caller reads.
-    pub fn take(&mut self, source: usize, from: i64, buf: &mut Vec<u8>) -> Option<i64> {
+    /// usable answer, `buf` and `decoded` are swapped with the chunk and its records
+    /// (their old contents become the spare) and what `read_batches` returned is given.
+    /// `None`: nothing usable, the caller reads.
+    pub fn take(
+        &mut self,
+        source: usize,
+        from: i64,
+        buf: &mut Vec<u8>,
+        decoded: &mut Decoded,
+    ) -> Option<i64> {
         if matches!(self.slots[source], Slot::InFlight) {
             self.wait_for(source);
         }
@@ -145,11 +173,12 @@ impl ReadAhead {
             Err(_) => false,
         };
         if !usable {
-            self.slots[source] = Slot::Spare(Some(done.buf));
+            self.slots[source] = Slot::Spare(Some((done.buf, done.decoded)));
             return None;
         }
         std::mem::swap(buf, &mut done.buf);
-        self.slots[source] = Slot::Spare(Some(done.buf));
+        std::mem::swap(decoded, &mut done.decoded);
+        self.slots[source] = Slot::Spare(Some((done.buf, done.decoded)));
         done.read.ok()
     }
 
@@ -191,8 +220,12 @@ mod tests {
     use std::sync::Arc;
 
     use super::ReadAhead;
+    use crate::json::JsonPointer;
+    use crate::log::batches::batches;
     use crate::log::partition::read_batches_tests::rolled_partition;
     use crate::log::retention::tests::append;
+    use crate::pipeline::decoded::{Decoded, Preparer};
+    use crate::pipeline::key::{Filter, GroupBy};
     use crate::pipeline::runner::READ_CHUNK_BYTES;
 
     /// Threads of this process named `name` (Linux keeps 15 bytes of a name).
@@ -209,7 +242,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Reads stop at segment ends, so chunks are of many sizes.
         let (log, p, end) = rolled_partition(dir.path());
-        let mut ahead = ReadAhead::start("ratst", vec![Arc::clone(&p)]).unwrap();
+        let preparer = Preparer {
+            filter: Filter::default(),
+            group_by: GroupBy::new(vec![JsonPointer::parse("/a").unwrap()]),
+            hasher: None,
+        };
+        let mut ahead = ReadAhead::start("ratst", vec![Arc::clone(&p)], preparer).unwrap();
+        let mut decoded = Decoded::default();
 
         // Every chunk taken is what the read there returns, bytes and next offset.
         let (mut buf, mut want) = (Vec::new(), Vec::new());
@@ -217,7 +256,22 @@ mod tests {
         let mut chunks = 0;
         while next < end {
             ahead.request(0, next);
-            let got = ahead.take(0, next, &mut buf).expect("read ahead");
+            let got = ahead
+                .take(0, next, &mut buf, &mut decoded)
+                .expect("read ahead");
+            // With the chunk comes its table: a record per record of its batches.
+            assert!(decoded.fits(buf.len()));
+            let mut cursor = 0;
+            for b in batches(&buf) {
+                let range = decoded.batch(cursor, b.base_offset, b.last_offset).unwrap();
+                let offsets: Vec<i64> = decoded
+                    .inputs(&buf, range.clone(), next)
+                    .map(|i| i.offset)
+                    .collect();
+                let want: Vec<i64> = b.records_from(next).map(|r| r.offset).collect();
+                assert_eq!(offsets, want);
+                cursor = range.end;
+            }
             assert_eq!(
                 got,
                 p.read_batches(next, READ_CHUNK_BYTES, &mut want).unwrap()
@@ -233,17 +287,17 @@ mod tests {
         // Not used: a read that found nothing visible (an append may have come since),
         // a chunk from another offset than the one needed, an error; and nothing asked.
         ahead.request(0, end);
-        assert_eq!(ahead.take(0, end, &mut buf), None);
+        assert_eq!(ahead.take(0, end, &mut buf, &mut decoded), None);
         append(&log, 1, 100);
         ahead.request(0, 3);
-        assert_eq!(ahead.take(0, 4, &mut buf), None);
+        assert_eq!(ahead.take(0, 4, &mut buf, &mut decoded), None);
         ahead.request(0, end + 5);
-        assert_eq!(ahead.take(0, end + 5, &mut buf), None);
-        assert_eq!(ahead.take(0, end, &mut buf), None);
+        assert_eq!(ahead.take(0, end + 5, &mut buf, &mut decoded), None);
+        assert_eq!(ahead.take(0, end, &mut buf, &mut decoded), None);
         // A request while one waits is not sent again; the waiting one is taken.
         ahead.request(0, end);
         ahead.request(0, 0);
-        assert_eq!(ahead.take(0, end, &mut buf), Some(end + 1));
+        assert_eq!(ahead.take(0, end, &mut buf, &mut decoded), Some(end + 1));
 
         drop(ahead);
         assert_eq!(threads_named("weir-read-ratst"), 0);

@@ -48,6 +48,7 @@ use tokio::sync::watch;
 
 use super::aggregate::{Aggregate, States};
 use super::checkpointer::{Checkpointer, Job, Outcome};
+use super::decoded::Decoded;
 use super::engine::{ClosedRow, Engine, Input, RowSink, Spec, Taken, TimeMode};
 use super::key::{Filter, GroupBy};
 use super::late::LateSink;
@@ -549,6 +550,10 @@ struct Source {
     /// Whole batches read and not yet taken, from `pos`.
     buf: Vec<u8>,
     pos: usize,
+    /// The records of `buf` prepared by the read-ahead, if it read `buf` (see
+    /// `decoded`), and where in it the batch at `pos` starts.
+    decoded: Decoded,
+    cursor: usize,
     /// The batch at `pos`: (append time, base offset, length).
     head: Option<(i64, i64, usize)>,
     /// After a read error: no read before this.
@@ -580,16 +585,19 @@ impl Source {
             }
             let read = match ahead
                 .as_deref_mut()
-                .and_then(|a| a.take(index, self.next, &mut self.buf))
+                .and_then(|a| a.take(index, self.next, &mut self.buf, &mut self.decoded))
             {
                 Some(next) => Ok(next),
-                None => self
-                    .partition
-                    .read_batches(self.next, READ_CHUNK_BYTES, &mut self.buf),
+                None => {
+                    self.decoded.clear();
+                    self.partition
+                        .read_batches(self.next, READ_CHUNK_BYTES, &mut self.buf)
+                }
             };
             match read {
                 Ok(next) => {
                     self.pos = 0;
+                    self.cursor = 0;
                     self.set_head();
                     if let Some((_, base, _)) = self.head {
                         if base > self.next {
@@ -874,6 +882,8 @@ impl Task {
                 next,
                 buf: Vec::new(),
                 pos: 0,
+                decoded: Decoded::default(),
+                cursor: 0,
                 head: None,
                 retry_at: None,
                 lost: 0,
@@ -948,6 +958,7 @@ impl Task {
                 .iter()
                 .map(|s| Arc::clone(&s.partition))
                 .collect(),
+            self.engine.preparer(),
         );
         self.catching_up = Some((
             Instant::now(),
@@ -1077,19 +1088,39 @@ impl Task {
             return true;
         };
         let partition = s.partition.id;
-        let records = view.records_from(s.next).map(|r| Input {
-            offset: r.offset,
-            event_ms: r.timestamp_ms,
-            event_type: r.event_type,
-            envelope: r.value,
-        });
+        // Read ahead: its records prepared already (see `decoded`); else decoded here.
+        let prepared = if s.decoded.fits(s.buf.len()) {
+            s.decoded
+                .batch(s.cursor, view.base_offset, view.last_offset)
+        } else {
+            None
+        };
         let mut late = self.late.as_mut();
-        self.engine
-            .process_batch(partition, view.append_ms, records, |input, taken| {
-                if let (Some(late), Taken::Late) = (&mut late, taken) {
-                    late.note(input.offset);
-                }
-            });
+        let mut note_late = |input: &Input<'_>, taken: &Taken| {
+            if let (Some(late), Taken::Late) = (&mut late, taken) {
+                late.note(input.offset);
+            }
+        };
+        match prepared {
+            Some(range) => {
+                let end = range.end;
+                let records = s.decoded.inputs(&s.buf, range, s.next);
+                self.engine
+                    .process_batch(partition, view.append_ms, records, &mut note_late);
+                s.cursor = end;
+            }
+            None => {
+                let records = view.records_from(s.next).map(|r| Input {
+                    offset: r.offset,
+                    event_ms: r.timestamp_ms,
+                    event_type: r.event_type,
+                    envelope: r.value,
+                    prepared: None,
+                });
+                self.engine
+                    .process_batch(partition, view.append_ms, records, &mut note_late);
+            }
+        }
         if let Some(late) = late {
             late.take(&view);
         }

@@ -62,6 +62,34 @@ struct Batch {
     records: Vec<Rec>,
 }
 
+/// A record's filter answer and key as the read-ahead prepares them: `None` filtered.
+type PreparedKey = Result<Option<(String, u64)>, KeyError>;
+
+/// With `on`, what the read-ahead (`decoded::Preparer::key_of`) prepares of each record
+/// of `b` for `engine`; else nothing, and the engine reads the keys itself.
+fn prepare(engine: &Engine, b: &Batch, on: bool) -> Vec<Option<PreparedKey>> {
+    let preparer = engine.preparer();
+    b.records
+        .iter()
+        .map(|r| {
+            on.then(|| {
+                let mut key = String::new();
+                preparer
+                    .key_of(r.event_type.as_bytes(), r.envelope.as_bytes(), &mut key)
+                    .map(|hash| hash.map(|h| (key, h)))
+            })
+        })
+        .collect()
+}
+
+fn as_prepared(key: &Option<PreparedKey>) -> Option<Prepared<'_>> {
+    key.as_ref().map(|k| match k {
+        Ok(None) => Prepared::Filtered,
+        Ok(Some((text, hash))) => Prepared::Key(text, *hash),
+        Err(e) => Prepared::NoKey(e),
+    })
+}
+
 fn values_json(values: &[AggState]) -> String {
     let aggregates = aggregates();
     let mut out = String::new();
@@ -259,6 +287,7 @@ proptest! {
         lateness in 0i64..20,
         parts in 1u32..4,
         input in (1u32..4).prop_flat_map(batches),
+        read_ahead in any::<bool>(),
     ) {
         let time = if ingest_time { TimeMode::Ingest } else { TimeMode::Event };
         let input: Vec<Batch> = input.into_iter().map(|mut b| { b.partition %= parts; b }).collect();
@@ -275,11 +304,13 @@ proptest! {
         let mut engine_closed = BTreeMap::new();
         for b in &input {
             let mut got = Vec::new();
-            let inputs = b.records.iter().zip(0i64..).map(|(r, i)| Input {
+            let keys = prepare(&engine, b, read_ahead);
+            let inputs = b.records.iter().zip(&keys).zip(0i64..).map(|((r, key), i)| Input {
                 offset: i,
                 event_ms: r.event_ms,
                 event_type: r.event_type.as_bytes(),
                 envelope: r.envelope.as_bytes(),
+                prepared: as_prepared(key),
             });
             engine.process_batch(b.partition, b.append_ms, inputs, |_, t| got.push(t.clone()));
             let want = model.batch(b);
@@ -327,6 +358,7 @@ fn a_late_event_is_dropped_and_counted_and_lateness_keeps_windows_open() {
             event_ms: ts,
             event_type: b"a.x",
             envelope: envelope.as_bytes(),
+            prepared: None,
         }
     }
     e.process_batch(0, 0, [input(3, &a)], |_, _| {});
@@ -377,6 +409,7 @@ fn a_restored_engine_goes_on_as_the_original() {
                 event_ms: *t,
                 event_type: b"a.x",
                 envelope: en.as_bytes(),
+                prepared: None,
             })
             .collect();
         e.process_batch(p, append, inputs, |_, _| {});
@@ -423,6 +456,7 @@ fn a_loss_marks_open_windows_and_windows_up_to_its_bound_incomplete() {
             event_ms: ts,
             event_type: b"a.x",
             envelope: env.as_bytes(),
+            prepared: None,
         };
         e.process_batch(0, append, [input], |_, _| {});
     };
@@ -480,6 +514,7 @@ fn beyond_max_cells_an_event_is_refused_and_its_windows_turn_incomplete() {
             event_ms: ts,
             event_type: b"a.x",
             envelope: env.as_bytes(),
+            prepared: None,
         };
         e.process_batch(0, offset, [input], |_, t| outcomes.push(t.clone()));
     };
@@ -701,7 +736,8 @@ fn engine_sessions(e: &Engine) -> BTreeMap<(String, i64), (i64, i64, String)> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
-    /// Sessions against the naive model: what each event became, the watermark, the
+    /// Sessions against the naive model (keys read by the engine or ahead of it): what
+    /// each event became, the watermark, the
     /// closed rows, the open sessions; the rows a view applying `take_removed`,
     /// `take_changed_rows` and `take_closed` after every batch holds; and an engine
     /// restored from what checkpoints after every batch stored (bucket rewrites per
@@ -715,6 +751,7 @@ proptest! {
         lateness in 0i64..20,
         parts in 1u32..4,
         input in (1u32..4).prop_flat_map(batches),
+        read_ahead in any::<bool>(),
     ) {
         let WindowKind::Session { gap_ms, max_ms } = window else { unreachable!() };
         let time = if ingest_time { TimeMode::Ingest } else { TimeMode::Event };
@@ -739,11 +776,13 @@ proptest! {
         for b in &input {
             let mut got = Vec::new();
             let base = model.base;
-            let inputs = b.records.iter().zip(0i64..).map(|(r, i)| Input {
+            let keys = prepare(&engine, b, read_ahead);
+            let inputs = b.records.iter().zip(&keys).zip(0i64..).map(|((r, key), i)| Input {
                 offset: base + i,
                 event_ms: r.event_ms,
                 event_type: r.event_type.as_bytes(),
                 envelope: r.envelope.as_bytes(),
+                prepared: as_prepared(key),
             });
             engine.process_batch(b.partition, b.append_ms, inputs, |_, t| got.push(t.clone()));
             let want = model.batch(b);
@@ -803,6 +842,12 @@ proptest! {
             }
         }
         prop_assert_eq!(&engine_sessions(&engine), &want_open);
+        // Found by key as a query finds them: keys read ahead are hashed as the engine's.
+        for (key, list) in &model.open {
+            let mut want: Vec<i64> = list.iter().map(|s| s.0).collect();
+            want.sort_unstable();
+            prop_assert_eq!(spans(&engine, key).iter().map(|s| s.0).collect::<Vec<_>>(), want, "key {}", key);
+        }
         prop_assert_eq!(engine.cells(), want_open.len());
         let mut restored = Engine::restore(s, engine.head(), Vec::new());
         for ((_, key), list) in stored {
@@ -834,6 +879,7 @@ fn feed_one(e: &mut Engine, offset: i64, ts: i64, k: &str) -> Taken {
         event_ms: ts,
         event_type: b"a.x",
         envelope: env.as_bytes(),
+        prepared: None,
     };
     e.process_batch(0, offset, [input], |_, t| out = Some(t.clone()));
     out.unwrap()

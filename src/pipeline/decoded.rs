@@ -1,0 +1,301 @@
+//! A chunk's records decoded, and their keys read, before the pipeline thread takes them.
+//!
+//! The read-ahead thread (`readahead`) decodes every record of the chunk it read (offset,
+//! time, `weir.type`, value), runs the filter on it, reads its key and hashes it, and
+//! hands the table over with the chunk: what the engine would otherwise do for every
+//! record on the pipeline thread before it looks at any state (a fifth of a session
+//! pipeline's time). The engine sees the same [`Input`]s, in the same order; only where
+//! the work was done changes. A chunk the pipeline thread reads itself has no table and
+//! is decoded as it is taken.
+//!
+//! Bound: one table per chunk read (`READ_CHUNK_BYTES`): an entry per record and the
+//! keys' text, reused from chunk to chunk like the chunk's buffer.
+
+use std::hash::BuildHasher;
+use std::ops::Range;
+
+use super::engine::{Input, Prepared};
+use super::key::{Filter, GroupBy, KeyError};
+use crate::log::batches::batches;
+
+/// What the read-ahead thread needs of a pipeline to prepare its records.
+#[derive(Debug, Clone)]
+pub struct Preparer {
+    pub filter: Filter,
+    pub group_by: GroupBy,
+    /// The engine's key hasher, when it looks keys up by hash (session windows).
+    pub hasher: Option<foldhash::fast::RandomState>,
+}
+
+/// The records of one chunk, prepared, in log order.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    entries: Vec<Entry>,
+    /// The keys' text, back to back.
+    keys: String,
+    /// Why records have no key (rare).
+    errors: Vec<KeyError>,
+    /// The length of the chunk it was made from.
+    chunk_len: usize,
+}
+
+/// One record: where its parts are in the chunk.
+#[derive(Debug, Clone)]
+struct Entry {
+    offset: i64,
+    timestamp_ms: i64,
+    event_type: (u32, u32),
+    value: (u32, u32),
+    key: EntryKey,
+}
+
+#[derive(Debug, Clone)]
+enum EntryKey {
+    Filtered,
+    /// An index into `errors`.
+    NoKey(u32),
+    /// A range of `keys`, and its hash (0 without a hasher).
+    Key(u32, u32, u64),
+}
+
+impl Preparer {
+    /// Decodes every record of `chunk` (whole batches, as `read_batches` returns them)
+    /// into `into`, replacing what it held.
+    pub fn prepare(&self, chunk: &[u8], into: &mut Decoded) {
+        into.entries.clear();
+        into.keys.clear();
+        into.errors.clear();
+        into.chunk_len = chunk.len();
+        let mut key = String::new();
+        let at = |part: &[u8]| -> (u32, u32) {
+            // An absent part is an empty slice that may lie outside the chunk.
+            let from = (part.as_ptr() as usize).wrapping_sub(chunk.as_ptr() as usize);
+            match (u32::try_from(from), u32::try_from(part.len())) {
+                (Ok(from), Ok(len)) if !part.is_empty() => (from, from + len),
+                _ => (0, 0),
+            }
+        };
+        for batch in batches(chunk) {
+            for r in batch.records_from(i64::MIN) {
+                let entry_key = match self.key_of(r.event_type, r.value, &mut key) {
+                    Ok(None) => EntryKey::Filtered,
+                    Ok(Some(hash)) => {
+                        let from = into.keys.len();
+                        into.keys.push_str(&key);
+                        // A chunk is at most a few MiB: its keys fit u32 offsets.
+                        EntryKey::Key(
+                            u32::try_from(from).unwrap_or(u32::MAX),
+                            u32::try_from(into.keys.len()).unwrap_or(u32::MAX),
+                            hash,
+                        )
+                    }
+                    Err(e) => {
+                        into.errors.push(e);
+                        EntryKey::NoKey(u32::try_from(into.errors.len() - 1).unwrap_or(0))
+                    }
+                };
+                into.entries.push(Entry {
+                    offset: r.offset,
+                    timestamp_ms: r.timestamp_ms,
+                    event_type: at(r.event_type),
+                    value: at(r.value),
+                    key: entry_key,
+                });
+            }
+        }
+    }
+
+    /// A record's key, into `key`, and its hash (0 without a hasher); `None` when the
+    /// filter does not pass it.
+    pub fn key_of(
+        &self,
+        event_type: &[u8],
+        value: &[u8],
+        key: &mut String,
+    ) -> Result<Option<u64>, KeyError> {
+        if !self.filter.accepts(event_type) {
+            return Ok(None);
+        }
+        self.group_by.key_into(value, key)?;
+        Ok(Some(
+            self.hasher.as_ref().map_or(0, |h| h.hash_one(key.as_str())),
+        ))
+    }
+}
+
+impl Decoded {
+    /// Whether it was made from a chunk of `len` bytes (a table goes with its chunk).
+    pub fn fits(&self, len: usize) -> bool {
+        self.chunk_len == len
+    }
+
+    /// Forgets it (the chunk it belongs to was replaced by one read without a table).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.chunk_len = usize::MAX;
+    }
+
+    /// The index range of the records of a batch whose offsets end at `last_offset`,
+    /// from `cursor` (where the batch before it ended); `None` if the table does not
+    /// hold the batch starting at `base_offset` there.
+    pub fn batch(&self, cursor: usize, base_offset: i64, last_offset: i64) -> Option<Range<usize>> {
+        let rest = self.entries.get(cursor..)?;
+        let first = rest.first()?;
+        if first.offset < base_offset || first.offset > last_offset {
+            return None;
+        }
+        Some(cursor..cursor + rest.partition_point(|e| e.offset <= last_offset))
+    }
+
+    /// The records of `range` (from [`batch`](Self::batch)) at or after offset `from`, as
+    /// the engine takes them, with `chunk`'s bytes.
+    pub fn inputs<'a>(
+        &'a self,
+        chunk: &'a [u8],
+        range: Range<usize>,
+        from: i64,
+    ) -> impl Iterator<Item = Input<'a>> + use<'a> {
+        let part = move |(a, b): (u32, u32)| chunk.get(a as usize..b as usize).unwrap_or_default();
+        self.entries[range]
+            .iter()
+            .filter(move |e| e.offset >= from)
+            .map(move |e| Input {
+                offset: e.offset,
+                event_ms: e.timestamp_ms,
+                event_type: part(e.event_type),
+                envelope: part(e.value),
+                prepared: Some(match e.key {
+                    EntryKey::Filtered => Prepared::Filtered,
+                    EntryKey::NoKey(i) => Prepared::NoKey(&self.errors[i as usize]),
+                    EntryKey::Key(a, b, hash) => Prepared::Key(
+                        self.keys.get(a as usize..b as usize).unwrap_or_default(),
+                        hash,
+                    ),
+                }),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher;
+
+    use super::{Decoded, Preparer};
+    use crate::json::JsonPointer;
+    use crate::log::HEADER_TYPE;
+    use crate::log::batch::{self, BatchBuilder};
+    use crate::log::batches::batches;
+    use crate::pipeline::engine::Prepared;
+    use crate::pipeline::key::{Filter, GroupBy};
+
+    /// Batches of envelopes at base offsets 100, 103 and 104; the types, keys (plain,
+    /// escaped, absent, null, an object) and a record without a type or value.
+    fn chunk() -> Vec<u8> {
+        let records: [&[(&str, &str)]; 3] = [
+            &[
+                ("page.click", r#"{"payload":{"user_id":"u-1"}}"#),
+                ("page.view", r#"{"payload":{"user_id":"u-2"}}"#),
+                ("page.click", r#"{"payload":{"user_id":"a\"b é"}}"#),
+            ],
+            &[("page.click", r#"{"payload":{"page":"p"}}"#)],
+            &[
+                ("page.click", r#"{"payload":{"user_id":null}}"#),
+                ("page.click", r#"{"payload":{"user_id":{"x": [1, 2]}}}"#),
+                ("", ""),
+                ("page.click", r#"{"payload":{"user_id":7}}"#),
+            ],
+        ];
+        let mut buf = Vec::new();
+        for (base, batch) in [100i64, 103, 104].into_iter().zip(records) {
+            let mut b = BatchBuilder::new();
+            for (i, (kind, value)) in (0..).zip(batch) {
+                let headers: &[(&str, &[u8])] = if kind.is_empty() {
+                    &[]
+                } else {
+                    &[(HEADER_TYPE, kind.as_bytes())]
+                };
+                b.push(None, value.as_bytes(), 5000 + base + i, headers);
+            }
+            let mut bytes = b.finish();
+            batch::set_base_offset(&mut bytes, base);
+            buf.extend_from_slice(&bytes);
+        }
+        buf
+    }
+
+    #[test]
+    fn prepared_records_are_what_the_engine_would_read() {
+        let buf = chunk();
+        let preparer = Preparer {
+            filter: Filter::new(&["page.click"]),
+            group_by: GroupBy::new(vec![JsonPointer::parse("/payload/user_id").unwrap()]),
+            hasher: Some(foldhash::fast::RandomState::default()),
+        };
+        let mut decoded = Decoded::default();
+        preparer.prepare(&buf, &mut decoded);
+        assert!(decoded.fits(buf.len()));
+        let hasher = preparer.hasher.as_ref().unwrap();
+        let mut cursor = 0;
+        let mut kinds = Vec::new();
+        for view in batches(&buf) {
+            let range = decoded
+                .batch(cursor, view.base_offset, view.last_offset)
+                .unwrap();
+            // From every offset, as after a restart inside a batch.
+            for from in view.base_offset..=view.last_offset + 1 {
+                let got: Vec<_> = decoded.inputs(&buf, range.clone(), from).collect();
+                let want: Vec<_> = view.records_from(from).collect();
+                assert_eq!(
+                    got.len(),
+                    want.len(),
+                    "batch {} from {from}",
+                    view.base_offset
+                );
+                for (g, w) in got.iter().zip(&want) {
+                    assert_eq!(
+                        (g.offset, g.event_ms, g.event_type, g.envelope),
+                        (w.offset, w.timestamp_ms, w.event_type, w.value)
+                    );
+                    let mut key = String::new();
+                    let expected = if !preparer.filter.accepts(w.event_type) {
+                        "filtered".to_string()
+                    } else {
+                        match preparer.group_by.key_into(w.value, &mut key) {
+                            Ok(()) => format!("{key} {}", hasher.hash_one(key.as_str())),
+                            Err(e) => format!("no key: {e}"),
+                        }
+                    };
+                    let prepared = match g.prepared.unwrap() {
+                        Prepared::Filtered => "filtered".to_string(),
+                        Prepared::NoKey(e) => format!("no key: {e}"),
+                        Prepared::Key(text, hash) => format!("{text} {hash}"),
+                    };
+                    assert_eq!(prepared, expected, "offset {}", w.offset);
+                    if from == view.base_offset {
+                        kinds.push(prepared.split(' ').next().unwrap().to_string());
+                    }
+                }
+            }
+            cursor = range.end;
+        }
+        assert_eq!(
+            kinds,
+            [
+                "u-1",
+                "filtered",
+                "a%22b%20%C3%A9",
+                "no",
+                "no",
+                "%7B%22x%22%3A%5B1%2C2%5D%7D",
+                "filtered",
+                "7"
+            ]
+        );
+        // Past the last batch, or a batch the table does not hold at the cursor: none.
+        assert_eq!(decoded.batch(cursor, 111, 112), None);
+        assert_eq!(decoded.batch(0, 103, 103), None);
+        // A chunk read without the read-ahead has no table.
+        decoded.clear();
+        assert!(!decoded.fits(buf.len()));
+    }
+}
