@@ -67,12 +67,15 @@ use crate::prefetch::AHEAD;
 use crate::store::codec::Writer;
 use crate::store::{CELL_BUCKETS, Checkpoint, PipelineStore, RowWrite, Store, cell_bucket};
 
-/// Bytes of whole batches read from one partition at a time. 256 KiB rebuilt about 3%
-/// faster than 1 MiB in an interleaved A/B (the partitions' buffers can stay in L2
-/// between the read's copy, its CRC pass and the decoding), despite 4x the reads
-/// (measured before the read-ahead). With it, a partition holds at most two chunks: the
-/// one decoded and the one read ahead.
-pub const READ_CHUNK_BYTES: usize = 256 << 10;
+/// Bytes of whole batches read from one partition at a time. With a partition's next
+/// chunk read and prepared ahead on another core (`readahead`), a chunk is what the
+/// pipeline thread has in hand while the read-ahead thread shares its core with the
+/// checkpoint thread: with 256 KiB (about 1 ms of a session rebuild's work) the pipeline
+/// thread waited 0.3-0.4 s of an 8M-event rebuild for chunks, with 1 MiB 0.03-0.06 s.
+/// (Before the read-ahead, 256 KiB had rebuilt ~3% faster than 1 MiB: the read's copy,
+/// CRC pass and decoding then ran on the pipeline thread, in its L2.) A partition holds
+/// at most two chunks: the one taken and the one read ahead.
+pub const READ_CHUNK_BYTES: usize = 1 << 20;
 /// Longest the thread processes before it publishes to the view: bounds how stale an
 /// answer is while input keeps coming.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(10);
