@@ -92,10 +92,12 @@ impl Keyed {
     }
 
     fn is(&self, text: &str) -> bool {
-        match self.short.get() {
-            Some(short) => short_eq(short, text.as_bytes()),
-            None => short_eq(self.key.as_bytes(), text.as_bytes()),
-        }
+        short_eq(self.text(), text.as_bytes())
+    }
+
+    /// The key's text, from the slot itself when it fits (no read through the `Arc`).
+    fn text(&self) -> &[u8] {
+        self.short.get().unwrap_or(self.key.as_bytes())
     }
 }
 
@@ -677,7 +679,7 @@ impl Engine {
     pub fn slot_sessions(
         &self,
         slot: i64,
-        mut visit: impl FnMut(&Arc<str>, i64, i64, i64, &[AggState]),
+        mut visit: impl FnMut(&[u8], i64, i64, i64, &[AggState]),
     ) {
         let width = self.spec.window.pane_ms();
         self.each_session(|key, _, start, last, end, states| {
@@ -687,12 +689,13 @@ impl Engine {
         });
     }
 
-    /// Calls `visit(key, its bucket, start, last, end, states)` for every open session,
-    /// key by key: a checkpoint takes what it writes in one walk.
-    pub fn each_session(&self, mut visit: impl FnMut(&Arc<str>, u16, i64, i64, i64, &[AggState])) {
+    /// Calls `visit(key text, its bucket, start, last, end, states)` for every open
+    /// session, key by key: a checkpoint takes what it writes in one walk. A short key's
+    /// text comes from its slot: the walk reads nothing else per key.
+    pub fn each_session(&self, mut visit: impl FnMut(&[u8], u16, i64, i64, i64, &[AggState])) {
         for (k, bucket) in self.keyed.iter().zip(&self.key_buckets) {
             for s in &k.list {
-                visit(&k.key, *bucket, s.start, s.last, s.end, &s.states);
+                visit(k.text(), *bucket, s.start, s.last, s.end, &s.states);
             }
         }
     }

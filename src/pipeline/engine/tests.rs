@@ -809,7 +809,7 @@ proptest! {
             for (slot, key) in touched {
                 let mut now = Vec::new();
                 engine.slot_sessions(slot, |k, start, last, end, states| {
-                    if k == &key {
+                    if k == key.as_bytes() {
                         now.push((start, last, end, states.to_vec()));
                     }
                 });
