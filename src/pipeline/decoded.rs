@@ -1,12 +1,12 @@
 //! A chunk's records decoded, and their keys read, before the pipeline thread takes them.
 //!
 //! The read-ahead thread (`readahead`) decodes every record of the chunk it read (offset,
-//! time, `weir.type`, value), runs the filter on it, reads its key and hashes it, and
-//! hands the table over with the chunk: what the engine would otherwise do for every
-//! record on the pipeline thread before it looks at any state (a fifth of a session
-//! pipeline's time). The engine sees the same [`Input`]s, in the same order; only where
-//! the work was done changes. A chunk the pipeline thread reads itself has no table and
-//! is decoded as it is taken.
+//! time, `weir.type`, value) and, for session windows, runs the filter on it, reads its
+//! key and hashes it; it hands the table over with the chunk: what the engine would
+//! otherwise do for every record on the pipeline thread before it looks at any state (a
+//! fifth of a session pipeline's time). The engine sees the same [`Input`]s, in the same
+//! order; only where the work was done changes. A chunk the pipeline thread reads itself
+//! has no table and is decoded as it is taken.
 //!
 //! Bound: one table per chunk read (`READ_CHUNK_BYTES`): an entry per record and the
 //! keys' text, reused from chunk to chunk like the chunk's buffer.

@@ -73,12 +73,11 @@ pub enum Prepared<'a> {
     /// Its event_type does not pass the filter.
     Filtered,
     NoKey(&'a KeyError),
-    /// The key's text and its hash by the engine's key hasher (0 when the engine does
-    /// not hash keys: windows of fixed size).
+    /// The key's text and its hash by the engine's key hasher.
     Key(&'a str, u64),
 }
 
-/// What becomes of one record.
+/// What became of one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Taken {
     /// Counted in this many open windows.
