@@ -6,7 +6,7 @@
 //! otherwise do for every record on the pipeline thread before it looks at any state (a
 //! fifth of a session pipeline's time). The engine sees the same [`Input`]s, in the same
 //! order; only where the work was done changes. A chunk the pipeline thread reads itself
-//! has no table and is decoded as it is taken.
+//! (the live tail, a read-ahead answer it cannot use) it prepares itself the same way.
 //!
 //! Bound: one table per chunk read (`READ_CHUNK_BYTES`): an entry of 56 bytes per record
 //! (a test pins it) and the keys' text, reused from chunk to chunk like the chunk's buffer.
@@ -40,8 +40,6 @@ pub struct Decoded {
     keys: String,
     /// Why records have no key (rare).
     errors: Vec<KeyError>,
-    /// The length of the chunk it was made from.
-    chunk_len: usize,
 }
 
 /// One record: where its parts are in the chunk.
@@ -72,7 +70,6 @@ impl Preparer {
         into.entries.clear();
         into.keys.clear();
         into.errors.clear();
-        into.chunk_len = chunk.len();
         let mut key = String::new();
         let at = |part: &[u8]| -> (u32, u32) {
             // An absent part is an empty slice that may lie outside the chunk.
@@ -136,27 +133,12 @@ impl Preparer {
 }
 
 impl Decoded {
-    /// Whether it was made from a chunk of `len` bytes (a table goes with its chunk).
-    pub fn fits(&self, len: usize) -> bool {
-        self.chunk_len == len
-    }
-
-    /// Forgets it (the chunk it belongs to was replaced by one read without a table).
-    pub fn clear(&mut self) {
-        self.entries.clear();
-        self.chunk_len = usize::MAX;
-    }
-
-    /// The index range of the records of a batch whose offsets end at `last_offset`,
-    /// from `cursor` (where the batch before it ended); `None` if the table does not
-    /// hold the batch starting at `base_offset` there.
-    pub fn batch(&self, cursor: usize, base_offset: i64, last_offset: i64) -> Option<Range<usize>> {
-        let rest = self.entries.get(cursor..)?;
-        let first = rest.first()?;
-        if first.offset < base_offset || first.offset > last_offset {
-            return None;
-        }
-        Some(cursor..cursor + rest.partition_point(|e| e.offset <= last_offset))
+    /// The index range of the records of the next batch, whose offsets end at
+    /// `last_offset`, from `cursor` (where the batch before it ended): the chunk's batches
+    /// are taken in order, and their offsets increase.
+    pub fn batch(&self, cursor: usize, last_offset: i64) -> Range<usize> {
+        let rest = self.entries.get(cursor..).unwrap_or_default();
+        cursor..cursor + rest.partition_point(|e| e.offset <= last_offset)
     }
 
     /// The records of `range` (from [`batch`](Self::batch)) at or after offset `from`, as
@@ -251,14 +233,11 @@ mod tests {
         };
         let mut decoded = Decoded::default();
         preparer.prepare(&buf, &mut decoded);
-        assert!(decoded.fits(buf.len()));
         let hasher = preparer.hasher.as_ref().unwrap();
         let mut cursor = 0;
         let mut kinds = Vec::new();
         for view in batches(&buf) {
-            let range = decoded
-                .batch(cursor, view.base_offset, view.last_offset)
-                .unwrap();
+            let range = decoded.batch(cursor, view.last_offset);
             // From every offset, as after a restart inside a batch.
             for from in view.base_offset..=view.last_offset + 1 {
                 let got: Vec<_> = decoded.inputs(&buf, range.clone(), from).collect();
@@ -309,12 +288,8 @@ mod tests {
                 "7"
             ]
         );
-        // Past the last batch, or a batch the table does not hold at the cursor: none.
-        assert_eq!(decoded.batch(cursor, 111, 112), None);
-        assert_eq!(decoded.batch(0, 103, 103), None);
-        // A chunk read without the read-ahead has no table.
-        decoded.clear();
-        assert!(!decoded.fits(buf.len()));
+        // Past the last batch: none.
+        assert!(decoded.batch(cursor, 112).is_empty());
         // Windows of fixed size: records decoded, keys left to the engine.
         let fixed = Preparer {
             hasher: None,

@@ -48,8 +48,8 @@ use tokio::sync::watch;
 
 use super::aggregate::{Aggregate, States};
 use super::checkpointer::{Checkpointer, Job, Outcome};
-use super::decoded::Decoded;
-use super::engine::{ClosedRow, Engine, Input, RowSink, Spec, Taken, TimeMode};
+use super::decoded::{Decoded, Preparer};
+use super::engine::{ClosedRow, Engine, RowSink, Spec, Taken, TimeMode};
 use super::key::{Filter, GroupBy};
 use super::late::LateSink;
 use super::output::{OutputRows, OutputTarget};
@@ -561,8 +561,8 @@ struct Source {
     /// Whole batches read and not yet taken, from `pos`.
     buf: Vec<u8>,
     pos: usize,
-    /// The records of `buf` prepared by the read-ahead, if it read `buf` (see
-    /// `decoded`), and where in it the batch at `pos` starts.
+    /// The records of `buf`, prepared (see `decoded`): by the read-ahead if it read
+    /// `buf`, else here; and where among them the batch at `pos` starts.
     decoded: Decoded,
     cursor: usize,
     /// The batch at `pos`: (append time, base offset, length).
@@ -581,7 +581,14 @@ impl Source {
     /// is at the head.
     /// `ahead`, if running, may have read the chunk already; when a chunk is taken and
     /// more is visible, it is asked for the next one (source `index`).
-    fn fill(&mut self, pipeline: &str, index: usize, mut ahead: Option<&mut ReadAhead>) -> bool {
+    /// `preparer` prepares a chunk's records when it reads the chunk itself.
+    fn fill(
+        &mut self,
+        pipeline: &str,
+        index: usize,
+        mut ahead: Option<&mut ReadAhead>,
+        preparer: &Preparer,
+    ) -> bool {
         if self.head.is_some() {
             return true;
         }
@@ -600,9 +607,13 @@ impl Source {
             {
                 Some(next) => Ok(next),
                 None => {
-                    self.decoded.clear();
-                    self.partition
-                        .read_batches(self.next, READ_CHUNK_BYTES, &mut self.buf)
+                    let read =
+                        self.partition
+                            .read_batches(self.next, READ_CHUNK_BYTES, &mut self.buf);
+                    if read.is_ok() {
+                        preparer.prepare(&self.buf, &mut self.decoded);
+                    }
+                    read
                 }
             };
             match read {
@@ -761,6 +772,9 @@ struct Task {
     /// The thread reading the sources' next chunks ahead, started by `run`; dropped
     /// (joined) when the task ends. `None`: the thread reads itself.
     ahead: Option<ReadAhead>,
+    /// Prepares the records of a chunk (the engine's filter, key and hasher), for the
+    /// read-ahead and for the chunks this thread reads itself.
+    preparer: Preparer,
     /// When an append last woke the idle thread (see [`WAKE_SPACING`]).
     last_woken: Instant,
     /// When the open rows last went to the view (see [`BEHIND_OPEN_ROWS_INTERVAL`]).
@@ -924,6 +938,7 @@ impl Task {
             sink,
         )
         .map_err(|e| crate::store::StoreError::Start(e.to_string()))?;
+        let preparer = engine.preparer();
         Ok(Task {
             metrics,
             name: config.name.clone(),
@@ -945,6 +960,7 @@ impl Task {
             catching_up: None,
             output,
             ahead: None,
+            preparer,
             last_woken: Instant::now(),
             open_published: Instant::now(),
             open_stale: false,
@@ -969,7 +985,7 @@ impl Task {
                 .iter()
                 .map(|s| Arc::clone(&s.partition))
                 .collect(),
-            self.engine.preparer(),
+            self.preparer.clone(),
         );
         self.catching_up = Some((
             Instant::now(),
@@ -1078,7 +1094,7 @@ impl Task {
         }
         let mut best: Option<(i64, usize, i64)> = None;
         for (i, s) in self.sources.iter_mut().enumerate() {
-            let filled = s.fill(&self.name, i, self.ahead.as_mut());
+            let filled = s.fill(&self.name, i, self.ahead.as_mut(), &self.preparer);
             Self::tell_loss(&mut self.engine, s, self.event_lead_ms);
             if !filled {
                 continue;
@@ -1099,39 +1115,17 @@ impl Task {
             return true;
         };
         let partition = s.partition.id;
-        // Read ahead: its records prepared already (see `decoded`); else decoded here.
-        let prepared = if s.decoded.fits(s.buf.len()) {
-            s.decoded
-                .batch(s.cursor, view.base_offset, view.last_offset)
-        } else {
-            None
-        };
+        let range = s.decoded.batch(s.cursor, view.last_offset);
+        let cursor = range.end;
+        let records = s.decoded.inputs(&s.buf, range, s.next);
         let mut late = self.late.as_mut();
-        let mut note_late = |input: &Input<'_>, taken: &Taken| {
-            if let (Some(late), Taken::Late) = (&mut late, taken) {
-                late.note(input.offset);
-            }
-        };
-        match prepared {
-            Some(range) => {
-                let end = range.end;
-                let records = s.decoded.inputs(&s.buf, range, s.next);
-                self.engine
-                    .process_batch(partition, view.append_ms, records, &mut note_late);
-                s.cursor = end;
-            }
-            None => {
-                let records = view.records_from(s.next).map(|r| Input {
-                    offset: r.offset,
-                    event_ms: r.timestamp_ms,
-                    event_type: r.event_type,
-                    envelope: r.value,
-                    prepared: None,
-                });
-                self.engine
-                    .process_batch(partition, view.append_ms, records, &mut note_late);
-            }
-        }
+        self.engine
+            .process_batch(partition, view.append_ms, records, |input, taken| {
+                if let (Some(late), Taken::Late) = (&mut late, taken) {
+                    late.note(input.offset);
+                }
+            });
+        s.cursor = cursor;
         if let Some(late) = late {
             late.take(&view);
         }
