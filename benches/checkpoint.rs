@@ -16,6 +16,7 @@ use weir::pipeline::engine::{Engine, Input, Spec, TimeMode};
 use weir::pipeline::key::{Filter, GroupBy};
 use weir::pipeline::runner::encode_checkpoint;
 use weir::pipeline::window::WindowKind;
+use weir::store::RowWrites;
 use weir::store::Store;
 
 const WINDOWS_CHANGED: usize = 100_000;
@@ -89,7 +90,7 @@ fn bench(c: &mut Criterion) {
             || engine(&envelopes),
             // The engine is returned so its drop is not timed.
             |mut e| {
-                let c = encode_checkpoint(&mut e, vec![0], Vec::new(), 0);
+                let c = encode_checkpoint(&mut e, vec![0], RowWrites::default(), false, 0);
                 (e, black_box(c))
             },
             BatchSize::PerIteration,
@@ -97,7 +98,15 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("commit_flush", |b| {
         b.iter_batched(
-            || encode_checkpoint(&mut engine(&envelopes), vec![0], Vec::new(), 0),
+            || {
+                encode_checkpoint(
+                    &mut engine(&envelopes),
+                    vec![0],
+                    RowWrites::default(),
+                    false,
+                    0,
+                )
+            },
             |ckpt| {
                 pipeline.commit(&ckpt).unwrap();
                 ckpt
@@ -109,7 +118,7 @@ fn bench(c: &mut Criterion) {
         b.iter_batched(
             || engine(&envelopes),
             |mut e| {
-                let ckpt = encode_checkpoint(&mut e, vec![0], Vec::new(), 0);
+                let ckpt = encode_checkpoint(&mut e, vec![0], RowWrites::default(), false, 0);
                 pipeline.commit(&ckpt).unwrap();
                 (e, ckpt)
             },
@@ -120,7 +129,7 @@ fn bench(c: &mut Criterion) {
     // One plain figure besides criterion's, for the notes.
     let mut e = engine(&envelopes);
     let t = Instant::now();
-    let ckpt = encode_checkpoint(&mut e, vec![0], Vec::new(), 0);
+    let ckpt = encode_checkpoint(&mut e, vec![0], RowWrites::default(), false, 0);
     let encoded = t.elapsed();
     pipeline.commit(&ckpt).unwrap();
     eprintln!(

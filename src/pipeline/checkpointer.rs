@@ -28,7 +28,7 @@ use super::output::{Outbox, OutputSink};
 use super::view::HotView;
 use crate::limits::CHECKPOINT_QUEUE;
 use crate::log::partition::Partition;
-use crate::store::{Checkpoint, PipelineStore, RowWrite};
+use crate::store::{Checkpoint, PipelineStore, RowWrites};
 
 /// Longest a checkpoint waits for its source offsets to become durable (`interval` and
 /// `never` topics); past it the checkpoint fails and is tried again next interval.
@@ -85,9 +85,9 @@ pub enum Outcome {
     /// Written. `spare` is its row list emptied, for the pipeline thread to fill next: a
     /// list of up to `PENDING_ROWS_MAX` rows is not regrown from empty (and its pages
     /// faulted in anew) per checkpoint.
-    Committed { spare: Vec<RowWrite> },
+    Committed { spare: RowWrites },
     /// Not written; the rows it held go into the next one.
-    Failed { rows: Vec<RowWrite> },
+    Failed { rows: RowWrites },
 }
 
 /// The pipeline thread's side of its checkpoint thread.
@@ -194,7 +194,9 @@ impl Checkpointer {
         self.in_flight = false;
         // A thread that died reported nothing: treat as failed, rows lost to the view's
         // finality only (they are re-derived from the log at the next start).
-        Some(got.unwrap_or(Outcome::Failed { rows: Vec::new() }))
+        Some(got.unwrap_or(Outcome::Failed {
+            rows: RowWrites::default(),
+        }))
     }
 
     /// Ends the thread after the job in flight; the caller has taken its outcome.
@@ -357,7 +359,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let job = |seq: u64, rows: Vec<RowWrite>| Job {
+        let job = |seq: u64, rows: RowWrites| Job {
             checkpoint: Checkpoint {
                 rows,
                 ..Checkpoint::default()
@@ -367,15 +369,9 @@ mod tests {
             late: Vec::new(),
             outbox: None,
         };
-        let mut states = Vec::new();
-        crate::store::codec::Writer(&mut states).states(&[AggState::Count(1)]);
-        let row = RowWrite {
-            start_ms: 0,
-            key: Arc::clone(&key),
-            end_ms: 10,
-            complete: true,
-            states,
-        };
+        let mut row = RowWrites::default();
+        let bucket = crate::store::cell_bucket(&key);
+        row.push(0, &key, bucket, 10, true, &[AggState::Count(1)]);
         let is_final = || {
             view.read(|v| {
                 v.key_window("a", crate::pipeline::view::Which::Latest)
@@ -383,16 +379,16 @@ mod tests {
             })
         };
         assert_eq!(is_final(), Some(false));
-        assert!(c.submit(job(1, vec![row])).is_none());
+        assert!(c.submit(job(1, row)).is_none());
         assert!(c.in_flight());
         assert!(
-            c.submit(job(2, Vec::new())).is_some(),
+            c.submit(job(2, RowWrites::default())).is_some(),
             "one in flight at most"
         );
         assert!(matches!(c.outcome(true), Some(Outcome::Committed { .. })));
         assert!(!c.in_flight());
         assert_eq!(is_final(), Some(true));
-        assert!(c.submit(job(2, Vec::new())).is_none());
+        assert!(c.submit(job(2, RowWrites::default())).is_none());
         assert!(c.outcome(true).is_some());
         c.finish();
         assert_eq!(store.pipeline("p").rows(10).unwrap().0.len(), 1);

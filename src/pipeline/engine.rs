@@ -12,7 +12,7 @@ use foldhash::HashMap;
 use std::sync::Arc;
 
 use super::aggregate::{AggFn, AggState, Aggregate, Position, States};
-use super::key::{Filter, GroupBy, KeyError};
+use super::key::{Filter, GroupBy, KeyError, cell_bucket};
 use super::view::Hint;
 use super::watermark::{self, Watermarks};
 use super::window::{LastPane, WindowKind};
@@ -99,6 +99,8 @@ pub struct ClosedRow {
     pub start_ms: i64,
     pub end_ms: i64,
     pub key: Arc<str>,
+    /// `cell_bucket` of the key: where the result store keeps its rows.
+    pub bucket: u16,
     /// One per aggregate, in spec order.
     pub values: States,
     /// False when events of the window may have been removed by retention unread.
@@ -795,6 +797,7 @@ impl Engine {
                 .extend(rows.into_iter().map(|(key, values)| ClosedRow {
                     start_ms: start,
                     end_ms: end,
+                    bucket: cell_bucket(&key),
                     key,
                     values,
                     complete,

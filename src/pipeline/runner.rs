@@ -65,7 +65,7 @@ use crate::log::partition::{Partition, ReadError, Visible};
 use crate::metrics as m;
 use crate::prefetch::AHEAD;
 use crate::store::codec::Writer;
-use crate::store::{CELL_BUCKETS, Checkpoint, PipelineStore, RowWrite, Store, cell_bucket};
+use crate::store::{CELL_BUCKETS, Checkpoint, PipelineStore, RowWrites, Store, cell_bucket};
 
 /// Bytes of whole batches read from one partition at a time. With a partition's next
 /// chunk read and prepared ahead on another core (`readahead`), a chunk is what the
@@ -171,7 +171,8 @@ pub fn spec_of(config: &PipelineConfig, partitions: usize) -> Spec {
 pub fn encode_checkpoint(
     engine: &mut Engine,
     offsets: Vec<i64>,
-    rows: Vec<RowWrite>,
+    rows: RowWrites,
+    rows_again: bool,
     retain_ms: i64,
 ) -> Checkpoint {
     let mut head = Vec::new();
@@ -271,6 +272,7 @@ pub fn encode_checkpoint(
         sessions,
         oldest_slot,
         rows,
+        rows_again,
         rows_before,
         rows_slot_ms: engine.spec().window.row_slot_ms(),
         outbox: None,
@@ -749,10 +751,13 @@ struct Task {
     checkpointer: Option<Checkpointer>,
     checkpoint_interval: Duration,
     /// Rows closed since the last checkpoint: written by the next, then final.
-    pending_rows: Vec<RowWrite>,
+    pending_rows: RowWrites,
     /// The last committed checkpoint's row list, emptied: `pending_rows` once the next
     /// checkpoint takes that (two lists go back and forth).
-    spare_rows: Vec<RowWrite>,
+    spare_rows: RowWrites,
+    /// `pending_rows` may hold rows a checkpoint wrote before: a failed one's (its batch
+    /// may have been applied), or, at the start, anything (see `Checkpoint::rows_again`).
+    rows_again: bool,
     /// The sequence number the next checkpoint handed over takes; rows closed now are
     /// final once it (or a later one, which holds them if it fails) is durable.
     checkpoint_seq: u64,
@@ -951,8 +956,11 @@ impl Task {
             event_lead_ms,
             checkpointer: Some(checkpointer),
             checkpoint_interval: config.checkpoint_interval,
-            pending_rows: Vec::new(),
-            spare_rows: Vec::new(),
+            pending_rows: RowWrites::default(),
+            spare_rows: RowWrites::default(),
+            // The store may hold rows the restored checkpoint's successors wrote and
+            // did not count (see `Checkpoint::rows_again`): the first one looks.
+            rows_again: true,
             checkpoint_seq: 1,
             pending_rows_max: pending_rows_max(),
             unsaved: true,
@@ -1198,23 +1206,17 @@ impl Task {
             if let Some((out, _)) = &mut self.output {
                 out.closed(c.start_ms, &c.key, c.end_ms, &c.values);
             }
-            let mut states = Vec::new();
-            Writer(&mut states).states(&c.values);
-            // The view finds the key in the row the checkpoint takes: no second count on
-            // its `Arc`, whose line is long out of cache by now.
+            // Encoded for the checkpoint now, while the key's text is in cache (the
+            // close just counted a reference to it).
+            self.pending_rows.push(
+                c.start_ms, &c.key, c.bucket, c.end_ms, c.complete, &c.values,
+            );
             rows.push((
                 c.start_ms,
-                self.pending_rows.len(),
+                c.key,
                 Row::closed(c.end_ms, c.values, c.complete, self.checkpoint_seq),
                 c.view,
             ));
-            self.pending_rows.push(RowWrite {
-                start_ms: c.start_ms,
-                key: c.key,
-                end_ms: c.end_ms,
-                complete: c.complete,
-                states,
-            });
         }
         let watermark = self.engine.watermark();
         let open_windows = self.engine.open_windows();
@@ -1247,7 +1249,7 @@ impl Task {
             #[allow(clippy::cast_precision_loss, reason = "a gauge")]
             g.set((s.partition.visible().end_offset - s.next).max(0) as f64);
         }
-        let (engine, output, pending) = (&mut self.engine, &mut self.output, &self.pending_rows);
+        let (engine, output) = (&mut self.engine, &mut self.output);
         let view_rows = self.view.write(|v| {
             for (start, key) in &removed {
                 v.remove(*start, key);
@@ -1261,12 +1263,12 @@ impl Task {
                 });
             }
             let mut rows = rows.drain(..);
-            while let Some((start, row_at, row, at)) = rows.next() {
+            while let Some((start, key, row, at)) = rows.next() {
                 // The hints of the rows `n` places on, among those not applied yet.
                 let ahead = rows.as_slice();
                 let hint = |n: usize| ahead.get(n - 1).map_or(Hint::NONE, |r| r.3);
                 v.prefetch_ahead(hint(AHEAD), hint(AHEAD / 2));
-                v.upsert_hinted(start, &pending[row_at].key, row, at);
+                v.upsert_hinted(start, &key, row, at);
             }
             v.watermark = watermark;
             v.open_windows = open_windows;
@@ -1320,6 +1322,7 @@ impl Task {
             &mut self.engine,
             offsets,
             std::mem::replace(&mut self.pending_rows, std::mem::take(&mut self.spare_rows)),
+            self.rows_again,
             self.retain_ms,
         );
         let late = self.late.as_ref().map(LateSink::ends).unwrap_or_default();
@@ -1337,7 +1340,10 @@ impl Task {
             }
             Some(job) => {
                 // Not handed over (the thread is gone): keep everything for the next.
-                self.pending_rows = job.checkpoint.rows;
+                let mut rows = job.checkpoint.rows;
+                rows.append(&mut self.pending_rows);
+                self.pending_rows = rows;
+                self.rows_again = true;
                 self.engine.mark_all_unsaved();
                 if let Some((o, _)) = &mut self.output {
                     o.failed();
@@ -1358,6 +1364,8 @@ impl Task {
             Some(Outcome::Failed { mut rows }) => {
                 rows.append(&mut self.pending_rows);
                 self.pending_rows = rows;
+                // Its batch may have been applied: the next looks for its rows.
+                self.rows_again = true;
                 self.engine.mark_all_unsaved();
                 self.unsaved = true;
                 if let Some((o, _)) = &mut self.output {
@@ -1365,6 +1373,8 @@ impl Task {
                 }
             }
             Some(Outcome::Committed { spare }) => {
+                // Everything it held is written; rows closed since are new.
+                self.rows_again = false;
                 // Kept while rows close at a rebuild's pace; once they close at a live
                 // pace, a list a rebuild grew is given back.
                 if spare.capacity() <= SPARE_ROWS_KEEP.max(4 * self.pending_rows.len()) {
@@ -1448,10 +1458,9 @@ impl RowSink for OpenRows<'_> {
     }
 }
 
-/// A closed row for the view: window start, its place in `Task::pending_rows` (which
-/// holds its key), the row, and where the view holds the key's rows (sessions), if the
-/// engine knows.
-type Publish = (i64, usize, Row, Hint);
+/// A closed row for the view: window start, key, the row, and where the view holds the
+/// key's rows (sessions), if the engine knows.
+type Publish = (i64, Arc<str>, Row, Hint);
 
 /// Rows a spare row list keeps room for whatever the pace (see `Task::collect`).
 const SPARE_ROWS_KEEP: usize = 4096;

@@ -17,7 +17,7 @@
 //!   its bucket in the same batch as the rest (an empty bucket is removed);
 //! - `r` + slot (8 bytes, order-preserving) + bucket (2 bytes BE): the closed rows of the
 //!   slot whose key falls in the bucket, each as key, start, end, complete (1 or 0), then
-//!   the states (see `write_row`). The slot is the window start for aligned windows
+//!   the states (see [`RowWrites`]). The slot is the window start for aligned windows
 //!   (tumbling, hopping) and the start rounded down to the gap for sessions (the `s`
 //!   slots), so a session slot's rows close over several checkpoints: a checkpoint reads
 //!   each (slot, bucket) it has rows for and writes it merged, a row of the same (start,
@@ -301,18 +301,6 @@ fn sort_newest_first(rows: &mut [StoredRow]) {
     rows.sort_unstable_by(|a, b| (b.start_ms, &b.key).cmp(&(a.start_ms, &a.key)));
 }
 
-/// Appends a closed row to a row bucket's value: `Writer::bytes(key)`, start, end
-/// (`Writer::i64`), complete (`Writer::u8`, 1 or 0), then `Writer::bytes(states)`, the
-/// encoded states length-prefixed so a merge copies a row without decoding them.
-fn write_row(out: &mut Vec<u8>, row: &RowWrite) {
-    let mut w = Writer(out);
-    w.bytes(row.key.as_bytes());
-    w.i64(row.start_ms);
-    w.i64(row.end_ms);
-    w.u8(u8::from(row.complete));
-    w.bytes(&row.states);
-}
-
 /// One row of a row bucket's value, its states not decoded yet.
 struct RowEntry<'a> {
     key: &'a str,
@@ -406,14 +394,94 @@ pub struct StoredRow {
     pub complete: bool,
 }
 
-/// A closed row as a checkpoint writes it.
-pub struct RowWrite {
-    pub start_ms: i64,
-    pub key: Arc<str>,
-    pub end_ms: i64,
-    pub complete: bool,
-    /// The encoded states.
-    pub states: Vec<u8>,
+/// Closed rows on their way to a checkpoint, each already encoded as a row bucket holds
+/// it, in one buffer: `Writer::bytes(key)`, start, end (`Writer::i64`), complete
+/// (`Writer::u8`, 1 or 0), then the states (`Writer::states`) length-prefixed, so a merge
+/// copies a row without decoding them. The pipeline thread encodes a row as it closes
+/// (the key's text is in cache then) and the checkpoint thread copies bytes: no look at
+/// the key there, no allocation per row.
+#[derive(Default)]
+pub struct RowWrites {
+    bytes: Vec<u8>,
+    rows: Vec<RowAt>,
+}
+
+/// Where a row of [`RowWrites`] is.
+#[derive(Clone, Copy)]
+struct RowAt {
+    start_ms: i64,
+    /// The end of its bytes (they begin where the row before ends).
+    end: usize,
+    /// `cell_bucket` of its key.
+    bucket: u16,
+}
+
+impl RowWrites {
+    /// Adds the row of (window `start_ms`, `key`); `bucket` is `cell_bucket(key)`.
+    pub fn push(
+        &mut self,
+        start_ms: i64,
+        key: &str,
+        bucket: u16,
+        end_ms: i64,
+        complete: bool,
+        states: &[AggState],
+    ) {
+        debug_assert_eq!(bucket, cell_bucket(key));
+        let mut w = Writer(&mut self.bytes);
+        w.bytes(key.as_bytes());
+        w.i64(start_ms);
+        w.i64(end_ms);
+        w.u8(u8::from(complete));
+        // `Writer::bytes` of the states, its length set once they are written.
+        let len_at = self.bytes.len();
+        Writer(&mut self.bytes).u64(0);
+        Writer(&mut self.bytes).states(states);
+        let len = (self.bytes.len() - len_at - 8) as u64;
+        self.bytes[len_at..len_at + 8].copy_from_slice(&len.to_le_bytes());
+        self.rows.push(RowAt {
+            start_ms,
+            end: self.bytes.len(),
+            bucket,
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Rows held without growing.
+    pub fn capacity(&self) -> usize {
+        self.rows.capacity()
+    }
+
+    /// Empties it, keeping its allocations.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.rows.clear();
+    }
+
+    /// Moves the rows of `later` after these.
+    pub fn append(&mut self, later: &mut RowWrites) {
+        let base = self.bytes.len();
+        self.bytes.extend_from_slice(&later.bytes);
+        self.rows.extend(later.rows.iter().map(|r| RowAt {
+            end: base + r.end,
+            ..*r
+        }));
+        later.clear();
+    }
+
+    /// Row `i`: its start, its bucket and its encoded bytes.
+    fn get(&self, i: usize) -> (i64, u16, &[u8]) {
+        let from = i.checked_sub(1).map_or(0, |p| self.rows[p].end);
+        let r = self.rows[i];
+        (r.start_ms, r.bucket, &self.bytes[from..r.end])
+    }
 }
 
 /// What one checkpoint writes.
@@ -433,7 +501,12 @@ pub struct Checkpoint {
     /// Session buckets of slots before this are deleted (`None`: every one).
     pub oldest_slot: Option<i64>,
     /// Rows closed since the last checkpoint.
-    pub rows: Vec<RowWrite>,
+    pub rows: RowWrites,
+    /// `rows` may hold rows written before (a failed checkpoint's, sent again; the first
+    /// checkpoint after a start): a row then replaces a stored one of the same (start,
+    /// key), and of two in `rows` the later wins. Otherwise every row is new (a window
+    /// closes once) and is appended without a look at the stored ones.
+    pub rows_again: bool,
     /// Rows of windows starting before this are deleted: whole slots, so for session
     /// windows only the slots whose newest possible start is before it (see the module
     /// doc).
@@ -766,60 +839,74 @@ impl PipelineStore {
     }
 
     /// Adds the rows closed since the last checkpoint to `batch`, a value per (slot,
-    /// bucket): each group's stored value is read and merged with its new rows, a row of
-    /// the same (start, key) replacing the stored one (a failed checkpoint's rows come
-    /// again in the next). Reading then writing is safe: only the pipeline's checkpoint
-    /// thread writes its rows, one checkpoint at a time, and nothing else changes them
-    /// between the read and the batch (the deletion of expired slots is in the same
-    /// batch, and a merged slot it deletes is deleted, as before).
+    /// bucket): each group's stored value is read and the new rows appended to it (with
+    /// `rows_again`, a row of the same (start, key) replacing the stored one). Reading
+    /// then writing is safe: only the pipeline's checkpoint thread writes its rows, one
+    /// checkpoint at a time, and nothing else changes them between the read and the batch
+    /// (the deletion of expired slots is in the same batch, and a merged slot it deletes
+    /// is deleted, as before).
     fn merge_rows(
         &self,
         tree: &sled::Tree,
         batch: &mut sled::Batch,
         c: &Checkpoint,
     ) -> Result<(), StoreError> {
-        let mut groups: std::collections::BTreeMap<(i64, u16), Vec<&RowWrite>> =
-            std::collections::BTreeMap::new();
-        for row in &c.rows {
-            let slot = match c.rows_slot_ms {
-                Some(gap) => slot_of(row.start_ms, gap.max(1)),
-                None => row.start_ms,
-            };
-            groups
-                .entry((slot, cell_bucket(&row.key)))
-                .or_default()
-                .push(row);
-        }
+        let rows = &c.rows;
+        // (slot, bucket, row): a run per group, its rows in the order they closed.
+        let mut order: Vec<(i64, u16, u32)> = (0..rows.len())
+            .map(|i| {
+                let (start, bucket, _) = rows.get(i);
+                let slot = match c.rows_slot_ms {
+                    Some(gap) => slot_of(start, gap.max(1)),
+                    None => start,
+                };
+                (
+                    slot,
+                    bucket,
+                    u32::try_from(i).expect("fewer rows than u32::MAX"),
+                )
+            })
+            .collect();
+        order.sort_unstable();
         let expired = |slot: i64| c.rows_kept_from().is_some_and(|kept| slot < kept);
         let mut fresh: hashbrown::HashSet<(i64, &str), foldhash::fast::RandomState> =
             hashbrown::HashSet::default();
-        for ((slot, bucket), mut rows) in groups {
+        let mut again: Vec<&[u8]> = Vec::new();
+        for group in order.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+            let (slot, bucket, _) = group[0];
             if expired(slot) {
                 continue;
             }
             let k = self.key(b'r', Some(slot), &bucket.to_be_bytes());
             let stored = tree.get(&k)?;
-            // The last of two rows of one (start, key) in a checkpoint wins.
-            fresh.clear();
-            rows.reverse();
-            rows.retain(|r| fresh.insert((r.start_ms, &*r.key)));
-            rows.reverse();
             let stored = stored.as_deref().unwrap_or_default();
-            let mut v = Vec::with_capacity(
-                stored.len()
-                    + rows
-                        .iter()
-                        .map(|r| 41 + r.key.len() + r.states.len())
-                        .sum::<usize>(),
-            );
-            for entry in RowEntries(Reader(stored)) {
-                let entry = entry?;
-                if !fresh.contains(&(entry.start_ms, entry.key)) {
-                    v.extend_from_slice(entry.raw);
+            let new_len: usize = group.iter().map(|g| rows.get(g.2 as usize).2.len()).sum();
+            let mut v = Vec::with_capacity(stored.len() + new_len);
+            if c.rows_again {
+                // The last of two rows of one (start, key) wins, over a stored one too.
+                fresh.clear();
+                again.clear();
+                for g in group.iter().rev() {
+                    let raw = rows.get(g.2 as usize).2;
+                    let entry = RowEntries(Reader(raw)).next().ok_or(CodecError("row"))??;
+                    if fresh.insert((entry.start_ms, entry.key)) {
+                        again.push(raw);
+                    }
                 }
-            }
-            for row in rows {
-                write_row(&mut v, row);
+                for entry in RowEntries(Reader(stored)) {
+                    let entry = entry?;
+                    if !fresh.contains(&(entry.start_ms, entry.key)) {
+                        v.extend_from_slice(entry.raw);
+                    }
+                }
+                for raw in again.iter().rev() {
+                    v.extend_from_slice(raw);
+                }
+            } else {
+                v.extend_from_slice(stored);
+                for g in group {
+                    v.extend_from_slice(rows.get(g.2 as usize).2);
+                }
             }
             batch.insert(k, v);
         }
@@ -875,11 +962,6 @@ mod tests {
         };
         let mut h = Vec::new();
         Writer(&mut h).head(&head);
-        let states = |n| {
-            let mut b = Vec::new();
-            Writer(&mut b).states(&[AggState::Count(n)]);
-            b
-        };
         let commit = |oldest, cells: Vec<(i64, &str, u64)>| {
             p.commit(&Checkpoint {
                 offsets: vec![4, 7],
@@ -897,13 +979,13 @@ mod tests {
                 oldest_pane: oldest,
                 sessions: Vec::new(),
                 oldest_slot: None,
-                rows: vec![RowWrite {
-                    start_ms: 0,
-                    key: Arc::from("a"),
-                    end_ms: 10,
-                    complete: false,
-                    states: states(9),
-                }],
+                rows: {
+                    let mut rows = RowWrites::default();
+                    rows.push(0, "a", cell_bucket("a"), 10, false, &[AggState::Count(9)]);
+                    rows
+                },
+                // Both commits write the row.
+                rows_again: true,
                 rows_before: None,
                 rows_slot_ms: None,
                 outbox: None,
@@ -965,13 +1047,19 @@ mod tests {
         p.commit(&Checkpoint {
             offsets: vec![1],
             head: Vec::new(),
-            rows: vec![
-                row_write(0, "a", 1),
-                row_write(0, "b", 2),
-                row_write(10, "a", 3),
-                row_write(20, "a", 4),
-                row_write(20, "b", 5),
-            ],
+            rows: {
+                let mut rows = RowWrites::default();
+                for (start, key, n) in [
+                    (0, "a", 1),
+                    (0, "b", 2),
+                    (10, "a", 3),
+                    (20, "a", 4),
+                    (20, "b", 5),
+                ] {
+                    rows.append(&mut row_write(start, key, n));
+                }
+                rows
+            },
             ..Checkpoint::default()
         })
         .unwrap();
@@ -1003,27 +1091,45 @@ mod tests {
         );
     }
 
-    fn row_write(start_ms: i64, key: &str, n: u64) -> RowWrite {
-        let mut states = Vec::new();
-        Writer(&mut states).states(&[AggState::Count(n)]);
-        RowWrite {
+    fn row_write(start_ms: i64, key: &str, n: u64) -> RowWrites {
+        let mut rows = RowWrites::default();
+        let states = [AggState::Count(n)];
+        let complete = !n.is_multiple_of(5);
+        rows.push(
             start_ms,
-            key: Arc::from(key),
-            end_ms: start_ms + 7,
-            complete: !n.is_multiple_of(5),
-            states,
-        }
+            key,
+            cell_bucket(key),
+            start_ms + 7,
+            complete,
+            &states,
+        );
+        rows
     }
 
     fn commit_rows(
         p: &PipelineStore,
-        rows: Vec<RowWrite>,
+        rows: Vec<RowWrites>,
         rows_slot_ms: Option<i64>,
         rows_before: Option<i64>,
     ) {
+        commit_rows_again(p, rows, rows_slot_ms, rows_before, false);
+    }
+
+    fn commit_rows_again(
+        p: &PipelineStore,
+        rows: Vec<RowWrites>,
+        rows_slot_ms: Option<i64>,
+        rows_before: Option<i64>,
+        rows_again: bool,
+    ) {
+        let mut all = RowWrites::default();
+        for mut r in rows {
+            all.append(&mut r);
+        }
         p.commit(&Checkpoint {
             offsets: vec![1],
-            rows,
+            rows: all,
+            rows_again,
             rows_slot_ms,
             rows_before,
             ..Checkpoint::default()
@@ -1048,8 +1154,8 @@ mod tests {
     }
 
     /// Session rows of one slot close over several checkpoints: each merges into the
-    /// slot's buckets; a row written again (a failed checkpoint's, resent) replaces the
-    /// stored one, also twice in one checkpoint.
+    /// slot's buckets; a row written again (a failed checkpoint's, resent: `rows_again`)
+    /// replaces the stored one, also twice in one checkpoint.
     #[test]
     fn rows_of_a_slot_merge_over_checkpoints_and_a_rewrite_replaces() {
         let dir = tempfile::tempdir().unwrap();
@@ -1068,7 +1174,7 @@ mod tests {
             gap,
             None,
         );
-        commit_rows(
+        commit_rows_again(
             &p,
             vec![
                 row_write(5, "b", 20),
@@ -1077,6 +1183,7 @@ mod tests {
             ],
             gap,
             None,
+            true,
         );
         let (rows, left_out) = p.rows(100).unwrap();
         assert_eq!(left_out, None);
@@ -1111,10 +1218,16 @@ mod tests {
 
     /// The answers of the rows of one bucket per (slot, bucket) equal those of the layout
     /// of a key per row (a model: one map entry per (start, key)), for mixed starts and
-    /// keys written over several checkpoints, aligned and session windows.
+    /// keys written over several checkpoints, aligned and session windows: each row new
+    /// (appended), or rows written again (`rows_again`: the last one stands).
     #[test]
     fn bucketed_rows_answer_as_a_key_per_row() {
-        for slot_ms in [None, Some(30)] {
+        for (slot_ms, rows_again) in [
+            (None, false),
+            (Some(30), false),
+            (None, true),
+            (Some(30), true),
+        ] {
             let dir = tempfile::tempdir().unwrap();
             let store = Store::open(dir.path(), 1 << 20).unwrap();
             let p = store.pipeline("p");
@@ -1141,11 +1254,14 @@ mod tests {
                     };
                     let key = &keys[usize::try_from(next(40)).unwrap()];
                     let n = next(1000);
-                    let r = row_write(start, key, n);
-                    model.insert((start, key.clone()), (r.end_ms, r.complete, n));
-                    rows.push(r);
+                    if !rows_again && model.contains_key(&(start, key.clone())) {
+                        // A window closes once.
+                        continue;
+                    }
+                    model.insert((start, key.clone()), (start + 7, !n.is_multiple_of(5), n));
+                    rows.push(row_write(start, key, n));
                 }
-                commit_rows(&p, rows, slot_ms, None);
+                commit_rows_again(&p, rows, slot_ms, None, rows_again);
             }
             let all: Seen = model
                 .iter()

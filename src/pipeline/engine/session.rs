@@ -607,6 +607,7 @@ impl Engine {
                 start_ms: s.start,
                 end_ms: s.end,
                 key: Arc::clone(&k.key),
+                bucket: self.key_buckets[id as usize],
                 values: s.states,
                 complete,
                 view: k.view,
