@@ -376,8 +376,17 @@ impl ViewState {
     /// The row of (`start`, the key in `slot`), if held.
     fn row(&self, start: i64, slot: u32) -> Option<&Row> {
         let rows = &self.slots.get(slot as usize)?.rows;
-        let i = rows.binary_search_by_key(&start, |(s, _)| *s).ok()?;
+        let i = Self::find(rows, start)?;
         Some(&rows[i].1)
+    }
+
+    /// Where `rows` hold `start`: first the oldest, which prune asks for (it goes oldest
+    /// window first), without a search.
+    fn find(rows: &VecDeque<(i64, Row)>, start: i64) -> Option<usize> {
+        match rows.front() {
+            Some((s, _)) if *s == start => Some(0),
+            _ => rows.binary_search_by_key(&start, |(s, _)| *s).ok(),
+        }
     }
 
     /// Drops windows whose end + `retain_ms` is at or behind the watermark, then, while
@@ -463,7 +472,7 @@ impl ViewState {
         for slot in slots {
             let rows = &mut self.slots[*slot as usize].rows;
             // The oldest start held: the first row of the key.
-            if let Ok(i) = rows.binary_search_by_key(&start, |(s, _)| *s) {
+            if let Some(i) = Self::find(rows, start) {
                 rows.remove(i);
                 self.rows -= 1;
             }
