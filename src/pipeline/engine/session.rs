@@ -195,10 +195,18 @@ impl Changed {
 /// Sessions to close, by end: buckets of [`CLOSE_BUCKET_MS`] of end time, each a list of
 /// (end, start, key id) sorted once the watermark reaches into it ([`LazySorted`]). An
 /// entry is packed into one `u128` ordered as the triple (see [`Bucket::pack`]), so that
-/// sort compares integers.
+/// sort compares integers. A push (one per session opened, and per close found early)
+/// finds its bucket by hash; closing takes the first of the ordered map of buckets, which
+/// changes only when a bucket is made or emptied, about once a second of end time.
 #[derive(Debug, Default)]
 pub(super) struct CloseQueue {
-    buckets: BTreeMap<i64, LazySorted<u128>>,
+    /// Bucket index -> its place in `slab`.
+    by_index: foldhash::HashMap<i64, usize>,
+    /// The same, smallest index first.
+    order: BTreeMap<i64, usize>,
+    slab: Vec<LazySorted<u128>>,
+    /// Places in `slab` of buckets emptied.
+    free: Vec<usize>,
 }
 
 /// The packing of a close-queue entry.
@@ -233,14 +241,26 @@ impl CloseQueue {
     pub(super) fn push(&mut self, entry: (i64, i64, u32)) {
         let index = entry.0.div_euclid(CLOSE_BUCKET_MS);
         let packed = Bucket::pack(index.saturating_mul(CLOSE_BUCKET_MS), entry);
+        let at = match self.by_index.entry(index) {
+            std::collections::hash_map::Entry::Occupied(e) => *e.get(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let at = self.free.pop().unwrap_or_else(|| {
+                    self.slab.push(LazySorted::default());
+                    self.slab.len() - 1
+                });
+                self.order.insert(index, at);
+                *e.insert(at)
+            }
+        };
         // Into its place if the bucket is being closed (a grown session queued again).
-        self.buckets.entry(index).or_default().add(packed);
+        self.slab[at].add(packed);
     }
 
     /// The key id of the entry `n` places after the smallest, if the front bucket is
     /// sorted and holds it: what a close takes soon, for its slot to be asked for.
     fn peek(&self, n: usize) -> Option<u32> {
-        let (_, b) = self.buckets.first_key_value()?;
+        let (_, &at) = self.order.first_key_value()?;
+        let b = &self.slab[at];
         if !b.is_sorted() {
             return None;
         }
@@ -252,12 +272,15 @@ impl CloseQueue {
     /// Takes the smallest entry if its end is at or before `through`.
     fn pop_through(&mut self, through: i64) -> Option<(i64, i64, u32)> {
         loop {
-            let mut first = self.buckets.first_entry()?;
-            let base = first.key().saturating_mul(CLOSE_BUCKET_MS);
-            let b = first.get_mut();
+            let (&index, &at) = self.order.first_key_value()?;
+            let base = index.saturating_mul(CLOSE_BUCKET_MS);
+            let b = &mut self.slab[at];
             match b.sorted().last() {
                 None => {
-                    first.remove();
+                    *b = LazySorted::default();
+                    self.order.pop_first();
+                    self.by_index.remove(&index);
+                    self.free.push(at);
                 }
                 Some(e) if Bucket::unpack(base, *e).0 <= through => {
                     return b.pop().map(|e| Bucket::unpack(base, e));
@@ -785,6 +808,30 @@ mod close_queue_tests {
                 (1_900, 0, 0),
                 (5_000, 1, 1)
             ]
+        );
+    }
+
+    /// A bucket emptied and left is made again when an entry falls in it later, and a
+    /// far bucket (an event time years ahead) waits its turn behind near ones.
+    #[test]
+    fn emptied_buckets_come_back_and_far_ones_wait() {
+        let mut q = CloseQueue::default();
+        let far = 1 << 50;
+        q.push((far, 0, 1));
+        q.push((2_500, 0, 2));
+        assert_eq!(q.pop_through(3_000), Some((2_500, 0, 2)));
+        assert_eq!(q.pop_through(3_000), None);
+        q.push((2_100, 1, 3));
+        q.push((1_000, 1, 4));
+        assert_eq!(q.peek(0), None, "the front bucket is not sorted yet");
+        assert_eq!(q.pop_through(far - 1), Some((1_000, 1, 4)));
+        assert_eq!(q.pop_through(far - 1), Some((2_100, 1, 3)));
+        assert_eq!(q.pop_through(far - 1), None);
+        assert_eq!(q.pop_through(far), Some((far, 0, 1)));
+        assert_eq!(q.pop_through(i64::MAX), None);
+        assert!(
+            q.by_index.is_empty() && q.order.is_empty() && q.free.len() == q.slab.len(),
+            "nothing left behind"
         );
     }
 
