@@ -958,8 +958,9 @@ impl Task {
             checkpoint_interval: config.checkpoint_interval,
             pending_rows: RowWrites::default(),
             spare_rows: RowWrites::default(),
-            // The store may hold rows the restored checkpoint's successors wrote and
-            // did not count (see `Checkpoint::rows_again`): the first one looks.
+            // The first checkpoint after a start looks at the stored rows, though none
+            // should repeat (sled keeps a batch whole or not at all, its head with it):
+            // a start costs one merge that decodes (see `Checkpoint::rows_again`).
             rows_again: true,
             checkpoint_seq: 1,
             pending_rows_max: pending_rows_max(),
