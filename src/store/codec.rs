@@ -36,6 +36,15 @@ impl Writer<'_> {
         self.u64(b.len() as u64);
         self.0.extend_from_slice(b);
     }
+    /// What `write` writes, as [`bytes`](Self::bytes) would write it (read back by
+    /// `Reader::bytes`), without a buffer of its own: the length is set after.
+    pub fn bytes_with(&mut self, write: impl FnOnce(&mut Writer<'_>)) {
+        let at = self.0.len();
+        self.u64(0);
+        write(self);
+        let len = (self.0.len() - at - 8) as u64;
+        self.0[at..at + 8].copy_from_slice(&len.to_le_bytes());
+    }
     fn num(&mut self, n: Option<Num>) {
         match n {
             None => self.u8(0),
@@ -332,6 +341,18 @@ mod tests {
     use super::*;
 
     use crate::pipeline::aggregate::AggFn;
+
+    /// `bytes_with` writes what `bytes` of a buffer written apart would.
+    #[test]
+    fn bytes_with_equals_bytes_of_a_buffer() {
+        let states = [AggState::Count(7), AggState::Count(u64::MAX)];
+        let mut apart = Vec::new();
+        Writer(&mut apart).states(&states);
+        let (mut want, mut got) = (vec![1u8], vec![1u8]);
+        Writer(&mut want).bytes(&apart);
+        Writer(&mut got).bytes_with(|w| w.states(&states));
+        assert_eq!(got, want);
+    }
 
     /// A sketch state of `n` values, sparse or dense by `n`.
     fn sketch_of(func: AggFn, n: i64) -> AggState {

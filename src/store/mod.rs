@@ -433,12 +433,7 @@ impl RowWrites {
         w.i64(start_ms);
         w.i64(end_ms);
         w.u8(u8::from(complete));
-        // `Writer::bytes` of the states, its length set once they are written.
-        let len_at = self.bytes.len();
-        Writer(&mut self.bytes).u64(0);
-        Writer(&mut self.bytes).states(states);
-        let len = (self.bytes.len() - len_at - 8) as u64;
-        self.bytes[len_at..len_at + 8].copy_from_slice(&len.to_le_bytes());
+        w.bytes_with(|w| w.states(states));
         self.rows.push(RowAt {
             start_ms,
             end: self.bytes.len(),
