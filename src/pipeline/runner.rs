@@ -1339,17 +1339,8 @@ impl Task {
                 self.unsaved = false;
                 self.checkpoint_seq += 1;
             }
-            Some(job) => {
-                // Not handed over (the thread is gone): keep everything for the next.
-                let mut rows = job.checkpoint.rows;
-                rows.append(&mut self.pending_rows);
-                self.pending_rows = rows;
-                self.rows_again = true;
-                self.engine.mark_all_unsaved();
-                if let Some((o, _)) = &mut self.output {
-                    o.failed();
-                }
-            }
+            // Not handed over (the thread is gone): keep everything for the next.
+            Some(job) => self.not_written(job.checkpoint.rows),
         }
         true
     }
@@ -1362,17 +1353,7 @@ impl Task {
             return;
         };
         match checkpointer.outcome(wait) {
-            Some(Outcome::Failed { mut rows }) => {
-                rows.append(&mut self.pending_rows);
-                self.pending_rows = rows;
-                // Its batch may have been applied: the next looks for its rows.
-                self.rows_again = true;
-                self.engine.mark_all_unsaved();
-                self.unsaved = true;
-                if let Some((o, _)) = &mut self.output {
-                    o.failed();
-                }
-            }
+            Some(Outcome::Failed { rows }) => self.not_written(rows),
             Some(Outcome::Committed { spare }) => {
                 // Everything it held is written; rows closed since are new.
                 self.rows_again = false;
@@ -1386,6 +1367,20 @@ impl Task {
                 }
             }
             None => {}
+        }
+    }
+
+    /// A checkpoint was not written: the next one writes its `rows` (before those closed
+    /// since) and every cell again. Its batch may have been applied, so the next looks
+    /// for its rows among the stored ones (`rows_again`).
+    fn not_written(&mut self, mut rows: RowWrites) {
+        rows.append(&mut self.pending_rows);
+        self.pending_rows = rows;
+        self.rows_again = true;
+        self.engine.mark_all_unsaved();
+        self.unsaved = true;
+        if let Some((o, _)) = &mut self.output {
+            o.failed();
         }
     }
 
