@@ -602,6 +602,14 @@ impl Engine {
             {
                 let counts = 2 * std::mem::size_of::<usize>();
                 prefetch(Arc::as_ptr(&k.key).cast::<u8>().wrapping_sub(counts));
+                // A key with a session past this one (most closing keys have opened
+                // another within the lateness) holds its list on the heap: the search
+                // below reads it.
+                if k.list.spilled() {
+                    for s in k.list.iter().take(2) {
+                        prefetch_all(s);
+                    }
+                }
             }
             let Some(k) = self.keyed.get_mut(id as usize) else {
                 continue;
