@@ -580,11 +580,8 @@ impl Engine {
             && ahead.key.is_ok()
             && let Some(id) = self.key_index.candidate(ahead.hash)
             && let Some(k) = self.keyed.get(id as usize)
-            && k.list.spilled()
         {
-            for s in k.list.iter().take(2) {
-                prefetch_all(s);
-            }
+            k.prefetch_sessions();
         }
     }
 
@@ -908,13 +905,18 @@ impl Engine {
                 if let Some((_, far)) = changed.get(i + 2 * AHEAD) {
                     prefetch_all(self.keyed.as_ptr().wrapping_add(*far as usize));
                 }
-                let hint = |at: usize| {
+                let slot = |at: usize| {
                     changed
                         .get(at)
                         .and_then(|(_, id)| self.keyed.get(*id as usize))
-                        .map_or(Hint::NONE, |k| k.view)
                 };
-                sink.ahead(hint(i + AHEAD), hint(i + AHEAD / 2));
+                let near = slot(i + AHEAD / 2);
+                if let Some(k) = near {
+                    // Its sessions, which the search below reads, when on the heap.
+                    k.prefetch_sessions();
+                }
+                let hint = |k: Option<&session::Keyed>| k.map_or(Hint::NONE, |k| k.view);
+                sink.ahead(hint(slot(i + AHEAD)), hint(near));
                 // An id is not reused before `take_unsaved`; if it was since, a session of
                 // the new key at this start is listed too and visited once (`dirty`).
                 let Some(k) = self.keyed.get_mut(id as usize) else {

@@ -95,6 +95,17 @@ impl Keyed {
         short_eq(self.text(), text.as_bytes())
     }
 
+    /// Asks for the key's open sessions when they live outside its slot (more than one
+    /// open: common, a session stays open for `gap` + `allowed_lateness` after its last
+    /// event). Reads the slot: for when it is in cache, asked for earlier.
+    pub(super) fn prefetch_sessions(&self) {
+        if self.list.spilled() {
+            for s in self.list.iter().take(2) {
+                prefetch_all(s);
+            }
+        }
+    }
+
     /// The key's text, from the slot itself when it fits (no read through the `Arc`).
     fn text(&self) -> &[u8] {
         self.short.get().unwrap_or(self.key.as_bytes())
@@ -177,6 +188,9 @@ impl Changed {
         if std::mem::take(&mut self.all) {
             list.clear();
             for (id, k) in (0u32..).zip(keyed) {
+                if let Some(ahead) = keyed.get(id as usize + AHEAD) {
+                    ahead.prefetch_sessions();
+                }
                 list.extend(k.list.iter().filter(|s| s.dirty).map(|s| (s.start, id)));
             }
         }
@@ -602,14 +616,9 @@ impl Engine {
             {
                 let counts = 2 * std::mem::size_of::<usize>();
                 prefetch(Arc::as_ptr(&k.key).cast::<u8>().wrapping_sub(counts));
-                // A key with a session past this one (most closing keys have opened
-                // another within the lateness) holds its list on the heap: the search
-                // below reads it.
-                if k.list.spilled() {
-                    for s in k.list.iter().take(2) {
-                        prefetch_all(s);
-                    }
-                }
+                // Most closing keys have opened another session within the lateness:
+                // their list is on the heap, and the search below reads it.
+                k.prefetch_sessions();
             }
             let Some(k) = self.keyed.get_mut(id as usize) else {
                 continue;
