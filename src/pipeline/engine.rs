@@ -107,6 +107,14 @@ pub struct ClosedRow {
     pub complete: bool,
     /// Where the hot view holds the key's rows, if the engine knows (sessions).
     pub view: Hint,
+    /// The key's id in the session engine, for the view's answer to go back to
+    /// ([`Engine::view_moved`]); [`ClosedRow::NO_ID`] for windows of fixed size.
+    pub id: u32,
+}
+
+impl ClosedRow {
+    /// The `id` of a row with no key slot to tell.
+    pub const NO_ID: u32 = u32::MAX;
 }
 
 /// What takes the changed open rows of [`Engine::take_changed_rows`]: the hot view.
@@ -799,6 +807,7 @@ impl Engine {
                     values,
                     complete,
                     view: Hint::NONE,
+                    id: ClosedRow::NO_ID,
                 }));
             // The next window with state: the next one, or the first holding a later pane.
             let next = start + pane_ms;

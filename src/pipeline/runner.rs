@@ -1217,6 +1217,7 @@ impl Task {
                 c.key,
                 Row::closed(c.end_ms, c.values, c.complete, self.checkpoint_seq),
                 c.view,
+                c.id,
             ));
         }
         let watermark = self.engine.watermark();
@@ -1264,12 +1265,18 @@ impl Task {
                 });
             }
             let mut rows = rows.drain(..);
-            while let Some((start, key, row, at)) = rows.next() {
+            while let Some((start, key, row, at, id)) = rows.next() {
                 // The hints of the rows `n` places on, among those not applied yet.
                 let ahead = rows.as_slice();
                 let hint = |n: usize| ahead.get(n - 1).map_or(Hint::NONE, |r| r.3);
                 v.prefetch_ahead(hint(AHEAD), hint(AHEAD / 2));
-                v.upsert_hinted(start, &key, row, at);
+                let now = v.upsert_hinted(start, &key, row, at);
+                // A key's next sessions often close before the open rows tell it again
+                // (a round of open rows a second while behind): without this each would
+                // look the key up.
+                if now != at && id != ClosedRow::NO_ID {
+                    engine.view_moved(id, &key, now);
+                }
             }
             v.watermark = watermark;
             v.open_windows = open_windows;
@@ -1454,9 +1461,9 @@ impl RowSink for OpenRows<'_> {
     }
 }
 
-/// A closed row for the view: window start, key, the row, and where the view holds the
-/// key's rows (sessions), if the engine knows.
-type Publish = (i64, Arc<str>, Row, Hint);
+/// A closed row for the view: window start, key, the row, where the view holds the
+/// key's rows (sessions), if the engine knows, and the key's id there.
+type Publish = (i64, Arc<str>, Row, Hint, u32);
 
 /// Rows a spare row list keeps room for whatever the pace (see `Task::collect`).
 const SPARE_ROWS_KEEP: usize = 4096;

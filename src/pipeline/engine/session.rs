@@ -371,6 +371,17 @@ impl Engine {
         self.key_buckets[id as usize]
     }
 
+    /// The view now holds the rows of `key`, last seen under `id`, at `hint` (a closed
+    /// row found its hint stale): kept for the key's next rows, unless the id went to
+    /// another key since.
+    pub fn view_moved(&mut self, id: u32, key: &Arc<str>, hint: Hint) {
+        if let Some(k) = self.keyed.get_mut(id as usize)
+            && Arc::ptr_eq(&k.key, key)
+        {
+            k.view = hint;
+        }
+    }
+
     pub(super) fn key_of(&self, id: u32) -> &Arc<str> {
         &self.keyed[id as usize].key
     }
@@ -651,6 +662,7 @@ impl Engine {
                 values: s.states,
                 complete,
                 view: k.view,
+                id,
             });
         }
         // Popped in (end, start, id) order: only the keys of a run of equal (end,

@@ -1013,3 +1013,51 @@ fn changed_sessions_past_the_lists_bound_are_found_by_a_walk() {
     e.take_changed(|start, _, _| starts.push(start));
     assert_eq!(starts, [100 + 20 * 5_000]);
 }
+
+/// Where a closed row's apply found the view holding its key goes back to the key's
+/// slot, for the key's next closed row: not to another key (a stranger `Arc` of any
+/// text), nor to the key that took the id after the slot was freed.
+#[test]
+fn a_closed_rows_view_place_goes_back_to_its_key_only() {
+    use crate::pipeline::view::{HotView, Row};
+    let view = HotView::new(vec!["count".into()], 0, 0, 1, 1000).with_sessions();
+    let mut e = session_engine(10, 1000, 0);
+    let apply = |c: &ClosedRow| {
+        let row = Row::closed(c.end_ms, c.values.clone(), c.complete, 1);
+        view.write(|v| v.upsert_hinted(c.start_ms, &c.key, row, c.view))
+    };
+    feed_one(&mut e, 1, 100, "a");
+    feed_one(&mut e, 2, 111, "b");
+    let closed = e.take_closed();
+    let a = &closed[0];
+    assert_eq!((&*a.key, a.view), ("a", Hint::NONE));
+    let at = apply(a);
+    assert_ne!(at, Hint::NONE);
+    e.view_moved(a.id, &Arc::from("a"), at);
+    feed_one(&mut e, 3, 120, "a");
+    feed_one(&mut e, 4, 131, "b");
+    let closed = e.take_closed();
+    let a2 = closed.iter().find(|c| &*c.key == "a").unwrap();
+    assert_eq!(
+        a2.view,
+        Hint::NONE,
+        "another Arc of the same text is not the key"
+    );
+    e.view_moved(a2.id, &a2.key, at);
+    feed_one(&mut e, 5, 140, "a");
+    feed_one(&mut e, 6, 151, "b");
+    let closed = e.take_closed();
+    let a3 = closed.iter().find(|c| &*c.key == "a").unwrap();
+    assert_eq!(a3.view, at, "the key's next row brings it");
+    assert_eq!(apply(a3), at, "and the view still holds the key there");
+    // a's slot is freed at the next take of unsaved sessions (a has none open); c takes
+    // the id, and a's late news is not c's.
+    e.take_unsaved(|_, _, _| {});
+    feed_one(&mut e, 7, 160, "c");
+    assert_eq!(&*e.keyed[a3.id as usize].key, "c", "c took a's id");
+    e.view_moved(a3.id, &a3.key, at);
+    feed_one(&mut e, 8, 181, "b");
+    let closed = e.take_closed();
+    let c = closed.iter().find(|c| &*c.key == "c").unwrap();
+    assert_eq!(c.view, Hint::NONE);
+}
