@@ -18,6 +18,7 @@ use super::watermark::{self, Watermarks};
 use super::window::{LastPane, WindowKind};
 use crate::json;
 use crate::prefetch::{AHEAD, prefetch_all};
+use crate::store::RowWrites;
 
 mod key_index;
 mod session;
@@ -266,6 +267,9 @@ pub struct Engine {
     next_close_ms: Option<i64>,
     /// Rows of windows closed since the last `take_closed`.
     closed: Vec<ClosedRow>,
+    /// The same rows encoded as the result store keeps them, made as they close (the
+    /// keys' text is in cache then; a round later it is not); taken with them.
+    closed_writes: RowWrites,
     counters: Counters,
     /// Windows that may miss records lost to retention or refused over `max_cells`;
     /// oldest first.
@@ -329,6 +333,7 @@ impl Engine {
             last_pane,
             next_close_ms: None,
             closed: Vec::new(),
+            closed_writes: RowWrites::default(),
             counters: Counters::default(),
             taints: Vec::new(),
             cells: 0,
@@ -798,6 +803,7 @@ impl Engine {
                 }
             }
             let complete = self.is_complete(start);
+            let from = self.closed.len();
             self.closed
                 .extend(rows.into_iter().map(|(key, values)| ClosedRow {
                     start_ms: start,
@@ -809,6 +815,7 @@ impl Engine {
                     view: Hint::NONE,
                     id: ClosedRow::NO_ID,
                 }));
+            self.encode_closed(from);
             // The next window with state: the next one, or the first holding a later pane.
             let next = start + pane_ms;
             self.next_close_ms = self
@@ -842,14 +849,26 @@ impl Engine {
 
     /// Rows of the windows closed since the last call, oldest window first.
     pub fn take_closed(&mut self) -> Vec<ClosedRow> {
+        self.closed_writes.clear();
         std::mem::take(&mut self.closed)
     }
 
-    /// [`take_closed`](Self::take_closed) into `into`, which must be empty: the lists
-    /// swap, so each keeps its allocation for the next round.
-    pub fn swap_closed(&mut self, into: &mut Vec<ClosedRow>) {
+    /// [`take_closed`](Self::take_closed) into `into`, which must be empty (the lists
+    /// swap, so each keeps its allocation for the next round), and the rows encoded for
+    /// the result store after those of `writes`.
+    pub fn swap_closed(&mut self, into: &mut Vec<ClosedRow>, writes: &mut RowWrites) {
         debug_assert!(into.is_empty());
         std::mem::swap(&mut self.closed, into);
+        writes.append(&mut self.closed_writes);
+    }
+
+    /// Encodes the rows closed from `from` on (see `closed_writes`).
+    fn encode_closed(&mut self, from: usize) {
+        for c in &self.closed[from..] {
+            self.closed_writes.push(
+                c.start_ms, &c.key, c.bucket, c.end_ms, c.complete, &c.values,
+            );
+        }
     }
 
     pub fn watermark(&self) -> i64 {

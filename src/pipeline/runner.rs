@@ -1201,17 +1201,13 @@ impl Task {
             mut rows,
         } = std::mem::take(&mut self.buffers);
         let removed = self.engine.take_removed();
-        self.engine.swap_closed(&mut closed);
+        // The engine encoded them for the checkpoint as they closed.
+        self.engine.swap_closed(&mut closed, &mut self.pending_rows);
         for c in closed.drain(..) {
             self.metrics.rows_closed += 1;
             if let Some((out, _)) = &mut self.output {
                 out.closed(c.start_ms, &c.key, c.end_ms, &c.values);
             }
-            // Encoded for the checkpoint now, while the key's text is in cache (the
-            // close just counted a reference to it).
-            self.pending_rows.push(
-                c.start_ms, &c.key, c.bucket, c.end_ms, c.complete, &c.values,
-            );
             rows.push((
                 c.start_ms,
                 c.key,

@@ -401,6 +401,7 @@ pub struct StoredRow {
 /// (the key's text is in cache then) and the checkpoint thread copies bytes: no look at
 /// the key there, no allocation per row.
 #[derive(Default)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 pub struct RowWrites {
     bytes: Vec<u8>,
     rows: Vec<RowAt>,
@@ -408,6 +409,7 @@ pub struct RowWrites {
 
 /// Where a row of [`RowWrites`] is.
 #[derive(Clone, Copy)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct RowAt {
     start_ms: i64,
     /// The end of its bytes (they begin where the row before ends).

@@ -676,6 +676,7 @@ impl Engine {
                 tie.sort_unstable_by(|a, b| a.key.cmp(&b.key));
             }
         }
+        self.encode_closed(from);
     }
 
     /// The open sessions of `key`, by start.

@@ -1061,3 +1061,45 @@ fn a_closed_rows_view_place_goes_back_to_its_key_only() {
     let c = closed.iter().find(|c| &*c.key == "c").unwrap();
     assert_eq!(c.view, Hint::NONE);
 }
+
+/// The rows a round closed come with their encodings for the result store, in their
+/// order, after the rows already waiting, once: sessions and fixed windows alike.
+#[test]
+fn closed_rows_come_encoded_once_in_their_order() {
+    use crate::store::RowWrites;
+    let encoded = |rows: &[ClosedRow]| {
+        let mut w = RowWrites::default();
+        for c in rows {
+            w.push(
+                c.start_ms, &c.key, c.bucket, c.end_ms, c.complete, &c.values,
+            );
+        }
+        w
+    };
+    let tumbling = Engine::new(spec(
+        WindowKind::Tumbling { size_ms: 10 },
+        TimeMode::Event,
+        0,
+        1000,
+        0,
+        1,
+    ));
+    for mut e in [session_engine(10, 1000, 0), tumbling] {
+        let mut waiting = RowWrites::default();
+        let mut all = Vec::new();
+        let mut rows = Vec::new();
+        for (i, (ts, k)) in [(100, "a"), (103, "b"), (111, "c"), (125, "a"), (140, "b")]
+            .into_iter()
+            .enumerate()
+        {
+            feed_one(&mut e, i64::try_from(i).unwrap(), ts, k);
+            e.swap_closed(&mut rows, &mut waiting);
+            all.append(&mut rows);
+        }
+        assert!(all.len() >= 3, "{all:?}");
+        assert_eq!(waiting, encoded(&all));
+        e.swap_closed(&mut rows, &mut waiting);
+        assert!(rows.is_empty());
+        assert_eq!(waiting, encoded(&all), "nothing twice");
+    }
+}
