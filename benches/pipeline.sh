@@ -147,8 +147,8 @@ PY
 done
 sync
 # Every run reads its log from the page cache, as PyFlink's runs read their file: the
-# event files' pages (read by the ingest, not needed again) are dropped and both logs
-# read once, so the first runs do not read from the disk what the 24M run evicted.
+# event files' pages (read by the ingest, not needed again) are dropped, and each run's
+# log is read back just before it (below).
 python3 - "$EVENTS_DIR/events_$N1.jsonl" "$EVENTS_DIR/events_$N2.jsonl" <<'PY'
 import os, sys
 for path in sys.argv[1:]:
@@ -161,15 +161,27 @@ avail_kb=$(awk '/MemAvailable/ {print $2}' /proc/meminfo)
 if [ "$logs_kb" -gt $((avail_kb * 8 / 10)) ]; then
   echo "warning: the logs (${logs_kb} KiB) do not fit the page cache; runs read from the disk"
 fi
-find "$SCRATCH/data-$N1" "$SCRATCH/data-$N2" -name '*.log' -exec cat {} + > /dev/null
+
+# The share of a log's bytes in the page cache (fincore, util-linux; "?" without it).
+resident() {
+  command -v fincore > /dev/null || { echo "?"; return; }
+  find "$1" -name '*.log' -exec fincore --bytes --noheadings --raw --output RES,SIZE {} + |
+    awk '{r += $1; s += $2} END {printf "%.3f", s ? r / s : 0}'
+}
 
 rm -f "$OUT"/run.*.json
 for i in $(seq 1 "$RUNS"); do
   for n in "$N1" "$N2"; do
     rm -rf "$SCRATCH/data-$n/store"
-    flock "$LOCK" python3 - "$WEIR" "$SCRATCH/pipeline-$n.toml" "$ADDR" "$n" "$OUT/run.$n.$i.json" "$OUT/weir.log" "$WINDOW" <<'PY'
+    # Pages idle for a while can leave the page cache between runs (memory pressure, or
+    # a proactive reclaimer such as DAMON's pageout scheme: this machine's pages out
+    # what went unread for 60 s): what was left is recorded, and the log is read back
+    # before the timed run.
+    before=$(resident "$SCRATCH/data-$n")
+    flock "$LOCK" find "$SCRATCH/data-$n" -name '*.log' -exec cat {} + > /dev/null
+    flock "$LOCK" python3 - "$WEIR" "$SCRATCH/pipeline-$n.toml" "$ADDR" "$n" "$OUT/run.$n.$i.json" "$OUT/weir.log" "$WINDOW" "$before" <<'PY'
 import json, subprocess, sys, time, urllib.request
-weir, config, addr, n, out, log, window = sys.argv[1:]
+weir, config, addr, n, out, log, window, resident = sys.argv[1:]
 log = open(log, "a")
 t0 = time.monotonic()
 p = subprocess.Popen([weir, "run", "--config", config], stderr=subprocess.PIPE, text=True)
@@ -193,7 +205,7 @@ try:
     top = None if window == "session" else json.load(urllib.request.urlopen(f"http://{addr}/v1/pipelines/page_views/top?n=1&window=last_closed"))
     p0 = body["pipelines"][0]
     json.dump({"events": int(n), "wall": wall, "thread": caught["seconds"],
-               "lag": p0["lag"], "state_bytes": p0["state_bytes"],
+               "resident_before": resident, "lag": p0["lag"], "state_bytes": p0["state_bytes"],
                "open_windows": p0["open_windows"], "top": top}, open(out, "w"))
 finally:
     p.terminate()
@@ -212,6 +224,8 @@ for col, what in (("wall", "process start -> caught up"), ("thread", "pipeline t
     print(f"{col} ({what}): median t({n1})={t1:.3f}s t({n2})={t2:.3f}s "
           f"runs {[round(r[col], 3) for r in runs(n1)]} {[round(r[col], 3) for r in runs(n2)]}")
     print(f"  whole-run {n1/t1:,.0f} / {n2/t2:,.0f} ev/s  marginal (N2-N1)/(t2-t1) = {(n2-n1)/(t2-t1):,.0f} ev/s")
+print(f"log in the page cache before each run's read-back: {[r['resident_before'] for r in runs(n1)]} "
+      f"{[r['resident_before'] for r in runs(n2)]}")
 for n in (n1, n2):
     r = runs(n)[-1]
     per = r["state_bytes"] // max(r["open_windows"], 1)
