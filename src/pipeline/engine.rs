@@ -938,13 +938,15 @@ impl Engine {
                         .get(at)
                         .and_then(|(_, id)| self.keyed.get(*id as usize))
                 };
-                let near = slot(i + AHEAD / 2);
+                let (far, near) = (slot(i + AHEAD), slot(i + AHEAD / 2));
                 if let Some(k) = near {
                     // Its sessions, which the search below reads, when on the heap.
                     k.prefetch_sessions();
                 }
-                let hint = |k: Option<&session::Keyed>| k.map_or(Hint::NONE, |k| k.view);
-                sink.ahead(hint(slot(i + AHEAD)), hint(near));
+                sink.ahead(
+                    far.map_or(Hint::NONE, |k| k.view),
+                    near.map_or(Hint::NONE, |k| k.view),
+                );
                 // An id is not reused before `take_unsaved`; if it was since, a session of
                 // the new key at this start is listed too and visited once (`dirty`).
                 let Some(k) = self.keyed.get_mut(id as usize) else {
