@@ -67,10 +67,19 @@ start_ceiling() {
 loadgen() { # tag addr path conns events
   local tag=$1 addr=$2 path=$3 c=$4 e=$5
   for i in $(seq 1 "$RUNS"); do
+    # Runs against one server need ids of their own (A, B, ...: one byte, as the
+    # default), or dedup answers a run's events as the last run's duplicates.
     flock "$LOCK" "$LOADGEN" --addr "$addr" --path "$path" --connections "$c" --events "$e" \
-      --duration "$DUR" --warmup 2 --live-time > "$OUT/$tag.$i.json" 2>/dev/null
+      --duration "$DUR" --warmup 2 --live-time --id-prefix "$(printf "\\x$(printf %x $((64 + i)))")" \
+      > "$OUT/$tag.$i.json" 2>/dev/null
   done
   median "$tag" eps
+  duplicates "$addr"
+}
+duplicates() { # addr: a weir that answered any event as a duplicate measured no append
+  local d
+  d=$(curl -s "$1/metrics" | awk '/^weir_duplicate_events_total/ {s += $2} END {print s + 0}')
+  if [ "$d" != 0 ]; then echo "  WARNING: $d events were answered as duplicates: not appended"; fi
 }
 wrkrun() { # tag url script
   local tag=$1 url=$2 script=$3

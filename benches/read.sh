@@ -44,9 +44,12 @@ topic_bytes() { curl -s "$ADDR/v1/topics/clickstream" | python3 -c 'import json,
 read_bytes() { curl -s "$ADDR/metrics" | awk '/^weir_read_bytes_total\{/ {s += $2} END {printf "%.0f\n", s}'; }
 
 # Fill: NDJSON requests of 1000 events until the topic holds FILL_BYTES.
+# Each fill run its own ids (`--id-prefix`): dedup would take a repeat as duplicates.
+fill=0
 while [ "$(topic_bytes)" -lt "$FILL_BYTES" ]; do
+  fill=$((fill + 1))
   flock "$LOCK" "$LOADGEN" --addr "$ADDR" --path /v1/topics/clickstream/events --connections 4 \
-    --events 1000 --duration 5 --warmup 0 > "$OUT/fill.json" 2>/dev/null
+    --events 1000 --duration 5 --warmup 0 --id-prefix "F$fill" > "$OUT/fill.json" 2>/dev/null
 done
 curl -s "$ADDR/v1/topics/clickstream" > "$OUT/topic.json"
 echo "filled: $(topic_bytes) bytes, $(python3 -c 'import json; print(sum(json.load(open("'"$OUT/topic.json"'"))["end_offsets"]))') events"

@@ -24,8 +24,11 @@ TOML
 "$WEIR" run --config "$SCRATCH/weir.toml" 2> "$OUT/recovery-fill.log" & PID=$!
 until curl -sf localhost:8093/readyz >/dev/null; do sleep 0.1; done
 target=$((GIB * 1024 * 1024 * 1024))
+fill=0   # each run its own ids (`--id-prefix`): dedup would take a repeat as duplicates
 while [ "$(du -sb "$SCRATCH/data" | cut -f1)" -lt "$target" ]; do
-  "$LOADGEN" --addr 127.0.0.1:8093 --connections 4 --events 1000 --duration 2 --warmup 0 >/dev/null 2>&1
+  fill=$((fill + 1))
+  "$LOADGEN" --addr 127.0.0.1:8093 --connections 4 --events 1000 --duration 2 --warmup 0 \
+    --id-prefix "F$fill" >/dev/null 2>&1
 done
 echo "log holds $(du -sb "$SCRATCH/data" | cut -f1) bytes"
 
