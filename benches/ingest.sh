@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # benches/ingest.sh: weir's ingest figures beside the hyper hello-world ceiling, measured
 # in the same run on the same cores with the same load generator (weir-loadgen), plus wrk
-# for the single-event POST as ../shared/bench/http_ceiling.sh measures it.
+# for the single-event POST as ../shared/bench/http_ceiling.sh measures it. `single` also
+# runs benches/fsync_ceiling (that ceiling plus a write and a group-commit fdatasync per
+# POST, nothing else): the most a durable single-event POST can reach on this machine,
+# the bound for weir's `always` figure.
 #   RUNS=3 DUR=10 benches/ingest.sh [single] [ndjson] [sustained]
 # PIPELINE=1 runs weir with the seed's `page_views` pipeline consuming the topic (the
 # ceiling and the peers are unchanged). Events carry the current time (--live-time).
@@ -22,6 +25,8 @@ export CARGO_TARGET_DIR=${PEERS_TARGET:-/tmp/peers-target}
 BUILD_SRC=$(mktemp -d); cp -r "$SHARED/http_ceiling" "$BUILD_SRC/"; chmod -R u+w "$BUILD_SRC"
 (cd "$BUILD_SRC/http_ceiling" && cargo build --release -q)
 CEILING=$CARGO_TARGET_DIR/release/http_ceiling
+(cd benches/fsync_ceiling && cargo build --release -q)
+FSYNC_CEILING=$CARGO_TARGET_DIR/release/fsync_ceiling
 unset CARGO_TARGET_DIR
 
 SPID=""
@@ -64,6 +69,12 @@ start_ceiling() {
   stop_server; "$CEILING" 127.0.0.1:8092 2>/dev/null & SPID=$!
   for _ in $(seq 50); do curl -sf localhost:8092/hello >/dev/null && return; sleep 0.1; done
 }
+start_fsync_ceiling() {
+  stop_server; rm -rf "$SCRATCH/fsync_ceiling"
+  "$FSYNC_CEILING" 127.0.0.1:8093 "$SCRATCH/fsync_ceiling" 4 2>/dev/null & SPID=$!
+  for _ in $(seq 50); do curl -sf -d x localhost:8093/ingest >/dev/null && return; sleep 0.1; done
+  echo "fsync_ceiling did not start"; exit 1
+}
 loadgen() { # tag addr path conns events
   local tag=$1 addr=$2 path=$3 c=$4 e=$5
   for i in $(seq 1 "$RUNS"); do
@@ -104,6 +115,8 @@ if has single; then
   start_ceiling
   loadgen ceiling_post_c64 127.0.0.1:8092 /ingest 64 1
   wrkrun ceiling_post_wrk http://127.0.0.1:8092/ingest "$SHARED/lua/post_ingest.lua"
+  start_fsync_ceiling
+  loadgen fsync_ceiling_post_c64 127.0.0.1:8093 /ingest 64 1
   for mode in interval always; do
     start_weir "$mode"
     loadgen "weir_${mode}_post_c64$SUFFIX" 127.0.0.1:8091 /v1/topics/clickstream/events 64 1
