@@ -137,6 +137,7 @@ pub async fn run(
             }
         }
     });
+    tokio::spawn(watch_fsyncs(Arc::clone(&log)));
     log.start_retention()
         .context("starting the retention thread")?;
     let store_dir = data_dir.join("store");
@@ -232,6 +233,30 @@ pub async fn run(
     tracing::info!("clean shutdown");
     Ok(())
 }
+
+/// Logs an fsync round that has stalled (`log::fsync_stalled_after`) once, when it
+/// crosses the bound; the round logs again when it returns. `/readyz` names it meanwhile.
+async fn watch_fsyncs(log: Arc<Log>) {
+    let after = crate::log::fsync_stalled_after();
+    let mut tick = tokio::time::interval(FSYNC_WATCH_EVERY.min(after));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned: Vec<String> = Vec::new();
+    loop {
+        tick.tick().await;
+        let stalled = log.stalled_fsyncs(after);
+        warned.retain(|p| stalled.iter().any(|(s, _)| s == p));
+        for (partition, waited) in stalled {
+            if !warned.contains(&partition) {
+                tracing::warn!(%partition, seconds = waited.as_secs_f64(),
+                    "an fsync has not returned: the disk is stalled or failing; requests waiting for it wait on, /readyz is false until it returns");
+                warned.push(partition);
+            }
+        }
+    }
+}
+
+/// How often `watch_fsyncs` looks.
+const FSYNC_WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Refuses a `server.memory_max` above the memory limit of weir's cgroup: the kernel
 /// would kill weir before the bound its other limits are sized to is reached. A limit

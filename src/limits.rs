@@ -15,6 +15,15 @@ pub const BATCH_BYTES_MAX: usize = 1 << 30;
 /// IO wait, not CPU: a few threads let several partitions sync at once.
 pub const SYNC_THREADS_MAX: usize = 4;
 
+/// An fsync round waiting this long for its fsyncs has stalled: `/readyz` turns false
+/// naming the partition, and a warning is logged, until it returns. This disk's fdatasync
+/// p99 is under a millisecond and a busy spinning disk's is tens of milliseconds; one that
+/// takes seconds is failing, or starved by another writer. The round is not abandoned:
+/// the kernel decides when the fsync returns, its waiting requests wait with it, and what
+/// it returns decides their answers (a cut-short wait could not know whether the data is
+/// on disk).
+pub const FSYNC_STALLED_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Records one pull request may return, and its default.
 pub const READ_RECORDS_MAX: usize = 10_000;
 pub const READ_RECORDS_DEFAULT: usize = 100;

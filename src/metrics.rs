@@ -16,6 +16,7 @@ pub const END_OFFSET: &str = "weir_partition_end_offset";
 pub const FSYNC_ROUND_SECONDS: &str = "weir_fsync_round_seconds";
 pub const FSYNC_ROUND_BYTES: &str = "weir_fsync_round_bytes";
 pub const FSYNC_ERRORS: &str = "weir_fsync_errors_total";
+pub const FSYNC_RUNNING_SECONDS: &str = "weir_fsync_running_seconds";
 pub const PARTITIONS_FENCED: &str = "weir_partitions_fenced";
 pub const SEGMENT_ROLLS: &str = "weir_segment_rolls_total";
 pub const RECOVERY_TRUNCATED_BYTES: &str = "weir_recovery_truncated_bytes_total";
@@ -219,6 +220,11 @@ fn describe() {
         FSYNC_ERRORS,
         Unit::Count,
         "fsync failures; each fences its partition"
+    );
+    describe_gauge!(
+        FSYNC_RUNNING_SECONDS,
+        Unit::Seconds,
+        "How long the fsync round running now has waited (0 between rounds)"
     );
     describe_gauge!(
         PARTITIONS_FENCED,

@@ -29,8 +29,8 @@ pub async fn healthz() -> axum::Json<serde_json::Value> {
     axum::Json(json!({ "status": "ok" }))
 }
 
-/// Readiness: the log is recovered (true once serving), not stopping, no partition fenced,
-/// and every pipeline has caught up to within `ready_lag` once since start.
+/// Readiness: the log is recovered (true once serving), not stopping, no partition fenced
+/// or waiting on a stalled fsync, and every pipeline has caught up to within `ready_lag` once since start.
 pub async fn readyz(State(state): State<SharedState>) -> Response {
     let mut not_ready: Vec<String> = state
         .log
@@ -38,6 +38,12 @@ pub async fn readyz(State(state): State<SharedState>) -> Response {
         .into_iter()
         .map(|p| format!("partition {p} is fenced after an fsync failure"))
         .collect();
+    for (p, waited) in state.log.stalled_fsyncs(crate::log::fsync_stalled_after()) {
+        not_ready.push(format!(
+            "partition {p}: an fsync has not returned for {:.1} s",
+            waited.as_secs_f64()
+        ));
+    }
     for p in state.pipelines.list().iter() {
         if !p.caught_up() {
             not_ready.push(format!(

@@ -30,6 +30,7 @@ use arc_swap::ArcSwap;
 
 use datadir::{DataDir, DataDirError};
 use groups::{GroupOffsets, OFFSETS_TOPIC};
+pub use partition::fsync_stalled_after;
 use partition::{Partition, PartitionLinks, PartitionSettings, ReadError};
 use recovery::RecoveryReport;
 use retention::{PassReport, Retention, RetentionClock, RetentionThread, Wakeup};
@@ -341,6 +342,25 @@ impl Log {
             ];
             metrics::gauge!(m::GROUP_LAG, &labels).set(lag as f64);
         }
+    }
+
+    /// Partitions whose running fsync round has waited `at_least` or longer for its
+    /// fsyncs, as `topic/partition` and how long.
+    pub fn stalled_fsyncs(
+        &self,
+        at_least: std::time::Duration,
+    ) -> Vec<(String, std::time::Duration)> {
+        self.topics
+            .load()
+            .values()
+            .flat_map(|t| t.partitions.iter())
+            .chain(std::iter::once(self.groups.partition()))
+            .filter_map(|p| {
+                p.fsync_running_for()
+                    .filter(|d| *d >= at_least)
+                    .map(|d| (format!("{}/{}", p.topic, p.id), d))
+            })
+            .collect()
     }
 
     /// Partitions refusing writes after an fsync failure, as `topic/partition`.

@@ -20,7 +20,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -193,6 +193,10 @@ struct SyncState {
     durable: Option<Visible>,
     /// Written end (offset) at the last append, to tell if a round is needed.
     written_end: i64,
+    /// When the running round started its fsyncs; `None` between rounds. A round that
+    /// does not return shows in `/readyz` and `weir_fsync_running_seconds`
+    /// ([`Partition::fsync_running_for`]).
+    fsync_since: Option<Instant>,
 }
 
 /// Metric handles, resolved once so the append path does no registry lookups.
@@ -202,6 +206,7 @@ struct PartitionMetrics {
     fsync_round_seconds: metrics::Histogram,
     fsync_round_bytes: metrics::Histogram,
     fsync_errors: metrics::Counter,
+    fsync_running_seconds: metrics::Gauge,
     corrupt_batches: metrics::Counter,
     index_rebuilds: metrics::Counter,
 }
@@ -215,10 +220,30 @@ impl PartitionMetrics {
             fsync_round_seconds: metrics::histogram!(m::FSYNC_ROUND_SECONDS, &labels),
             fsync_round_bytes: metrics::histogram!(m::FSYNC_ROUND_BYTES, &labels),
             fsync_errors: metrics::counter!(m::FSYNC_ERRORS, &labels),
+            fsync_running_seconds: metrics::gauge!(m::FSYNC_RUNNING_SECONDS, &labels),
             corrupt_batches: metrics::counter!(m::CORRUPT_BATCHES, &[("topic", topic.to_string())]),
             index_rebuilds: metrics::counter!(m::INDEX_REBUILDS, &[("topic", topic.to_string())]),
         }
     }
+}
+
+/// `limits::FSYNC_STALLED_AFTER`; with the `fail` feature (tests only, never in a release
+/// build) `WEIR_TEST_FSYNC_STALLED_MS` sets a short one.
+pub fn fsync_stalled_after() -> Duration {
+    #[cfg(feature = "fail")]
+    {
+        static TEST: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+        let test = TEST.get_or_init(|| {
+            std::env::var("WEIR_TEST_FSYNC_STALLED_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_millis)
+        });
+        if let Some(d) = test {
+            return *d;
+        }
+    }
+    crate::limits::FSYNC_STALLED_AFTER
 }
 
 /// What a fsync round has to do, taken under the lock.
@@ -286,6 +311,15 @@ impl Partition {
         self.metrics
             .end_offset
             .set(self.visible().end_offset as f64);
+        self.metrics
+            .fsync_running_seconds
+            .set(self.fsync_running_for().map_or(0.0, |d| d.as_secs_f64()));
+    }
+
+    /// How long the fsync round running now has waited for its fsyncs; `None` between
+    /// rounds.
+    pub fn fsync_running_for(&self) -> Option<Duration> {
+        self.sync.lock().fsync_since.map(|t| t.elapsed())
     }
 
     /// A receiver that wakes on every change of the visible end.
@@ -548,6 +582,7 @@ impl Partition {
             return;
         }
         let started = Instant::now();
+        self.sync.lock().fsync_since = Some(started);
         let synced_from = already.map_or(0, |d| {
             if d.segment_base == plan.target.segment_base {
                 d.position
@@ -555,9 +590,16 @@ impl Partition {
                 0
             }
         });
-        match self.sync_files(&plan) {
+        let synced = self.sync_files(&plan);
+        self.sync.lock().fsync_since = None;
+        let took = started.elapsed();
+        if took >= fsync_stalled_after() {
+            tracing::warn!(topic = %self.topic, partition = self.id, seconds = took.as_secs_f64(),
+                ok = synced.is_ok(), "an fsync round returned after stalling");
+        }
+        match synced {
             Ok(()) => {
-                let secs = started.elapsed().as_secs_f64();
+                let secs = took.as_secs_f64();
                 self.metrics.fsync_round_seconds.record(secs);
                 let bytes = plan.target.position.saturating_sub(synced_from);
                 self.metrics.fsync_round_bytes.record(bytes as f64);

@@ -307,6 +307,72 @@ fn an_fsync_error_is_never_acknowledged_and_fences_the_partition() {
     }
 }
 
+/// An fsync that does not return (a stalled or failing disk: the failpoint sleeps 3 s in
+/// every round, the stall bound is 300 ms) shows while it lasts: `/readyz` is 503 naming
+/// the partition, `weir_fsync_running_seconds` counts up, a warning is logged; the request
+/// waiting for it is answered 202 once it returns, and `/readyz` is 200 again.
+#[cfg(feature = "fail")]
+#[test]
+fn a_stalled_fsync_shows_in_readiness_metrics_and_the_log_until_it_returns() {
+    let config = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[topic]]
+name = "events"
+partitions = 1
+fsync = "always"
+default_event_type = "t"
+"#;
+    let w = Weir::start_with_env(
+        config,
+        &[
+            ("FAILPOINTS", "log::fsync=sleep(3000)"),
+            ("WEIR_TEST_FSYNC_STALLED_MS", "300"),
+        ],
+    );
+    wait_ready(&w, "before the stall");
+    let started = Instant::now();
+    let answer = std::thread::scope(|s| {
+        let waiting = s.spawn(|| w.post("/v1/topics/events/events", r#"{"payload":{"n":1}}"#));
+        let r = poll_within(&w, "/readyz", Duration::from_millis(2500), |r| {
+            r.status == 503
+        });
+        assert!(
+            r.body
+                .contains("partition events/0: an fsync has not returned for"),
+            "{}",
+            r.body
+        );
+        let running = w.metric(
+            "weir_fsync_running_seconds",
+            &["topic=\"events\"", "partition=\"0\""],
+        );
+        assert!(running >= Some(0.3), "{running:?}");
+        assert!(!waiting.is_finished(), "answered before its fsync returned");
+        waiting.join().unwrap()
+    });
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "answered before the fsync returned"
+    );
+    assert!(w.wait_log("an fsync has not returned", 1, Duration::from_secs(5)));
+    assert!(w.wait_log(
+        "an fsync round returned after stalling",
+        1,
+        Duration::from_secs(5)
+    ));
+    wait_ready(&w, "after the stall");
+    assert_eq!(
+        w.metric(
+            "weir_fsync_running_seconds",
+            &["topic=\"events\"", "partition=\"0\""]
+        ),
+        Some(0.0)
+    );
+}
+
 /// A write that fails with ENOSPC (the batch's pwrite, or after it, or the index files
 /// or the next segment at a roll) is answered 507 `insufficient_storage`, not 500: the
 /// batch is cut, nothing of it is kept (a retry with the same event_id is accepted, not
