@@ -75,17 +75,19 @@ start_fsync_ceiling() {
   for _ in $(seq 50); do curl -sf -d x localhost:8093/ingest >/dev/null && return; sleep 0.1; done
   echo "fsync_ceiling did not start"; exit 1
 }
-loadgen() { # tag addr path conns events
-  local tag=$1 addr=$2 path=$3 c=$4 e=$5
-  for i in $(seq 1 "$RUNS"); do
-    # Runs against one server need ids of their own (A, B, ...: one byte, as the
-    # default), or dedup answers a run's events as the last run's duplicates.
-    flock "$LOCK" "$LOADGEN" --addr "$addr" --path "$path" --connections "$c" --events "$e" \
-      --duration "$DUR" --warmup 2 --live-time --id-prefix "$(printf "\\x$(printf %x $((64 + i)))")" \
-      > "$OUT/$tag.$i.json" 2>/dev/null
-  done
-  median "$tag" eps
-  duplicates "$addr"
+run_once() { # tag addr path conns events run
+  local tag=$1 addr=$2 path=$3 c=$4 e=$5 i=$6
+  # Runs against one server need ids of their own (A, B, ...: one byte, as the default),
+  # or dedup answers a run's events as the last run's duplicates.
+  flock "$LOCK" "$LOADGEN" --addr "$addr" --path "$path" --connections "$c" --events "$e" \
+    --duration "$DUR" --warmup 2 --live-time --id-prefix "$(printf "\\x$(printf %x $((64 + i)))")" \
+    > "$OUT/$tag.$i.json" 2>/dev/null
+}
+loadgen() { # tag addr path conns events: RUNS runs against one server
+  rm -f "$OUT/$1".[0-9]*.json
+  for i in $(seq 1 "$RUNS"); do run_once "$@" "$i"; done
+  median "$1" eps
+  duplicates "$2"
 }
 duplicates() { # addr: a weir that answered any event as a duplicate measured no append
   local d
@@ -109,17 +111,49 @@ p50 = [json.load(open(f))["p50_us"] for f in sorted(glob.glob(f"{out}/{tag}.[0-9
 print(f"{tag} {field} median {statistics.median(xs):.0f} runs {[round(x) for x in xs]} p50_us median {statistics.median(p50):.0f}")
 PY
 }
+ratios() { # base tag...: each tag's runs over the base's runs of the same index
+  python3 - "$OUT" "$@" <<'PY'
+import json, statistics, sys
+out, base, *tags = sys.argv[1:]
+def runs(tag):
+    i, xs = 1, []
+    while True:
+        try:
+            xs.append(json.load(open(f"{out}/{tag}.{i}.json"))["eps"])
+        except FileNotFoundError:
+            return xs
+        i += 1
+b = runs(base)
+for t in tags:
+    r = [x / y for x, y in zip(runs(t), b)]
+    print(f"{t} / {base}: median {statistics.median(r):.2f} runs {[round(x, 2) for x in r]}")
+PY
+}
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 
 if has single; then
+  # Interleaved: each run measures every server once, in turn, each started afresh (weir
+  # on an empty data dir), so the machine's drift over minutes falls on all of them
+  # alike; the ratios are taken run by run, then their median.
+  tags="ceiling_post_c64 fsync_ceiling_post_c64 weir_interval_post_c64$SUFFIX weir_always_post_c64$SUFFIX"
+  for t in $tags; do rm -f "$OUT/$t".[0-9]*.json; done
+  for i in $(seq 1 "$RUNS"); do
+    start_ceiling; run_once ceiling_post_c64 127.0.0.1:8092 /ingest 64 1 "$i"
+    start_fsync_ceiling; run_once fsync_ceiling_post_c64 127.0.0.1:8093 /ingest 64 1 "$i"
+    for mode in interval always; do
+      start_weir "$mode"
+      run_once "weir_${mode}_post_c64$SUFFIX" 127.0.0.1:8091 /v1/topics/clickstream/events 64 1 "$i"
+      duplicates 127.0.0.1:8091
+    done
+  done
+  for t in $tags; do median "$t" eps; done
+  ratios ceiling_post_c64 "weir_interval_post_c64$SUFFIX" fsync_ceiling_post_c64 "weir_always_post_c64$SUFFIX"
+  ratios fsync_ceiling_post_c64 "weir_always_post_c64$SUFFIX"
+  # wrk as ../shared/bench/http_ceiling.sh runs it: RUNS runs a server, one server after another.
   start_ceiling
-  loadgen ceiling_post_c64 127.0.0.1:8092 /ingest 64 1
   wrkrun ceiling_post_wrk http://127.0.0.1:8092/ingest "$SHARED/lua/post_ingest.lua"
-  start_fsync_ceiling
-  loadgen fsync_ceiling_post_c64 127.0.0.1:8093 /ingest 64 1
   for mode in interval always; do
     start_weir "$mode"
-    loadgen "weir_${mode}_post_c64$SUFFIX" 127.0.0.1:8091 /v1/topics/clickstream/events 64 1
     wrkrun "weir_${mode}_post_wrk$SUFFIX" http://127.0.0.1:8091/v1/topics/clickstream/events benches/lua/post_event.lua
   done
 fi
@@ -132,6 +166,7 @@ if has ndjson; then
     # fill a round: 16 connections (4 reach about 0.71 of fio's bandwidth, 8 about 0.77).
     conns=4; [ "$mode" = always ] && conns=16
     tag="weir_${mode}_ndjson1000_c$conns$SUFFIX"
+    rm -f "$OUT/$tag".[0-9]*.json   # a longer earlier set's runs would join the median
     for r in $(seq 1 "$RUNS"); do   # not i: loadgen's loop sets i
       start_weir "$mode"; sync
       RUNS=1 loadgen "$tag.run$r" 127.0.0.1:8091 /v1/topics/clickstream/events "$conns" 1000 >/dev/null
