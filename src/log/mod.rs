@@ -350,28 +350,26 @@ impl Log {
         &self,
         at_least: std::time::Duration,
     ) -> Vec<(String, std::time::Duration)> {
-        self.topics
-            .load()
-            .values()
-            .flat_map(|t| t.partitions.iter())
-            .chain(std::iter::once(self.groups.partition()))
-            .filter_map(|p| {
-                p.fsync_running_for()
-                    .filter(|d| *d >= at_least)
-                    .map(|d| (format!("{}/{}", p.topic, p.id), d))
-            })
-            .collect()
+        self.partitions_where(|p| p.fsync_running_for().filter(|d| *d >= at_least))
     }
 
     /// Partitions refusing writes after an fsync failure, as `topic/partition`.
     pub fn fenced(&self) -> Vec<String> {
+        self.partitions_where(|p| p.is_fenced().then_some(()))
+            .into_iter()
+            .map(|(name, ())| name)
+            .collect()
+    }
+
+    /// Every partition (the topics' and `__weir_offsets`) for which `what` says
+    /// something, as `topic/partition` and what it said.
+    fn partitions_where<T>(&self, what: impl Fn(&Partition) -> Option<T>) -> Vec<(String, T)> {
         self.topics
             .load()
             .values()
             .flat_map(|t| t.partitions.iter())
             .chain(std::iter::once(self.groups.partition()))
-            .filter(|p| p.is_fenced())
-            .map(|p| format!("{}/{}", p.topic, p.id))
+            .filter_map(|p| what(p).map(|t| (format!("{}/{}", p.topic, p.id), t)))
             .collect()
     }
 

@@ -577,22 +577,27 @@ impl Partition {
                 },
             }
         };
-        let already = self.sync.lock().durable;
-        if plan.seals.is_empty() && already == Some(plan.target) {
-            return;
-        }
         let started = Instant::now();
-        self.sync.lock().fsync_since = Some(started);
-        let synced_from = already.map_or(0, |d| {
-            if d.segment_base == plan.target.segment_base {
-                d.position
-            } else {
-                0
+        // Where the last round left the active segment: this one syncs the bytes after.
+        let synced_from = {
+            let mut s = self.sync.lock();
+            if plan.seals.is_empty() && s.durable == Some(plan.target) {
+                return;
             }
-        });
+            s.fsync_since = Some(started);
+            s.durable
+                .filter(|d| d.segment_base == plan.target.segment_base)
+                .map_or(0, |d| d.position)
+        };
         let synced = self.sync_files(&plan);
-        self.sync.lock().fsync_since = None;
         let took = started.elapsed();
+        {
+            let mut s = self.sync.lock();
+            s.fsync_since = None;
+            if synced.is_ok() {
+                s.durable = Some(plan.target);
+            }
+        }
         if took >= fsync_stalled_after() {
             tracing::warn!(topic = %self.topic, partition = self.id, seconds = took.as_secs_f64(),
                 ok = synced.is_ok(), "an fsync round returned after stalling");
@@ -603,7 +608,6 @@ impl Partition {
                 self.metrics.fsync_round_seconds.record(secs);
                 let bytes = plan.target.position.saturating_sub(synced_from);
                 self.metrics.fsync_round_bytes.record(bytes as f64);
-                self.sync.lock().durable = Some(plan.target);
                 if !plan.seals.is_empty() {
                     // Segments became durable and sealed: retention may delete them now.
                     self.rolled.notify();
