@@ -19,6 +19,7 @@ use super::datadir::write_durably;
 use super::index::{ActiveIndex, OFFSET_ENTRY_LEN, TIME_ENTRY_LEN};
 use super::partition::read_batch;
 use super::segment::{self, INDEX_EXT, LOG_EXT, TIMEINDEX_EXT};
+use super::window::{Direction, Windowed};
 use crate::limits::{BATCH_BYTES_MAX, INDEX_INTERVAL_BYTES, SCAN_BUFFER_BYTES};
 
 /// Where reading goes on after a bad batch: the position of the next good batch and its
@@ -361,8 +362,9 @@ pub fn rebuild_indexes(dir: &Path, base: i64, end_offset: i64, len: u64) -> io::
     let mut out = Rebuilt::default();
     let mut buf = Vec::new();
     let (mut pos, mut expect) = (0u64, base);
+    let batches = Windowed::new(&log, len, Direction::Forward);
     while pos < len {
-        match read_batch(&log, pos, len, &mut buf) {
+        match read_batch(&batches, pos, len, &mut buf) {
             Ok(h) if h.base_offset == expect => {
                 let rel = u32::try_from(h.base_offset - base).unwrap_or(u32::MAX);
                 let pos32 = u32::try_from(pos).unwrap_or(u32::MAX);

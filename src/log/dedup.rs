@@ -194,6 +194,9 @@ impl Dedup {
             Ordering::Relaxed,
         );
         let mut inner = self.inner.lock();
+        let loading = ids.len().min(self.entries_max);
+        inner.seen.reserve(loading);
+        inner.order.reserve(loading);
         let mut evicted = 0;
         for (t, id) in ids {
             evicted += self.insert(&mut inner, id, t, now_ms);

@@ -20,6 +20,7 @@ pub mod segment;
 pub mod sync;
 pub mod topic;
 pub mod topic_name;
+pub(crate) mod window;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -51,7 +52,11 @@ pub const HEADER_APPEND: &str = "weir.append";
 
 /// The append time of a batch: the `weir.append` header of its first record.
 pub fn batch_append_ms(batch_bytes: &[u8]) -> Option<i64> {
-    let first = batch::records(batch_bytes).ok()?.next()?.ok()?;
+    record_append_ms(&batch::records(batch_bytes).ok()?.next()?.ok()?)
+}
+
+/// The `weir.append` header of a batch's first record (see [`batch_append_ms`]).
+pub fn record_append_ms(first: &batch::Record<'_>) -> Option<i64> {
     let value = first.header(HEADER_APPEND)?;
     Some(i64::from_be_bytes(value.try_into().ok()?))
 }
@@ -575,24 +580,19 @@ fn trusted_time(datadir: &DataDir, clock: &SharedClock) -> RetentionClock {
 fn dedup_ids_from_log(topic: &Topic, now_ms: i64) -> (Vec<(i64, u128)>, i64) {
     let window_ms = millis(topic.config.dedup_window);
     let entries_max = topic.config.max_dedup_entries;
-    let mut walkers: Vec<_> = topic
+    let mut feeds: Vec<Feed> = topic
         .partitions
         .iter()
-        .map(|p| p.batches_newest_first())
+        .map(|p| Feed {
+            walker: p.batches_newest_first(),
+            read: std::collections::VecDeque::new(),
+            done: false,
+        })
         .collect();
-    let mut buf = Vec::new();
     let mut heads = std::collections::BinaryHeap::new();
-    let next = |i: usize, w: &mut partition::NewestFirst, buf: &mut Vec<u8>| match w.next_batch(buf)
-    {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(topic = %topic.name, partition = i, error = %e,
-                "could not read ids for the dedup table; duplicates from before the restart may be appended again");
-            None
-        }
-    };
-    for (i, w) in walkers.iter_mut().enumerate() {
-        if let Some(b) = next(i, w, &mut buf) {
+    Feed::fill(&mut feeds, &topic.name, |_| true);
+    for (i, f) in feeds.iter_mut().enumerate() {
+        if let Some(b) = f.read.pop_front() {
             heads.push((b.append_ms, i, b.ids));
         }
     }
@@ -606,10 +606,86 @@ fn dedup_ids_from_log(topic: &Topic, now_ms: i64) -> (Vec<(i64, u128)>, i64) {
             break;
         }
         out.extend(ids.into_iter().map(|id| (append_ms, id)));
-        if let Some(b) = next(i, &mut walkers[i], &mut buf) {
+        if feeds[i].read.is_empty() && !feeds[i].done {
+            // Every feed running low reads on in the same round, in parallel.
+            Feed::fill(&mut feeds, &topic.name, |f| {
+                f.read.len() < DEDUP_FEED_BATCHES / 4
+            });
+        }
+        if let Some(b) = feeds[i].read.pop_front() {
             heads.push((b.append_ms, i, b.ids));
         }
     }
     out.truncate(entries_max);
+    // Oldest first, as `Dedup::load` inserts them (its sort then finds them in order).
+    out.reverse();
     (out, table_ms)
+}
+
+/// Batches a partition's feed reads ahead for the dedup rebuild at a time: the memory
+/// the rebuild holds per partition (ids of single-event batches: ~100 KiB), and the
+/// work a partition can have done beyond what the merge takes.
+const DEDUP_FEED_BATCHES: usize = 2048;
+/// Threads reading feeds at once during the rebuild.
+const DEDUP_FEED_THREADS_MAX: usize = 4;
+
+/// One partition's batches, newest first, read ahead for the dedup rebuild's merge.
+struct Feed {
+    walker: partition::NewestFirst,
+    read: std::collections::VecDeque<partition::BatchIds>,
+    /// The walk reached the partition's start, or failed (logged).
+    done: bool,
+}
+
+impl Feed {
+    /// Reads the next [`DEDUP_FEED_BATCHES`] of every feed that is not done and `wants`
+    /// more, spreading the feeds over up to [`DEDUP_FEED_THREADS_MAX`] threads: reading
+    /// and decoding the batches is nearly all of a rebuild's work, and independent per
+    /// partition.
+    fn fill(feeds: &mut [Feed], topic: &str, wants: impl Fn(&Feed) -> bool) {
+        let mut todo: Vec<(usize, &mut Feed)> = feeds
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, f)| !f.done && wants(f))
+            .collect();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(DEDUP_FEED_THREADS_MAX)
+            .min(todo.len());
+        if threads <= 1 {
+            for (i, f) in todo {
+                f.read_ahead(topic, i);
+            }
+            return;
+        }
+        let per_thread = todo.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            for part in todo.chunks_mut(per_thread) {
+                s.spawn(move || {
+                    for (i, f) in part {
+                        f.read_ahead(topic, *i);
+                    }
+                });
+            }
+        });
+    }
+
+    fn read_ahead(&mut self, topic: &str, partition: usize) {
+        let mut buf = Vec::new();
+        while self.read.len() < DEDUP_FEED_BATCHES {
+            match self.walker.next_batch(&mut buf) {
+                Ok(Some(b)) => self.read.push_back(b),
+                Ok(None) => {
+                    self.done = true;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(topic, partition, error = %e,
+                        "could not read ids for the dedup table; duplicates from before the restart may be appended again");
+                    self.done = true;
+                    return;
+                }
+            }
+        }
+    }
 }

@@ -15,6 +15,7 @@ use super::batch::{self, BatchHeader, Record};
 use super::index::{OFFSET_ENTRY_LEN, TIME_ENTRY_LEN};
 use super::partition::{read_batch_or_end, zeros_to};
 use super::segment::{self, INDEX_EXT, LOG_EXT, TIMEINDEX_EXT};
+use super::window::{Direction, Windowed};
 
 /// One partition folder of a data dir.
 #[derive(Debug, Clone)]
@@ -209,8 +210,9 @@ fn walk_segment(
 ) -> (i64, Option<Bad>) {
     let mut pos = 0u64;
     let mut next = base;
+    let batches = Windowed::new(file, len, Direction::Forward);
     while pos < len {
-        let h = match read_batch_or_end(file, pos, len, buf) {
+        let h = match read_batch_or_end(&batches, pos, len, buf) {
             Ok(Some(h)) => h,
             // Space allocated ahead of the appends: the end of the data.
             Ok(None) => return (next, None),
@@ -424,6 +426,7 @@ pub fn read_partition(
         let path = segment::path(dir, base, LOG_EXT);
         let file = File::open(&path).map_err(io_err(&path))?;
         let len = file.metadata().map_err(io_err(&path))?.len();
+        let file = Windowed::new(&file, len, Direction::Forward);
         let mut pos = 0u64;
         while pos < len {
             let corrupt = |detail: String| ReadError::Corrupt {

@@ -31,6 +31,7 @@ use super::datadir::{sync_dir, write_durably};
 use super::index;
 use super::retention::Wakeup;
 use super::segment::{self, ActiveSegment, INDEX_EXT, LOG_EXT, SealedSegment, TIMEINDEX_EXT};
+use super::window::{Direction, Windowed};
 use crate::clock::SharedClock;
 use crate::config::FsyncMode;
 use crate::failpoint;
@@ -734,6 +735,7 @@ impl Partition {
             };
             let mut pos = seg.start_position;
             let mut expect = seg.start_offset;
+            let file = Windowed::new(&*seg.file, seg.limit, Direction::Forward);
             // Whether the batch at `pos` is the one the index named (checked once).
             let mut via_index = pos > 0;
             let corrupt = |position: u64, e: batch::DecodeError| ReadError::Corrupt {
@@ -743,7 +745,7 @@ impl Partition {
             };
             while pos < seg.limit && records < records_max && bytes < bytes_max {
                 let at = pos;
-                let header = match read_batch(&*seg.file, at, seg.limit, &mut buf) {
+                let header = match read_batch(&file, at, seg.limit, &mut buf) {
                     Ok(h) if h.base_offset == expect => h,
                     got => {
                         let detail = got.map_or_else(
@@ -971,11 +973,12 @@ impl Partition {
         let mut pos = seg.start_position;
         let mut expect = seg.start_offset;
         let mut via_index = pos > 0;
+        let file = Windowed::new(&*seg.file, seg.limit, Direction::Forward);
         while pos < seg.limit {
             let at = pos;
             // Every batch walked is CRC-checked: a header skipped on its max timestamp
             // alone could skip the answer on a flipped bit.
-            let header = match read_batch(&*seg.file, at, seg.limit, &mut buf) {
+            let header = match read_batch(&file, at, seg.limit, &mut buf) {
                 Ok(h) if h.base_offset == expect => h,
                 got => {
                     let detail = got.map_or_else(
@@ -1197,6 +1200,12 @@ pub(crate) trait ReadAt {
     fn read_exact_from(&self, buf: &mut [u8], pos: u64) -> io::Result<()>;
 }
 
+impl<T: ReadAt + ?Sized> ReadAt for &T {
+    fn read_exact_from(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
+        (**self).read_exact_from(buf, pos)
+    }
+}
+
 impl ReadAt for File {
     fn read_exact_from(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
         FileExt::read_exact_at(self, buf, pos)
@@ -1332,36 +1341,68 @@ impl Partition {
     pub fn batches_newest_first(&self) -> NewestFirst {
         let visible = self.visible();
         let inner = self.inner.lock();
-        let mut segments: Vec<(i64, u64, i64)> = inner
+        let mut segments: Vec<WalkSegment> = inner
             .sealed
             .values()
-            .map(|s| (s.base_offset, s.len, s.end_offset.min(visible.end_offset)))
+            .map(|s| WalkSegment {
+                base_offset: s.base_offset,
+                len: s.len,
+                end_offset: s.end_offset.min(visible.end_offset),
+                index: None,
+            })
             .collect();
         if visible.segment_base == inner.active.base_offset {
-            segments.push((
-                inner.active.base_offset,
-                visible.position,
-                visible.end_offset,
-            ));
+            segments.push(WalkSegment {
+                base_offset: inner.active.base_offset,
+                len: visible.position,
+                end_offset: visible.end_offset,
+                index: Some(inner.active.index.offsets.clone()),
+            });
         }
         NewestFirst {
             dir: self.dir.clone(),
             segments,
-            file: None,
+            open: None,
             positions: Vec::new(),
         }
     }
 }
 
-/// Walks a partition's batches newest first: a segment's batch positions are found by
-/// reading headers only, then its batches are read back to front.
+/// Walks a partition's batches newest first. Kafka batches can only be walked forward,
+/// so a segment is taken a span of its offset index at a time, from the last: the
+/// headers of the span's batches are walked forward, then its batches are returned back
+/// to front. Only the segment's tail that the caller reads is read (a segment of
+/// single-event batches holds hundreds of thousands), and in windows. A span whose walk
+/// does not end where the next begins (a wrong index) sends the segment's rest to a
+/// walk from its start, which steps over bad batches as reads do.
 pub struct NewestFirst {
     dir: PathBuf,
-    /// Segments not yet opened, oldest first: (base offset, readable length, end offset).
-    segments: Vec<(i64, u64, i64)>,
-    file: Option<File>,
-    /// Batch positions of the open segment not yet returned, oldest first.
+    /// Segments not yet opened, oldest first.
+    segments: Vec<WalkSegment>,
+    open: Option<OpenWalk>,
+    /// Batch positions of the span being returned, oldest first.
     positions: Vec<(u64, u64)>,
+}
+
+/// A segment [`NewestFirst`] will walk.
+struct WalkSegment {
+    base_offset: i64,
+    /// Its readable length.
+    len: u64,
+    end_offset: i64,
+    /// The active segment's offset index (in memory); sealed ones read theirs from disk.
+    index: Option<Vec<index::OffsetEntry>>,
+}
+
+/// The segment being walked.
+struct OpenWalk {
+    base_offset: i64,
+    end_offset: i64,
+    file: Windowed<File>,
+    /// Index entries of the spans not walked yet, oldest first; the first is position 0.
+    spans: Vec<index::OffsetEntry>,
+    /// Where the last span not walked yet ends.
+    span_end: u64,
 }
 
 /// One batch seen by [`NewestFirst`]: its append time and the client id hashes in it.
@@ -1373,57 +1414,141 @@ pub struct BatchIds {
 impl NewestFirst {
     pub fn next_batch(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<BatchIds>> {
         loop {
-            if let (Some(file), Some((pos, len))) = (&self.file, self.positions.pop()) {
-                if read_batch(file, pos, pos + len, buf).is_err() {
-                    continue;
+            if let (Some(open), Some((pos, len))) = (&self.open, self.positions.pop()) {
+                if let Some(batch) = batch_ids(&open.file, pos, len, buf) {
+                    return Ok(Some(batch));
                 }
-                let Some(append_ms) = super::batch_append_ms(buf) else {
-                    continue;
-                };
-                let mut ids = Vec::new();
-                if let Ok(records) = batch::records(buf) {
-                    for record in records.flatten() {
-                        if let Some(id) = record.header(super::HEADER_ID)
-                            && let Ok(bytes) = <[u8; 16]>::try_from(id)
-                        {
-                            ids.push(u128::from_be_bytes(bytes));
-                        }
-                    }
-                }
-                return Ok(Some(BatchIds { append_ms, ids }));
+                continue;
             }
-            let Some((base, len, end_offset)) = self.segments.pop() else {
+            if let Some(open) = &mut self.open
+                && let Some(span) = open.spans.pop()
+            {
+                let to = open.span_end;
+                let from = u64::from(span.position);
+                // A span from the start, whatever its length, is walked forward in
+                // windows; a later one is read with the spans before it in one window
+                // ending where it ends, which its batches are then read from too.
+                let walked = from > 0 && {
+                    open.file.hold(from, to);
+                    walk_headers(&open.file, open, span, to, &mut self.positions, buf)?
+                };
+                if walked {
+                    open.span_end = from;
+                } else {
+                    // The first span, or the index was wrong here: the rest, from the start.
+                    let start = index::OffsetEntry {
+                        rel_offset: 0,
+                        position: 0,
+                    };
+                    let headers = Windowed::new(open.file.inner(), to, Direction::Forward);
+                    self.positions.clear();
+                    walk_headers(&headers, open, start, to, &mut self.positions, buf)?;
+                    open.spans.clear();
+                }
+                continue;
+            }
+            let Some(seg) = self.segments.pop() else {
                 return Ok(None);
             };
-            let file = File::open(segment::path(&self.dir, base, LOG_EXT))?;
+            let file = File::open(segment::path(&self.dir, seg.base_offset, LOG_EXT))?;
+            let entries = seg.index.unwrap_or_else(|| {
+                fs::read(segment::path(&self.dir, seg.base_offset, INDEX_EXT))
+                    .map(|b| index::ActiveIndex::decode_offsets(&b, seg.len))
+                    .unwrap_or_default()
+            });
+            let first = index::OffsetEntry {
+                rel_offset: 0,
+                position: 0,
+            };
+            let spans: Vec<index::OffsetEntry> = std::iter::once(first)
+                .chain(
+                    entries
+                        .into_iter()
+                        .filter(|e| e.position > 0 && u64::from(e.position) < seg.len),
+                )
+                .collect();
             self.positions.clear();
-            let mut head = [0u8; batch::BATCH_HEADER_LEN];
-            let (mut pos, mut expect) = (0u64, base);
-            while pos + head.len() as u64 <= len {
-                file.read_exact_at(&mut head, pos)?;
-                let h = BatchHeader::parse_bounded(&head, BATCH_BYTES_MAX)
-                    .ok()
-                    .filter(|h| h.base_offset == expect && pos + h.total_len() as u64 <= len);
-                let Some(h) = h else {
-                    // A bad batch (reads skip it too, and count it): its ids are lost to
-                    // the table, the batches after it are not.
-                    let bounds = corrupt::Bounds {
-                        base_offset: base,
-                        limit: len,
-                        end_offset,
-                    };
-                    let r = corrupt::resume_after(&file, pos, expect, bounds, None, buf)?;
-                    (pos, expect) = (r.position, r.offset);
-                    continue;
-                };
-                let total = h.total_len() as u64;
-                self.positions.push((pos, total));
-                expect = h.next_offset();
-                pos += total;
-            }
-            self.file = Some(file);
+            self.open = Some(OpenWalk {
+                base_offset: seg.base_offset,
+                end_offset: seg.end_offset,
+                file: Windowed::new(file, seg.len, Direction::Backward),
+                spans,
+                span_end: seg.len,
+            });
         }
     }
+}
+
+/// Walks the batch headers from `from` (an index entry) to `to`, pushing their positions.
+/// With `from` at the segment's start, steps over bad batches as reads do (their ids are
+/// lost to the table, the batches after them are not) and always succeeds; from a later
+/// entry, false if the walk does not land exactly on `to` with continuous offsets (the
+/// caller then walks from the start).
+fn walk_headers(
+    headers: &impl ReadAt,
+    open: &OpenWalk,
+    from: index::OffsetEntry,
+    to: u64,
+    positions: &mut Vec<(u64, u64)>,
+    buf: &mut Vec<u8>,
+) -> io::Result<bool> {
+    let pushed = positions.len();
+    let mut pos = u64::from(from.position);
+    let mut expect = open.base_offset + i64::from(from.rel_offset);
+    let mut head = [0u8; batch::BATCH_HEADER_LEN];
+    while pos < to {
+        let h = if pos + head.len() as u64 <= to {
+            headers.read_exact_from(&mut head, pos)?;
+            BatchHeader::parse_bounded(&head, BATCH_BYTES_MAX)
+                .ok()
+                .filter(|h| h.base_offset == expect && pos + h.total_len() as u64 <= to)
+        } else {
+            None
+        };
+        let Some(h) = h else {
+            if from.position > 0 {
+                positions.truncate(pushed);
+                return Ok(false);
+            }
+            let bounds = corrupt::Bounds {
+                base_offset: open.base_offset,
+                limit: to,
+                end_offset: open.end_offset,
+            };
+            let file = open.file.inner();
+            let r = corrupt::resume_after(file, pos, expect, bounds, None, buf)?;
+            (pos, expect) = (r.position, r.offset);
+            continue;
+        };
+        let total = h.total_len() as u64;
+        positions.push((pos, total));
+        expect = h.next_offset();
+        pos += total;
+    }
+    Ok(true)
+}
+
+/// The append time and ids of the batch at `pos`, or None if it is bad or has no append
+/// time. One pass over the records: the first carries the append time.
+fn batch_ids<R: ReadAt + ?Sized>(
+    file: &R,
+    pos: u64,
+    len: u64,
+    buf: &mut Vec<u8>,
+) -> Option<BatchIds> {
+    read_batch(file, pos, pos + len, buf).ok()?;
+    let mut records = batch::records(buf).ok()?;
+    let first = records.next()?.ok()?;
+    let append_ms = super::record_append_ms(&first)?;
+    let mut ids = Vec::new();
+    for record in std::iter::once(first).chain(records.flatten()) {
+        if let Some(id) = record.header(super::HEADER_ID)
+            && let Ok(bytes) = <[u8; 16]>::try_from(id)
+        {
+            ids.push(u128::from_be_bytes(bytes));
+        }
+    }
+    Some(BatchIds { append_ms, ids })
 }
 
 /// Retention's access: which sealed segments exist and removing the oldest of them.
@@ -1613,10 +1738,12 @@ impl Partition {
         let mut expect = seg.start_offset;
         let mut via_index = start_pos > 0;
         let mut head = [0u8; batch::BATCH_HEADER_LEN];
+        // The batches skipped lie within an index interval and a batch, and a pipeline
+        // woken by appends reads a few of them: read in windows, not a header at a time.
+        let file = Windowed::new(&*seg.file, seg.limit, Direction::Forward);
         'read: loop {
             while start_pos + head.len() as u64 <= seg.limit {
-                seg.file
-                    .read_exact_at(&mut head, start_pos)
+                file.read_exact_from(&mut head, start_pos)
                     .map_err(ReadError::Io)?;
                 let header = BatchHeader::parse_bounded(&head, BATCH_BYTES_MAX);
                 let fits = |h: &BatchHeader| {
@@ -1667,8 +1794,7 @@ impl Partition {
                 });
             }
             out.resize(avail.min(bytes_max.max(batch::BATCH_HEADER_LEN)), 0);
-            seg.file
-                .read_exact_at(out, start_pos)
+            file.read_exact_from(out, start_pos)
                 .map_err(ReadError::Io)?;
             let mut pos = 0usize;
             let mut next = from;
@@ -1702,8 +1828,7 @@ impl Partition {
                     if pos + total <= avail {
                         let had = out.len();
                         out.resize(pos + total, 0);
-                        seg.file
-                            .read_exact_at(&mut out[had..], start_pos + had as u64)
+                        file.read_exact_from(&mut out[had..], start_pos + had as u64)
                             .map_err(ReadError::Io)?;
                     }
                 }
@@ -1901,5 +2026,120 @@ mod preallocation_tests {
         let p = &log.topic("t").unwrap().partitions[0];
         assert_eq!(total, p.bytes(), "a clean stop leaves only batches");
         assert_eq!(p.visible().end_offset, end);
+    }
+}
+
+#[cfg(test)]
+mod newest_first_tests {
+    use std::fs;
+    use std::os::unix::fs::FileExt;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::Partition;
+    use crate::clock::ManualClock;
+    use crate::config::Config;
+    use crate::log::segment::{self, INDEX_EXT, LOG_EXT};
+    use crate::log::{HEADER_APPEND, HEADER_ID, Log, batch};
+
+    /// 16 KiB segments: several segments, each of several index spans (4 KiB).
+    fn open(dir: &Path) -> Log {
+        let text = format!(
+            "[storage]\ndata_dir = {:?}\n[[topic]]\nname = \"t\"\npartitions = 1\nfsync = \"never\"\nsegment_size = \"16KiB\"\ndedup_window = \"0s\"\n",
+            dir.display().to_string()
+        );
+        let config = Config::parse(&text, Path::new("test.toml")).unwrap();
+        Log::open(&config, Arc::new(ManualClock::new(1_000_000)))
+            .unwrap()
+            .0
+    }
+
+    /// Appends `n` single-record batches, the id of the i-th being `first + i`.
+    fn append_ids(log: &Log, first: u128, n: u128) {
+        let p = &log.topic("t").unwrap().partitions[0];
+        for id in first..first + n {
+            let now = log.clock().now_ms();
+            let mut b = batch::BatchBuilder::new();
+            b.push(
+                None,
+                &[b'x'; 120],
+                now,
+                &[
+                    (HEADER_APPEND, &now.to_be_bytes()),
+                    (HEADER_ID, &id.to_be_bytes()),
+                ],
+            );
+            p.append(&mut b.finish(), now).unwrap();
+        }
+    }
+
+    fn ids_newest_first(p: &Partition) -> Vec<u128> {
+        let mut walk = p.batches_newest_first();
+        let mut buf = Vec::new();
+        let mut ids = Vec::new();
+        while let Some(b) = walk.next_batch(&mut buf).unwrap() {
+            ids.extend(b.ids);
+        }
+        ids
+    }
+
+    /// (base offset, path) of the sealed segments of partition 0, oldest first.
+    fn sealed(dir: &Path, p: &Partition) -> Vec<(i64, std::path::PathBuf)> {
+        p.sealed_segments()
+            .0
+            .iter()
+            .map(|s| {
+                let part = dir.join("topics/t/0");
+                (s.base_offset, segment::path(&part, s.base_offset, LOG_EXT))
+            })
+            .collect()
+    }
+
+    /// Every batch comes back, newest first, across segments and index spans, from the
+    /// active segment's index in memory and the sealed ones' files; an index entry that
+    /// points inside a batch costs a walk from the segment's start, not a batch; a bad
+    /// batch costs its own ids only.
+    #[test]
+    fn every_batch_comes_back_newest_first_whatever_the_index_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path());
+        append_ids(&log, 0, 400);
+        let p = Arc::clone(&log.topic("t").unwrap().partitions[0]);
+        let all: Vec<u128> = (0..400).rev().collect();
+        assert_eq!(ids_newest_first(&p), all);
+        drop(p);
+        log.close().unwrap();
+        drop(log);
+
+        let log = open(dir.path());
+        let p = Arc::clone(&log.topic("t").unwrap().partitions[0]);
+        let segs = sealed(dir.path(), &p);
+        assert!(segs.len() >= 3, "{} sealed segments", segs.len());
+        assert_eq!(ids_newest_first(&p), all);
+
+        // The second segment's index: its last entry moved 7 bytes into its batch.
+        let part = dir.path().join("topics/t/0");
+        let index = segment::path(&part, segs[1].0, INDEX_EXT);
+        let mut bytes = fs::read(&index).unwrap();
+        assert!(bytes.len() >= 16, "{} index bytes", bytes.len());
+        let at = bytes.len() - 4;
+        let pos = u32::from_be_bytes(bytes[at..].try_into().unwrap()) + 7;
+        bytes[at..].copy_from_slice(&pos.to_be_bytes());
+        fs::write(&index, &bytes).unwrap();
+        assert_eq!(ids_newest_first(&p), all);
+
+        // A byte of the first segment's 5th batch flipped: its CRC fails.
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .read(true)
+            .open(&segs[0].1)
+            .unwrap();
+        let batch_len = fs::metadata(&segs[0].1).unwrap().len() / u64::try_from(segs[1].0).unwrap();
+        let mut b = [0u8; 1];
+        let at = 4 * batch_len + batch_len - 10;
+        file.read_exact_at(&mut b, at).unwrap();
+        file.write_all_at(&[b[0] ^ 0xff], at).unwrap();
+        let want: Vec<u128> = all.iter().copied().filter(|id| *id != 4).collect();
+        assert_eq!(ids_newest_first(&p), want);
     }
 }

@@ -23,6 +23,7 @@ use super::partition::{
     RECOVERY_POINT_FILE, ReadAt, read_batch, read_batch_or_end, write_index_files,
 };
 use super::segment::{self, ActiveSegment, INDEX_EXT, LOG_EXT, SealedSegment, TIMEINDEX_EXT};
+use super::window::{Direction, Windowed};
 use crate::limits::INDEX_INTERVAL_BYTES;
 
 /// What recovery found, for logs and metrics.
@@ -377,6 +378,8 @@ fn scan_segment<R: ReadAt + ?Sized>(
         first_append_ms: None,
         last_append_ms: None,
     };
+    // Batches of single-event requests are a few hundred bytes: read in windows.
+    let file = &Windowed::new(file, file_len, Direction::Forward);
     let mut buf = Vec::new();
     let mut pos = 0u64;
     if let Some(tail) = start {

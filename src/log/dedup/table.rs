@@ -226,8 +226,23 @@ impl IdTable {
         self.len -= 1;
     }
 
+    /// Makes room for `additional` more keys at once (the rebuild at start knows how many
+    /// it loads), instead of doubling through every size on the way.
+    pub fn reserve(&mut self, additional: usize) {
+        let slots = (self.len + additional)
+            .saturating_mul(2)
+            .next_power_of_two();
+        if slots > self.slots.len() {
+            self.rehash_into(slots);
+        }
+    }
+
     fn grow(&mut self) {
-        let old = std::mem::replace(self, IdTable::with_slots(self.slots.len() * 2));
+        self.rehash_into(self.slots.len() * 2);
+    }
+
+    fn rehash_into(&mut self, slots: usize) {
+        let old = std::mem::replace(self, IdTable::with_slots(slots));
         for s in old.slots.iter().filter(|s| s.key != 0) {
             let (i, _) = self.find(s.key);
             self.slots[i] = *s;
@@ -328,6 +343,32 @@ mod tests {
             let want = (time % 2 == 1).then_some(*time);
             assert_eq!(t.get(*k), want);
         }
+    }
+
+    /// A reserve sized for what comes keeps every key it held, and the inserts it was
+    /// sized for then never grow the table.
+    #[test]
+    fn a_reserve_keeps_what_it_held_and_makes_room_once() {
+        let ks = keys(50_000, 11);
+        let mut t = IdTable::default();
+        for (i, k) in ks[..1000].iter().enumerate() {
+            t.insert(*k, time(i));
+        }
+        t.reserve(49_000);
+        let slots = t.slots.len();
+        assert!(slots >= 2 * 50_000, "{slots} slots");
+        for (i, k) in ks.iter().enumerate().skip(1000) {
+            t.insert(*k, time(i));
+        }
+        assert_eq!(t.slots.len(), slots, "an insert grew the reserved table");
+        let model: HashMap<u64, i64> = ks.iter().enumerate().map(|(i, k)| (*k, time(i))).collect();
+        assert_eq!(t.len(), model.len());
+        for (k, time) in &model {
+            assert_eq!(t.get(*k), Some(*time));
+        }
+        // A reserve within the room there is changes nothing.
+        t.reserve(10);
+        assert_eq!(t.slots.len(), slots);
     }
 
     /// Runs that wrap past the array's end stay findable after removals at the end.
