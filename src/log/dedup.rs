@@ -188,7 +188,8 @@ impl Dedup {
     /// Fills the table from ids read back from the log with their append times, and
     /// restarts table time at `now_ms` (the rebuild's `min(wall now, newest append)`).
     pub fn load(&self, mut ids: Vec<(i64, u128)>, now_ms: i64) {
-        ids.sort_unstable_by_key(|(t, _)| *t);
+        // Stable and adaptive: the rebuild hands them over nearly in order.
+        ids.sort_by_key(|(t, _)| *t);
         self.offset_ms.store(
             now_ms.saturating_sub(self.clock.monotonic_ms()),
             Ordering::Relaxed,
@@ -198,7 +199,11 @@ impl Dedup {
         inner.seen.reserve(loading);
         inner.order.reserve(loading);
         let mut evicted = 0;
-        for (t, id) in ids {
+        for (i, &(t, id)) in ids.iter().enumerate() {
+            // A table of a million ids is far bigger than the cache: ask ahead.
+            if let Some((_, ahead)) = ids.get(i + PREFETCH_AHEAD) {
+                inner.seen.prefetch(key(*ahead));
+            }
             evicted += self.insert(&mut inner, id, t, now_ms);
         }
         self.evictions.increment(evicted);

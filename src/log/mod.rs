@@ -600,7 +600,9 @@ fn dedup_ids_from_log(topic: &Topic, now_ms: i64) -> (Vec<(i64, u128)>, i64) {
         .peek()
         .map_or(now_ms, |(newest, ..)| now_ms.min(*newest));
     let cutoff = table_ms.saturating_sub(window_ms);
-    let mut out = Vec::new();
+    // Sized once for a full table (up to a bound: the setting may be huge); pages not
+    // reached are never touched.
+    let mut out = Vec::with_capacity(entries_max.min(DEDUP_RESERVE_IDS_MAX));
     while let Some((append_ms, i, ids)) = heads.pop() {
         if append_ms < cutoff || out.len() >= entries_max {
             break;
@@ -626,6 +628,8 @@ fn dedup_ids_from_log(topic: &Topic, now_ms: i64) -> (Vec<(i64, u128)>, i64) {
 /// the rebuild holds per partition (ids of single-event batches: ~100 KiB), and the
 /// work a partition can have done beyond what the merge takes.
 const DEDUP_FEED_BATCHES: usize = 2048;
+/// Most ids the rebuild's list is sized for up front (32 MiB of address space).
+const DEDUP_RESERVE_IDS_MAX: usize = 1 << 20;
 /// Threads reading feeds at once during the rebuild.
 const DEDUP_FEED_THREADS_MAX: usize = 4;
 
