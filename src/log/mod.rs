@@ -586,13 +586,14 @@ fn dedup_ids_from_log(topic: &Topic, now_ms: i64) -> (Vec<(i64, u128)>, i64) {
         .map(|p| Feed {
             walker: p.batches_newest_first(),
             read: std::collections::VecDeque::new(),
+            ids: 0,
             done: false,
         })
         .collect();
     let mut heads = std::collections::BinaryHeap::new();
     Feed::fill(&mut feeds, &topic.name, |_| true);
     for (i, f) in feeds.iter_mut().enumerate() {
-        if let Some(b) = f.read.pop_front() {
+        if let Some(b) = f.pop() {
             heads.push((b.append_ms, i, b.ids));
         }
     }
@@ -610,11 +611,9 @@ fn dedup_ids_from_log(topic: &Topic, now_ms: i64) -> (Vec<(i64, u128)>, i64) {
         out.extend(ids.into_iter().map(|id| (append_ms, id)));
         if feeds[i].read.is_empty() && !feeds[i].done {
             // Every feed running low reads on in the same round, in parallel.
-            Feed::fill(&mut feeds, &topic.name, |f| {
-                f.read.len() < DEDUP_FEED_BATCHES / 4
-            });
+            Feed::fill(&mut feeds, &topic.name, Feed::low);
         }
-        if let Some(b) = feeds[i].read.pop_front() {
+        if let Some(b) = feeds[i].pop() {
             heads.push((b.append_ms, i, b.ids));
         }
     }
@@ -624,9 +623,11 @@ fn dedup_ids_from_log(topic: &Topic, now_ms: i64) -> (Vec<(i64, u128)>, i64) {
     (out, table_ms)
 }
 
-/// Batches a partition's feed reads ahead for the dedup rebuild at a time: the memory
-/// the rebuild holds per partition (ids of single-event batches: ~100 KiB), and the
-/// work a partition can have done beyond what the merge takes.
+/// How far a partition's feed reads ahead of the dedup rebuild's merge, in ids and in
+/// batches (a batch may hold no client id), whichever comes first: the memory the rebuild
+/// holds per partition (~130 KiB of ids), and the most a partition reads beyond what the
+/// merge takes.
+const DEDUP_FEED_IDS: usize = 8192;
 const DEDUP_FEED_BATCHES: usize = 2048;
 /// Most ids the rebuild's list is sized for up front (32 MiB of address space).
 const DEDUP_RESERVE_IDS_MAX: usize = 1 << 20;
@@ -637,15 +638,27 @@ const DEDUP_FEED_THREADS_MAX: usize = 4;
 struct Feed {
     walker: partition::NewestFirst,
     read: std::collections::VecDeque<partition::BatchIds>,
+    /// Ids in `read`.
+    ids: usize,
     /// The walk reached the partition's start, or failed (logged).
     done: bool,
 }
 
 impl Feed {
-    /// Reads the next [`DEDUP_FEED_BATCHES`] of every feed that is not done and `wants`
-    /// more, spreading the feeds over up to [`DEDUP_FEED_THREADS_MAX`] threads: reading
-    /// and decoding the batches is nearly all of a rebuild's work, and independent per
-    /// partition.
+    fn pop(&mut self) -> Option<partition::BatchIds> {
+        let b = self.read.pop_front()?;
+        self.ids -= b.ids.len();
+        Some(b)
+    }
+
+    /// Below a quarter of its read-ahead: read on in the next round.
+    fn low(&self) -> bool {
+        self.ids < DEDUP_FEED_IDS / 4 && self.read.len() < DEDUP_FEED_BATCHES / 4
+    }
+
+    /// Reads ahead every feed that is not done and `wants` more, spreading the feeds over
+    /// up to [`DEDUP_FEED_THREADS_MAX`] threads: reading and decoding the batches is
+    /// nearly all of a rebuild's work, and independent per partition.
     fn fill(feeds: &mut [Feed], topic: &str, wants: impl Fn(&Feed) -> bool) {
         let mut todo: Vec<(usize, &mut Feed)> = feeds
             .iter_mut()
@@ -676,9 +689,12 @@ impl Feed {
 
     fn read_ahead(&mut self, topic: &str, partition: usize) {
         let mut buf = Vec::new();
-        while self.read.len() < DEDUP_FEED_BATCHES {
+        while self.read.len() < DEDUP_FEED_BATCHES && self.ids < DEDUP_FEED_IDS {
             match self.walker.next_batch(&mut buf) {
-                Ok(Some(b)) => self.read.push_back(b),
+                Ok(Some(b)) => {
+                    self.ids += b.ids.len();
+                    self.read.push_back(b);
+                }
                 Ok(None) => {
                     self.done = true;
                     return;
@@ -690,6 +706,93 @@ impl Feed {
                     return;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod dedup_rebuild_tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+
+    /// Appends `batches` batches of `per_batch` records to partition `p`, each record's id
+    /// the next of `next_id`, each batch 1 ms after the last.
+    fn append(
+        log: &Log,
+        clock: &ManualClock,
+        p: usize,
+        batches: usize,
+        per_batch: u128,
+        next_id: &mut u128,
+    ) {
+        let part = &log.topic("t").unwrap().partitions[p];
+        for _ in 0..batches {
+            clock.advance(1);
+            let now = clock.now_ms();
+            let mut b = batch::BatchBuilder::new();
+            for _ in 0..per_batch {
+                b.push(
+                    None,
+                    b"{}",
+                    now,
+                    &[
+                        (HEADER_APPEND, &now.to_be_bytes()),
+                        (HEADER_ID, &next_id.to_be_bytes()),
+                    ],
+                );
+                *next_id += 1;
+            }
+            part.append(&mut b.finish(), now).unwrap();
+        }
+    }
+
+    /// The rebuild takes the newest ids across partitions, up to `max_dedup_entries`,
+    /// oldest first, however the partitions' feeds are read ahead (single-record batches
+    /// past a feed's batch bound, batches of many records past its id bound).
+    #[test]
+    fn the_rebuild_takes_the_newest_ids_across_partitions_whatever_the_batches() {
+        // Each case takes more than a feed's first read-ahead from every partition.
+        for (per_batch, batches, entries) in [(1u128, 3000, 8100u128), (700, 30, 37_800)] {
+            let dir = tempfile::tempdir().unwrap();
+            let text = format!(
+                "[storage]\ndata_dir = {:?}\n[[topic]]\nname = \"t\"\npartitions = 3\nfsync = \"never\"\nsegment_size = \"256KiB\"\nmax_dedup_entries = {entries}\n",
+                dir.path().display().to_string()
+            );
+            let config = Config::parse(&text, Path::new("test.toml")).unwrap();
+            let clock = Arc::new(ManualClock::new(1_000_000));
+            let (log, _) = Log::open(&config, Arc::clone(&clock) as _).unwrap();
+            // Partitions in turn, so the newest ids are spread over all three.
+            let mut next_id = 1u128;
+            let mut times = Vec::new();
+            for _ in 0..batches {
+                for p in 0..3 {
+                    append(&log, &clock, p, 1, per_batch, &mut next_id);
+                    times.extend(std::iter::repeat_n(clock.now_ms(), per_batch as usize));
+                }
+            }
+            let topic = log.topic("t").unwrap();
+            let (ids, table_ms) = dedup_ids_from_log(&topic, clock.now_ms());
+            assert_eq!(table_ms, clock.now_ms());
+            // Oldest first by append time; within a batch (one time) in any order.
+            assert!(
+                ids.windows(2).all(|w| w[0].0 <= w[1].0),
+                "{per_batch} per batch"
+            );
+            let mut got = ids.clone();
+            got.sort_unstable();
+            let want: Vec<(i64, u128)> = (1..next_id)
+                .zip(times)
+                .map(|(id, t)| (t, id))
+                .skip_while(|(_, id)| *id < next_id - entries)
+                .collect();
+            assert_eq!(got.len(), want.len(), "{per_batch} per batch");
+            assert!(
+                got == want,
+                "{per_batch} per batch: not the newest {entries} ids"
+            );
         }
     }
 }
