@@ -31,6 +31,14 @@ pub struct OffsetEntry {
     pub position: u32,
 }
 
+impl OffsetEntry {
+    /// The segment's first batch: where a lookup with no entry before it starts.
+    pub const SEGMENT_START: OffsetEntry = OffsetEntry {
+        rel_offset: 0,
+        position: 0,
+    };
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimeEntry {
     /// Largest event time (ms) in the segment up to this entry.
@@ -110,10 +118,7 @@ impl ActiveIndex {
     pub fn lookup_entry(&self, rel_offset: u32) -> OffsetEntry {
         let i = self.offsets.partition_point(|e| e.rel_offset <= rel_offset);
         if i == 0 {
-            OffsetEntry {
-                rel_offset: 0,
-                position: 0,
-            }
+            OffsetEntry::SEGMENT_START
         } else {
             self.offsets[i - 1]
         }
@@ -196,11 +201,7 @@ impl ActiveIndex {
 pub fn lookup_file(index: &File, rel_offset: u32, segment_len: u64) -> io::Result<OffsetEntry> {
     let entries = index.metadata()?.len() / OFFSET_ENTRY_LEN as u64;
     let (mut lo, mut hi) = (0u64, entries);
-    let start = OffsetEntry {
-        rel_offset: 0,
-        position: 0,
-    };
-    let mut best = start;
+    let mut best = OffsetEntry::SEGMENT_START;
     let mut buf = [0u8; OFFSET_ENTRY_LEN];
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
@@ -220,7 +221,7 @@ pub fn lookup_file(index: &File, rel_offset: u32, segment_len: u64) -> io::Resul
     Ok(if u64::from(best.position) < segment_len {
         best
     } else {
-        start
+        OffsetEntry::SEGMENT_START
     })
 }
 

@@ -885,10 +885,7 @@ impl Partition {
             seg.len
         };
         let rel = u32::try_from(offset - seg.base_offset).unwrap_or(u32::MAX);
-        let start = index::OffsetEntry {
-            rel_offset: 0,
-            position: 0,
-        };
+        let start = index::OffsetEntry::SEGMENT_START;
         let entry = files.index.as_ref().map_or(start, |idx| {
             index::lookup_file(idx, rel, seg.len).unwrap_or(start)
         });
@@ -1436,10 +1433,7 @@ impl NewestFirst {
                     open.span_end = from;
                 } else {
                     // The first span, or the index was wrong here: the rest, from the start.
-                    let start = index::OffsetEntry {
-                        rel_offset: 0,
-                        position: 0,
-                    };
+                    let start = index::OffsetEntry::SEGMENT_START;
                     let headers = Windowed::new(open.file.inner(), to, Direction::Forward);
                     self.positions.clear();
                     walk_headers(&headers, open, start, to, &mut self.positions, buf)?;
@@ -1456,11 +1450,7 @@ impl NewestFirst {
                     .map(|b| index::ActiveIndex::decode_offsets(&b, seg.len))
                     .unwrap_or_default()
             });
-            let first = index::OffsetEntry {
-                rel_offset: 0,
-                position: 0,
-            };
-            let spans: Vec<index::OffsetEntry> = std::iter::once(first)
+            let spans: Vec<index::OffsetEntry> = std::iter::once(index::OffsetEntry::SEGMENT_START)
                 .chain(
                     entries
                         .into_iter()
