@@ -1675,6 +1675,15 @@ impl Partition {
     }
 }
 
+/// Where a batch starts: what [`Partition::read_batches_at`] returns for the batch after
+/// the last one it read, and takes to start the next read there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadPosition {
+    segment_base: i64,
+    position: u64,
+    offset: i64,
+}
+
 /// Whole-batch reads, for pipelines: the raw batches go to the caller, who decodes only the
 /// fields it needs (see [`super::batches`]).
 impl Partition {
@@ -1690,22 +1699,41 @@ impl Partition {
         bytes_max: usize,
         out: &mut Vec<u8>,
     ) -> Result<i64, ReadError> {
-        let read = self.read_batches_reusing(from, bytes_max, out);
+        self.read_batches_at(from, None, bytes_max, out)
+            .map(|(next, _)| next)
+    }
+
+    /// [`read_batches`](Self::read_batches) for a reader that goes on from its last read:
+    /// `at`, the position that read returned, starts this one at the batch holding `from`
+    /// without looking it up (the offset index, then a walk over the batches from the
+    /// entry found). A position that is not where `from`'s batch starts (another segment,
+    /// another offset, bytes that are not that batch) is dropped and the read looks up as
+    /// `read_batches` does: it never changes what is read. Returns also where the batch
+    /// after the last one read starts, when a batch was read.
+    pub fn read_batches_at(
+        &self,
+        from: i64,
+        at: Option<ReadPosition>,
+        bytes_max: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(i64, Option<ReadPosition>), ReadError> {
+        let read = self.read_batches_reusing(from, at, bytes_max, out);
         if read.is_err() {
             out.clear();
         }
         read
     }
 
-    /// [`read_batches`](Self::read_batches) but for errors, with the bytes `out` holds
-    /// from the last read overwritten in place rather than zeroed again (`Vec::resize`
-    /// zero-fills only what grows): a megabyte of memset per read saved.
+    /// [`read_batches_at`](Self::read_batches_at) but for errors, with the bytes `out`
+    /// holds from the last read overwritten in place rather than zeroed again
+    /// (`Vec::resize` zero-fills only what grows): a megabyte of memset per read saved.
     fn read_batches_reusing(
         &self,
         from: i64,
+        at: Option<ReadPosition>,
         bytes_max: usize,
         out: &mut Vec<u8>,
-    ) -> Result<i64, ReadError> {
+    ) -> Result<(i64, Option<ReadPosition>), ReadError> {
         let visible = self.visible();
         let start = self.start_offset();
         if from < start || from > visible.end_offset {
@@ -1716,23 +1744,41 @@ impl Partition {
         }
         if from == visible.end_offset {
             out.clear();
-            return Ok(from);
+            return Ok((from, None));
         }
         let Some(seg) = self.segment_for(from, &visible)? else {
             out.clear();
-            return Ok(from);
+            return Ok((from, None));
         };
+        // Where the caller's last read ended, if that is in this segment at `from`: the
+        // first batch read is checked to be `from`'s as always, and if it is not, the
+        // read starts again from the index entry.
+        let mut via_at = at
+            .filter(|a| {
+                a.segment_base == seg.base_offset
+                    && a.offset == from
+                    && a.position >= seg.start_position
+                    && a.position < seg.limit
+            })
+            .map(|a| a.position);
         // Batches wholly before `from` (the index points at or before it) are skipped by
         // their headers alone (length sane, offsets continuous); they are not served.
-        let mut start_pos = seg.start_position;
-        let mut expect = seg.start_offset;
-        let mut via_index = start_pos > 0;
+        let (mut start_pos, mut expect) = match via_at {
+            Some(position) => (position, from),
+            None => (seg.start_position, seg.start_offset),
+        };
+        let mut via_index = via_at.is_none() && start_pos > 0;
         let mut head = [0u8; batch::BATCH_HEADER_LEN];
         // The batches skipped lie within an index interval and a batch, and a pipeline
         // woken by appends reads a few of them: read in windows, not a header at a time.
         let file = Windowed::new(&*seg.file, seg.limit, Direction::Forward);
+        // Back to the index entry after a position that was not `from`'s batch.
+        let from_index = |via_at: &mut Option<u64>| {
+            *via_at = None;
+            (seg.start_position, seg.start_offset, seg.start_position > 0)
+        };
         'read: loop {
-            while start_pos + head.len() as u64 <= seg.limit {
+            while via_at.is_none() && start_pos + head.len() as u64 <= seg.limit {
                 file.read_exact_from(&mut head, start_pos)
                     .map_err(ReadError::Io)?;
                 let header = BatchHeader::parse_bounded(&head, BATCH_BYTES_MAX);
@@ -1758,7 +1804,7 @@ impl Partition {
                             // Offsets from `from` on were in the bad batch: the caller
                             // sees the jump (nothing read, a later offset returned).
                             out.clear();
-                            return Ok(resume.offset);
+                            return Ok((resume.offset, None));
                         }
                         (start_pos, expect) = (resume.position, resume.offset);
                         continue;
@@ -1771,20 +1817,22 @@ impl Partition {
                 start_pos += header.total_len() as u64;
                 expect = header.next_offset();
             }
-            // One pread of up to `bytes_max`, then whole batches are cut from it; a first
-            // batch larger than that is read on its own.
+            // One read of up to `bytes_max` (what the window holds of it copied, the rest
+            // read directly), then whole batches are cut from it; a first batch larger
+            // than that is read on its own.
             let avail = usize::try_from(seg.limit.saturating_sub(start_pos)).unwrap_or(0);
             if avail < batch::BATCH_HEADER_LEN {
                 // Nothing of this segment at or after `from`: the rest start at its end.
                 out.clear();
-                return Ok(if from < seg.end_offset {
+                let next = if from < seg.end_offset {
                     seg.end_offset
                 } else {
                     from
-                });
+                };
+                return Ok((next, None));
             }
             out.resize(avail.min(bytes_max.max(batch::BATCH_HEADER_LEN)), 0);
-            file.read_exact_from(out, start_pos)
+            file.read_exact_through(out, start_pos)
                 .map_err(ReadError::Io)?;
             let mut pos = 0usize;
             let mut next = from;
@@ -1798,10 +1846,14 @@ impl Partition {
                         // What is kept is served; the next read meets this batch first.
                         break;
                     }
+                    if via_at.is_some() {
+                        (start_pos, expect, via_index) = from_index(&mut via_at);
+                        continue 'read;
+                    }
                     let resume = self.bad_batch(&seg, at, expect, false, &"bad batch header")?;
                     if resume.offset > from {
                         out.clear();
-                        return Ok(resume.offset);
+                        return Ok((resume.offset, None));
                     }
                     (start_pos, expect) = (resume.position, resume.offset);
                     continue 'read;
@@ -1818,7 +1870,7 @@ impl Partition {
                     if pos + total <= avail {
                         let had = out.len();
                         out.resize(pos + total, 0);
-                        file.read_exact_from(&mut out[had..], start_pos + had as u64)
+                        file.read_exact_through(&mut out[had..], start_pos + had as u64)
                             .map_err(ReadError::Io)?;
                     }
                 }
@@ -1833,10 +1885,14 @@ impl Partition {
                     if pos > 0 {
                         break;
                     }
+                    if via_at.is_some() {
+                        (start_pos, expect, via_index) = from_index(&mut via_at);
+                        continue 'read;
+                    }
                     let resume = self.bad_batch(&seg, at, expect, false, &e)?;
                     if resume.offset > from {
                         out.clear();
-                        return Ok(resume.offset);
+                        return Ok((resume.offset, None));
                     }
                     (start_pos, expect) = (resume.position, resume.offset);
                     continue 'read;
@@ -1846,7 +1902,12 @@ impl Partition {
                 pos += total;
             }
             out.truncate(pos);
-            return Ok(next);
+            let end = (pos > 0).then_some(ReadPosition {
+                segment_base: seg.base_offset,
+                position: start_pos + pos as u64,
+                offset: next,
+            });
+            return Ok((next, end));
         }
     }
 }
@@ -1882,7 +1943,7 @@ pub(crate) mod read_batches_tests {
     use std::path::Path;
     use std::sync::Arc;
 
-    use super::Partition;
+    use super::{Partition, ReadPosition};
     use crate::clock::ManualClock;
     use crate::log::Log;
     use crate::log::batches::batches;
@@ -1926,6 +1987,68 @@ pub(crate) mod read_batches_tests {
             assert!(buf.is_empty());
         }
         assert!(p.read_batches(end + 1, 10, &mut Vec::new()).is_err());
+    }
+
+    /// A read from the position the last read returned answers what a read that looks
+    /// `from` up answers; so does one from a wrong position (dropped), and no wrong
+    /// position is taken for a corrupt batch.
+    #[test]
+    fn a_read_from_the_last_reads_position_reads_what_a_lookup_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, p, mut end) = rolled_partition(dir.path());
+        for bytes_max in [1, 300, 1 << 20] {
+            let (mut want, mut got) = (Vec::new(), Vec::new());
+            let (mut next, mut at) = (0, None);
+            let mut positions = 0;
+            while next < end {
+                let after = p.read_batches(next, bytes_max, &mut want).unwrap();
+                let wrong = at.map(|a: ReadPosition| {
+                    [
+                        ReadPosition {
+                            position: a.position + 7,
+                            ..a
+                        },
+                        ReadPosition {
+                            position: a.position + 1,
+                            ..a
+                        },
+                        ReadPosition {
+                            offset: a.offset - 1,
+                            ..a
+                        },
+                        ReadPosition {
+                            segment_base: a.segment_base + 1,
+                            ..a
+                        },
+                    ]
+                });
+                for wrong in wrong.into_iter().flatten() {
+                    let (n, _) = p
+                        .read_batches_at(next, Some(wrong), bytes_max, &mut got)
+                        .unwrap();
+                    assert_eq!((n, &got), (after, &want), "from {next} at {wrong:?}");
+                }
+                positions += usize::from(at.is_some());
+                let (n, then) = p.read_batches_at(next, at, bytes_max, &mut got).unwrap();
+                assert_eq!((n, &got), (after, &want), "from {next} at {at:?}");
+                assert_eq!(then.is_some(), !got.is_empty());
+                (next, at) = (n, then);
+            }
+            assert!(positions > 10, "{positions} reads from a position");
+            // The live tail: appended after the last read, read from where it ended.
+            let before = end;
+            end = append(&log, 2, 100) + 1;
+            let (n, _) = p
+                .read_batches_at(before, at, bytes_max.max(1000), &mut got)
+                .unwrap();
+            assert_eq!(n, end);
+            let offsets: Vec<i64> = batches(&got)
+                .flat_map(|b| b.records_from(before))
+                .map(|r| r.offset)
+                .collect();
+            assert_eq!(offsets, (before..end).collect::<Vec<_>>());
+        }
+        assert_eq!(p.corrupt_known(), 0);
     }
 }
 

@@ -107,22 +107,41 @@ impl Window {
     fn holds(&self, pos: u64, end: u64) -> bool {
         pos >= self.at && end <= self.at + self.bytes.len() as u64
     }
+
+    /// Copies into `buf` the part of the range at `pos` the window holds, if the range
+    /// starts inside it; returns how many bytes that was.
+    fn copy_held(&self, buf: &mut [u8], pos: u64) -> usize {
+        let w_end = self.at + self.bytes.len() as u64;
+        if pos < self.at || pos >= w_end {
+            return 0;
+        }
+        let from = usize::try_from(pos - self.at).unwrap_or(usize::MAX);
+        let n = buf.len().min(self.bytes.len() - from);
+        buf[..n].copy_from_slice(&self.bytes[from..from + n]);
+        n
+    }
+}
+
+impl<R: ReadAt> Windowed<R> {
+    /// Reads what a direct read would, copying the part the window holds and reading the
+    /// rest from the file itself, never into the window: for the last read of a walk,
+    /// whose bytes past the window nobody reads twice.
+    pub fn read_exact_through(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
+        let held = self.window.borrow().copy_held(buf, pos);
+        if held == buf.len() {
+            return Ok(());
+        }
+        self.inner
+            .read_exact_from(&mut buf[held..], pos + held as u64)
+    }
 }
 
 impl<R: ReadAt> ReadAt for Windowed<R> {
     fn read_exact_from(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
         let mut window = self.window.borrow_mut();
         let end = pos.saturating_add(buf.len() as u64);
-        let w_end = window.at + window.bytes.len() as u64;
         // The part the window holds already, if the range starts inside it.
-        let held = if pos >= window.at && pos < w_end {
-            let from = usize::try_from(pos - window.at).unwrap_or(usize::MAX);
-            let n = buf.len().min(window.bytes.len() - from);
-            buf[..n].copy_from_slice(&window.bytes[from..from + n]);
-            n
-        } else {
-            0
-        };
+        let held = window.copy_held(buf, pos);
         if held == buf.len() {
             return Ok(());
         }
@@ -287,5 +306,34 @@ mod tests {
         assert_eq!(read(&w, 10_000, 100).unwrap(), file.bytes[10_000..10_100]);
         // ...and a read of it fails as a direct one does.
         assert!(read(&w, 19_990, 100).is_err());
+    }
+
+    /// The last read of a walk (`read_batches`' main read): what the window holds is
+    /// copied, the rest read straight from the file, in one read and without a refill.
+    #[test]
+    fn a_read_through_copies_what_is_held_and_reads_the_rest_once() {
+        let file = data(1 << 20);
+        let w = Windowed::new(&file, file.bytes.len() as u64, Direction::Forward);
+        assert_eq!(read(&w, 1000, 61).unwrap(), file.bytes[1000..1061]);
+        assert_eq!(file.reads.get(), 1);
+        let held = w.window.borrow().bytes.len();
+        // Inside the window: a copy.
+        let mut buf = vec![0u8; 5000];
+        w.read_exact_through(&mut buf, 2000).unwrap();
+        assert_eq!(buf, file.bytes[2000..7000]);
+        assert_eq!(file.reads.get(), 1);
+        // Straddling its end, and far past it: one read each, and the window unchanged.
+        for (pos, len) in [(1000 + held as u64 - 100, 300_000), (900_000, 3000)] {
+            let mut buf = vec![0u8; len];
+            let before = file.reads.get();
+            w.read_exact_through(&mut buf, pos).unwrap();
+            let pos = usize::try_from(pos).unwrap();
+            assert_eq!(buf, file.bytes[pos..pos + len]);
+            assert_eq!(file.reads.get(), before + 1);
+            assert_eq!(w.window.borrow().bytes.len(), held);
+        }
+        // Past the file: the file's error, as a direct read.
+        let mut buf = vec![0u8; 100];
+        assert!(w.read_exact_through(&mut buf, (1 << 20) - 50).is_err());
     }
 }
