@@ -7,17 +7,20 @@
 //! fifth of a session pipeline's time). The engine sees the same [`Input`]s, in the same
 //! order; only where the work was done changes. A chunk the pipeline thread reads itself
 //! (the live tail, a read-ahead answer it cannot use) it prepares itself the same way.
+//! The table lists the chunk's batches too (offsets, append time, where they are), so the
+//! pipeline thread orders and takes them without parsing any again.
 //!
 //! Bound: one table per chunk read (`READ_CHUNK_BYTES`): an entry of 56 bytes per record
-//! (a test pins it) and the keys' text, reused from chunk to chunk like the chunk's buffer.
-//! For the bench's records of ~230 bytes that is a quarter of the chunk's size.
+//! and one of 40 per batch (tests pin both) and the keys' text, reused from chunk to chunk
+//! like the chunk's buffer. For the bench's records of ~230 bytes that is a quarter of the
+//! chunk's size; for single-record batches of ~370 bytes, a quarter too.
 
 use std::hash::BuildHasher;
 use std::ops::Range;
 
 use super::engine::{Input, Prepared};
 use super::key::{Filter, GroupBy, KeyError};
-use crate::log::batches::batches;
+use crate::log::batches::BatchView;
 
 /// What the read-ahead thread needs of a pipeline to prepare its records.
 #[derive(Debug, Clone)]
@@ -35,11 +38,29 @@ pub struct Preparer {
 /// The records of one chunk, prepared, in log order.
 #[derive(Debug, Default)]
 pub struct Decoded {
+    /// The chunk's batches, in order: what the pipeline thread orders and takes them by,
+    /// so that it parses none of them again.
+    batches: Vec<BatchSpan>,
     entries: Vec<Entry>,
     /// The keys' text, back to back.
     keys: String,
     /// Why records have no key (rare).
     errors: Vec<KeyError>,
+}
+
+/// One batch of a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSpan {
+    pub base_offset: i64,
+    /// Inclusive.
+    pub last_offset: i64,
+    /// See [`BatchView::append_ms`].
+    pub append_ms: i64,
+    /// Where its bytes are in the chunk.
+    pub start: u32,
+    pub end: u32,
+    /// Its records are the entries from the previous batch's `records_end` to this.
+    records_end: u32,
 }
 
 /// One record: where its parts are in the chunk.
@@ -67,10 +88,13 @@ impl Preparer {
     /// Decodes every record of `chunk` (whole batches, as `read_batches` returns them)
     /// into `into`, replacing what it held.
     pub fn prepare(&self, chunk: &[u8], into: &mut Decoded) {
+        into.batches.clear();
         into.entries.clear();
         into.keys.clear();
         into.errors.clear();
         let mut key = String::new();
+        // A chunk is at most a few MiB: positions in it fit u32.
+        let u32_of = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         let at = |part: &[u8]| -> (u32, u32) {
             // An absent part is an empty slice that may lie outside the chunk.
             let from = (part.as_ptr() as usize).wrapping_sub(chunk.as_ptr() as usize);
@@ -79,8 +103,10 @@ impl Preparer {
                 _ => (0, 0),
             }
         };
-        for batch in batches(chunk) {
-            for r in batch.records_from(i64::MIN) {
+        let mut pos = 0;
+        while let Some((batch, len, records)) = chunk.get(pos..).and_then(BatchView::parse_records)
+        {
+            for r in records {
                 let read = self
                     .hasher
                     .is_some()
@@ -91,16 +117,11 @@ impl Preparer {
                     Some(Ok(Some(hash))) => {
                         let from = into.keys.len();
                         into.keys.push_str(&key);
-                        // A chunk is at most a few MiB: its keys fit u32 offsets.
-                        EntryKey::Key(
-                            u32::try_from(from).unwrap_or(u32::MAX),
-                            u32::try_from(into.keys.len()).unwrap_or(u32::MAX),
-                            hash,
-                        )
+                        EntryKey::Key(u32_of(from), u32_of(into.keys.len()), hash)
                     }
                     Some(Err(e)) => {
                         into.errors.push(e);
-                        EntryKey::NoKey(u32::try_from(into.errors.len() - 1).unwrap_or(0))
+                        EntryKey::NoKey(u32_of(into.errors.len() - 1))
                     }
                 };
                 into.entries.push(Entry {
@@ -111,6 +132,15 @@ impl Preparer {
                     key: entry_key,
                 });
             }
+            into.batches.push(BatchSpan {
+                base_offset: batch.base_offset,
+                last_offset: batch.last_offset,
+                append_ms: batch.append_ms,
+                start: u32_of(pos),
+                end: u32_of(pos + len),
+                records_end: u32_of(into.entries.len()),
+            });
+            pos += len;
         }
     }
 
@@ -133,17 +163,28 @@ impl Preparer {
 }
 
 impl Decoded {
-    /// The index range of the records of the next batch, whose offsets end at
-    /// `last_offset`, from `cursor` (where the batch before it ended): the chunk's batches
-    /// are taken in order, and their offsets increase.
-    pub fn batch(&self, cursor: usize, last_offset: i64) -> Range<usize> {
-        let rest = self.entries.get(cursor..).unwrap_or_default();
-        cursor..cursor + rest.partition_point(|e| e.offset <= last_offset)
+    /// The chunk's batch number `i` (in order), if it has one.
+    pub fn batch(&self, i: usize) -> Option<&BatchSpan> {
+        self.batches.get(i)
     }
 
-    /// The records of `range` (from [`batch`](Self::batch)) at or after offset `from`, as
-    /// the engine takes them, with `chunk`'s bytes.
+    /// The records of batch `i` at or after offset `from`, as the engine takes them, with
+    /// `chunk`'s bytes.
     pub fn inputs<'a>(
+        &'a self,
+        chunk: &'a [u8],
+        i: usize,
+        from: i64,
+    ) -> impl Iterator<Item = Input<'a>> + use<'a> {
+        let end = self.batches.get(i).map_or(0, |b| b.records_end as usize);
+        let start = match i.checked_sub(1) {
+            Some(before) => self.batches[before].records_end as usize,
+            None => 0,
+        };
+        self.entries_inputs(chunk, start..end.max(start), from)
+    }
+
+    fn entries_inputs<'a>(
         &'a self,
         chunk: &'a [u8],
         range: Range<usize>,
@@ -179,7 +220,7 @@ mod tests {
     use crate::json::JsonPointer;
     use crate::log::HEADER_TYPE;
     use crate::log::batch::{self, BatchBuilder};
-    use crate::log::batches::batches;
+    use crate::log::batches::{BatchView, batches};
     use crate::pipeline::engine::Prepared;
     use crate::pipeline::key::{Filter, GroupBy};
 
@@ -219,8 +260,9 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_is_56_bytes() {
+    fn an_entry_is_56_bytes_and_a_batch_40() {
         assert_eq!(std::mem::size_of::<super::Entry>(), 56);
+        assert_eq!(std::mem::size_of::<super::BatchSpan>(), 40);
     }
 
     #[test]
@@ -234,13 +276,25 @@ mod tests {
         let mut decoded = Decoded::default();
         preparer.prepare(&buf, &mut decoded);
         let hasher = preparer.hasher.as_ref().unwrap();
-        let mut cursor = 0;
         let mut kinds = Vec::new();
-        for view in batches(&buf) {
-            let range = decoded.batch(cursor, view.last_offset);
+        let mut start = 0;
+        for (i, view) in batches(&buf).enumerate() {
+            let span = *decoded.batch(i).unwrap();
+            assert_eq!(
+                (span.base_offset, span.last_offset, span.append_ms),
+                (view.base_offset, view.last_offset, view.append_ms)
+            );
+            let (_, len) = BatchView::parse(&buf[start..]).unwrap();
+            let at = |p: usize| u32::try_from(p).unwrap();
+            assert_eq!(
+                (span.start, span.end),
+                (at(start), at(start + len)),
+                "batch {i}"
+            );
+            start += len;
             // From every offset, as after a restart inside a batch.
             for from in view.base_offset..=view.last_offset + 1 {
-                let got: Vec<_> = decoded.inputs(&buf, range.clone(), from).collect();
+                let got: Vec<_> = decoded.inputs(&buf, i, from).collect();
                 let want: Vec<_> = view.records_from(from).collect();
                 assert_eq!(
                     got.len(),
@@ -273,7 +327,6 @@ mod tests {
                     }
                 }
             }
-            cursor = range.end;
         }
         assert_eq!(
             kinds,
@@ -289,14 +342,17 @@ mod tests {
             ]
         );
         // Past the last batch: none.
-        assert!(decoded.batch(cursor, 112).is_empty());
+        assert!(decoded.batch(3).is_none());
+        assert_eq!(decoded.inputs(&buf, 3, i64::MIN).count(), 0);
         // Windows of fixed size: records decoded, keys left to the engine.
         let fixed = Preparer {
             hasher: None,
             ..preparer
         };
         fixed.prepare(&buf, &mut decoded);
-        let inputs: Vec<_> = decoded.inputs(&buf, 0..8, i64::MIN).collect();
+        let inputs: Vec<_> = (0..3)
+            .flat_map(|i| decoded.inputs(&buf, i, i64::MIN))
+            .collect();
         assert_eq!(inputs.len(), 8);
         assert!(inputs.iter().all(|i| i.prepared.is_none()));
     }

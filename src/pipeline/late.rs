@@ -111,14 +111,18 @@ impl LateSink {
         self.offsets.push(offset);
     }
 
-    /// Copies the records noted late out of `batch`, the batch just processed.
-    pub fn take(&mut self, batch: &BatchView<'_>) {
+    /// Copies the records noted late out of `batch`, the bytes of the batch just processed
+    /// (parsed again only when some were noted: late events are rare).
+    pub fn take(&mut self, batch: &[u8]) {
         let Some(&first) = self.offsets.first() else {
             return;
         };
         let mut offsets = std::mem::take(&mut self.offsets);
         let mut wanted = offsets.iter().copied().peekable();
-        for (offset, timestamp_ms, record) in batch.stored_records_from(first) {
+        let records = BatchView::parse(batch)
+            .into_iter()
+            .flat_map(|(view, _)| view.stored_records_from(first));
+        for (offset, timestamp_ms, record) in records {
             let Some(&next) = wanted.peek() else { break };
             if offset != next {
                 continue;
@@ -358,11 +362,10 @@ mod tests {
         }
         let mut bytes = b.finish();
         batch::set_base_offset(&mut bytes, 10);
-        let (view, _) = BatchView::parse(&bytes).unwrap();
         for offset in [11, 12, 13] {
             sink.note(offset);
         }
-        sink.take(&view);
+        sink.take(&bytes);
         assert!(sink.holding() && !sink.blocked());
 
         topic.partitions[1].close().unwrap();
