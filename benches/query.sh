@@ -152,6 +152,8 @@ for tag in $TAGS; do echo "== $tag"; "$SHARED/wrkparse.py" "$OUT"/$tag.[0-9]*.tx
 
 SEED_OUT=${RESULTS_DIR:-/tmp/weir-bench-results}/seed_query
 if [ "${SEED:-0}" = 1 ]; then
+  # The seed's service stores its counts in Redis: seed_query.sh starts a redis-server.
+  command -v redis-server >/dev/null || apt-get install -y redis-server >/dev/null
   RUNS=$RUNS DUR=${DUR}s "$SHARED/seed_query.sh" query query_best_std
 fi
 
