@@ -130,7 +130,7 @@ impl<'a> RecordViews<'a> {
                 && append_ms.is_none()
                 && crate::json::short_eq(key, HEADER_APPEND.as_bytes())
             {
-                append_ms = Some(value.and_then(|v| v.try_into().ok().map(i64::from_be_bytes)));
+                append_ms = Some(value.and_then(super::append_value_ms));
             }
             if event_type.is_some() && (!append || append_ms.is_some()) {
                 break;

@@ -57,7 +57,11 @@ pub fn batch_append_ms(batch_bytes: &[u8]) -> Option<i64> {
 
 /// The `weir.append` header of a batch's first record (see [`batch_append_ms`]).
 pub fn record_append_ms(first: &batch::Record<'_>) -> Option<i64> {
-    let value = first.header(HEADER_APPEND)?;
+    append_value_ms(first.header(HEADER_APPEND)?)
+}
+
+/// The time a `weir.append` header's value holds: 8 bytes, big-endian milliseconds.
+pub fn append_value_ms(value: &[u8]) -> Option<i64> {
     Some(i64::from_be_bytes(value.try_into().ok()?))
 }
 

@@ -1772,11 +1772,6 @@ impl Partition {
         // The batches skipped lie within an index interval and a batch, and a pipeline
         // woken by appends reads a few of them: read in windows, not a header at a time.
         let file = Windowed::new(&*seg.file, seg.limit, Direction::Forward);
-        // Back to the index entry after a position that was not `from`'s batch.
-        let from_index = |via_at: &mut Option<u64>| {
-            *via_at = None;
-            (seg.start_position, seg.start_offset, seg.start_position > 0)
-        };
         'read: loop {
             while via_at.is_none() && start_pos + head.len() as u64 <= seg.limit {
                 file.read_exact_from(&mut head, start_pos)
@@ -1846,8 +1841,10 @@ impl Partition {
                         // What is kept is served; the next read meets this batch first.
                         break;
                     }
-                    if via_at.is_some() {
-                        (start_pos, expect, via_index) = from_index(&mut via_at);
+                    if via_at.take().is_some() {
+                        // Not `from`'s batch there: back to the index entry.
+                        (start_pos, expect) = (seg.start_position, seg.start_offset);
+                        via_index = start_pos > 0;
                         continue 'read;
                     }
                     let resume = self.bad_batch(&seg, at, expect, false, &"bad batch header")?;
@@ -1885,8 +1882,10 @@ impl Partition {
                     if pos > 0 {
                         break;
                     }
-                    if via_at.is_some() {
-                        (start_pos, expect, via_index) = from_index(&mut via_at);
+                    if via_at.take().is_some() {
+                        // Not `from`'s batch there: back to the index entry.
+                        (start_pos, expect) = (seg.start_position, seg.start_offset);
+                        via_index = start_pos > 0;
                         continue 'read;
                     }
                     let resume = self.bad_batch(&seg, at, expect, false, &e)?;

@@ -16,7 +16,6 @@
 //! chunk's size; for single-record batches of ~370 bytes, a quarter too.
 
 use std::hash::BuildHasher;
-use std::ops::Range;
 
 use super::engine::{Input, Prepared};
 use super::key::{Filter, GroupBy, KeyError};
@@ -176,20 +175,9 @@ impl Decoded {
         i: usize,
         from: i64,
     ) -> impl Iterator<Item = Input<'a>> + use<'a> {
-        let end = self.batches.get(i).map_or(0, |b| b.records_end as usize);
-        let start = match i.checked_sub(1) {
-            Some(before) => self.batches[before].records_end as usize,
-            None => 0,
-        };
-        self.entries_inputs(chunk, start..end.max(start), from)
-    }
-
-    fn entries_inputs<'a>(
-        &'a self,
-        chunk: &'a [u8],
-        range: Range<usize>,
-        from: i64,
-    ) -> impl Iterator<Item = Input<'a>> + use<'a> {
+        let records_end = |i: usize| self.batches.get(i).map_or(0, |b| b.records_end as usize);
+        let start = i.checked_sub(1).map_or(0, records_end);
+        let range = start..records_end(i).max(start);
         let part = move |(a, b): (u32, u32)| chunk.get(a as usize..b as usize).unwrap_or_default();
         self.entries[range]
             .iter()

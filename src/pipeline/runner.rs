@@ -562,13 +562,13 @@ struct Source {
     rx: watch::Receiver<Visible>,
     /// Next offset to hand to the engine.
     next: i64,
-    /// Whole batches read, taken up to batch number `at`.
+    /// Whole batches read, taken up to batch number `head_batch`.
     buf: Vec<u8>,
     /// The batches and records of `buf`, prepared (see `decoded`): by the read-ahead if
     /// it read `buf`, else here.
     decoded: Decoded,
     /// The batch of `decoded` to take next: the head, if there is one.
-    at: usize,
+    head_batch: usize,
     /// Where the batch after this thread's last read starts: the next read of the live
     /// tail starts there rather than looking `next` up again.
     read_at: Option<ReadPosition>,
@@ -630,7 +630,7 @@ impl Source {
             };
             match read {
                 Ok(next) => {
-                    self.at = 0;
+                    self.head_batch = 0;
                     if let Some(base) = self.head().map(|h| h.base_offset) {
                         if base > self.next {
                             self.skipped(pipeline, base);
@@ -694,7 +694,7 @@ impl Source {
 
     /// The batch to take next, if one was read.
     fn head(&self) -> Option<&BatchSpan> {
-        self.decoded.batch(self.at)
+        self.decoded.batch(self.head_batch)
     }
 }
 
@@ -921,7 +921,7 @@ impl Task {
                 next,
                 buf: Vec::new(),
                 decoded: Decoded::default(),
-                at: 0,
+                head_batch: 0,
                 read_at: None,
                 retry_at: None,
                 lost: 0,
@@ -1118,30 +1118,29 @@ impl Task {
         {
             return None;
         }
-        let mut best: Option<(i64, usize, i64)> = None;
+        // The head batch that goes next, by (append time, partition, base offset).
+        let mut best: Option<((i64, usize, i64), BatchSpan)> = None;
         for (i, s) in self.sources.iter_mut().enumerate() {
             let filled = s.fill(&self.name, i, self.ahead.as_mut(), &self.preparer);
             Self::tell_loss(&mut self.engine, s, self.event_lead_ms);
             if !filled {
                 continue;
             }
-            if let Some(h) = s.head()
-                && best.is_none_or(|b| (h.append_ms, i, h.base_offset) < b)
-            {
-                best = Some((h.append_ms, i, h.base_offset));
+            if let Some(&h) = s.head() {
+                let order = (h.append_ms, i, h.base_offset);
+                if best.is_none_or(|(b, _)| order < b) {
+                    best = Some((order, h));
+                }
             }
         }
-        let Some((_, i, _)) = best else {
+        let Some(((_, i, _), batch)) = best else {
             self.log_caught_up();
             return None;
         };
         let s = &mut self.sources[i];
-        let Some(&batch) = s.head() else {
-            return Some(1);
-        };
         let taken = u64::try_from(batch.last_offset - s.next + 1).unwrap_or(1);
         let partition = s.partition.id;
-        let records = s.decoded.inputs(&s.buf, s.at, s.next);
+        let records = s.decoded.inputs(&s.buf, s.head_batch, s.next);
         let mut late = self.late.as_mut();
         self.engine
             .process_batch(partition, batch.append_ms, records, |input, taken| {
@@ -1153,7 +1152,7 @@ impl Task {
             late.take(&s.buf[batch.start as usize..batch.end as usize]);
         }
         s.next = batch.last_offset + 1;
-        s.at += 1;
+        s.head_batch += 1;
         Some(taken.max(1))
     }
 
