@@ -20,36 +20,9 @@ cargo build --profile bench --bins -q
 WEIR=$PWD/target/release/weir; LOADGEN=$PWD/target/release/weir-loadgen
 TICK=$(getconf CLK_TCK)
 
-write_config() { # file, with pipeline (0|1)
-  cat > "$1" <<TOML
-[server]
-listen = "127.0.0.1:8091"
-[storage]
-data_dir = "$SCRATCH/data"
-[[topic]]
-name = "clickstream"
-partitions = 4
-fsync = "interval"
-key_field = "/payload/user_id"
-TOML
-  if [ "$2" = 1 ]; then cat >> "$1" <<'TOML'
-[[pipeline]]
-name = "page_views"
-source = "clickstream"
-filter = ["page.click"]
-group_by = ["/payload/page_id"]
-window = { kind = "tumbling", size = "1m" }
-time = "event"
-max_out_of_orderness = "5s"
-allowed_lateness = "1m"
-[[pipeline.aggregate]]
-name = "count"
-fn = "count"
-TOML
-  fi
-}
-write_config "$SCRATCH/plain.toml" 0
-write_config "$SCRATCH/pipeline.toml" 1
+. benches/ingest_config.sh
+ingest_config "$SCRATCH/plain.toml" "$SCRATCH/data" interval 0
+ingest_config "$SCRATCH/pipeline.toml" "$SCRATCH/data" interval 1
 
 # CPU ticks per thread kind (the name without a trailing -<n> or -<pipeline>).
 snapshot() {

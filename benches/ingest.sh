@@ -17,6 +17,7 @@ SHARED=${SHARED:-$(cd .. && pwd)/shared/bench}
 OUT=${RESULTS_DIR:-/tmp/weir-bench-results}/weir; mkdir -p "$OUT"
 SCRATCH=${SCRATCH_DIR:-/var/tmp}/weir-bench; mkdir -p "$SCRATCH"
 LOCK=/tmp/bench.lock
+. benches/ingest_config.sh
 command -v wrk >/dev/null || apt-get install -y wrk >/dev/null
 
 cargo build --profile bench --bins -q
@@ -35,32 +36,7 @@ trap stop_server EXIT
 
 start_weir() { # fsync mode
   stop_server; rm -rf "$SCRATCH/data"
-  cat > "$SCRATCH/weir.toml" <<TOML
-[server]
-listen = "127.0.0.1:8091"
-[storage]
-data_dir = "$SCRATCH/data"
-[[topic]]
-name = "clickstream"
-partitions = 4
-fsync = "$1"
-key_field = "/payload/user_id"
-TOML
-  if [ "$PIPELINE" = 1 ]; then cat >> "$SCRATCH/weir.toml" <<'TOML'
-[[pipeline]]
-name = "page_views"
-source = "clickstream"
-filter = ["page.click"]
-group_by = ["/payload/page_id"]
-window = { kind = "tumbling", size = "1m" }
-time = "event"
-max_out_of_orderness = "5s"
-allowed_lateness = "1m"
-[[pipeline.aggregate]]
-name = "count"
-fn = "count"
-TOML
-  fi
+  ingest_config "$SCRATCH/weir.toml" "$SCRATCH/data" "$1" "$PIPELINE"
   "$WEIR" run --config "$SCRATCH/weir.toml" 2> "$OUT/weir-$1.log" & SPID=$!
   for _ in $(seq 100); do curl -sf localhost:8091/readyz >/dev/null && return; sleep 0.1; done
   echo "weir did not start"; cat "$OUT/weir-$1.log"; exit 1
