@@ -122,8 +122,8 @@ impl ClosedRow {
 pub trait RowSink {
     /// The row of (window `start`, `key`) now holds `values`. For sessions, `hint` is
     /// where the view held the key's rows at its last apply, and the answer where it holds
-    /// them now, kept for the next; for windows of fixed size `hint` is [`Hint::NONE`]
-    /// and the answer is dropped.
+    /// them now, kept for the next. Tumbling windows keep it per cell the same way;
+    /// hopping windows give [`Hint::NONE`] and drop the answer.
     fn row(
         &mut self,
         start: i64,
@@ -185,6 +185,9 @@ struct Cell {
     dirty: bool,
     /// Listed in `Engine::unsaved`.
     unsaved: bool,
+    /// Where the hot view held the key's rows when this cell's row was last published
+    /// (windows of one pane: see [`Engine::take_changed_rows`]).
+    view: Hint,
 }
 
 /// What a checkpoint keeps of an engine besides its cells.
@@ -693,6 +696,7 @@ impl Engine {
                     states,
                     dirty: true,
                     unsaved: true,
+                    view: Hint::NONE,
                 },
             );
             flips = (true, true);
@@ -969,6 +973,30 @@ impl Engine {
         }
         let size = self.spec.window.size_ms();
         let mut changed = std::mem::take(&mut self.changed);
+        if size == self.spec.window.pane_ms() {
+            // A window is one pane (tumbling): its row is the cell, which keeps where the
+            // view holds its key. One lookup per row, not three (the cell, the window's
+            // panes, the view's key).
+            for (pane, key) in changed.drain(..) {
+                let Some(cell) = self.panes.get_mut(&pane).and_then(|k| k.get_mut(&key)) else {
+                    continue;
+                };
+                cell.dirty = false;
+                if self.next_close_ms.is_some_and(|n| pane >= n) {
+                    let complete = span_complete(&self.taints, pane, pane + size);
+                    cell.view = sink.row(
+                        pane,
+                        pane + size,
+                        &key,
+                        cell.states.clone(),
+                        complete,
+                        cell.view,
+                    );
+                }
+            }
+            self.changed = changed;
+            return;
+        }
         let mut windows: Vec<(i64, Arc<str>)> = Vec::with_capacity(changed.len());
         for (pane, key) in changed.drain(..) {
             // A pane dropped since (its windows closed) is answered by `take_closed`.
@@ -1114,6 +1142,7 @@ impl Engine {
                 states: States::from_vec(states),
                 dirty: true,
                 unsaved: false,
+                view: Hint::NONE,
             };
             if e.panes.entry(pane).or_default().insert(key, cell).is_none() {
                 e.cells += 1;

@@ -302,6 +302,9 @@ proptest! {
             closed_windows: BTreeSet::new(),
         };
         let mut engine_closed = BTreeMap::new();
+        // The open rows as a view holds them: each batch's changed rows applied over the
+        // last, the closed ones removed.
+        let mut published: BTreeMap<(i64, String), String> = BTreeMap::new();
         for b in &input {
             let mut got = Vec::new();
             let keys = prepare(&engine, b, read_ahead);
@@ -318,9 +321,16 @@ proptest! {
             prop_assert_eq!(engine.watermark(), model.watermark);
             for row in engine.take_closed() {
                 let k = (row.start_ms, row.key.to_string());
+                published.remove(&k);
                 prop_assert!(engine_closed.insert(k, values_json(&row.values)).is_none(),
                     "a window closed twice");
             }
+            let size = window.size_ms();
+            engine.take_changed_rows(&mut |start, end, key: &Arc<str>, values: States, _, hint| {
+                assert_eq!(end, start + size);
+                published.insert((start, key.to_string()), values_json(&values));
+                hint
+            });
         }
         prop_assert_eq!(&engine_closed, &model.closed);
         // The sketches' heap bytes followed every update and dropped pane.
@@ -333,10 +343,19 @@ proptest! {
             .flat_map(|(_, k, _, ws)| ws.iter().map(move |s| (*s, k.clone())))
             .filter(|w| !model.closed_windows.contains(w))
             .collect();
-        for (start, key) in open {
-            let got = engine.window_values(&key, start).map(|v| values_json(&v));
-            prop_assert_eq!(got, Some(values_json(&model.values(start, &key))), "window {} key {}", start, key);
+        for (start, key) in &open {
+            let got = engine.window_values(key, *start).map(|v| values_json(&v));
+            prop_assert_eq!(got, Some(values_json(&model.values(*start, key))), "window {} key {}", start, key);
         }
+        // And the rows published while they filled are theirs now, no more and no fewer.
+        let want: BTreeMap<(i64, String), String> = open
+            .into_iter()
+            .map(|(start, key)| {
+                let values = values_json(&model.values(start, &key));
+                ((start, key), values)
+            })
+            .collect();
+        prop_assert_eq!(published, want);
     }
 }
 
