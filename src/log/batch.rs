@@ -454,7 +454,45 @@ pub struct Records<'a> {
 }
 
 impl<'a> Records<'a> {
-    fn next_record(&mut self) -> Result<Record<'a>, DecodeError> {
+    /// The next record, as [`Iterator::next`], with `visit(key, value)` called for each of
+    /// its headers in order during the walk that checks them (a caller looking for a
+    /// header need not walk them again). A record that turns out malformed may have had
+    /// some of its headers visited before its error.
+    #[inline]
+    pub fn next_visiting(
+        &mut self,
+        visit: &mut impl FnMut(&'a [u8], Option<&'a [u8]>),
+    ) -> Option<Result<Record<'a>, DecodeError>> {
+        if self.done {
+            return None;
+        }
+        if self.remaining == 0 {
+            self.done = true;
+            if self.cursor.left() != 0 {
+                return Some(Err(corrupt(
+                    "bytes after the last record",
+                    self.cursor.at(),
+                )));
+            }
+            return None;
+        }
+        match self.next_record(visit) {
+            Ok(record) => {
+                self.remaining -= 1;
+                Some(Ok(record))
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+
+    #[inline]
+    fn next_record(
+        &mut self,
+        visit: &mut impl FnMut(&'a [u8], Option<&'a [u8]>),
+    ) -> Result<Record<'a>, DecodeError> {
         let len_at = self.cursor.at();
         let len = self.cursor.varint()?;
         let Ok(len) = usize::try_from(len) else {
@@ -478,7 +516,8 @@ impl<'a> Records<'a> {
         // Walk the headers now so that a record is only handed out when it is well formed
         // and exactly fills its length; `headers()` then re-reads them lazily.
         for _ in 0..header_count {
-            r.header()?;
+            let (key, value) = r.header()?;
+            visit(key, value);
         }
         if r.pos != end {
             return Err(corrupt("record length disagrees with its fields", r.at()));
@@ -505,29 +544,7 @@ impl<'a> Iterator for Records<'a> {
     type Item = Result<Record<'a>, DecodeError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        if self.remaining == 0 {
-            self.done = true;
-            if self.cursor.left() != 0 {
-                return Some(Err(corrupt(
-                    "bytes after the last record",
-                    self.cursor.at(),
-                )));
-            }
-            return None;
-        }
-        match self.next_record() {
-            Ok(record) => {
-                self.remaining -= 1;
-                Some(Ok(record))
-            }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
+        self.next_visiting(&mut |_, _| {})
     }
 }
 

@@ -50,10 +50,8 @@ impl<'a> BatchView<'a> {
             from: i64::MIN,
             first: None,
         };
-        let first = records.records.as_mut().and_then(Iterator::next);
         let mut append_ms = header.max_timestamp;
-        if let Some(Ok(first)) = first {
-            let (view, append) = records.view(&first, true);
+        if let Some((view, append)) = records.decode(true) {
             append_ms = append.unwrap_or(append_ms);
             records.first = Some(view);
         } else {
@@ -117,32 +115,34 @@ pub struct RecordViews<'a> {
 }
 
 impl<'a> RecordViews<'a> {
-    /// The view of `record`, and with `append` its `weir.append` time, from one walk
-    /// over its headers.
-    fn view(&self, record: &batch::Record<'a>, append: bool) -> (RecordView<'a>, Option<i64>) {
+    /// The next record's view, and with `append` its `weir.append` time, its headers
+    /// read in the walk that checks them. `None` at the end or at a record that does not
+    /// decode (which ends the iteration).
+    #[inline]
+    fn decode(&mut self, append: bool) -> Option<(RecordView<'a>, Option<i64>)> {
         let mut event_type = None;
         let mut append_ms = None;
-        for header in record.headers() {
-            let Ok((key, value)) = header else { break };
-            if event_type.is_none() && crate::json::short_eq(key, HEADER_TYPE.as_bytes()) {
-                event_type = Some(value.unwrap_or_default());
-            } else if append
-                && append_ms.is_none()
-                && crate::json::short_eq(key, HEADER_APPEND.as_bytes())
-            {
-                append_ms = Some(value.and_then(super::append_value_ms));
-            }
-            if event_type.is_some() && (!append || append_ms.is_some()) {
-                break;
-            }
-        }
+        let record = self
+            .records
+            .as_mut()?
+            .next_visiting(&mut |key, value| {
+                if event_type.is_none() && crate::json::short_eq(key, HEADER_TYPE.as_bytes()) {
+                    event_type = Some(value.unwrap_or_default());
+                } else if append
+                    && append_ms.is_none()
+                    && crate::json::short_eq(key, HEADER_APPEND.as_bytes())
+                {
+                    append_ms = Some(value.and_then(super::append_value_ms));
+                }
+            })?
+            .ok()?;
         let view = RecordView {
             offset: self.base_offset + i64::from(record.offset_delta),
             timestamp_ms: self.base_timestamp.wrapping_add(record.timestamp_delta),
             event_type: event_type.unwrap_or_default(),
             value: record.value.unwrap_or_default(),
         };
-        (view, append_ms.flatten())
+        Some((view, append_ms.flatten()))
     }
 }
 
@@ -156,11 +156,10 @@ impl<'a> Iterator for RecordViews<'a> {
             return Some(first);
         }
         loop {
-            let record = self.records.as_mut()?.next()?.ok()?;
-            if self.base_offset + i64::from(record.offset_delta) < self.from {
-                continue;
+            let (view, _) = self.decode(false)?;
+            if view.offset >= self.from {
+                return Some(view);
             }
-            return Some(self.view(&record, false).0);
         }
     }
 }
