@@ -5,9 +5,12 @@
 # runs benches/fsync_ceiling (that ceiling plus a write and a group-commit fdatasync per
 # POST, nothing else): the most a durable single-event POST can reach on this machine,
 # the bound for weir's `always` figure.
-#   RUNS=3 DUR=10 benches/ingest.sh [single] [ndjson] [sustained]
+#   RUNS=3 DUR=10 benches/ingest.sh [single] [ndjson] [sustained] [pipeline_ab]
 # PIPELINE=1 runs weir with the seed's `page_views` pipeline consuming the topic (the
 # ceiling and the peers are unchanged). Events carry the current time (--live-time).
+# `pipeline_ab` measures what the pipeline costs single-event ingest: each run measures
+# the ceiling, weir (`interval`) without and weir with `page_views`, in turn, and the
+# ratios are taken run by run (RUNS=7 DUR=6 is a few minutes).
 # Prints medians; raw outputs in $RESULTS_DIR/weir (default /tmp/weir-bench-results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,9 +37,9 @@ SPID=""
 stop_server() { if [ -n "$SPID" ]; then kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true; fi; SPID=""; }
 trap stop_server EXIT
 
-start_weir() { # fsync mode
+start_weir() { # fsync mode [pipeline: 0 or 1, default $PIPELINE]
   stop_server; rm -rf "$SCRATCH/data"
-  ingest_config "$SCRATCH/weir.toml" "$SCRATCH/data" "$1" "$PIPELINE"
+  ingest_config "$SCRATCH/weir.toml" "$SCRATCH/data" "$1" "${2:-$PIPELINE}"
   "$WEIR" run --config "$SCRATCH/weir.toml" 2> "$OUT/weir-$1.log" & SPID=$!
   for _ in $(seq 100); do curl -sf localhost:8091/readyz >/dev/null && return; sleep 0.1; done
   echo "weir did not start"; cat "$OUT/weir-$1.log"; exit 1
@@ -132,6 +135,19 @@ if has single; then
     start_weir "$mode"
     wrkrun "weir_${mode}_post_wrk$SUFFIX" http://127.0.0.1:8091/v1/topics/clickstream/events benches/lua/post_event.lua
   done
+fi
+if has pipeline_ab; then
+  tags="ceiling_ab weir_interval_ab weir_interval_ab_pipeline"
+  for t in $tags; do rm -f "$OUT/$t".[0-9]*.json; done
+  for i in $(seq 1 "$RUNS"); do
+    start_ceiling; run_once ceiling_ab 127.0.0.1:8092 /ingest 64 1 "$i"
+    start_weir interval 0; run_once weir_interval_ab 127.0.0.1:8091 /v1/topics/clickstream/events 64 1 "$i"
+    start_weir interval 1; run_once weir_interval_ab_pipeline 127.0.0.1:8091 /v1/topics/clickstream/events 64 1 "$i"
+  done
+  stop_server
+  for t in $tags; do median "$t" eps; done
+  ratios ceiling_ab weir_interval_ab weir_interval_ab_pipeline
+  ratios weir_interval_ab weir_interval_ab_pipeline
 fi
 if has ndjson; then
   for mode in interval always; do
