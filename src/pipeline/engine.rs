@@ -455,11 +455,11 @@ impl Engine {
     /// Whether the window starting at `start_ms` holds every record it should: no loss
     /// to retention could have touched it.
     pub fn is_complete(&self, start_ms: i64) -> bool {
-        let end_ms = start_ms.saturating_add(self.spec.window.size_ms());
-        !self
-            .taints
-            .iter()
-            .any(|t| end_ms > t.min_end_ms && start_ms <= t.max_start_ms)
+        span_complete(
+            &self.taints,
+            start_ms,
+            start_ms.saturating_add(self.spec.window.size_ms()),
+        )
     }
 
     /// Drops taints no window can match any more: every window starting at or before
@@ -978,12 +978,13 @@ impl Engine {
             // view holds its key. One lookup per row, not three (the cell, the window's
             // panes, the view's key).
             for (pane, key) in changed.drain(..) {
+                let open = self.next_close_ms.is_some_and(|n| pane >= n);
+                let complete = open && self.is_complete(pane);
                 let Some(cell) = self.panes.get_mut(&pane).and_then(|k| k.get_mut(&key)) else {
                     continue;
                 };
                 cell.dirty = false;
-                if self.next_close_ms.is_some_and(|n| pane >= n) {
-                    let complete = span_complete(&self.taints, pane, pane + size);
+                if open {
                     cell.view = sink.row(
                         pane,
                         pane + size,
